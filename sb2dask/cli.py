@@ -1,0 +1,101 @@
+"""The ``sb2dask`` command: it only parses arguments and calls the package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+DEFAULT_MASS_TABLE = Path("../shared/data/PecautMamajek_table.csv")
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster")
+    g.add_argument("--cluster", default="local",
+                   help="local | local-gpu | slurm | pbs | tcp://host:port (default: local)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="worker processes (local) or jobs (slurm/pbs)")
+
+
+def _cmd_library_info(args) -> int:
+    from .library import describe_library, load_library
+
+    lib = load_library(args.library)
+    print(lib.describe() if hasattr(lib, "describe") else describe_library(lib))
+    return 0
+
+
+def _cmd_library_build(args) -> int:
+    from .cluster import get_client
+    from .library.build import GridSpec, assemble_grid, build_nodes
+    from .library.embedded import EMBEDDED_GRID_PATH
+
+    spec = GridSpec()
+    out = Path(args.out) if args.out else EMBEDDED_GRID_PATH
+    if not args.assemble_only:
+        with get_client(args.cluster, args.workers) as client:
+            counts = build_nodes(args.workdir, spec, client, progress=not args.no_progress)
+        print(json.dumps(counts))
+    prov = assemble_grid(args.workdir, out, spec, args.mass_table,
+                         command="sb2dask " + shlex.join(sys.argv[1:]))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {prov['counts']}")
+    return 0
+
+
+def _cmd_library_fetch_phoenix(args) -> int:
+    from .library.phoenix import fetch_phoenix
+
+    paths = fetch_phoenix(args.dest, teff=(args.teff_min, args.teff_max),
+                          logg=(args.logg_min, args.logg_max), feh=(args.feh_min, args.feh_max),
+                          dry_run=args.dry_run)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sb2dask", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    lib = sub.add_parser("library", help="spectral libraries").add_subparsers(
+        dest="library_command", required=True)
+    p = lib.add_parser("info", help="nodes, ranges, size and provenance of a library")
+    p.add_argument("--library", default="embedded",
+                   help="'embedded' or a directory of PHOENIX files")
+    p.set_defaults(func=_cmd_library_info)
+
+    p = lib.add_parser("build", help="(re)build the embedded LTE grid (needs the 'grid' extra)")
+    p.add_argument("--workdir", default="grid-build", help="finished nodes are kept here")
+    p.add_argument("--out", default=None, help="grid file (default: the package's embedded grid)")
+    p.add_argument("--mass-table", default=str(DEFAULT_MASS_TABLE),
+                   help="Pecaut & Mamajek main-sequence table")
+    p.add_argument("--assemble-only", action="store_true",
+                   help="only pack finished nodes into the grid file")
+    p.add_argument("--no-progress", action="store_true")
+    _add_cluster_options(p)
+    p.set_defaults(func=_cmd_library_build)
+
+    p = lib.add_parser("fetch-phoenix", help="download the PHOENIX files a parameter range needs")
+    p.add_argument("dest")
+    p.add_argument("--teff-min", type=float, default=3500)
+    p.add_argument("--teff-max", type=float, default=6500)
+    p.add_argument("--logg-min", type=float, default=3.0)
+    p.add_argument("--logg-max", type=float, default=6.0)
+    p.add_argument("--feh-min", type=float, default=-4.0)
+    p.add_argument("--feh-max", type=float, default=1.0)
+    p.add_argument("--dry-run", action="store_true", help="print the URLs only")
+    p.set_defaults(func=_cmd_library_fetch_phoenix)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

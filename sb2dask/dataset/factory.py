@@ -1,0 +1,230 @@
+"""The training-set factory: simulated spectra written as a chunked Zarr v3 group across Dask workers.
+
+Store layout (``out.zarr``)::
+
+    flux              float32 (n, n_pix), chunks (chunk, n_pix)
+    wave              float64 (n_pix,)   air wavelengths [Å]
+    split             uint8   (n,)       0 train, 1 validation, 2 test
+    labels/<name>     (n,) or (n, 2)     see sb2dask.simulate.systems.LABEL_FIELDS
+    .sb2dask-done/    one marker file per finished chunk (with the chunk's SHA-256)
+
+Root attributes ``sb2dask`` hold the configuration, counts, split, label units and provenance
+(package versions, the library's provenance and hash). One Dask task writes one chunk of every
+array and then its marker; a rerun recomputes exactly the chunks without markers, so an
+interrupted run (killed worker or killed client) ends byte-identical to an uninterrupted one.
+Zarr's local store writes each chunk file under a temporary name and renames it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..simulate.config import SimulationConfig
+
+__all__ = ["FORMAT_VERSION", "SplitSpec", "generate", "simulate_chunk", "chunk_status",
+           "store_metadata"]
+
+FORMAT_VERSION = 1
+DONE_DIR = ".sb2dask-done"
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+@dataclass(frozen=True, slots=True)
+class SplitSpec:
+    """Fractions of train / validation / test; contiguous index ranges in that order (the spectra
+    are i.i.d., so contiguous ranges are random splits that stay chunk-aligned)."""
+
+    train: float = 0.75
+    validation: float = 0.15
+    test: float = 0.10
+
+    def counts(self, n: int) -> tuple[int, int, int]:
+        total = self.train + self.validation + self.test
+        n_train = int(round(n * self.train / total))
+        n_val = int(round(n * self.validation / total))
+        return n_train, n_val, n - n_train - n_val
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("sb2dask", "numpy", "scipy", "zarr", "dask", "distributed"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+_CACHE: dict = {}
+
+
+def _simulator(config: SimulationConfig):
+    """(library, sampler, renderer) for a configuration, built once per worker process."""
+    from ..library import load_library
+    from ..simulate.spectra import SpectrumRenderer
+    from ..simulate.systems import GridSampler
+
+    key = (config.library, config.teff_range, config.logg_range, config.feh_range,
+           config.vsini_range, config.working_dv, config.resolution, config.output_grid)
+    if key not in _CACHE:
+        lib = load_library(config.library)
+        _CACHE.clear()
+        _CACHE[key] = (lib, GridSampler(lib, config), SpectrumRenderer(lib, config))
+    return _CACHE[key]
+
+
+def simulate_chunk(config: SimulationConfig, start: int, stop: int) -> tuple[np.ndarray, dict]:
+    """Pure core: spectra ``start..stop-1`` of a data set, as (flux (n, n_pix), labels)."""
+    from ..simulate.systems import draw_systems
+
+    lib, sampler, renderer = _simulator(config)
+    labels, interp, noise = draw_systems(lib, config, np.arange(start, stop), sampler=sampler)
+    return renderer.render(labels, interp, noise), labels
+
+
+def _write_chunk(out: str, config_dict: dict, c: int, chunk: int, n: int) -> dict:
+    """Dask task: simulate chunk ``c`` and write it into every array, then its marker."""
+    import zarr
+
+    config = SimulationConfig.from_dict(config_dict)
+    start, stop = c * chunk, min(n, (c + 1) * chunk)
+    t0 = time.perf_counter()
+    flux, labels = simulate_chunk(config, start, stop)
+    t1 = time.perf_counter()
+    root = zarr.open_group(out, mode="r+")
+    root["flux"][start:stop] = flux
+    for name, values in labels.items():
+        root["labels"][name][start:stop] = values
+    digest = hashlib.sha256(flux.tobytes()).hexdigest()
+    marker = Path(out) / DONE_DIR / f"chunk-{c:06d}"
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
+    tmp.write_text(digest)
+    os.replace(tmp, marker)
+    return dict(chunk=c, n=stop - start, simulate_s=t1 - t0, write_s=time.perf_counter() - t1)
+
+
+def chunk_status(out: str | Path) -> tuple[int, list[int]]:
+    """(number of chunks, indices of finished chunks) of a store."""
+    import zarr
+
+    meta = store_metadata(out)
+    n_chunks = -(-meta["n"] // meta["chunk"])
+    done_dir = Path(out) / DONE_DIR
+    done = sorted(int(p.name.split("-")[1]) for p in done_dir.glob("chunk-*")) \
+        if done_dir.exists() else []
+    del zarr
+    return n_chunks, [c for c in done if c < n_chunks]
+
+
+def store_metadata(out: str | Path) -> dict:
+    """The ``sb2dask`` attributes of a simulated store."""
+    import zarr
+
+    try:
+        root = zarr.open_group(str(out), mode="r")
+        return dict(root.attrs["sb2dask"])
+    except (FileNotFoundError, KeyError) as exc:
+        raise ValueError(f"{out}: not an sb2dask simulated store ({exc})") from exc
+
+
+def _create_store(out: Path, config: SimulationConfig, n: int, chunk: int, split: SplitSpec,
+                  command: str) -> None:
+    import zarr
+
+    from ..simulate.systems import LABEL_FIELDS
+
+    lib, _, _ = _simulator(config)
+    wave = config.wave
+    counts = split.counts(n)
+    lib_prov = lib.provenance
+    meta = dict(
+        format_version=FORMAT_VERSION, n=n, chunk=chunk, config=config.to_dict(),
+        split=dict(zip(SPLIT_NAMES, counts)),
+        label_units={k: v[2] for k, v in LABEL_FIELDS.items()},
+        label_descriptions={k: v[3] for k, v in LABEL_FIELDS.items()},
+        provenance=dict(created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        command=command, versions=_versions(),
+                        library=dict(name=lib.name, sha256=lib_prov.get("sha256"),
+                                     provenance=lib_prov)),
+    )
+    root = zarr.open_group(str(out), mode="w", attributes=dict(sb2dask=meta))
+    blosc = zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+    root.create_array("flux", shape=(n, len(wave)), chunks=(chunk, len(wave)), dtype="f4",
+                      compressors=[blosc], attributes=dict(units="", description=(
+                          "continuum-normalised observed flux")))
+    root.create_array("wave", shape=wave.shape, dtype="f8", compressors=None,
+                      attributes=dict(units="Angstrom", description="air wavelength"))[...] = wave
+    sp = np.repeat(np.arange(3, dtype=np.uint8), counts)
+    root.create_array("split", shape=(n,), chunks=(chunk,), dtype="u1", compressors=[blosc],
+                      attributes=dict(values=dict(enumerate(SPLIT_NAMES))))[...] = sp
+    labels = root.create_group("labels")
+    for name, (shape, dtype, unit, desc) in LABEL_FIELDS.items():
+        labels.create_array(name, shape=(n,) + shape, chunks=(chunk,) + shape, dtype=dtype,
+                            compressors=[blosc], attributes=dict(units=unit, description=desc))
+    (out / DONE_DIR).mkdir(exist_ok=True)
+
+
+def generate(out: str | Path, config: SimulationConfig, n: int, chunk: int = 10000,
+             client=None, split: SplitSpec | None = None, overwrite: bool = False,
+             progress: bool = True, command: str = "") -> dict:
+    """Simulate ``n`` spectra into the Zarr group ``out``, one Dask task per chunk.
+
+    A store that already exists with the same configuration, ``n`` and ``chunk`` is resumed (only
+    chunks without markers are computed); a different one raises unless ``overwrite``.
+
+    Returns
+    -------
+    dict
+        ``n_chunks``, ``computed`` (chunks computed by this call), ``skipped``, ``seconds``,
+        ``spectra_per_s`` (of the computed chunks).
+    """
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    split = split or SplitSpec()
+    if n <= 0 or chunk <= 0:
+        raise ValueError(f"n and chunk must be positive, got n={n}, chunk={chunk}")
+    existing = None
+    if (out / "zarr.json").exists() and not overwrite:
+        existing = store_metadata(out)
+        want = (config.to_dict(), n, chunk, dict(zip(SPLIT_NAMES, split.counts(n))))
+        have = (existing["config"], existing["n"], existing["chunk"], existing["split"])
+        if want != have:
+            raise ValueError(f"{out} holds a different data set (config, n, chunk or split "
+                             "differ); pass overwrite=True (--overwrite) to replace it")
+    if existing is None:
+        _create_store(out, config, n, chunk, split, command)
+    n_chunks, done = chunk_status(out)
+    todo = sorted(set(range(n_chunks)) - set(done))
+    t0 = time.perf_counter()
+    own_client = client is None
+    if own_client and todo:
+        from ..cluster import get_client
+
+        client = get_client("local")
+    try:
+        if todo:
+            futures = client.map(_write_chunk, [str(out)] * len(todo), [config.to_dict()] * len(todo),
+                                 todo, [chunk] * len(todo), [n] * len(todo), pure=False,
+                                 retries=3)
+            with tqdm(total=n, initial=len(done) * chunk if done else 0, unit="spectra",
+                      desc="simulate", disable=not progress, file=sys.stderr) as bar:
+                for fut in as_completed(futures):
+                    bar.update(fut.result()["n"])
+    finally:
+        if own_client and client is not None:
+            client.close()
+    seconds = time.perf_counter() - t0
+    n_new = sum(min(n, (c + 1) * chunk) - c * chunk for c in todo)
+    return dict(n_chunks=n_chunks, computed=len(todo), skipped=len(done), seconds=seconds,
+                spectra_per_s=n_new / seconds if seconds > 0 and n_new else 0.0)

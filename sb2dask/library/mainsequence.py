@@ -1,0 +1,57 @@
+"""Main-sequence masses and radii for grid nodes.
+
+Masses follow the Pecaut & Mamajek (2013, ApJS 208, 9; updated table) dwarf sequence,
+interpolated in Teff; radii follow from the node's surface gravity and that mass,
+``R = sqrt(G M / g)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["G_CGS", "M_SUN_G", "R_SUN_CM", "read_mass_teff_relation", "mass_from_teff",
+           "radius_from_logg"]
+
+G_CGS = 6.67430e-8  # cm^3 g^-1 s^-2
+M_SUN_G = 1.98841e33  # g
+R_SUN_CM = 6.957e10  # cm (IAU nominal)
+
+
+def read_mass_teff_relation(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read (Teff [K], mass [M_sun]) of the dwarf sequence from the Pecaut & Mamajek table.
+
+    The file is whitespace-separated with ``...`` for missing values; rows without a mass are
+    dropped. Returns both arrays sorted by Teff.
+
+    Raises
+    ------
+    ValueError
+        If the file lacks the ``Teff`` or ``Msun`` columns or holds fewer than two usable rows.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    table = pd.read_csv(path, sep=r"\s+", na_values="...", usecols=lambda c: c in ("Teff", "Msun"))
+    if set(table.columns) != {"Teff", "Msun"}:
+        raise ValueError(f"{path}: expected columns 'Teff' and 'Msun', found {list(table.columns)}")
+    table = table.dropna().sort_values("Teff")
+    if len(table) < 2:
+        raise ValueError(f"{path}: fewer than two rows with both Teff and Msun")
+    return table["Teff"].to_numpy(float), table["Msun"].to_numpy(float)
+
+
+def mass_from_teff(teff, relation: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Main-sequence mass [M_sun] at ``teff`` [K], linear in Teff between table rows."""
+    t, m = relation
+    teff = np.asarray(teff, dtype=float)
+    if np.any(teff < t[0]) or np.any(teff > t[-1]):
+        raise ValueError(f"Teff outside the mass relation's range {t[0]:.0f}-{t[-1]:.0f} K")
+    return np.interp(teff, t, m)
+
+
+def radius_from_logg(logg, mass_msun) -> np.ndarray:
+    """Radius [R_sun] from surface gravity ``logg`` [dex, cgs] and mass [M_sun]."""
+    g = 10.0 ** np.asarray(logg, dtype=float)
+    return np.sqrt(G_CGS * np.asarray(mass_msun, dtype=float) * M_SUN_G / g) / R_SUN_CM

@@ -1,0 +1,114 @@
+"""Simulation configuration: a frozen dataclass that round-trips to YAML."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SimulationConfig", "OUTPUT_GRIDS", "output_wave"]
+
+#: Output pixel layouts: the paper's 903 pixels over 8470-8710 Å, and Gaia DR3's mean-spectrum
+#: layout (2401 pixels, 846-870 nm, 0.01 nm).
+OUTPUT_GRIDS = {
+    "rvs903": (8470.0, 8710.0, 903),
+    "gaia_dr3": (8460.0, 8700.0, 2401),
+}
+
+
+def output_wave(name: str) -> np.ndarray:
+    """Output wavelengths [Å, air] of a named layout (uniform in λ)."""
+    try:
+        lo, hi, n = OUTPUT_GRIDS[name]
+    except KeyError:
+        raise ValueError(f"unknown output grid {name!r}; choose from {sorted(OUTPUT_GRIDS)}") from None
+    return np.linspace(lo, hi, n)
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationConfig:
+    """Everything that determines a simulated data set (Binnenfeld et al. 2025, Sect. 2, Table 1).
+
+    Ranges are (low, high); labels are drawn uniformly inside them, clipped to what the spectral
+    library covers. Units: K, dex (cgs), dex, km/s, days.
+
+    Attributes
+    ----------
+    library : str
+        ``"embedded"``, a grid file, or a PHOENIX directory (see :func:`sb2dask.library.load_library`).
+    k_sum_range : tuple
+        K1 + K2 [km/s], drawn uniformly; the period is drawn log-uniformly in ``period_range`` and
+        the inclination then follows from K1 + K2 (redrawing the period if sin i would exceed 1).
+    snr_range : tuple
+        Continuum S/N per output pixel, uniform; noise is Gaussian with σ = sqrt(flux)/S/N.
+    binary_fraction : float
+        Fraction of SB2 systems; the rest are single stars (1.0 for the paper's training set).
+    working_dv : float
+        Velocity step [km/s] of the internal ln(λ) grid on which broadening and shifts are applied.
+    """
+
+    library: str = "embedded"
+    teff_range: tuple[float, float] = (3500.0, 6500.0)
+    logg_range: tuple[float, float] = (3.0, 6.0)
+    feh_range: tuple[float, float] = (-4.0, 1.0)
+    vsini_range: tuple[float, float] = (0.0, 100.0)
+    k_sum_range: tuple[float, float] = (10.0, 90.0)
+    period_range: tuple[float, float] = (1.0, 1000.0)
+    gamma: float = 0.0
+    snr_range: tuple[float, float] = (30.0, 350.0)
+    resolution: float = 11500.0
+    output_grid: str = "rvs903"
+    limb_darkening: float = 0.6
+    working_dv: float = 1.0
+    binary_fraction: float = 1.0
+    seed: int = 20250717
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name.endswith("_range"):
+                if len(v) != 2 or not v[0] <= v[1]:
+                    raise ValueError(f"{f.name} must be (low, high) with low <= high, got {v!r}")
+                object.__setattr__(self, f.name, (float(v[0]), float(v[1])))
+        if not 0.0 <= self.binary_fraction <= 1.0:
+            raise ValueError(f"binary_fraction must lie in [0, 1], got {self.binary_fraction}")
+        if self.snr_range[0] <= 0:
+            raise ValueError(f"snr_range must be positive, got {self.snr_range}")
+        if self.vsini_range[0] < 0 or self.k_sum_range[0] < 0:
+            raise ValueError("vsini_range and k_sum_range must be non-negative")
+        output_wave(self.output_grid)
+
+    @property
+    def wave(self) -> np.ndarray:
+        return output_wave(self.output_grid)
+
+    def replace(self, **changes) -> SimulationConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SimulationConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown simulation settings: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path_or_text: str | Path) -> SimulationConfig:
+        import yaml
+
+        p = Path(path_or_text)
+        text = p.read_text() if p.suffix in (".yaml", ".yml") and p.exists() else str(path_or_text)
+        return cls.from_dict(yaml.safe_load(text) or {})

@@ -1,0 +1,194 @@
+"""Random SB2 (and single-star) systems: labels, grid-interpolation weights, orbits.
+
+Each spectrum ``i`` of a data set draws from its own generator seeded by
+``SeedSequence([config.seed, i])``, so a spectrum depends only on the configuration and its global
+index: never on chunk size, worker count or scheduling order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..library.base import CONTINUUM_REFERENCE_WAVE, SpectralLibrary
+from .config import SimulationConfig
+from .orbits import k_sum_max, radial_velocities, semi_amplitudes
+
+__all__ = ["LABEL_FIELDS", "GridSampler", "spectrum_seed", "draw_systems"]
+
+#: Per-spectrum fields produced by :func:`draw_systems`: name -> (shape suffix, dtype, unit,
+#: description). ``(2,)`` fields hold (cooler, hotter) components; for single stars the second
+#: component is NaN.
+LABEL_FIELDS = {
+    "teff": ((2,), "f4", "K", "effective temperature, lower first"),
+    "logg": ((2,), "f4", "dex", "surface gravity log10(g/cm s-2), ordered like teff"),
+    "feh": ((2,), "f4", "dex", "metallicity [Fe/H], ordered like teff"),
+    "vsini": ((2,), "f4", "km/s", "projected rotational velocity, ordered like teff"),
+    "mass": ((2,), "f4", "Msun", "main-sequence mass, ordered like teff"),
+    "radius": ((2,), "f4", "Rsun", "radius from logg and mass, ordered like teff"),
+    "light_fraction": ((2,), "f4", "", "fraction of the continuum light at 8600 Å"),
+    "k": ((2,), "f4", "km/s", "RV semi-amplitude, ordered like teff"),
+    "rv": ((2,), "f4", "km/s", "radial velocity at the epoch, ordered like teff"),
+    "interp_axis": ((2,), "i1", "", "grid axis interpolated (0 teff, 1 logg, 2 feh)"),
+    "flux_ratio": ((), "f4", "", "continuum flux ratio cooler/hotter at 8600 Å"),
+    "k_sum": ((), "f4", "km/s", "K1 + K2 (maximum RV separation)"),
+    "rv_separation": ((), "f4", "km/s", "|RV1 - RV2| at the epoch"),
+    "period": ((), "f4", "d", "orbital period"),
+    "inclination": ((), "f4", "deg", "orbital inclination"),
+    "phase": ((), "f4", "", "orbital phase of the epoch (0 = RV1 maximum)"),
+    "snr": ((), "f4", "", "continuum signal-to-noise ratio per pixel"),
+    "is_binary": ((), "?", "", "True for SB2 systems, False for single stars"),
+    "seed": ((), "u8", "", "per-spectrum random seed"),
+}
+
+
+def spectrum_seed(seed: int, index: np.ndarray) -> np.ndarray:
+    """Per-spectrum 64-bit seeds derived from the data-set seed and global indices."""
+    return np.array([np.random.SeedSequence([int(seed), int(i)]).generate_state(1, np.uint64)[0]
+                     for i in np.asarray(index).ravel()], dtype=np.uint64)
+
+
+@dataclass(frozen=True)
+class _Star:
+    teff: float
+    logg: float
+    feh: float
+    axis: int
+    lo: tuple[int, int, int]
+    hi: tuple[int, int, int]
+    w: float  # weight of the ``hi`` node
+
+
+class GridSampler:
+    """Draws component labels inside a library's coverage, interpolated along one axis at a time.
+
+    For each star all three labels are drawn uniformly in the configured ranges (clipped to the
+    library); one axis, chosen at random, keeps its continuous value and is interpolated between its
+    bracketing nodes, while the other two are snapped to the nearest node (Binnenfeld et al. 2025,
+    Sect. 2). Draws whose bracketing nodes are missing are redrawn.
+    """
+
+    def __init__(self, library: SpectralLibrary, config: SimulationConfig):
+        ax = library.axes
+        self.nodes = [np.asarray(ax.teff), np.asarray(ax.logg), np.asarray(ax.feh)]
+        self.available = library.available
+        cov = library.ranges()
+        self.ranges = []
+        for want, have, name in ((config.teff_range, cov.teff, "teff"),
+                                 (config.logg_range, cov.logg, "logg"),
+                                 (config.feh_range, cov.feh, "feh")):
+            lo, hi = max(want[0], have[0]), min(want[1], have[1])
+            if lo > hi:
+                raise ValueError(f"{name} range {want} does not overlap the library's {have}")
+            self.ranges.append((lo, hi))
+        self.vsini_range = config.vsini_range
+        # Node properties looked up once: mass [Msun], radius [Rsun], continuum at 8600 Å.
+        self.props = np.full(self.available.shape + (3,), np.nan)
+        for idx in zip(*np.nonzero(self.available)):
+            lab = (ax.teff[idx[0]], ax.logg[idx[1]], ax.feh[idx[2]])
+            self.props[idx] = (library.mass(*lab), library.radius(*lab),
+                               float(library.continuum(*lab, wave=CONTINUUM_REFERENCE_WAVE)))
+
+    def properties(self, star: _Star) -> np.ndarray:
+        """(mass, radius, continuum at 8600 Å) of a star, interpolated like its spectrum."""
+        return (1.0 - star.w) * self.props[star.lo] + star.w * self.props[star.hi]
+
+    def _bracket(self, axis: int, value: float) -> tuple[int, int, float]:
+        nodes = self.nodes[axis]
+        j = int(np.clip(np.searchsorted(nodes, value, side="right") - 1, 0, len(nodes) - 1))
+        if j == len(nodes) - 1 or nodes[j] == value:
+            return j, j, 0.0
+        return j, j + 1, float((value - nodes[j]) / (nodes[j + 1] - nodes[j]))
+
+    def draw_star(self, rng: np.random.Generator) -> _Star:
+        for _ in range(10000):
+            values = [rng.uniform(lo, hi) for lo, hi in self.ranges]
+            axis = int(rng.integers(3))
+            lo_idx, hi_idx = [], []
+            for a in range(3):
+                nodes = self.nodes[a]
+                if a == axis:
+                    j0, j1, w = self._bracket(a, values[a])
+                else:
+                    inside = np.flatnonzero((nodes >= self.ranges[a][0] - 1e-9)
+                                            & (nodes <= self.ranges[a][1] + 1e-9))
+                    j0 = j1 = int(inside[np.argmin(np.abs(nodes[inside] - values[a]))])
+                    values[a] = float(nodes[j0])
+                lo_idx.append(j0)
+                hi_idx.append(j1)
+            if self.available[tuple(lo_idx)] and self.available[tuple(hi_idx)]:
+                return _Star(values[0], values[1], values[2], axis, tuple(lo_idx), tuple(hi_idx),
+                             w)
+        raise RuntimeError("could not draw a star inside the library's coverage; check the ranges")
+
+
+def draw_systems(library: SpectralLibrary, config: SimulationConfig, index: np.ndarray,
+                 sampler: GridSampler | None = None) -> tuple[dict, dict, np.ndarray]:
+    """Draw the systems with global indices ``index``.
+
+    Returns
+    -------
+    labels : dict of ndarray
+        :data:`LABEL_FIELDS`, each of shape ``(n,)`` or ``(n, 2)``, ordered cooler first.
+    interp : dict of ndarray
+        Grid nodes and weights per component, ordered like the labels: ``lo``, ``hi`` (n, 2, 3)
+        int node indices, ``w`` (n, 2) weights of ``hi``.
+    noise : ndarray, shape (n, n_out)
+        Standard-normal deviates for the output pixels, from each spectrum's own generator.
+    """
+    sampler = sampler or GridSampler(library, config)
+    index = np.asarray(index, dtype=np.int64)
+    n, n_out = len(index), len(config.wave)
+    seeds = spectrum_seed(config.seed, index)
+    out = {k: np.full((n,) + shape, np.nan if np.dtype(dt).kind == "f" else 0, dtype=dt)
+           for k, (shape, dt, _, _) in LABEL_FIELDS.items()}
+    lo = np.zeros((n, 2, 3), dtype=np.int16)
+    hi = np.zeros((n, 2, 3), dtype=np.int16)
+    w = np.zeros((n, 2), dtype=np.float64)
+    noise = np.empty((n, n_out), dtype=np.float32)
+    for r, seed in enumerate(seeds):
+        rng = np.random.default_rng(int(seed))
+        binary = bool(rng.random() < config.binary_fraction)
+        stars = [sampler.draw_star(rng) for _ in range(2 if binary else 1)]
+        vsini = [rng.uniform(*config.vsini_range) for _ in stars]
+        props = [sampler.properties(s) for s in stars]
+        masses = [float(p[0]) for p in props]
+        radii = [float(p[1]) for p in props]
+        lum = np.array([p[1] ** 2 * p[2] for p in props])
+        frac = lum / lum.sum()
+        if binary:
+            k_sum = rng.uniform(*config.k_sum_range)
+            m_tot = masses[0] + masses[1]
+            for _ in range(10000):
+                period = np.exp(rng.uniform(*np.log(config.period_range)))
+                sin_i = k_sum / k_sum_max(m_tot, period)
+                if sin_i <= 1.0:
+                    break
+            else:
+                raise RuntimeError(f"no period in {config.period_range} d reaches K1+K2={k_sum}")
+            phase = rng.random()
+            k1, k2 = semi_amplitudes(k_sum, masses[0], masses[1])
+            rv1, rv2 = radial_velocities(k1, k2, phase, config.gamma)
+            rvs, ks = [float(rv1), float(rv2)], [float(k1), float(k2)]
+            out["k_sum"][r], out["period"][r] = k_sum, period
+            out["inclination"][r] = np.degrees(np.arcsin(sin_i))
+            out["phase"][r], out["rv_separation"][r] = phase, abs(rv1 - rv2)
+        else:
+            rvs, ks = [config.gamma], [0.0]
+        out["snr"][r] = rng.uniform(*config.snr_range)
+        noise[r] = rng.standard_normal(n_out)
+        order = sorted(range(len(stars)), key=lambda c: (stars[c].teff, c))
+        for slot, c in enumerate(order):
+            s = stars[c]
+            for key, val in (("teff", s.teff), ("logg", s.logg), ("feh", s.feh),
+                             ("vsini", vsini[c]), ("mass", masses[c]), ("radius", radii[c]),
+                             ("light_fraction", frac[c]), ("k", ks[c]), ("rv", rvs[c]),
+                             ("interp_axis", s.axis)):
+                out[key][r, slot] = val
+            lo[r, slot], hi[r, slot], w[r, slot] = s.lo, s.hi, s.w
+        if binary:
+            out["flux_ratio"][r] = out["light_fraction"][r, 0] / out["light_fraction"][r, 1]
+        out["is_binary"][r] = binary
+    out["seed"][:] = seeds
+    return out, dict(lo=lo, hi=hi, w=w), noise
