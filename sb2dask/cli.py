@@ -57,6 +57,56 @@ def _cmd_library_fetch_phoenix(args) -> int:
     return 0
 
 
+def _simulation_config(args):
+    from .simulate.config import SimulationConfig
+
+    cfg = SimulationConfig.from_yaml(args.config) if args.config else SimulationConfig()
+    changes = {k: v for k, v in dict(
+        library=args.library, seed=args.seed, binary_fraction=args.binary_fraction,
+        output_grid=args.output_grid, resolution=args.resolution).items() if v is not None}
+    if args.snr is not None:
+        changes["snr_range"] = tuple(args.snr)
+    return cfg.replace(**changes) if changes else cfg
+
+
+def _cmd_simulate(args) -> int:
+    from .cluster import get_client
+    from .dataset.factory import SplitSpec, generate
+
+    cfg = _simulation_config(args)
+    split = SplitSpec(*args.split) if args.split else SplitSpec()
+    with get_client(args.cluster, args.workers) as client:
+        summary = generate(args.out, cfg, args.n, args.chunk, client=client, split=split,
+                           overwrite=args.overwrite, progress=not args.no_progress,
+                           command="sb2dask " + shlex.join(sys.argv[1:]))
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_figures(args) -> int:
+    from .evaluate.simulation_figures import figure_1, figure_2
+
+    cfg = _simulation_config(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for fig in (figure_1(cfg, out / "fig1_rv_curve.png", index=args.index),
+                figure_2(cfg, out / "fig2_spectra.png", index=args.index)):
+        print(fig)
+    return 0
+
+
+def _add_simulation_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("simulation")
+    g.add_argument("--config", default=None, help="YAML file of SimulationConfig fields")
+    g.add_argument("--library", default=None, help="'embedded', a grid file or a PHOENIX dir")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--binary-fraction", type=float, default=None,
+                   help="fraction of SB2s (default 1.0: the paper's all-SB2 training set)")
+    g.add_argument("--snr", type=float, nargs=2, metavar=("MIN", "MAX"), default=None)
+    g.add_argument("--output-grid", choices=["rvs903", "gaia_dr3"], default=None)
+    g.add_argument("--resolution", type=float, default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sb2dask", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -89,6 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feh-max", type=float, default=1.0)
     p.add_argument("--dry-run", action="store_true", help="print the URLs only")
     p.set_defaults(func=_cmd_library_fetch_phoenix)
+
+    p = sub.add_parser("simulate", help="simulate a training set into a Zarr store")
+    p.add_argument("--n", type=int, default=200000, help="number of spectra (default 200000)")
+    p.add_argument("--chunk", type=int, default=10000, help="spectra per chunk/task")
+    p.add_argument("--out", required=True, help="output Zarr directory")
+    p.add_argument("--split", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
+                   default=None, help="split fractions (default 0.75 0.15 0.10)")
+    p.add_argument("--overwrite", action="store_true", help="replace a different existing store")
+    p.add_argument("--no-progress", action="store_true")
+    _add_simulation_options(p)
+    _add_cluster_options(p)
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("figures", help="the paper's Figs. 1-2 from the simulator, as PNG")
+    p.add_argument("--out", default="docs/figures")
+    p.add_argument("--index", type=int, default=7, help="which simulated system to show")
+    _add_simulation_options(p)
+    p.set_defaults(func=_cmd_figures)
     return ap
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from functools import cached_property
 from pathlib import Path
 
@@ -53,7 +54,7 @@ class EmbeddedLibrary:
                                   tuple(map(float, g["logg"][...])),
                                   tuple(map(float, g["feh"][...])))
             store.close()
-        except (KeyError, OSError, ValueError) as exc:
+        except (KeyError, OSError, ValueError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{self.path}: not a valid sb2dask grid ({exc})") from exc
 
     # -- SpectralLibrary -------------------------------------------------------------------

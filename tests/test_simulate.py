@@ -1,0 +1,248 @@
+"""Physics of the SB2 simulator: shifts, blends, light ratios, orbits, broadening, noise, seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sb2dask.library import load_library
+from sb2dask.simulate.broadening import (C_KMS, gaussian_lsf_ft, rotation_kernel_ft,
+                                         rotational_broadening)
+from sb2dask.simulate.config import SimulationConfig
+from sb2dask.simulate.orbits import K_CONSTANT
+from sb2dask.simulate.spectra import SpectrumRenderer
+from sb2dask.simulate.systems import GridSampler, draw_systems
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return load_library("embedded")
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return SimulationConfig(seed=123)
+
+
+@pytest.fixture(scope="module")
+def sampler(lib, cfg):
+    return GridSampler(lib, cfg)
+
+
+@pytest.fixture(scope="module")
+def renderer(lib, cfg):
+    return SpectrumRenderer(lib, cfg)
+
+
+@pytest.fixture(scope="module")
+def systems(lib, cfg, sampler):
+    return draw_systems(lib, cfg, np.arange(400), sampler=sampler)
+
+
+def _ccf_shift(wave, ref, obs, dv=0.25):
+    """RV [km/s] of ``obs`` relative to ``ref`` by cross-correlation on a fine ln λ grid."""
+    x = np.arange(C_KMS * np.log(wave[0]) + 300, C_KMS * np.log(wave[-1]) - 300, dv)
+    w = np.exp(x / C_KMS)
+    a = 1 - np.interp(w, wave, ref)
+    b = 1 - np.interp(w, wave, obs)
+    lags = np.arange(-200, 201)
+    cc = np.array([np.dot(a[200:-200], b[200 + k:len(b) - 200 + k]) for k in lags])
+    k = int(np.argmax(cc))
+    y0, y1, y2 = cc[k - 1], cc[k], cc[k + 1]
+    return (lags[k] + 0.5 * (y0 - y2) / (y0 - 2 * y1 + y2)) * dv
+
+
+def test_known_rv_is_recovered_by_cross_correlation(lib, cfg, sampler, renderer):
+    labels, interp, _ = draw_systems(lib, cfg.replace(binary_fraction=0.0), np.arange(3),
+                                     sampler=sampler)
+    labels["vsini"][:] = np.where(np.isnan(labels["vsini"]), np.nan, 5.0)
+    rest = renderer.render(labels, interp, None)
+    pixel_kms = C_KMS * np.diff(cfg.wave).mean() / cfg.wave.mean()
+    for rv in (-61.3, 12.7, 44.4):
+        shifted = dict(labels, rv=np.where(np.isnan(labels["rv"]), np.nan, rv).astype("f4"))
+        obs = renderer.render(shifted, interp, None)
+        for i in range(3):
+            got = _ccf_shift(cfg.wave, rest[i], obs[i])
+            assert abs(got - rv) < 0.1 * pixel_kms, (i, rv, got)
+
+
+def test_blend_is_the_light_weighted_sum_of_components(systems, renderer):
+    labels, interp, _ = systems
+    idx = np.flatnonzero(labels["is_binary"])[:20]
+    sub = {k: v[idx] for k, v in labels.items()}
+    sint = {k: v[idx] for k, v in interp.items()}
+    comps = []
+    for c in range(2):
+        frac = np.zeros_like(sub["light_fraction"])
+        frac[:, c] = 1.0
+        comps.append(renderer.render(dict(sub, light_fraction=frac), sint, None))
+    blend = renderer.render(sub, sint, None)
+    f = sub["light_fraction"].astype(np.float64)
+    expected = f[:, :1] * comps[0] + f[:, 1:] * comps[1]
+    np.testing.assert_allclose(blend, expected, atol=2e-6)
+    # and the components really differ, so the test is not trivial
+    assert np.abs(comps[0] - comps[1]).max() > 0.05
+
+
+def test_light_ratio_follows_radii_and_continuum_fluxes(systems, sampler, lib):
+    labels, interp, _ = systems
+    b = labels["is_binary"]
+    lum = np.empty((b.sum(), 2))
+    for c in range(2):
+        lo, hi = interp["lo"][b, c], interp["hi"][b, c]
+        w = interp["w"][b, c]
+        cont = ((1 - w) * sampler.props[lo[:, 0], lo[:, 1], lo[:, 2], 2]
+                + w * sampler.props[hi[:, 0], hi[:, 1], hi[:, 2], 2])
+        lum[:, c] = labels["radius"][b, c].astype(np.float64) ** 2 * cont
+    np.testing.assert_allclose(labels["flux_ratio"][b], lum[:, 0] / lum[:, 1], rtol=1e-4)
+    np.testing.assert_allclose(labels["light_fraction"][b].sum(axis=1), 1.0, rtol=1e-6)
+    # a hotter star of the same radius is brighter at 8600 Å
+    assert lib.continuum(6000, 4.5, 0.0) > lib.continuum(5000, 4.5, 0.0)
+
+
+def test_orbits_obey_kepler_and_the_configured_k_range(systems, cfg):
+    lab, _, _ = systems
+    b = lab["is_binary"]
+    k_sum = lab["k_sum"][b]
+    assert k_sum.min() >= cfg.k_sum_range[0] and k_sum.max() <= cfg.k_sum_range[1]
+    np.testing.assert_allclose(lab["k"][b].sum(axis=1), k_sum, rtol=1e-5)
+    # K1/K2 = M2/M1: the lighter star moves faster
+    m, k = lab["mass"][b].astype(float), lab["k"][b].astype(float)
+    np.testing.assert_allclose(k[:, 0] * m[:, 0], k[:, 1] * m[:, 1], rtol=1e-4)
+    m_tot = m.sum(axis=1)
+    sin_i = np.sin(np.radians(lab["inclination"][b].astype(float)))
+    np.testing.assert_allclose(k_sum, K_CONSTANT * np.cbrt(m_tot / lab["period"][b]) * sin_i,
+                               rtol=1e-4)
+    assert np.all(lab["rv_separation"][b] <= k_sum + 1e-4)
+    # RVs of the two components are on opposite sides of gamma
+    assert np.all(lab["rv"][b, 0] * lab["rv"][b, 1] <= 1e-6)
+
+
+def test_labels_are_ordered_inside_coverage_and_interpolated_on_one_axis(systems, lib, sampler):
+    lab, interp, _ = systems
+    b = lab["is_binary"]
+    assert np.all(lab["teff"][b, 0] <= lab["teff"][b, 1])
+    r = lib.ranges()
+    assert lab["teff"][b].min() >= r.teff[0] and lab["teff"][b].max() <= r.teff[1]
+    assert np.all(lab["logg"][b] <= r.logg_max(lab["teff"][b]) + 1e-6)
+    nodes = [np.asarray(lib.axes.teff), np.asarray(lib.axes.logg), np.asarray(lib.axes.feh)]
+    for name_idx, name in enumerate(("teff", "logg", "feh")):
+        on_node = np.isin(np.round(lab[name][b], 4), np.round(nodes[name_idx], 4))
+        # off-node only along the interpolated axis
+        assert np.all(on_node | (lab["interp_axis"][b] == name_idx))
+    # all three axes do get interpolated
+    assert set(np.unique(lab["interp_axis"][b])) == {0, 1, 2}
+    for c in range(2):
+        assert np.all(lib.available[tuple(interp["lo"][b, c].T)])
+        assert np.all(lib.available[tuple(interp["hi"][b, c].T)])
+
+
+def test_spectra_depend_only_on_seed_and_index(lib, cfg, sampler, renderer):
+    idx = np.array([17, 3, 250])
+    lab_a, int_a, noise_a = draw_systems(lib, cfg, idx, sampler=sampler)
+    lab_b, int_b, noise_b = draw_systems(lib, cfg, np.arange(251), sampler=sampler)
+    for k in lab_a:
+        np.testing.assert_array_equal(lab_a[k], lab_b[k][idx])
+    np.testing.assert_array_equal(noise_a, noise_b[idx])
+    fa = renderer.render(lab_a, int_a, noise_a)
+    fb = renderer.render({k: v[idx] for k, v in lab_b.items()},
+                         {k: v[idx] for k, v in int_b.items()}, noise_b[idx])
+    assert fa.tobytes() == fb.tobytes()
+    lab_c, _, _ = draw_systems(lib, cfg.replace(seed=124), idx, sampler=sampler)
+    assert not np.array_equal(lab_a["teff"], lab_c["teff"])
+
+
+def test_noise_has_the_configured_snr(lib, cfg, sampler, renderer):
+    labels, interp, noise = draw_systems(lib, cfg.replace(snr_range=(50.0, 50.0)), np.arange(50),
+                                         sampler=sampler)
+    clean = renderer.render(labels, interp, None)
+    noisy = renderer.render(labels, interp, noise)
+    z = (noisy - clean) * 50.0 / np.sqrt(clean)
+    assert abs(z.std() - 1.0) < 0.02 and abs(z.mean()) < 0.02
+
+
+def test_rotation_kernel_transform_is_normalised_and_tends_to_identity():
+    f = np.linspace(0, 0.5, 200)
+    assert rotation_kernel_ft(0.0, 50.0) == pytest.approx(1.0)
+    np.testing.assert_allclose(rotation_kernel_ft(f, 0.0), 1.0)
+    np.testing.assert_allclose(rotation_kernel_ft(f, 1e-4), 1.0, atol=1e-6)
+    assert np.abs(rotation_kernel_ft(f, 80.0)).max() <= 1.0 + 1e-12
+    assert gaussian_lsf_ft(0.0, 11500) == pytest.approx(1.0)
+
+
+def _fine_reference(lib):
+    from scipy.interpolate import CubicSpline
+
+    flux = lib.flux(5000.0, 4.5, 0.0)
+    return CubicSpline(lib.wave, flux)
+
+
+@pytest.mark.parametrize("vsini", [10.0, 25.0, 60.0, 100.0])
+def test_fast_rotation_matches_pyastronomy_rotbroad(lib, vsini):
+    from PyAstronomy import pyasl
+
+    spline = _fine_reference(lib)
+    w_fine = np.arange(8440.0, 8740.0, 0.01)  # rotBroad needs an equidistant, fine λ grid
+    ref = pyasl.rotBroad(w_fine, spline(w_fine), 0.6, vsini)
+    dv = 0.5
+    x = np.arange(C_KMS * np.log(8440.0), C_KMS * np.log(8740.0), dv)
+    w_log = np.exp(x / C_KMS)
+    ours = rotational_broadening(spline(w_log), dv, vsini, 0.6)
+    interior = (w_fine > 8470) & (w_fine < 8710)
+    diff = np.abs(np.interp(w_fine, w_log, ours) - ref)[interior]
+    assert diff.max() < 2e-3
+
+
+@pytest.mark.parametrize("vsini", [0.0, 0.5, 2.0, 5.0])
+def test_slow_rotation_is_sane(lib, vsini):
+    spline = _fine_reference(lib)
+    dv = 0.5
+    x = np.arange(C_KMS * np.log(8440.0), C_KMS * np.log(8740.0), dv)
+    flux = spline(np.exp(x / C_KMS))
+    out = rotational_broadening(flux, dv, vsini, 0.6)
+    inner = slice(400, -400)
+    # equivalent width conserved, lines not deepened, and no broadening at all for vsini = 0
+    assert np.sum(1 - out[inner]) == pytest.approx(np.sum(1 - flux[inner]), rel=1e-3)
+    assert out[inner].min() >= flux[inner].min() - 1e-9
+    if vsini == 0.0:
+        np.testing.assert_allclose(out, flux, atol=1e-12)
+    else:
+        assert np.abs(out - flux)[inner].max() < 0.02 * vsini + 1e-3
+
+
+def test_instrument_resolution_sets_the_line_width(lib, cfg):
+    """A narrow line observed at R = 11 500 has FWHM ≈ λ/R."""
+    r = SpectrumRenderer(lib, cfg.replace(output_grid="gaia_dr3"))
+    depth = np.zeros(r.n_work)
+    centre = r.n_work // 2
+    depth[centre] = 1.0
+    ft = np.fft.rfft(depth)[: r.n_freq] * r.lsf
+    profile = np.fft.irfft(ft, n=r.n_work)
+    half = profile > profile.max() / 2
+    fwhm_kms = half.sum() * r.dv
+    assert fwhm_kms == pytest.approx(C_KMS / 11500, rel=0.05)
+
+
+def test_config_round_trips_and_validates(tmp_path):
+    cfg = SimulationConfig(snr_range=(10, 50), binary_fraction=0.5, output_grid="gaia_dr3")
+    path = tmp_path / "sim.yaml"
+    cfg.to_yaml(path)
+    assert SimulationConfig.from_yaml(path) == cfg
+    assert len(cfg.wave) == 2401 and cfg.wave[0] == 8460.0 and cfg.wave[-1] == 8700.0
+    assert len(SimulationConfig().wave) == 903
+    with pytest.raises(ValueError, match="teff_range"):
+        SimulationConfig(teff_range=(6000, 5000))
+    with pytest.raises(ValueError, match="unknown simulation settings"):
+        SimulationConfig.from_dict({"tef_range": [1, 2]})
+    with pytest.raises(ValueError, match="output grid"):
+        SimulationConfig(output_grid="sdss")
+
+
+def test_single_stars_have_one_component(lib, cfg, sampler, renderer):
+    lab, interp, noise = draw_systems(lib, cfg.replace(binary_fraction=0.0), np.arange(10),
+                                      sampler=sampler)
+    assert not lab["is_binary"].any()
+    assert np.isnan(lab["teff"][:, 1]).all() and np.isfinite(lab["teff"][:, 0]).all()
+    np.testing.assert_allclose(lab["light_fraction"][:, 0], 1.0)
+    flux = renderer.render(lab, interp, noise)
+    assert np.isfinite(flux).all() and flux.shape == (10, 903)
