@@ -46,6 +46,22 @@ def _cmd_library_build(args) -> int:
     return 0
 
 
+def _cmd_library_validate(args) -> int:
+    from .evaluate.library_validation import compare_libraries, write_report
+    from .library import load_library
+
+    test, ref = load_library(args.library), load_library(args.reference)
+    rows = compare_libraries(test, ref)
+    if not rows:
+        print(f"no common nodes between {args.library} and {args.reference}", file=sys.stderr)
+        return 1
+    summary = write_report(rows, args.out, "embedded" if args.library == "embedded" else
+                           Path(args.library).name, "PHOENIX", test=test, reference=ref)
+    print((Path(args.out) / "validation.md").read_text())
+    print(json.dumps({k: summary[k] for k in ("median_rms", "median_correlation")}))
+    return 0
+
+
 def _cmd_library_fetch_phoenix(args) -> int:
     from .library.phoenix import fetch_phoenix
 
@@ -80,6 +96,29 @@ def _cmd_simulate(args) -> int:
                            overwrite=args.overwrite, progress=not args.no_progress,
                            command="sb2dask " + shlex.join(sys.argv[1:]))
     print(json.dumps(summary))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .cluster import get_client
+    from .train.config import TrainConfig
+    from .train.pool import train_all
+
+    base = TrainConfig.from_yaml(args.config) if args.config else TrainConfig()
+    changes = {k: v for k, v in dict(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        max_train=args.max_train, max_validation=args.max_validation, seed=args.seed,
+        early_stopping=args.early_stopping, temperature_model=args.temperature_model,
+        validation_folds=args.validation_folds, device=args.device,
+        lr_schedule=args.lr_schedule).items() if v is not None}
+    base = base.replace(**changes) if changes else base
+    targets = tuple(args.targets)
+    with get_client(args.cluster, args.workers,
+                    threads_per_worker=args.threads_per_worker) as client:
+        results = train_all(args.store, args.out, client, base, ensemble=args.ensemble,
+                            targets=targets, detector_store=args.detector_store,
+                            progress=not args.no_progress)
+    print(json.dumps(results, indent=1, default=str))
     return 0
 
 
@@ -129,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_library_build)
 
+    p = lib.add_parser("validate", help="compare a library with reference spectra (PHOENIX)")
+    p.add_argument("--library", default="embedded")
+    p.add_argument("--reference", default="../shared/data/phoenix",
+                   help="directory of PHOENIX files (default: ../shared/data/phoenix)")
+    p.add_argument("--out", default="docs/validation")
+    p.set_defaults(func=_cmd_library_validate)
+
     p = lib.add_parser("fetch-phoenix", help="download the PHOENIX files a parameter range needs")
     p.add_argument("dest")
     p.add_argument("--teff-min", type=float, default=3500)
@@ -151,6 +197,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulation_options(p)
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("train", help="train the temperature, parameter and detector networks")
+    p.add_argument("--store", required=True, help="simulated SB2 training set (Zarr)")
+    p.add_argument("--out", default="models", help="output directory for models and checkpoints")
+    p.add_argument("--targets", nargs="+", default=["teff", "logg", "feh", "vsini"],
+                   choices=["teff", "logg", "feh", "vsini"])
+    p.add_argument("--detector-store", default=None,
+                   help="store with singles and SB2s to train the SB2 detector on")
+    p.add_argument("--ensemble", type=int, default=1, help="members per target")
+    p.add_argument("--config", default=None, help="YAML file of TrainConfig fields")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--lr-schedule", choices=["plateau", "cosine", "none"], default=None)
+    p.add_argument("--early-stopping", type=int, default=None)
+    p.add_argument("--max-train", type=int, default=None)
+    p.add_argument("--max-validation", type=int, default=None)
+    p.add_argument("--validation-folds", type=int, default=None)
+    p.add_argument("--temperature-model", default=None,
+                   help="manifest of an already trained temperature model")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    p.add_argument("--threads-per-worker", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true")
+    _add_cluster_options(p)
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("figures", help="the paper's Figs. 1-2 from the simulator, as PNG")
     p.add_argument("--out", default="docs/figures")

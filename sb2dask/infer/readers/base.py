@@ -1,0 +1,530 @@
+"""What every catalogue reader returns: the spectrum schema, its flags and errors, the Gaia RVS grid.
+
+Every reader yields pandas DataFrame partitions with exactly the columns of
+:data:`SPECTRUM_SCHEMA`, in that order, plus optional pass-through columns whose names start with
+``true_`` (the truth our simulated stores carry). A reader never drops a spectrum it could read:
+spectrum-level problems set bits of ``read_flags`` (:class:`ReadFlag`) and the row is kept.
+File-level problems (an unreadable file, a malformed header, a missing column, a row with the
+wrong number of fields, text where an identifier belongs) raise :class:`ReaderError`, whose
+message names the file and, where there is one, the line (1-based, text files) or the row
+(0-based, binary tables).
+
+Wavelengths
+-----------
+``wave`` is in Å in **air**, the convention of the whole package (``sb2dask.library``, the
+simulated stores). Gaia RVS spectra are published on a **vacuum** grid in nm, 846-870 nm in steps
+of 0.01 nm, 2401 pixels (Gaia DR3 documentation, datamodel section 20.12.1 ``rvs_mean_spectrum``).
+The datamodel page does not name the medium, so it was checked on the three real DataLink spectra
+in ``shared/data/gaia_rvs``: their Ca II triplet cores sit at the vacuum wavelengths (8500.36,
+8544.44, 8664.52 Å) to within 0.07 Å and 2.4 Å (24 pixels) away from the air ones. Readers of
+Gaia products therefore convert ``λ_air = vac_to_air(10 λ_vac[nm])`` (IAU standard, Morton 2000;
+:func:`sb2dask.library.wavelength.vac_to_air`) and the grid they emit is :data:`RVS_WAVE`.
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import re
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ...library.wavelength import vac_to_air
+
+__all__ = [
+    "SchemaColumn", "SPECTRUM_SCHEMA", "SPECTRUM_COLUMNS", "SPECTRUM_META", "TRUE_PREFIX",
+    "ReadFlag", "ReaderError", "CatalogueFormat", "DEFAULT_PARTITION_ROWS",
+    "RVS_N_PIX", "RVS_WAVE_START_NM", "RVS_WAVE_STEP_NM", "RVS_WAVE_VAC_NM", "RVS_WAVE",
+    "meta_with", "build_partition", "object_column", "spectrum_flags", "duplicate_mask",
+    "fit_rows", "parse_float_strings", "parse_int_strings", "wave_to_air_angstrom", "read_bytes",
+    "read_head", "leading_comment_lines", "first_fields",
+]
+
+#: Rows per partition when the caller does not say (~90 MB of float32 flux and errors at 2401 px).
+DEFAULT_PARTITION_ROWS = 5000
+#: Prefix of the pass-through columns that carry a simulated store's true labels.
+TRUE_PREFIX = "true_"
+
+#: Gaia RVS grid as published: 846-870 nm in steps of 0.01 nm, vacuum (see the module docstring).
+RVS_N_PIX = 2401
+RVS_WAVE_START_NM = 846.0
+RVS_WAVE_STEP_NM = 0.01
+# Rounded to the published two decimals, so the constant equals gaia_rvs_wavelength.fits bit for bit.
+RVS_WAVE_VAC_NM = np.round(RVS_WAVE_START_NM + RVS_WAVE_STEP_NM * np.arange(RVS_N_PIX), 2)
+#: The Gaia RVS grid in air [Å]: what readers of Gaia products put in ``wave`` (one shared object).
+RVS_WAVE = vac_to_air(RVS_WAVE_VAC_NM * 10.0)
+RVS_WAVE_VAC_NM.setflags(write=False)
+RVS_WAVE.setflags(write=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaColumn:
+    """One column of the spectrum schema: name, pandas dtype, meaning."""
+
+    name: str
+    dtype: str
+    description: str
+
+
+#: The columns every reader returns, in order. ``wave``, ``flux`` and ``flux_error`` hold one numpy
+#: array per row; ``len(flux) == len(wave)`` holds for every row (see ``ReadFlag.WRONG_LENGTH``).
+SPECTRUM_SCHEMA: tuple[SchemaColumn, ...] = (
+    SchemaColumn("source_id", "int64", "Gaia source_id (simulated stores: the global row index)"),
+    SchemaColumn("epoch_id", "int64", "transit/epoch identifier; -1 for mean spectra"),
+    SchemaColumn("wave", "object", "float64 array, air wavelength [Å]; rows on one grid share one "
+                 "array object"),
+    SchemaColumn("flux", "object", "float32 array, normalised flux; NaN where the input was null"),
+    SchemaColumn("flux_error", "object", "float32 array, 1-sigma flux uncertainty, or None when "
+                 "the format has none"),
+    SchemaColumn("file", "object", "str, the path the row was read from"),
+    SchemaColumn("row", "int64", "0-based row of the spectrum in that file (DataLink CSV: the data "
+                 "row of its first pixel)"),
+    SchemaColumn("read_flags", "int32", "ReadFlag bits for problems found while reading"),
+)
+SPECTRUM_COLUMNS: tuple[str, ...] = tuple(c.name for c in SPECTRUM_SCHEMA)
+
+
+def meta_with(passthrough: Mapping[str, np.dtype] | None = None) -> pd.DataFrame:
+    """An empty DataFrame of the spectrum schema plus pass-through columns, for Dask ``meta``.
+
+    Parameters
+    ----------
+    passthrough : mapping of str to numpy dtype, optional
+        ``true_*`` column names and dtypes, appended in the order given.
+    """
+    cols = {c.name: pd.Series([], dtype=c.dtype) for c in SPECTRUM_SCHEMA}
+    for name, dtype in (passthrough or {}).items():
+        cols[name] = pd.Series([], dtype=dtype)
+    return pd.DataFrame(cols)
+
+
+#: Empty DataFrame with the schema's dtypes, for ``meta=`` in Dask.
+SPECTRUM_META = meta_with()
+
+
+class ReadFlag(enum.IntFlag):
+    """Spectrum-level problems found while reading; the row is kept and these bits are set.
+
+    Informational bits (``NULL_PIXELS``, ``NEGATIVE_FLUX``, ``UNSORTED_WAVE`` after a DataLink
+    sort) describe spectra that are still usable once NaN pixels are masked; the others mark
+    spectra a pipeline should normally skip.
+    """
+
+    NONE = 0
+    #: No finite-or-infinite flux value at all (every pixel null/NaN, or the whole array null).
+    ALL_NULL = 1 << 0
+    #: Some (not all) flux pixels are NaN: null or NaN in the input, or unparseable text.
+    NULL_PIXELS = 1 << 1
+    #: The input array length differed from the header's declared length or from the wavelength
+    #: grid; flux (and flux_error) were truncated or NaN-padded to ``len(wave)``.
+    WRONG_LENGTH = 1 << 2
+    #: Text where a number belongs in an array element (or a whole array field that is not an
+    #: array); those pixels are NaN.
+    NOT_NUMERIC = 1 << 3
+    #: ±inf in flux or flux_error (kept as read).
+    NON_FINITE = 1 << 4
+    #: Some flux pixel is negative.
+    NEGATIVE_FLUX = 1 << 5
+    #: Some flux_error is zero or negative, or null where the flux is not.
+    BAD_FLUX_ERROR = 1 << 6
+    #: The same (source_id, epoch_id) appears more than once in the file; every occurrence is
+    #: flagged.
+    DUPLICATE_ID = 1 << 7
+    #: Gaia bulk file: the source's HEALPix level-8 index ``source_id >> 43`` lies outside the
+    #: ``XXXXXX-YYYYYY`` range in the file name.
+    SOURCE_OUTSIDE_FILE_RANGE = 1 << 8
+    #: The input wavelengths were not strictly increasing (DataLink CSV pixels are sorted by
+    #: wavelength; a duplicated wavelength stays).
+    UNSORTED_WAVE = 1 << 9
+
+
+def _rebuild_reader_error(path, message, line, row):
+    return ReaderError(path, message, line=line, row=row)
+
+
+class ReaderError(ValueError):
+    """A file cannot be read; the message names the file and, where relevant, the line or row.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file (or store) being read.
+    message : str
+        What was found and what was expected.
+    line : int, optional
+        1-based line number in a text file (after decompression).
+    row : int, optional
+        0-based row in a binary table or array store.
+    """
+
+    def __init__(self, path: str | Path, message: str, *, line: int | None = None,
+                 row: int | None = None) -> None:
+        self.path = str(path)
+        self.message = message
+        self.line = line
+        self.row = row
+        where = (f", line {line}" if line is not None else "") + \
+                (f", row {row} (0-based)" if row is not None else "")
+        super().__init__(f"{self.path}{where}: {message}")
+
+    def __reduce__(self):  # Dask ships errors between processes; keep line/row through pickling
+        return _rebuild_reader_error, (self.path, self.message, self.line, self.row)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueFormat:
+    """One catalogue format: how to recognise it and how to read it.
+
+    Attributes
+    ----------
+    name : str
+        Short name, e.g. ``"gaia_bulk_ecsv"``.
+    identify : callable ``(path) -> bool``
+        Cheap test on the name and first bytes; never raises.
+    read : callable ``(path, *, partition_rows) -> Iterator[DataFrame]``
+        Every spectrum of the file, in file order, in partitions of at most ``partition_rows``.
+    passthrough : callable ``(path) -> dict[str, numpy.dtype]``
+        The ``true_*`` columns the file will yield and their dtypes, read from headers only.
+    row_ranges : callable ``(path, partition_rows) -> list[(start, stop)]``, optional
+        Row ranges covering the file, for formats whose row count is cheap to know.
+    read_rows : callable ``(path, start, stop) -> DataFrame``, optional
+        The spectra of rows ``start..stop-1``; present exactly when ``row_ranges`` is.
+    """
+
+    name: str
+    identify: Callable[[Path], bool]
+    read: Callable[..., Iterator[pd.DataFrame]]
+    passthrough: Callable[[Path], dict[str, np.dtype]]
+    row_ranges: Callable[[Path, int], list[tuple[int, int]]] | None = None
+    read_rows: Callable[[Path, int, int], pd.DataFrame] | None = None
+
+    @property
+    def splittable(self) -> bool:
+        """True when a file can be split into row ranges read independently."""
+        return self.row_ranges is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Building partitions
+
+
+def object_column(items: Sequence) -> np.ndarray:
+    """A 1-d object array holding ``items`` as they are (numpy would stack equal-length arrays)."""
+    out = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        out[i] = item
+    return out
+
+
+def build_partition(*, source_id, epoch_id, wave, flux, flux_error, file: str | Path, row,
+                    read_flags, passthrough: Mapping[str, np.ndarray] | None = None
+                    ) -> pd.DataFrame:
+    """Assemble one partition in the schema's column order and dtypes.
+
+    Parameters
+    ----------
+    source_id, epoch_id, row : array_like of int, shape (n,)
+    wave : ndarray (n_pix,) or sequence of n ndarrays
+        One grid shared by every row (stored as the same object in each row), or one per row.
+    flux : ndarray (n, n_pix) or sequence of n float32 ndarrays
+    flux_error : like ``flux``, or None when the format has none
+    file : str or Path
+    read_flags : array_like of int, shape (n,)
+    passthrough : mapping of str to ndarray (n,), optional
+        ``true_*`` columns, appended in the order given.
+    """
+    n = len(source_id)
+    if isinstance(wave, np.ndarray) and wave.dtype != object:
+        waves = object_column([wave] * n)
+    else:
+        waves = object_column(list(wave))
+    errors = object_column([None] * n) if flux_error is None else object_column(list(flux_error))
+    path = str(file)
+    cols = {
+        "source_id": np.asarray(source_id, dtype=np.int64),
+        "epoch_id": np.asarray(epoch_id, dtype=np.int64),
+        "wave": waves,
+        "flux": object_column(list(flux)),  # rows of a 2-d array are views, not copies
+        "flux_error": errors,
+        "file": object_column([path] * n),
+        "row": np.asarray(row, dtype=np.int64),
+        "read_flags": np.asarray(read_flags, dtype=np.int32),
+    }
+    for name, values in (passthrough or {}).items():
+        cols[name] = np.asarray(values)
+    return pd.DataFrame(cols, index=pd.RangeIndex(n))
+
+
+def spectrum_flags(flux, flux_error=None) -> np.ndarray:
+    """Pixel-level :class:`ReadFlag` bits of spectra: nulls, infinities, negative flux, bad errors.
+
+    Parameters
+    ----------
+    flux : ndarray (n, n_pix) or sequence of n 1-d arrays
+    flux_error : like ``flux`` or None
+
+    Returns
+    -------
+    ndarray of int32, shape (n,)
+    """
+    if isinstance(flux, np.ndarray) and flux.ndim == 2 and (
+            flux_error is None or (isinstance(flux_error, np.ndarray) and flux_error.ndim == 2)):
+        return _flags_2d(flux, flux_error)
+    errs = [None] * len(flux) if flux_error is None else list(flux_error)
+    out = np.zeros(len(flux), dtype=np.int32)
+    for i, (f, e) in enumerate(zip(flux, errs)):
+        out[i] = _flags_2d(np.asarray(f)[None, :],
+                           None if e is None else np.asarray(e)[None, :])[0]
+    return out
+
+
+def _flags_2d(flux: np.ndarray, err: np.ndarray | None) -> np.ndarray:
+    nan = np.isnan(flux)
+    n_nan = nan.sum(axis=1)
+    flags = np.zeros(flux.shape[0], dtype=np.int32)
+    flags |= np.where(n_nan == flux.shape[1], ReadFlag.ALL_NULL, 0).astype(np.int32)
+    flags |= np.where((n_nan > 0) & (n_nan < flux.shape[1]), ReadFlag.NULL_PIXELS, 0
+                      ).astype(np.int32)
+    inf = np.isinf(flux).any(axis=1)
+    with np.errstate(invalid="ignore"):
+        flags |= np.where((flux < 0).any(axis=1), ReadFlag.NEGATIVE_FLUX, 0).astype(np.int32)
+        if err is not None and err.shape == flux.shape:
+            inf |= np.isinf(err).any(axis=1)
+            bad = (err <= 0) | (np.isnan(err) & ~nan)
+            flags |= np.where(bad.any(axis=1), ReadFlag.BAD_FLUX_ERROR, 0).astype(np.int32)
+    flags |= np.where(inf, ReadFlag.NON_FINITE, 0).astype(np.int32)
+    return flags
+
+
+def duplicate_mask(source_id: np.ndarray, epoch_id: np.ndarray) -> np.ndarray:
+    """True for every occurrence of a (source_id, epoch_id) pair that appears more than once."""
+    keys = pd.DataFrame({"s": np.asarray(source_id), "e": np.asarray(epoch_id)})
+    return keys.duplicated(keep=False).to_numpy()
+
+
+def fit_rows(values: np.ndarray, offsets: np.ndarray, n_pix: int,
+             null_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged rows (concatenated values + offsets) as an (n, n_pix) matrix.
+
+    Rows longer than ``n_pix`` are truncated, shorter ones NaN-padded; null rows are all NaN.
+
+    Parameters
+    ----------
+    values : ndarray of float32, all rows' elements concatenated
+    offsets : ndarray of int, shape (n + 1,); row i is ``values[offsets[i]:offsets[i+1]]``
+    n_pix : int
+    null_rows : ndarray of bool (n,), optional
+        Rows whose whole field was null: all NaN and not counted as wrong length.
+
+    Returns
+    -------
+    matrix : ndarray of float32, shape (n, n_pix)
+    wrong_length : ndarray of bool, shape (n,)
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n = len(offsets) - 1
+    lengths = np.diff(offsets)
+    null_rows = np.zeros(n, bool) if null_rows is None else np.asarray(null_rows, bool)
+    wrong = (lengths != n_pix) & ~null_rows
+    if n and not wrong.any() and not null_rows.any():
+        return values[offsets[0]:offsets[-1]].reshape(n, n_pix), wrong  # common case: a view
+    out = np.full((n, n_pix), np.nan, dtype=np.float32)
+    good = np.flatnonzero(~wrong & ~null_rows)
+    if good.size:
+        idx = offsets[good][:, None] + np.arange(n_pix)
+        out[good] = values[idx]
+    for i in np.flatnonzero(wrong):
+        k = min(lengths[i], n_pix)
+        out[i, :k] = values[offsets[i]:offsets[i] + k]
+    return out, wrong
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers written as text
+
+_NUMBER = r"(?i)^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|nan|inf|infinity)$"
+_NULL_TEXT = ("", "null", "NULL")
+
+
+def _with_validity(arr: pa.Array, valid: np.ndarray) -> pa.Array:
+    """``arr`` with its validity bitmap replaced by ``valid`` (no copy of the string data)."""
+    bits = np.concatenate([np.zeros(arr.offset, bool), valid]) if arr.offset else valid
+    bitmap = pa.py_buffer(np.packbits(bits, bitorder="little"))
+    return pa.Array.from_buffers(arr.type, len(arr), [bitmap, *arr.buffers()[1:]],
+                                 offset=arr.offset)
+
+
+def parse_float_strings(texts, *, trim: bool | None = None, dtype=np.float32
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Numbers written as text, parsed in bulk (Arrow's vectorised cast, not one float at a time).
+
+    ``""``, ``null``, ``NULL`` and Arrow nulls become NaN; ``NaN``, ``inf``, ``Infinity`` (any
+    case, signed) are parsed; surrounding white space is ignored. Any other text becomes NaN and
+    is reported.
+
+    Parameters
+    ----------
+    texts : pyarrow string array, chunked array, or sequence of str/None
+    trim : bool, optional
+        Whether to strip white space around each value; None looks for spaces and tabs first
+        (callers that already know save that scan).
+    dtype : numpy float dtype
+        Of the result; float32 for fluxes, float64 for wavelengths.
+
+    Returns
+    -------
+    values : ndarray of ``dtype``, shape (n,)
+    not_numeric : ndarray of bool, shape (n,), True where the text was not a number
+    """
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    elif not isinstance(texts, pa.Array):
+        texts = pa.array(list(texts), type=pa.string())
+    dtype = np.dtype(dtype)
+    target = pa.from_numpy_dtype(dtype)
+    if len(texts) == 0:
+        return np.empty(0, dtype), np.zeros(0, bool)
+    if trim is None:
+        trim = any(pc.any(pc.match_substring(texts, ch)).as_py() for ch in (" ", "\t"))
+    if trim:
+        texts = pc.utf8_trim_whitespace(texts)
+    nullish = pc.or_(pc.is_null(texts), pc.fill_null(pc.is_in(texts, value_set=pa.array(
+        _NULL_TEXT)), False)).to_numpy(zero_copy_only=False)
+    bad = np.zeros(len(texts), bool)
+    try:
+        values = pc.cast(_with_validity(texts, ~nullish), target)
+    except pa.ArrowInvalid:
+        bad = ~pc.fill_null(pc.match_substring_regex(texts, _NUMBER), False).to_numpy(
+            zero_copy_only=False) & ~nullish
+        try:
+            values = pc.cast(_with_validity(texts, ~(nullish | bad)), target)
+        except pa.ArrowInvalid:  # a spelling the regex admits but Arrow does not: go one by one
+            out = np.full(len(texts), np.nan, dtype)
+            for i, t in enumerate(texts.to_pylist()):
+                if nullish[i]:
+                    continue
+                try:
+                    out[i] = float(t)
+                except (TypeError, ValueError):
+                    bad[i] = True
+            return out, bad
+    return values.to_numpy(zero_copy_only=False).astype(dtype, copy=False), bad
+
+
+def parse_int_strings(texts: pa.Array, what: str) -> tuple[np.ndarray, int | None]:
+    """Integers written as text; returns (values, index of the first non-integer or None)."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    try:
+        return pc.cast(texts, pa.int64()).to_numpy(zero_copy_only=False), None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        ok = pc.fill_null(pc.match_substring_regex(texts, r"^[+-]?\d{1,19}$"), False)
+        ok = ok.to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(~ok)
+        if bad.size == 0:  # digits, but beyond int64
+            bad = np.arange(len(texts))
+        return np.zeros(len(texts), np.int64), int(bad[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Wavelength units and media
+
+def wave_to_air_angstrom(wave, unit: str | None, medium: str | None, *, path, where: str = ""
+                         ) -> np.ndarray:
+    """Wavelengths in any length unit and medium, as air wavelengths [Å] (float64).
+
+    Parameters
+    ----------
+    wave : array_like
+    unit : str or None
+        An astropy unit string (``"nm"``, ``"Angstrom"``, ``"AA"``, ``"um"``...); None means Å.
+    medium : {"air", "vacuum", "vac", None}
+        None means air, the package convention.
+    path : str or Path
+        For error messages.
+    where : str
+        Where the unit/medium came from, for error messages.
+    """
+    import astropy.units as u
+
+    wave = np.asarray(wave, dtype=np.float64)
+    if unit not in (None, ""):
+        try:
+            factor = u.Unit(unit).to(u.AA)
+        except (ValueError, u.UnitConversionError, TypeError) as exc:
+            raise ReaderError(path, f"{where}wavelength unit {unit!r} is not a length unit "
+                              f"({exc})") from exc
+        wave = wave * factor
+    med = (medium or "air").strip().lower()
+    if med in ("vac", "vacuum"):
+        return vac_to_air(wave)
+    if med != "air":
+        raise ReaderError(path, f"{where}wavelength medium {medium!r}: expected 'air' or 'vacuum'")
+    return wave
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The whole file, gunzipped if it starts with the gzip magic bytes.
+
+    Raises
+    ------
+    ReaderError
+        The file is missing, or the gzip stream is truncated or corrupt.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ReaderError(path, f"cannot read the file ({exc})") from exc
+    if not raw.startswith(_GZIP_MAGIC):
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise ReaderError(path, f"truncated or corrupt gzip stream ({exc})") from exc
+
+
+def read_head(path: str | Path, n_bytes: int = 1 << 16) -> bytes:
+    """Up to ``n_bytes`` of the (gunzipped) start of a file; b"" if it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(n_bytes)
+    except OSError:
+        return b""
+    if not raw.startswith(_GZIP_MAGIC):
+        return raw
+    try:  # a decompressobj tolerates the cut-off stream a partial read gives
+        return zlib.decompressobj(wbits=31).decompress(raw, n_bytes)
+    except zlib.error:
+        return b""
+
+
+def leading_comment_lines(buf: bytes) -> tuple[list[str], int]:
+    """Lines at the start of ``buf`` that begin with ``#`` and the byte offset just after them."""
+    lines, pos = [], 0
+    while buf.startswith(b"#", pos):
+        end = buf.find(b"\n", pos)
+        end = len(buf) if end < 0 else end
+        lines.append(buf[pos:end].rstrip(b"\r").decode("utf-8", errors="replace"))
+        pos = end + 1
+    return lines, min(pos, len(buf))
+
+
+def first_fields(buf: bytes, start: int) -> list[str]:
+    """The comma-separated fields of the line starting at ``start`` (quotes stripped)."""
+    end = buf.find(b"\n", start)
+    line = buf[start:end if end >= 0 else len(buf)].decode("utf-8", errors="replace").strip()
+    return [f.strip().strip('"').strip() for f in re.split(r",", line)] if line else []

@@ -1,0 +1,628 @@
+"""Gaia bulk ECSV files (``RvsMeanSpectrum_000000-003111.csv.gz``): one spectrum per row.
+
+What was verified (Gaia DR3 documentation and public code that reads these files):
+
+* Bulk files are gzip-compressed ECSV (DR3 documentation §13.2.5 "ECSV generation"): a YAML header
+  on lines starting with ``# `` (``# %ECSV 1.0``, ``# ---``, ``# delimiter: ','``, ``# datatype:``
+  with one entry per column: ``name``, ``datatype``, optional ``subtype``, ``unit``,
+  ``description``, ``meta``), then a CSV column-name line, then one row per source.
+* Vector columns are "encoded into Strings in JSON format, and added to the CSV surrounded by
+  double quotes" (§13.2.5): ``"[0.98,1.01,...]"``, declared ``datatype: string`` with an ECSV
+  ``subtype`` such as ``float32[null]`` (variable length, the form public Gaia bulk parsers
+  expect) or ``float32[2401]``; both are accepted, and a declared length is checked.
+* Masked array elements are JSON ``null`` (the ECSV convention astropy follows); the RVS
+  pipeline also leaves NaN where a flux is missing, mostly at the spectrum edges (DR3
+  documentation §11.2.4). ``null``, ``NaN``, empty elements and empty fields all read as NaN.
+* Files are split by HEALPix level-8 index ``source_id >> 43``; the name's ``XXXXXX-YYYYYY`` is
+  the inclusive index range.
+* ``rvs_mean_spectrum`` columns (datamodel §20.12.1): ``solution_id``, ``source_id``, ``ra``,
+  ``dec``, ``flux``, ``flux_error``, ``combined_transits``, ``combined_ccds``,
+  ``deblended_ccds``; the grid is 846-870 nm step 0.01 nm, vacuum (see :mod:`.base`).
+
+What is assumed: every spectrum is on that RVS grid (the format has no wavelength column); DR4
+epoch files carry a ``transit_id`` (or ``epoch_id``) column; masked scalars are written empty or
+``null``; the first column-name line has no quoting beyond optional double quotes.
+
+Parsing is vectorised with Arrow: the table is read with ``pyarrow.csv`` as strings, each array
+column is stripped of its brackets, split on commas, flattened and cast to float32 in one call;
+row lengths come from the list offsets.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pv
+import yaml
+
+from .base import (
+    DEFAULT_PARTITION_ROWS, RVS_N_PIX, RVS_WAVE, TRUE_PREFIX, CatalogueFormat, ReaderError,
+    ReadFlag, build_partition, duplicate_mask, first_fields, fit_rows, leading_comment_lines,
+    parse_float_strings, parse_int_strings, read_bytes, read_head, spectrum_flags,
+)
+
+__all__ = ["NAME", "FORMAT", "identify", "read", "passthrough", "EcsvColumn", "EcsvHeader",
+           "parse_ecsv_header", "ParsedArrays", "parse_array_strings", "format_array_strings",
+           "write_bulk_ecsv", "healpix_range", "HEALPIX_LEVEL8_SHIFT"]
+
+NAME = "gaia_bulk_ecsv"
+#: ``source_id >> 43`` is the HEALPix level-8 (nested) index of a Gaia source.
+HEALPIX_LEVEL8_SHIFT = 43
+_FILE_RANGE = re.compile(r"_(\d+)-(\d+)\.[^/\\]*$")
+_SUBTYPE = re.compile(r"^\s*(\w+)\s*\[\s*(null|\d+)\s*\]\s*$")
+_EPOCH_COLUMNS = ("transit_id", "epoch_id")
+_ARRAY_COLUMNS = ("flux", "flux_error")
+_NULL_FIELD = pa.array(["", "null", "NULL"])
+#: ECSV datatype -> numpy dtype of the scalar columns we pass through.
+_ECSV_DTYPES = {"bool": "bool", "int8": "int8", "int16": "int16", "int32": "int32",
+                "int64": "int64", "uint8": "uint8", "uint16": "uint16", "uint32": "uint32",
+                "uint64": "uint64", "float16": "float16", "float32": "float32",
+                "float64": "float64", "string": "object"}
+_DESCRIPTIONS = {
+    "source_id": "Unique source identifier (unique within a particular Data Release)",
+    "transit_id": "Transit unique identifier",
+    "flux": "Normalised RVS flux on the 846-870 nm grid (step 0.01 nm, vacuum), 2401 elements",
+    "flux_error": "Uncertainty of the normalised RVS flux",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EcsvColumn:
+    """One entry of an ECSV header's ``datatype`` list."""
+
+    name: str
+    datatype: str
+    subtype: str | None = None
+    unit: str | None = None
+    description: str | None = None
+
+    @property
+    def element_type(self) -> str | None:
+        """Element type of an array column (``"float32"`` for ``float32[null]``), else None."""
+        m = _SUBTYPE.match(self.subtype or "")
+        return m.group(1) if m else None
+
+    @property
+    def declared_length(self) -> int | None:
+        """Declared array length (``float32[2401]`` -> 2401); None if variable or not an array."""
+        m = _SUBTYPE.match(self.subtype or "")
+        return int(m.group(2)) if m and m.group(2) != "null" else None
+
+
+@dataclass(frozen=True, slots=True)
+class EcsvHeader:
+    """A parsed ECSV header: columns, delimiter, table meta, and how many ``#`` lines it took."""
+
+    columns: tuple[EcsvColumn, ...]
+    delimiter: str = ","
+    meta: Mapping = field(default_factory=dict)
+    n_lines: int = 0
+
+    def column(self, name: str) -> EcsvColumn | None:
+        """The column called ``name``, or None."""
+        return next((c for c in self.columns if c.name == name), None)
+
+
+def parse_ecsv_header(path: str | Path, lines: list[str]) -> EcsvHeader:
+    """Parse the ``#`` lines at the top of an ECSV file.
+
+    Parameters
+    ----------
+    path : str or Path
+        For error messages.
+    lines : list of str
+        The header lines, each starting with ``#``, first line ``# %ECSV <version>``.
+
+    Raises
+    ------
+    ReaderError
+        Not an ECSV header, malformed YAML, or no ``datatype`` list; names the line.
+    """
+    if not lines or not re.match(r"#\s*%ECSV\s+\d", lines[0]):
+        raise ReaderError(path, "expected an ECSV header starting '# %ECSV 1.0'", line=1)
+    body = []
+    for i, line in enumerate(lines[1:], start=2):
+        if line.startswith("# "):
+            body.append(line[2:])
+        elif line.rstrip() == "#":
+            body.append("")
+        else:
+            raise ReaderError(path, f"ECSV header lines must start with '# ', got {line[:40]!r}",
+                              line=i)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        doc = yaml.load("\n".join(body), Loader=loader)  # noqa: S506 (a safe loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ReaderError(path, f"malformed ECSV YAML header: {problem}",
+                          line=None if mark is None else mark.line + 2) from exc
+    entries = doc.get("datatype") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ReaderError(path, "malformed ECSV header: no 'datatype' list of columns")
+    columns = []
+    for k, e in enumerate(entries):
+        if not isinstance(e, dict) or not isinstance(e.get("name"), str) \
+                or not isinstance(e.get("datatype"), str):
+            raise ReaderError(path, f"malformed ECSV header: datatype entry {k + 1} needs a "
+                              f"'name' and a 'datatype', got {e!r}")
+        columns.append(EcsvColumn(e["name"], e["datatype"], e.get("subtype"), e.get("unit"),
+                                  e.get("description")))
+    delimiter = doc.get("delimiter", " ")
+    if delimiter not in (",", " "):
+        raise ReaderError(path, f"ECSV delimiter must be ',' or ' ', got {delimiter!r}")
+    return EcsvHeader(tuple(columns), delimiter, doc.get("meta") or {}, len(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# Array columns written as JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedArrays:
+    """Array fields parsed from text.
+
+    Attributes
+    ----------
+    values : ndarray of float32
+        All elements of all rows, concatenated; NaN where null or not a number.
+    offsets : ndarray of int64, shape (n + 1,)
+        Row i is ``values[offsets[i]:offsets[i + 1]]``.
+    not_numeric : ndarray of bool, shape (n,)
+        The row had text where a number belongs (or a field that is not an array at all).
+    null_field : ndarray of bool, shape (n,)
+        The whole field was null (empty, ``null``) or not an array; such rows have no elements.
+    """
+
+    values: np.ndarray
+    offsets: np.ndarray
+    not_numeric: np.ndarray
+    null_field: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Number of elements of each row."""
+        return np.diff(self.offsets)
+
+
+def _bracketed(arr: pa.Array) -> np.ndarray:
+    both = pc.and_(pc.starts_with(arr, "["), pc.ends_with(arr, "]"))
+    return pc.fill_null(both, False).to_numpy(zero_copy_only=False)
+
+
+def _parse_array_chunk(arr: pa.Array) -> ParsedArrays:
+    if arr.null_count:
+        arr = pc.fill_null(arr, "")
+    bracketed = _bracketed(arr)
+    if not bracketed.all():  # rare: white space around the brackets, a null field, or garbage
+        arr = pc.utf8_trim_whitespace(arr)
+        bracketed = _bracketed(arr)
+    null_field = pc.is_in(arr, value_set=_NULL_FIELD).to_numpy(zero_copy_only=False)
+    garbage = ~bracketed & ~null_field
+    if not bracketed.all():
+        arr = pc.if_else(pa.array(bracketed), arr, "[]")
+    inner = pc.utf8_slice_codeunits(arr, 1, -1)
+    lists = pc.split_pattern(inner, ",")
+    offsets = np.asarray(lists.offsets, dtype=np.int64)
+    texts = lists.flatten()
+    empty = pc.equal(inner, "").to_numpy(zero_copy_only=False)
+    if empty.any():  # "[]" splits into one empty string: drop it so the row has no elements
+        keep = np.ones(len(texts), bool)
+        keep[offsets[:-1][empty]] = False
+        texts = texts.filter(pa.array(keep))
+        offsets = offsets - np.concatenate([[0], np.cumsum(empty)])
+    trim = any(pc.any(pc.match_substring(inner, ch)).as_py() for ch in (" ", "\t"))
+    values, bad = parse_float_strings(texts, trim=trim)
+    not_numeric = garbage.copy()
+    if bad.any():
+        not_numeric[np.searchsorted(offsets, np.flatnonzero(bad), side="right") - 1] = True
+    return ParsedArrays(values, offsets - offsets[0], not_numeric, null_field | garbage)
+
+
+def parse_array_strings(texts) -> ParsedArrays:
+    """Parse ECSV/JSON array fields such as ``"[0.98,1.01,null,NaN]"`` in bulk.
+
+    Parameters
+    ----------
+    texts : pyarrow string array, chunked array, or sequence of str/None
+        One field per row, without the CSV quotes.
+
+    Returns
+    -------
+    ParsedArrays
+    """
+    if isinstance(texts, pa.ChunkedArray):
+        chunks = [c for c in texts.chunks if len(c)]
+    elif isinstance(texts, pa.Array):
+        chunks = [texts] if len(texts) else []
+    else:
+        chunks = [pa.array(list(texts), type=pa.string())]
+        chunks = chunks if len(chunks[0]) else []
+    if not chunks:
+        return ParsedArrays(np.empty(0, np.float32), np.zeros(1, np.int64), np.zeros(0, bool),
+                            np.zeros(0, bool))
+    parts = [_parse_array_chunk(c) for c in chunks]
+    if len(parts) == 1:
+        return parts[0]
+    shifts = np.cumsum([0] + [p.values.size for p in parts[:-1]])
+    offsets = np.concatenate([parts[0].offsets[:1]] + [p.offsets[1:] + s
+                                                       for p, s in zip(parts, shifts)])
+    return ParsedArrays(np.concatenate([p.values for p in parts]), offsets,
+                        np.concatenate([p.not_numeric for p in parts]),
+                        np.concatenate([p.null_field for p in parts]))
+
+
+def format_array_strings(values: np.ndarray, offsets: np.ndarray,
+                         null_rows: np.ndarray | None = None) -> pa.Array:
+    """Format rows of floats as JSON array text, the inverse of :func:`parse_array_strings`.
+
+    Each value is written in the shortest form that reads back to the same float32; NaN is
+    written ``null`` and ±inf ``Infinity``/``-Infinity``.
+
+    Parameters
+    ----------
+    values : ndarray of float32, all rows concatenated
+    offsets : ndarray of int, shape (n + 1,)
+    null_rows : ndarray of bool (n,), optional
+        Rows to write as a null field (an empty CSV field).
+
+    Returns
+    -------
+    pyarrow.StringArray, shape (n,)
+    """
+    values = np.asarray(values, dtype=np.float32)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    offsets = offsets - offsets[0]
+    texts = pc.cast(pa.array(values, mask=np.isnan(values)), pa.string())
+    texts = pc.fill_null(texts, "null")
+    if np.isinf(values).any():
+        texts = pc.if_else(pc.equal(texts, "inf"), "Infinity",
+                           pc.if_else(pc.equal(texts, "-inf"), "-Infinity", texts))
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), texts)
+    out = pc.binary_join_element_wise("[", pc.binary_join(lists, ","), "]", "")
+    if null_rows is not None and np.any(null_rows):
+        out = pc.if_else(pa.array(~np.asarray(null_rows, bool)), out, pa.scalar(None, pa.string()))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def healpix_range(path: str | Path) -> tuple[int, int] | None:
+    """The inclusive HEALPix level-8 range ``XXXXXX-YYYYYY`` in a bulk file's name, or None."""
+    m = _FILE_RANGE.search(Path(path).name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def identify(path: str | Path) -> bool:
+    """True for a (gzipped) ECSV file whose header declares an array column ``flux``."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    head = read_head(path)
+    if not head.startswith(b"# %ECSV"):
+        return False
+    text = "\n".join(leading_comment_lines(head)[0])
+    return bool(re.search(r"name:\s*['\"]?flux['\"]?\s*[,}\n]", text + "\n")
+                and "subtype" in text
+                and not re.search(r"name:\s*['\"]?wavelength\b", text))
+
+
+@dataclass(frozen=True, slots=True)
+class _BulkFile:
+    path: Path
+    header: EcsvHeader
+    table: pa.Table  # every column as text
+    first_line: int  # 1-based line of data row 0
+    source_id: np.ndarray
+    epoch_id: np.ndarray
+    flags: np.ndarray  # file-level flags per row (duplicates, HEALPix range)
+    passthrough: dict
+
+
+def _header_of(path: Path, buf: bytes) -> tuple[EcsvHeader, int]:
+    if re.match(rb"\s*\Z", buf[:4096]) and len(buf) <= 4096:
+        raise ReaderError(path, "empty file")
+    lines, pos = leading_comment_lines(buf)
+    if not lines:
+        raise ReaderError(path, "expected an ECSV header starting '# %ECSV 1.0'", line=1)
+    return parse_ecsv_header(path, lines), pos
+
+
+def _read_text_table(path: Path) -> tuple[EcsvHeader, pa.Table, int]:
+    buf = read_bytes(path)
+    header, pos = _header_of(path, buf)
+    end = len(buf)
+    while end > pos and buf[end - 1] in b" \t\r\n":
+        end -= 1
+    names = [c.name for c in header.columns]
+    header_line = header.n_lines + 1
+    if end <= pos:
+        raise ReaderError(path, "no column-name line after the ECSV header", line=header_line)
+    found = first_fields(buf, pos) if header.delimiter == "," else \
+        buf[pos:buf.find(b"\n", pos)].decode("utf-8", "replace").split()
+    if found != names:
+        raise ReaderError(path, f"column names {found} differ from the ECSV header's {names}",
+                          line=header_line)
+    invalid = []
+
+    def on_invalid(row):
+        invalid.append(row)
+        return "skip"
+
+    try:
+        table = pv.read_csv(
+            pa.py_buffer(buf).slice(pos, end - pos),
+            read_options=pv.ReadOptions(use_threads=False, block_size=1 << 24),
+            parse_options=pv.ParseOptions(delimiter=header.delimiter,
+                                          invalid_row_handler=on_invalid),
+            convert_options=pv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, null_values=[],
+                strings_can_be_null=False, quoted_strings_can_be_null=False))
+    except pa.ArrowInvalid as exc:
+        raise ReaderError(path, f"malformed CSV body ({exc})") from exc
+    if invalid:
+        r = invalid[0]
+        raise ReaderError(path, f"expected {r.expected_columns} fields, found {r.actual_columns}",
+                          line=None if r.number is None else header.n_lines + r.number)
+    return header, table, header_line + 1
+
+
+def _int_column(path, table, name, first_line) -> np.ndarray:
+    values, bad = parse_int_strings(table[name], name)
+    if bad is not None:
+        text = table[name][bad].as_py()
+        raise ReaderError(path, f"{name} {text!r} is not an integer", line=first_line + bad)
+    return values
+
+
+def _scalar_column(path, table, col: EcsvColumn, first_line) -> np.ndarray:
+    dtype = _ECSV_DTYPES.get(col.datatype)
+    if dtype is None or col.subtype:
+        raise ReaderError(path, f"pass-through column {col.name!r} has datatype {col.datatype!r}"
+                          f"{' subtype ' + repr(col.subtype) if col.subtype else ''}; expected a "
+                          f"scalar of {sorted(_ECSV_DTYPES)}")
+    texts = table[col.name]
+    if dtype == "object":
+        return np.asarray(texts.to_pylist(), dtype=object)
+    if dtype == "bool":
+        low = pc.utf8_lower(texts).to_numpy(zero_copy_only=False)
+        ok = np.isin(low, ["true", "false", "1", "0"])
+        if not ok.all():
+            bad = int(np.flatnonzero(~ok)[0])
+            raise ReaderError(path, f"{col.name} {texts[bad].as_py()!r} is not a boolean",
+                              line=first_line + bad)
+        return np.isin(low, ["true", "1"])
+    if dtype.startswith("float"):
+        values, bad = parse_float_strings(texts)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ReaderError(path, f"{col.name} {texts[i].as_py()!r} is not a number",
+                              line=first_line + i)
+        return values.astype(dtype)
+    return _int_column(path, table, col.name, first_line).astype(dtype)
+
+
+def _open(path: str | Path) -> _BulkFile:
+    path = Path(path)
+    header, table, first_line = _read_text_table(path)
+    names = set(table.column_names)
+    missing = [c for c in ("source_id", "flux") if c not in names]
+    if missing:
+        raise ReaderError(path, f"missing required column(s) {missing}; found "
+                          f"{table.column_names}", line=header.n_lines + 1)
+    for name in _ARRAY_COLUMNS:
+        col = header.column(name)
+        if col is not None and (col.datatype != "string" or col.element_type is None
+                                or not col.element_type.startswith("float")):
+            raise ReaderError(path, f"column {name!r} is declared datatype={col.datatype!r} "
+                              f"subtype={col.subtype!r}; expected datatype 'string' with an "
+                              f"array subtype such as 'float32[null]'")
+    source_id = _int_column(path, table, "source_id", first_line)
+    epoch_name = next((c for c in _EPOCH_COLUMNS if c in names), None)
+    epoch_id = _int_column(path, table, epoch_name, first_line) if epoch_name else \
+        np.full(len(source_id), -1, np.int64)
+    flags = np.where(duplicate_mask(source_id, epoch_id), ReadFlag.DUPLICATE_ID, 0)
+    rng = healpix_range(path)
+    if rng is not None:
+        hp = source_id >> HEALPIX_LEVEL8_SHIFT
+        flags |= np.where((hp < rng[0]) | (hp > rng[1]), ReadFlag.SOURCE_OUTSIDE_FILE_RANGE, 0)
+    extra = {c.name: _scalar_column(path, table, c, first_line)
+             for c in header.columns if c.name.startswith(TRUE_PREFIX)}
+    return _BulkFile(path, header, table, first_line, source_id, epoch_id,
+                     flags.astype(np.int32), extra)
+
+
+def _array(f: _BulkFile, name: str, start: int, stop: int):
+    """(matrix (k, 2401) or None, wrong_length, not_numeric) of one array column."""
+    if name not in f.table.column_names:
+        return None, np.zeros(stop - start, bool), np.zeros(stop - start, bool)
+    parsed = parse_array_strings(f.table[name].slice(start, stop - start))
+    matrix, wrong = fit_rows(parsed.values, parsed.offsets, RVS_N_PIX, parsed.null_field)
+    declared = f.header.column(name).declared_length
+    if declared is not None:
+        wrong |= (parsed.lengths != declared) & ~parsed.null_field
+    return matrix, wrong, parsed.not_numeric
+
+
+def _partition(f: _BulkFile, start: int, stop: int) -> pd.DataFrame:
+    flux, wrong, text = _array(f, "flux", start, stop)
+    err, wrong_e, text_e = _array(f, "flux_error", start, stop)
+    flags = spectrum_flags(flux, err) | f.flags[start:stop]
+    flags |= np.where(wrong | wrong_e, ReadFlag.WRONG_LENGTH, 0).astype(np.int32)
+    flags |= np.where(text | text_e, ReadFlag.NOT_NUMERIC, 0).astype(np.int32)
+    return build_partition(
+        source_id=f.source_id[start:stop], epoch_id=f.epoch_id[start:stop], wave=RVS_WAVE,
+        flux=flux, flux_error=err, file=f.path, row=np.arange(start, stop), read_flags=flags,
+        passthrough={k: v[start:stop] for k, v in f.passthrough.items()})
+
+
+def read(path: str | Path, *, partition_rows: int = DEFAULT_PARTITION_ROWS
+         ) -> Iterator[pd.DataFrame]:
+    """Spectra of a Gaia bulk ECSV file, in partitions of at most ``partition_rows`` rows.
+
+    The whole file is read and checked (ids, duplicates, field counts) before the first
+    partition is yielded; arrays are parsed one partition at a time.
+
+    Raises
+    ------
+    ReaderError
+        Unreadable or truncated gzip, empty file, malformed ECSV header, missing ``source_id`` or
+        ``flux``, a row with the wrong number of fields, a non-integer id.
+    """
+    if partition_rows < 1:
+        raise ValueError(f"partition_rows must be positive, got {partition_rows}")
+    f = _open(path)
+    n = f.table.num_rows
+    for start in range(0, n, partition_rows):
+        yield _partition(f, start, min(n, start + partition_rows))
+
+
+def passthrough(path: str | Path) -> dict[str, np.dtype]:
+    """The ``true_*`` columns a bulk file yields and their dtypes, from its header."""
+    path = Path(path)
+    head = read_head(path, 1 << 20)
+    lines, pos = leading_comment_lines(head)
+    if pos >= len(head):  # the header is longer than the head we peeked at
+        head = read_bytes(path)
+    header, _ = _header_of(path, head)
+    return {c.name: np.dtype(_ECSV_DTYPES.get(c.datatype, "object")) for c in header.columns
+            if c.name.startswith(TRUE_PREFIX)}
+
+
+FORMAT = CatalogueFormat(NAME, identify, read, passthrough)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _ragged(cells) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, offsets, null_rows) of a sequence of 1-d arrays or None."""
+    null_rows = np.array([c is None for c in cells], dtype=bool)
+    arrays = [np.asarray(c, dtype=np.float32).ravel() if c is not None
+              else np.empty(0, np.float32) for c in cells]
+    offsets = np.concatenate([[0], np.cumsum([a.size for a in arrays])]).astype(np.int64)
+    values = np.concatenate(arrays) if arrays else np.empty(0, np.float32)
+    return values, offsets, null_rows
+
+
+def _ecsv_datatype(dtype: np.dtype) -> str:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return "bool"
+    if dtype.kind in "iuf":
+        return dtype.name
+    return "string"
+
+
+def _scalar_text(values: np.ndarray) -> pa.Array:
+    values = np.asarray(values)
+    if values.dtype.kind == "b":
+        return pa.array(np.where(values, "True", "False"))
+    if values.dtype.kind == "f":
+        return pc.fill_null(pc.cast(pa.array(values, mask=np.isnan(values)), pa.string()), "")
+    if values.dtype.kind in "iu":
+        return pc.cast(pa.array(values), pa.string())
+    texts = pa.array([None if v is None else str(v) for v in values], pa.string())
+    quoted = pc.binary_join_element_wise('"', pc.replace_substring(texts, '"', '""'), '"', "")
+    return pc.fill_null(quoted, "")
+
+
+def _yaml_entry(name: str, datatype: str, subtype: str | None, description: str | None) -> list:
+    out = ["# -", f"#   name: {name}", f"#   datatype: {datatype}"]
+    if subtype:
+        out.append(f"#   subtype: '{subtype}'")
+    if description:
+        out.append(f"#   description: {json.dumps(description)}")
+    return out
+
+
+def write_bulk_ecsv(path: str | Path, df: pd.DataFrame, *, array_length: int | None = None,
+                    compresslevel: int = 6) -> Path:
+    """Write spectra in the Gaia bulk layout: gzipped ECSV, arrays as quoted JSON text.
+
+    Columns written: ``source_id``; ``transit_id`` when any ``epoch_id`` is not -1; ``flux``;
+    ``flux_error`` unless every row's is None; then every ``true_*`` column. NaN pixels are
+    written ``null``; a None ``flux_error`` is an empty field.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file; gzip-compressed whatever its name.
+    df : pandas.DataFrame
+        Spectra in the reader schema (:data:`~.base.SPECTRUM_SCHEMA`); ``wave``, when present,
+        must be the Gaia RVS grid (:data:`~.base.RVS_WAVE`), the only grid this layout can hold.
+        Arrays may have any length (to make malformed fixtures).
+    array_length : int, optional
+        Declared array length in the header subtype (``float32[2401]``); None writes the
+        variable-length ``float32[null]``.
+    compresslevel : int
+        gzip level.
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    for name in ("source_id", "flux"):
+        if name not in df.columns:
+            raise ValueError(f"write_bulk_ecsv: the DataFrame has no {name!r} column")
+    if "wave" in df.columns:
+        for i, w in enumerate(df["wave"]):
+            if w is not RVS_WAVE and not (np.shape(w) == RVS_WAVE.shape
+                                          and np.allclose(w, RVS_WAVE, rtol=0, atol=1e-6)):
+                raise ValueError(f"write_bulk_ecsv: row {i} is not on the Gaia RVS grid; the "
+                                 "bulk layout has no wavelength column")
+    n = len(df)
+    subtype = f"float32[{'null' if array_length is None else int(array_length)}]"
+    epoch = df["epoch_id"].to_numpy(np.int64) if "epoch_id" in df.columns else None
+    columns: list[tuple[str, str, str | None, object]] = [("source_id", "int64", None,
+                                                           df["source_id"].to_numpy(np.int64))]
+    if epoch is not None and (epoch != -1).any():
+        columns.append(("transit_id", "int64", None, epoch))
+    columns.append(("flux", "string", subtype, _ragged(list(df["flux"]))))
+    if "flux_error" in df.columns and df["flux_error"].notna().any():
+        columns.append(("flux_error", "string", subtype, _ragged(list(df["flux_error"]))))
+    for name in df.columns:
+        if name.startswith(TRUE_PREFIX):
+            values = df[name].to_numpy()
+            columns.append((name, _ecsv_datatype(values.dtype), None, values))
+
+    head = ["# %ECSV 1.0", "# ---", "# delimiter: ','", "# datatype:"]
+    for name, datatype, sub, _ in columns:
+        head += _yaml_entry(name, datatype, sub, _DESCRIPTIONS.get(name))
+    head += ["# meta:", "#   written_by: sb2dask.infer.readers.gaia_bulk_ecsv",
+             "#   wavelength_grid: 846-870 nm, step 0.01 nm, 2401 pixels, vacuum"]
+    head.append(",".join(c[0] for c in columns))
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0,
+                                                compresslevel=compresslevel) as fh:
+        fh.write(("\n".join(head) + "\n").encode())
+        for start in range(0, n, 1024):  # batches keep Arrow's 32-bit string offsets small
+            stop = min(n, start + 1024)
+            texts = []
+            for _, datatype, sub, data in columns:
+                if sub is None:
+                    texts.append(_scalar_text(data[start:stop]))
+                    continue
+                values, offsets, null_rows = data
+                arr = format_array_strings(values[offsets[start]:offsets[stop]],
+                                           offsets[start:stop + 1], null_rows[start:stop])
+                quoted = pc.binary_join_element_wise('"', arr, '"', "")
+                texts.append(pc.fill_null(quoted, ""))
+            lines = pc.binary_join_element_wise(*texts, ",")
+            lines = pc.binary_join_element_wise(lines, "", "\n")
+            offsets = np.frombuffer(lines.buffers()[1], np.int32)[
+                lines.offset:lines.offset + len(lines) + 1]
+            fh.write(memoryview(lines.buffers()[2])[offsets[0]:offsets[-1]])
+    return path

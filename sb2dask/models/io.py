@@ -1,0 +1,181 @@
+"""Saving and loading networks without pickle: safetensors weights plus a JSON manifest.
+
+A model ``NAME`` is two files: ``NAME.safetensors`` (canonical Conv1d-shaped weights) and
+``NAME.json`` (the manifest: architecture, label scaling, input grid, library and training-set
+hashes, training budget, metrics, and the SHA-256 of the weights file). Loading verifies the
+checksum and rebuilds the architecture from the manifest; a mismatch in either is an error, never
+a silently wrong model. No code is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .densenet import ParameterNet, TemperatureNet
+from .detector import BinaryDetector
+from .layers import canonical_state_dict, load_canonical_state_dict
+
+__all__ = ["ARCHITECTURES", "LabelScaling", "ModelManifest", "ModelFileError", "save_model",
+           "load_model", "file_sha256"]
+
+ARCHITECTURES = {"TemperatureNet": TemperatureNet, "ParameterNet": ParameterNet,
+                 "BinaryDetector": BinaryDetector}
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, corrupt, or does not match its manifest."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelScaling:
+    """Linear map of a label from ``[low, high]`` (physical units) to ``[0, 1]``."""
+
+    low: float
+    high: float
+    unit: str = ""
+
+    def scale(self, x):
+        return (x - self.low) / (self.high - self.low)
+
+    def unscale(self, y):
+        return self.low + y * (self.high - self.low)
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """Everything needed to use (and trust) a trained network.
+
+    Attributes
+    ----------
+    name : str
+        File stem, e.g. ``teff-0`` (ensemble member 0 of the temperature model).
+    target : str
+        ``teff``, ``logg``, ``feh``, ``vsini`` or ``p_binary``.
+    architecture : str
+        Key of :data:`ARCHITECTURES`; ``architecture_kwargs`` are passed to it (never the layout).
+    scaling : LabelScaling or None
+        Output scaling (None for the detector, whose output is a logit).
+    temperature_scaling : LabelScaling or None
+        Scaling of the temperature inputs of a parameter model.
+    wave : list of float
+        The input pixel grid [Å, air] the model was trained on.
+    """
+
+    name: str
+    target: str
+    architecture: str
+    wave: tuple[float, ...]
+    scaling: LabelScaling | None = None
+    temperature_scaling: LabelScaling | None = None
+    architecture_kwargs: dict = field(default_factory=dict)
+    member: int = 0
+    seed: int = 0
+    library: dict = field(default_factory=dict)
+    training_set: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    weights_sha256: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["wave"] = [float(w) for w in self.wave]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelManifest:
+        d = dict(d)
+        for key in ("scaling", "temperature_scaling"):
+            if d.get(key) is not None:
+                d[key] = LabelScaling(**d[key])
+        d["wave"] = tuple(d["wave"])
+        return cls(**d)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("sb2dask", "torch", "numpy", "safetensors"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def save_model(directory: str | Path, model: torch.nn.Module, manifest: ModelManifest) -> Path:
+    """Write ``NAME.safetensors`` and ``NAME.json`` atomically; returns the manifest path."""
+    from dataclasses import replace
+
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / f"{manifest.name}.safetensors"
+    tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
+    save_file(canonical_state_dict(model), str(tmp))
+    os.replace(tmp, weights)
+    manifest = replace(manifest, weights_sha256=file_sha256(weights),
+                       versions=manifest.versions or _versions())
+    path = directory / f"{manifest.name}.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def load_model(manifest_path: str | Path, layout: str = "1d",
+               device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelManifest]:
+    """Rebuild a network from its manifest and verified weights, in eval mode.
+
+    Raises
+    ------
+    ModelFileError
+        Missing files, a checksum mismatch, an unknown architecture, or weights whose names or
+        shapes do not fit the architecture.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    manifest_path = Path(manifest_path)
+    try:
+        manifest = ModelManifest.from_dict(json.loads(manifest_path.read_text()))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ModelFileError(f"{manifest_path}: unreadable model manifest ({exc})") from exc
+    weights = manifest_path.with_name(f"{manifest.name}.safetensors")
+    if not weights.exists():
+        raise ModelFileError(f"{weights}: weights file missing for manifest {manifest_path}")
+    digest = file_sha256(weights)
+    if digest != manifest.weights_sha256:
+        raise ModelFileError(f"{weights}: SHA-256 {digest[:12]}… does not match the manifest's "
+                             f"{manifest.weights_sha256[:12]}…; refusing to load")
+    cls = ARCHITECTURES.get(manifest.architecture)
+    if cls is None:
+        raise ModelFileError(f"{manifest_path}: unknown architecture {manifest.architecture!r}")
+    model = cls(layout=layout, **manifest.architecture_kwargs)
+    try:
+        load_canonical_state_dict(model, load_file(str(weights)))
+    except (RuntimeError, SafetensorError) as exc:
+        raise ModelFileError(f"{weights}: weights do not fit {manifest.architecture} "
+                             f"({str(exc).splitlines()[0]})") from exc
+    if manifest.scaling is None and manifest.target != "p_binary":
+        raise ModelFileError(f"{manifest_path}: a {manifest.target} model needs label scaling")
+    if len(manifest.wave) < 2 or not np.all(np.diff(manifest.wave) > 0):
+        raise ModelFileError(f"{manifest_path}: input wavelength grid missing or unsorted")
+    return model.to(device).eval(), manifest

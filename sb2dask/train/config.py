@@ -1,0 +1,114 @@
+"""Training configuration: a frozen dataclass that round-trips to YAML."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+__all__ = ["TrainConfig", "TARGETS", "DEFAULT_RANGES"]
+
+#: What each model predicts.
+TARGETS = ("teff", "logg", "feh", "vsini", "p_binary")
+
+#: Label ranges of Table 1 used to scale targets to [0, 1] (configurable).
+DEFAULT_RANGES = {"teff": (3500.0, 6500.0), "logg": (3.0, 6.0), "feh": (-4.0, 1.0),
+                  "vsini": (0.0, 100.0)}
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """How one network is trained (Binnenfeld et al. 2025, Sect. 3: MSE, Adam).
+
+    Attributes
+    ----------
+    target : str
+        One of :data:`TARGETS`. ``teff`` trains the temperature model (Table 2); ``logg``, ``feh``
+        and ``vsini`` train parameter models (Table 3) fed the temperatures predicted by
+        ``temperature_model``; ``p_binary`` trains the SB2 detector.
+    epochs, batch_size, learning_rate : training budget and Adam step size.
+    max_train : int or None
+        Use only the first ``max_train`` training spectra (budget control).
+    lr_schedule : str
+        ``"plateau"`` (halve on a validation plateau of ``lr_patience`` epochs), ``"cosine"`` or
+        ``"none"``.
+    early_stopping : int or None
+        Stop after this many epochs without validation improvement.
+    member : int
+        Ensemble member; it changes the seed and which validation fold is held out
+        (``validation_folds`` > 1 rotates part of the validation split into training).
+    temperature_model : str or None
+        Manifest path of the trained temperature model, for parameter models.
+    layout : str
+        ``"2d"`` (Conv2d 1×k, channels-last: fastest on CPU) or ``"1d"``; same function.
+    threads : int or None
+        ``torch.set_num_threads`` for CPU training (None: leave as is).
+    """
+
+    target: str = "teff"
+    epochs: int = 75
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    max_train: int | None = None
+    max_validation: int | None = None
+    lr_schedule: str = "plateau"
+    lr_patience: int = 3
+    early_stopping: int | None = 10
+    member: int = 0
+    seed: int = 0
+    validation_folds: int = 1
+    temperature_model: str | None = None
+    label_range: tuple[float, float] | None = None
+    temperature_range: tuple[float, float] = DEFAULT_RANGES["teff"]
+    layout: str = "2d"
+    device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.lr_schedule not in ("plateau", "cosine", "none"):
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be positive")
+        for name in ("label_range", "temperature_range"):
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, (float(v[0]), float(v[1])))
+
+    @property
+    def scaling_range(self) -> tuple[float, float] | None:
+        if self.target == "p_binary":
+            return None
+        return self.label_range or DEFAULT_RANGES[self.target]
+
+    @property
+    def name(self) -> str:
+        return f"{self.target}-{self.member}"
+
+    def replace(self, **changes) -> TrainConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown training settings: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        import yaml
+
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})

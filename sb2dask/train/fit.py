@@ -1,0 +1,255 @@
+"""Training one network: data from the Zarr store in RAM, per-epoch validation and checkpoints,
+resume after interruption, learning-rate schedule and early stopping.
+
+Checkpoints (``CHECKPOINTS/NAME-last.safetensors`` + ``NAME-state.pt`` + ``NAME-state.json``) are
+written atomically after every epoch; the best model so far is saved with its manifest through
+:func:`sb2dask.models.io.save_model`. A rerun with the same configuration resumes from the last
+finished epoch; each epoch's shuffling order is drawn from ``(seed, member, epoch)``, so a resumed
+run follows the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models.io import ARCHITECTURES, LabelScaling, ModelManifest, load_model, save_model
+from ..models.predict import predict_array, sort_pairs
+from .config import TrainConfig
+from .data import load_split, split_indices, store_fingerprint
+
+__all__ = ["fit", "temperature_inputs", "resolve_device"]
+
+logger = logging.getLogger(__name__)
+
+_ARCH = {"teff": "TemperatureNet", "logg": "ParameterNet", "feh": "ParameterNet",
+         "vsini": "ParameterNet", "p_binary": "BinaryDetector"}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def temperature_inputs(manifests: list[str | Path], flux: np.ndarray, device,
+                       scaling: LabelScaling) -> np.ndarray:
+    """Ensemble-mean temperatures predicted by the temperature model(s), sorted lower first and
+    scaled with ``scaling``: the second input of the parameter models (as in the paper, which
+    feeds predicted, not true, temperatures)."""
+    preds = []
+    for path in manifests:
+        model, man = load_model(path, layout="2d" if device.type == "cpu" else "1d",
+                                device=device)
+        t = man.scaling.unscale(predict_array(model, flux, device=device))
+        preds.append(sort_pairs(t)[0])
+    return scaling.scale(np.mean(preds, axis=0)).astype(np.float32)
+
+
+def _targets(cfg: TrainConfig, data, scaling):
+    lab = data.labels
+    if cfg.target == "p_binary":
+        return lab["is_binary"].astype(np.float32)
+    y = lab[cfg.target].astype(np.float64)
+    return scaling.scale(y).astype(np.float32)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_json(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    order = np.argsort(score, kind="stable")
+    ranks = np.empty(len(score))
+    ranks[order] = np.arange(1, len(score) + 1)
+    pos = y > 0.5
+    n_pos, n_neg = pos.sum(), (~pos).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool = True,
+        temperature_models: list[str | Path] | None = None) -> dict:
+    """Train (or resume) one network; returns a summary with the best manifest path and metrics.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    store : path of the simulated Zarr training set
+    out_dir : where models (``NAME.json`` / ``NAME.safetensors``) and ``checkpoints/`` go
+    temperature_models : manifest paths of the temperature model(s) for parameter models
+        (default: ``cfg.temperature_model``)
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    layout = cfg.layout if device.type == "cpu" else "1d"
+    rng_seed = [cfg.seed, cfg.member]
+    torch.manual_seed(int(np.random.SeedSequence(rng_seed).generate_state(1)[0]))
+
+    fields = ["is_binary", "teff"] + ([cfg.target] if cfg.target not in ("teff", "p_binary") else [])
+    t0 = time.perf_counter()
+    tr_idx = split_indices(store, "train", cfg.member, cfg.validation_folds)
+    va_idx = split_indices(store, "validation", cfg.member, cfg.validation_folds)
+    if cfg.max_train:
+        tr_idx = tr_idx[: cfg.max_train]
+    if cfg.max_validation:
+        va_idx = va_idx[: cfg.max_validation]
+    train, val = load_split(store, tr_idx, fields), load_split(store, va_idx, fields)
+    load_s = time.perf_counter() - t0
+    if cfg.target != "p_binary":  # the SB2 models learn from binaries only
+        keep_tr, keep_va = train.labels["is_binary"], val.labels["is_binary"]
+        train = type(train)(train.flux[keep_tr], {k: v[keep_tr] for k, v in train.labels.items()},
+                            train.index[keep_tr], train.wave)
+        val = type(val)(val.flux[keep_va], {k: v[keep_va] for k, v in val.labels.items()},
+                        val.index[keep_va], val.wave)
+    if len(train.flux) == 0 or len(val.flux) == 0:
+        raise ValueError(f"{store}: no usable training or validation spectra for {cfg.target}")
+
+    scaling = (LabelScaling(*cfg.scaling_range, unit={"teff": "K", "logg": "dex", "feh": "dex",
+                                                      "vsini": "km/s"}[cfg.target])
+               if cfg.scaling_range else None)
+    t_scaling = LabelScaling(*cfg.temperature_range, unit="K")
+    y_tr, y_va = _targets(cfg, train, scaling), _targets(cfg, val, scaling)
+    x2_tr = x2_va = None
+    temp_paths = temperature_models or ([cfg.temperature_model] if cfg.temperature_model else [])
+    if _ARCH[cfg.target] == "ParameterNet":
+        if not temp_paths:
+            raise ValueError(f"a {cfg.target} model needs temperature_model (the trained "
+                             "temperature model's manifest)")
+        x2_tr = temperature_inputs(temp_paths, train.flux, device, t_scaling)
+        x2_va = temperature_inputs(temp_paths, val.flux, device, t_scaling)
+
+    model = ARCHITECTURES[_ARCH[cfg.target]](layout=layout).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate,
+                           weight_decay=cfg.weight_decay)
+    if cfg.lr_schedule == "plateau":
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5,
+                                                           patience=cfg.lr_patience)
+    elif cfg.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    else:
+        sched = None
+    if cfg.target == "p_binary":
+        n_pos = float(y_tr.sum())
+        pos_weight = torch.tensor((len(y_tr) - n_pos) / max(n_pos, 1.0), device=device)
+        loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    else:
+        loss_fn = torch.nn.MSELoss()
+
+    name = cfg.name
+    state_json = ckpt_dir / f"{name}-state.json"
+    state = dict(epoch=0, best=float("inf"), best_epoch=-1, stale=0, history=[],
+                 config=cfg.to_dict())
+    if state_json.exists():
+        prev = json.loads(state_json.read_text())
+        # The budget (epochs) may be extended on resume; everything else must match.
+        if {**prev["config"], "epochs": cfg.epochs} != cfg.to_dict():
+            raise ValueError(f"{state_json}: checkpoint of a different configuration; remove "
+                             f"{ckpt_dir} or use another output directory")
+        from safetensors.torch import load_file
+
+        from ..models.layers import load_canonical_state_dict
+
+        load_canonical_state_dict(model, load_file(str(ckpt_dir / f"{name}-last.safetensors")))
+        extra = torch.load(ckpt_dir / f"{name}-state.pt", weights_only=True, map_location=device)
+        opt.load_state_dict(extra["optimizer"])
+        if sched is not None and extra.get("scheduler"):
+            sched.load_state_dict(extra["scheduler"])
+        state = dict(prev, config=cfg.to_dict())
+        logger.info("%s: resuming after epoch %d", name, state["epoch"])
+
+    manifest = ModelManifest(
+        name=name, target=cfg.target, architecture=_ARCH[cfg.target], wave=tuple(train.wave),
+        scaling=scaling, temperature_scaling=t_scaling if x2_tr is not None else None,
+        member=cfg.member, seed=cfg.seed, training_set=store_fingerprint(store),
+        training=dict(config=cfg.to_dict(), n_train=int(len(y_tr)), n_validation=int(len(y_va)),
+                      temperature_models=[str(p) for p in temp_paths]))
+
+    from ..models.layers import canonical_state_dict
+    from safetensors.torch import save_file
+
+    n = len(y_tr)
+    bs = cfg.batch_size
+    y_tr_t = torch.from_numpy(y_tr)
+    stop = state["stale"] >= (cfg.early_stopping or 10 ** 9)
+    while state["epoch"] < cfg.epochs and not stop:
+        epoch = state["epoch"]
+        model.train()
+        perm = np.random.default_rng(rng_seed + [epoch]).permutation(n)
+        # dropout masks too depend only on (seed, member, epoch), so a resumed run matches
+        torch.manual_seed(int(np.random.SeedSequence(rng_seed + [epoch]).generate_state(1)[0]))
+        te = time.perf_counter()
+        total = 0.0
+        bar = tqdm(range(0, n, bs), desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not progress, file=sys.stderr)
+        for s in bar:
+            idx = np.sort(perm[s:s + bs])
+            x = torch.from_numpy(train.flux[idx]).to(device)
+            y = y_tr_t[idx].to(device)
+            args = [x] if x2_tr is None else [x, torch.from_numpy(x2_tr[idx]).to(device)]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(*args), y)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        train_s = time.perf_counter() - te
+        pred = predict_array(model, val.flux, x2_va, device=device)
+        if cfg.target == "p_binary":
+            val_loss = float(loss_fn(torch.from_numpy(pred), torch.from_numpy(y_va)))
+            metrics = dict(val_loss=val_loss, roc_auc=_roc_auc(y_va, pred))
+        else:
+            val_loss = float(np.mean((pred - y_va) ** 2))
+            phys = scaling.unscale(pred) - scaling.unscale(y_va)
+            metrics = dict(val_loss=val_loss, rmse=float(np.sqrt(np.mean(phys ** 2))),
+                           mae=float(np.mean(np.abs(phys))))
+        metrics.update(epoch=epoch + 1, train_loss=total / n, lr=opt.param_groups[0]["lr"],
+                       train_samples_per_s=n / train_s, seconds=time.perf_counter() - te)
+        if sched is not None:
+            sched.step(val_loss) if cfg.lr_schedule == "plateau" else sched.step()
+        improved = val_loss < state["best"]
+        if improved:
+            state.update(best=val_loss, best_epoch=epoch + 1, stale=0)
+            save_model(out_dir, model, replace(manifest, metrics=dict(metrics, best_epoch=epoch + 1)))
+        else:
+            state["stale"] += 1
+        state["epoch"] = epoch + 1
+        state["history"].append(metrics)
+        # Last-epoch checkpoint: weights (safetensors), optimizer (tensors only), then the state.
+        tmp = ckpt_dir / f".{name}-last.safetensors.tmp"
+        save_file(canonical_state_dict(model), str(tmp))
+        os.replace(tmp, ckpt_dir / f"{name}-last.safetensors")
+        _atomic_torch_save(dict(optimizer=opt.state_dict(),
+                                scheduler=sched.state_dict() if sched is not None else None),
+                           ckpt_dir / f"{name}-state.pt")
+        _atomic_json(state, state_json)
+        logger.info("%s epoch %d: %s", name, epoch + 1, metrics)
+        if progress:
+            shown = {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
+            print(f"{name} {shown}", file=sys.stderr)
+        stop = cfg.early_stopping is not None and state["stale"] >= cfg.early_stopping
+    return dict(name=name, manifest=str(out_dir / f"{name}.json"), epochs=state["epoch"],
+                best_epoch=state["best_epoch"], best_val_loss=state["best"],
+                history=state["history"], load_s=load_s, stopped_early=bool(stop))

@@ -1,0 +1,111 @@
+"""Training on a tiny simulated set: loss falls, checkpoints resume exactly, parameter models
+take predicted temperatures, the detector learns, and the Dask pool orchestrates it all."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from distributed import Client, LocalCluster
+
+from sb2dask.dataset.factory import SplitSpec, generate
+from sb2dask.models.io import load_model
+from sb2dask.models.predict import predict_array
+from sb2dask.simulate.config import SimulationConfig
+from sb2dask.train.config import TrainConfig
+from sb2dask.train.data import load_split, split_indices
+from sb2dask.train.fit import fit
+from sb2dask.train.pool import train_all
+
+pytestmark = pytest.mark.integration
+
+TINY = dict(max_train=192, max_validation=64, batch_size=32, threads=1, early_stopping=None)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=2,
+                      dashboard_address=":0") as lc, Client(lc) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, client):
+    out = tmp_path_factory.mktemp("train") / "tiny.zarr"
+    generate(out, SimulationConfig(seed=11, binary_fraction=0.5, snr_range=(150, 350)), 600,
+             200, client=client, split=SplitSpec(0.6, 0.2, 0.2), progress=False)
+    return out
+
+
+def test_splits_and_folds(store):
+    tr, va, te = (split_indices(store, s) for s in ("train", "validation", "test"))
+    assert (len(tr), len(va), len(te)) == (360, 120, 120)
+    assert set(tr).isdisjoint(va) and set(va).isdisjoint(te)
+    f0 = split_indices(store, "validation", member=0, folds=4)
+    f1 = split_indices(store, "validation", member=1, folds=4)
+    assert set(f0).isdisjoint(f1) and len(f0) == 120
+    assert set(split_indices(store, "train", member=1, folds=4)).isdisjoint(f1)
+    d = load_split(store, te, ["teff"])
+    assert d.flux.shape == (120, 903) and d.labels["teff"].shape == (120, 2)
+
+
+def test_temperature_model_learns_and_resumes_exactly(store, tmp_path):
+    cfg = TrainConfig(target="teff", epochs=3, **TINY)
+    full = fit(cfg, store, tmp_path / "a", progress=False)
+    losses = [h["train_loss"] for h in full["history"]]
+    assert losses[-1] < losses[0]
+    # interrupted after one epoch, then resumed with the full budget
+    fit(cfg.replace(epochs=1), store, tmp_path / "b", progress=False)
+    resumed = fit(cfg, store, tmp_path / "b", progress=False)
+    assert resumed["epochs"] == 3 and len(resumed["history"]) == 3
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "a" / "checkpoints" / "teff-0-last.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoints" / "teff-0-last.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="different configuration"):
+        fit(cfg.replace(learning_rate=1e-4), store, tmp_path / "b", progress=False)
+    man = json.loads((tmp_path / "a" / "teff-0.json").read_text())
+    assert man["training_set"]["sha256"] and man["training"]["n_train"] > 0
+    assert man["metrics"]["rmse"] > 0
+
+
+def test_parameter_model_is_fed_predicted_temperatures(store, tmp_path):
+    temp = fit(TrainConfig(target="teff", epochs=1, **TINY), store, tmp_path, progress=False)
+    res = fit(TrainConfig(target="logg", epochs=2, **TINY), store, tmp_path, progress=False,
+              temperature_models=[temp["manifest"]])
+    model, man = load_model(res["manifest"])
+    assert man.temperature_scaling is not None and man.training["temperature_models"]
+    d = load_split(store, split_indices(store, "test"), ["teff", "logg"])
+    out = predict_array(model, d.flux, np.full((len(d.flux), 2), 0.5, np.float32))
+    assert out.shape == (120, 2) and np.isfinite(out).all()
+    with pytest.raises(ValueError, match="temperature_model"):
+        fit(TrainConfig(target="feh", epochs=1, **TINY), store, tmp_path / "x", progress=False)
+
+
+def test_detector_trains_on_singles_and_binaries(store, tmp_path):
+    res = fit(TrainConfig(target="p_binary", epochs=2, **TINY), store, tmp_path, progress=False)
+    h = res["history"]
+    assert 0.0 <= h[-1]["roc_auc"] <= 1.0
+    assert h[-1]["train_loss"] < h[0]["train_loss"] * 1.5
+
+
+def test_pool_trains_temperature_then_parameters(store, tmp_path, client):
+    base = TrainConfig(epochs=1, **TINY)
+    res = train_all(store, tmp_path, client, base, ensemble=2, targets=("teff", "vsini"),
+                    detector_store=store, progress=False)
+    assert set(res) == {"teff", "vsini", "p_binary"}
+    assert [r["name"] for r in res["teff"]] == ["teff-0", "teff-1"]
+    for r in res["vsini"]:
+        man = json.loads(open(r["manifest"]).read())
+        assert sorted(man["training"]["temperature_models"]) == sorted(
+            x["manifest"] for x in res["teff"])
+    # different members, different seeds -> different weights
+    from safetensors.torch import load_file
+
+    w0 = load_file(str(tmp_path / "teff-0.safetensors"))
+    w1 = load_file(str(tmp_path / "teff-1.safetensors"))
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0 if w0[k].is_floating_point())
