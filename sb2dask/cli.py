@@ -122,6 +122,39 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_infer(args) -> int:
+    from .cluster import get_client
+    from .infer.run import run_inference
+
+    with get_client(args.cluster, args.workers) as client:
+        summary = run_inference(args.inputs, args.out, args.models, client,
+                                partition_rows=args.partition_rows, device=args.device,
+                                progress=not args.no_progress, overwrite=args.overwrite)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _cmd_mock(args) -> int:
+    from .dataset.mock_catalogue import mock_catalogue
+
+    cfg = _simulation_config(args)
+    r = mock_catalogue(args.out, n_sources=args.n_sources, epochs=tuple(args.epochs),
+                       binary_fraction=args.binary_fraction if args.binary_fraction is not None
+                       else 0.5, n_files=args.files, config=cfg, seed=args.seed or 1)
+    print(json.dumps(r, indent=1))
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluate.report import evaluate
+
+    res = evaluate(args.store, args.models, args.out, single_store=args.single_store,
+                   detector_store=args.detector_store, max_test=args.max_test,
+                   n_perm=args.permutations)
+    print((Path(args.out) / "evaluation.md").read_text())
+    return 0 if res else 1
+
+
 def _cmd_figures(args) -> int:
     from .evaluate.simulation_figures import figure_1, figure_2
 
@@ -142,7 +175,7 @@ def _add_simulation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--binary-fraction", type=float, default=None,
                    help="fraction of SB2s (default 1.0: the paper's all-SB2 training set)")
     g.add_argument("--snr", type=float, nargs=2, metavar=("MIN", "MAX"), default=None)
-    g.add_argument("--output-grid", choices=["rvs903", "gaia_dr3"], default=None)
+    g.add_argument("--output-grid", choices=["rvs903", "gaia_dr3", "gaia_dr3_903"], default=None)
     g.add_argument("--resolution", type=float, default=None)
 
 
@@ -223,6 +256,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("infer", help="predict parameters for catalogues of RVS spectra")
+    p.add_argument("inputs", nargs="+", help="catalogue files (Gaia CSV/ECSV.gz, Parquet, FITS, "
+                                             "Zarr)")
+    p.add_argument("--out", required=True, help="output Parquet dataset (directory)")
+    p.add_argument("--models", default=None, help="model directory (default: the shipped models)")
+    p.add_argument("--partition-rows", type=int, default=2000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    _add_cluster_options(p)
+    p.set_defaults(func=_cmd_infer)
+
+    p = sub.add_parser("mock-catalogue", help="write a simulated epoch catalogue (bulk ECSV)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--n-sources", type=int, default=1000)
+    p.add_argument("--epochs", type=int, nargs=2, default=[1, 5], metavar=("MIN", "MAX"))
+    p.add_argument("--files", type=int, default=4)
+    _add_simulation_options(p)
+    p.set_defaults(func=_cmd_mock)
+
+    p = sub.add_parser("evaluate", help="the paper's Tables 4-5 and Figs. 3-6 on the test split")
+    p.add_argument("--store", required=True, help="simulated SB2 store (its test split is used)")
+    p.add_argument("--models", default=None, help="model directory (default: the shipped models)")
+    p.add_argument("--out", default="docs/evaluation")
+    p.add_argument("--single-store", default=None, help="single-star store (Sect. 4.4 test)")
+    p.add_argument("--detector-store", default=None, help="mixed store for the detector")
+    p.add_argument("--max-test", type=int, default=None)
+    p.add_argument("--permutations", type=int, default=1000)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("figures", help="the paper's Figs. 1-2 from the simulator, as PNG")
     p.add_argument("--out", default="docs/figures")

@@ -228,7 +228,11 @@ def test_config_round_trips_and_validates(tmp_path):
     path = tmp_path / "sim.yaml"
     cfg.to_yaml(path)
     assert SimulationConfig.from_yaml(path) == cfg
-    assert len(cfg.wave) == 2401 and cfg.wave[0] == 8460.0 and cfg.wave[-1] == 8700.0
+    from sb2dask.simulate.config import output_wave
+
+    vac = output_wave("gaia_dr3", "vacuum")
+    assert len(vac) == 2401 and vac[0] == 8460.0 and vac[-1] == 8700.0
+    assert cfg.wave[0] == pytest.approx(8460.0 - 2.32, abs=0.01)  # simulated at the air λ
     assert len(SimulationConfig().wave) == 903
     with pytest.raises(ValueError, match="teff_range"):
         SimulationConfig(teff_range=(6000, 5000))

@@ -179,3 +179,57 @@ def load_model(manifest_path: str | Path, layout: str = "1d",
     if len(manifest.wave) < 2 or not np.all(np.diff(manifest.wave) > 0):
         raise ModelFileError(f"{manifest_path}: input wavelength grid missing or unsorted")
     return model.to(device).eval(), manifest
+
+
+def feature_statistics(features: np.ndarray, quantile: float = 0.995,
+                       ridge: float = 1e-3) -> dict[str, np.ndarray]:
+    """Gaussian model of a network's trunk features on its training set, for the
+    out-of-distribution distance: mean, regularised precision matrix, and the ``quantile`` of the
+    training spectra's own Mahalanobis distances (the threshold)."""
+    f = np.asarray(features, dtype=np.float64)
+    mean = f.mean(axis=0)
+    cov = np.cov(f, rowvar=False)
+    cov += ridge * np.trace(cov) / len(cov) * np.eye(len(cov))
+    precision = np.linalg.inv(cov)
+    d = mahalanobis(f, mean, precision)
+    return dict(mean=mean, precision=precision,
+                threshold=np.array([np.quantile(d, quantile)]), n=np.array([len(f)]))
+
+
+def mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Mahalanobis distances of rows of ``features`` from ``mean``."""
+    x = np.asarray(features, dtype=np.float64) - mean
+    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", x, precision, x), 0.0))
+
+
+def save_feature_statistics(manifest_path: str | Path, stats: dict) -> Path:
+    """Write ``NAME.features.safetensors`` beside a model and record it (with its SHA-256) in the
+    manifest's ``training["feature_statistics"]``."""
+    from safetensors.numpy import save_file
+
+    manifest_path = Path(manifest_path)
+    man = json.loads(manifest_path.read_text())
+    path = manifest_path.with_name(f"{man['name']}.features.safetensors")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: np.ascontiguousarray(v) for k, v in stats.items()}, str(tmp))
+    os.replace(tmp, path)
+    man["training"]["feature_statistics"] = dict(file=path.name, sha256=file_sha256(path),
+                                                 threshold=float(stats["threshold"][0]),
+                                                 n=int(stats["n"][0]))
+    tmp = manifest_path.with_name(f".{manifest_path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(man, indent=1))
+    os.replace(tmp, manifest_path)
+    return path
+
+
+def load_feature_statistics(manifest: ModelManifest, directory: str | Path) -> dict | None:
+    """The feature statistics recorded in ``manifest`` (verified), or None if it has none."""
+    from safetensors.numpy import load_file
+
+    rec = manifest.training.get("feature_statistics")
+    if not rec:
+        return None
+    path = Path(directory) / rec["file"]
+    if not path.exists() or file_sha256(path) != rec["sha256"]:
+        raise ModelFileError(f"{path}: feature statistics missing or not matching the manifest")
+    return load_file(str(path))

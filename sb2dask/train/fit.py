@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.io import ARCHITECTURES, LabelScaling, ModelManifest, load_model, save_model
+from ..models.io import (ARCHITECTURES, LabelScaling, ModelManifest, feature_statistics,
+                         load_model, save_feature_statistics, save_model)
 from ..models.predict import predict_array, sort_pairs
 from .config import TrainConfig
 from .data import load_split, split_indices, store_fingerprint
@@ -109,7 +110,7 @@ def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool
     rng_seed = [cfg.seed, cfg.member]
     torch.manual_seed(int(np.random.SeedSequence(rng_seed).generate_state(1)[0]))
 
-    fields = ["is_binary", "teff"] + ([cfg.target] if cfg.target not in ("teff", "p_binary") else [])
+    fields = ["is_binary", "teff", "logg", "feh", "vsini"]
     t0 = time.perf_counter()
     tr_idx = split_indices(store, "train", cfg.member, cfg.validation_folds)
     va_idx = split_indices(store, "validation", cfg.member, cfg.validation_folds)
@@ -181,12 +182,26 @@ def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool
         state = dict(prev, config=cfg.to_dict())
         logger.info("%s: resuming after epoch %d", name, state["epoch"])
 
+    limits = {}
+    for key in ("teff", "logg", "feh", "vsini"):
+        v = train.labels[key][np.isfinite(train.labels[key])]
+        limits[key] = [float(v.min()), float(v.max())] if v.size else None
+    t_all, g_all = train.labels["teff"].ravel(), train.labels["logg"].ravel()
+    ok = np.isfinite(t_all) & np.isfinite(g_all)
+    edges = np.arange(np.floor(t_all[ok].min() / 250) * 250, t_all[ok].max() + 250, 250)
+    logg_max = [[float(hi), float(g_all[ok][(t_all[ok] >= lo) & (t_all[ok] < hi)].max())]
+                for lo, hi in zip(edges[:-1], edges[1:])
+                if np.any((t_all[ok] >= lo) & (t_all[ok] < hi))]
+    from ..dataset.factory import store_metadata
+
+    snr_range = store_metadata(store)["config"]["snr_range"]
     manifest = ModelManifest(
         name=name, target=cfg.target, architecture=_ARCH[cfg.target], wave=tuple(train.wave),
         scaling=scaling, temperature_scaling=t_scaling if x2_tr is not None else None,
         member=cfg.member, seed=cfg.seed, training_set=store_fingerprint(store),
         training=dict(config=cfg.to_dict(), n_train=int(len(y_tr)), n_validation=int(len(y_va)),
-                      temperature_models=[str(p) for p in temp_paths]))
+                      temperature_models=[str(p) for p in temp_paths], label_limits=limits,
+                      logg_max_by_teff=logg_max, snr_range=list(snr_range)))
 
     from ..models.layers import canonical_state_dict
     from safetensors.torch import save_file
@@ -250,6 +265,16 @@ def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool
             shown = {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
             print(f"{name} {shown}", file=sys.stderr)
         stop = cfg.early_stopping is not None and state["stale"] >= cfg.early_stopping
-    return dict(name=name, manifest=str(out_dir / f"{name}.json"), epochs=state["epoch"],
+    best_path = out_dir / f"{name}.json"
+    if cfg.target == "teff" and best_path.exists():
+        # Feature statistics of the best model on its training spectra: the reference for the
+        # out-of-distribution distance at inference.
+        best, _ = load_model(best_path, layout=layout, device=device)
+        sub = train.flux[: min(len(train.flux), 20000)]
+        with torch.inference_mode():
+            feats = np.concatenate([best.trunk(torch.from_numpy(sub[s:s + 512]).to(device))
+                                    .cpu().numpy() for s in range(0, len(sub), 512)])
+        save_feature_statistics(best_path, feature_statistics(feats))
+    return dict(name=name, manifest=str(best_path), epochs=state["epoch"],
                 best_epoch=state["best_epoch"], best_val_loss=state["best"],
                 history=state["history"], load_s=load_s, stopped_early=bool(stop))

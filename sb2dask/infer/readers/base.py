@@ -1,4 +1,4 @@
-"""What every catalogue reader returns: the spectrum schema, its flags and errors, the Gaia RVS grid.
+"""What every catalogue reader returns: the spectrum schema, flags and errors, the Gaia RVS grid.
 
 Every reader yields pandas DataFrame partitions with exactly the columns of
 :data:`SPECTRUM_SCHEMA`, in that order, plus optional pass-through columns whose names start with
@@ -40,23 +40,27 @@ from ...library.wavelength import vac_to_air
 
 __all__ = [
     "SchemaColumn", "SPECTRUM_SCHEMA", "SPECTRUM_COLUMNS", "SPECTRUM_META", "TRUE_PREFIX",
-    "ReadFlag", "ReaderError", "CatalogueFormat", "DEFAULT_PARTITION_ROWS",
+    "EPOCH_COLUMNS",
+    "ReadFlag", "INFORMATIONAL_FLAGS", "ReaderError", "CatalogueFormat",
+    "DEFAULT_PARTITION_ROWS",
     "RVS_N_PIX", "RVS_WAVE_START_NM", "RVS_WAVE_STEP_NM", "RVS_WAVE_VAC_NM", "RVS_WAVE",
     "meta_with", "build_partition", "object_column", "spectrum_flags", "duplicate_mask",
-    "fit_rows", "parse_float_strings", "parse_int_strings", "wave_to_air_angstrom", "read_bytes",
-    "read_head", "leading_comment_lines", "first_fields",
+    "fit_rows", "fit_to_grids", "parse_float_strings", "parse_int_strings",
+    "wave_to_air_angstrom", "read_bytes", "read_head", "leading_comment_lines", "first_fields",
 ]
 
 #: Rows per partition when the caller does not say (~90 MB of float32 flux and errors at 2401 px).
 DEFAULT_PARTITION_ROWS = 5000
 #: Prefix of the pass-through columns that carry a simulated store's true labels.
 TRUE_PREFIX = "true_"
+#: Input columns read as ``epoch_id``, first match wins (Gaia epoch products call it transit_id).
+EPOCH_COLUMNS = ("epoch_id", "transit_id")
 
 #: Gaia RVS grid as published: 846-870 nm in steps of 0.01 nm, vacuum (see the module docstring).
 RVS_N_PIX = 2401
 RVS_WAVE_START_NM = 846.0
 RVS_WAVE_STEP_NM = 0.01
-# Rounded to the published two decimals, so the constant equals gaia_rvs_wavelength.fits bit for bit.
+# Rounded to the published two decimals: equal to gaia_rvs_wavelength.fits bit for bit.
 RVS_WAVE_VAC_NM = np.round(RVS_WAVE_START_NM + RVS_WAVE_STEP_NM * np.arange(RVS_N_PIX), 2)
 #: The Gaia RVS grid in air [Å]: what readers of Gaia products put in ``wave`` (one shared object).
 RVS_WAVE = vac_to_air(RVS_WAVE_VAC_NM * 10.0)
@@ -112,13 +116,13 @@ SPECTRUM_META = meta_with()
 class ReadFlag(enum.IntFlag):
     """Spectrum-level problems found while reading; the row is kept and these bits are set.
 
-    Informational bits (``NULL_PIXELS``, ``NEGATIVE_FLUX``, ``UNSORTED_WAVE`` after a DataLink
-    sort) describe spectra that are still usable once NaN pixels are masked; the others mark
-    spectra a pipeline should normally skip.
+    The bits of :data:`INFORMATIONAL_FLAGS` (``NULL_PIXELS``, ``NEGATIVE_FLUX``,
+    ``UNSORTED_WAVE``) describe spectra that are still usable once NaN pixels are masked and the
+    grid sorted; the others mark spectra a pipeline should normally skip.
     """
 
     NONE = 0
-    #: No finite-or-infinite flux value at all (every pixel null/NaN, or the whole array null).
+    #: Every flux pixel is NaN (null, NaN or unparseable in the input, or the whole array null).
     ALL_NULL = 1 << 0
     #: Some (not all) flux pixels are NaN: null or NaN in the input, or unparseable text.
     NULL_PIXELS = 1 << 1
@@ -143,6 +147,11 @@ class ReadFlag(enum.IntFlag):
     #: The input wavelengths were not strictly increasing (DataLink CSV pixels are sorted by
     #: wavelength; a duplicated wavelength stays).
     UNSORTED_WAVE = 1 << 9
+
+
+#: Bits that describe a usable spectrum (NaN pixels to mask, negative noise, a sorted grid):
+#: ``read_flags & ~INFORMATIONAL_FLAGS == 0`` means nothing was wrong with the row.
+INFORMATIONAL_FLAGS = ReadFlag.NULL_PIXELS | ReadFlag.NEGATIVE_FLUX | ReadFlag.UNSORTED_WAVE
 
 
 def _rebuild_reader_error(path, message, line, row):
@@ -223,6 +232,15 @@ def object_column(items: Sequence) -> np.ndarray:
     return out
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view: a grid shared by many rows must not be changed through one of them."""
+    if not a.flags.writeable:
+        return a
+    view = a.view()
+    view.setflags(write=False)
+    return view
+
+
 def build_partition(*, source_id, epoch_id, wave, flux, flux_error, file: str | Path, row,
                     read_flags, passthrough: Mapping[str, np.ndarray] | None = None
                     ) -> pd.DataFrame:
@@ -242,9 +260,10 @@ def build_partition(*, source_id, epoch_id, wave, flux, flux_error, file: str | 
     """
     n = len(source_id)
     if isinstance(wave, np.ndarray) and wave.dtype != object:
-        waves = object_column([wave] * n)
+        waves = object_column([_read_only(wave)] * n)
     else:
-        waves = object_column(list(wave))
+        shared: dict[int, np.ndarray] = {}
+        waves = object_column([shared.setdefault(id(w), _read_only(w)) for w in wave])
     errors = object_column([None] * n) if flux_error is None else object_column(list(flux_error))
     path = str(file)
     cols = {
@@ -346,11 +365,31 @@ def fit_rows(values: np.ndarray, offsets: np.ndarray, n_pix: int,
     return out, wrong
 
 
+def fit_to_grids(values: np.ndarray, offsets: np.ndarray, lengths, null_rows=None):
+    """Like :func:`fit_rows` with one target length per row (rows on different grids).
+
+    Returns
+    -------
+    rows : ndarray (n, n_pix) when every target length is equal, else a list of n arrays
+    wrong_length : ndarray of bool, shape (n,)
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.size == 0 or (lengths == lengths[0]).all():
+        return fit_rows(values, offsets, int(lengths[0]) if lengths.size else 0, null_rows)
+    null_rows = np.zeros(len(lengths), bool) if null_rows is None else np.asarray(null_rows)
+    rows, wrong = [], np.zeros(len(lengths), bool)
+    for i, k in enumerate(lengths):
+        m, w = fit_rows(values, offsets[i:i + 2], int(k), null_rows[i:i + 1])
+        rows.append(m[0])
+        wrong[i] = w[0]
+    return rows, wrong
+
+
 # ---------------------------------------------------------------------------------------------
 # Numbers written as text
 
 _NUMBER = r"(?i)^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|nan|inf|infinity)$"
-_NULL_TEXT = ("", "null", "NULL")
+_NULL_TEXT = ("null", "NULL")
 
 
 def _with_validity(arr: pa.Array, valid: np.ndarray) -> pa.Array:
@@ -361,20 +400,25 @@ def _with_validity(arr: pa.Array, valid: np.ndarray) -> pa.Array:
                                  offset=arr.offset)
 
 
-def parse_float_strings(texts, *, trim: bool | None = None, dtype=np.float32
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def _nullish(texts: pa.Array, spellings=("null",)) -> np.ndarray:
+    """True where a text is null, empty, or one of ``spellings``."""
+    out = pc.equal(pc.binary_length(texts), 0)
+    for word in spellings:
+        out = pc.or_(out, pc.equal(texts, word))
+    return pc.fill_null(out, True).to_numpy(zero_copy_only=False)
+
+
+def parse_float_strings(texts, *, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """Numbers written as text, parsed in bulk (Arrow's vectorised cast, not one float at a time).
 
     ``""``, ``null``, ``NULL`` and Arrow nulls become NaN; ``NaN``, ``inf``, ``Infinity`` (any
     case, signed) are parsed; surrounding white space is ignored. Any other text becomes NaN and
-    is reported.
+    is reported. The common case (clean numbers and ``null``) costs one cast; white space and
+    bad text are only looked for when that cast fails.
 
     Parameters
     ----------
     texts : pyarrow string array, chunked array, or sequence of str/None
-    trim : bool, optional
-        Whether to strip white space around each value; None looks for spaces and tabs first
-        (callers that already know save that scan).
     dtype : numpy float dtype
         Of the result; float32 for fluxes, float64 for wavelengths.
 
@@ -389,48 +433,54 @@ def parse_float_strings(texts, *, trim: bool | None = None, dtype=np.float32
         texts = pa.array(list(texts), type=pa.string())
     dtype = np.dtype(dtype)
     target = pa.from_numpy_dtype(dtype)
-    if len(texts) == 0:
-        return np.empty(0, dtype), np.zeros(0, bool)
-    if trim is None:
-        trim = any(pc.any(pc.match_substring(texts, ch)).as_py() for ch in (" ", "\t"))
-    if trim:
-        texts = pc.utf8_trim_whitespace(texts)
-    nullish = pc.or_(pc.is_null(texts), pc.fill_null(pc.is_in(texts, value_set=pa.array(
-        _NULL_TEXT)), False)).to_numpy(zero_copy_only=False)
     bad = np.zeros(len(texts), bool)
+    if len(texts) == 0:
+        return np.empty(0, dtype), bad
     try:
-        values = pc.cast(_with_validity(texts, ~nullish), target)
+        values = pc.cast(_with_validity(texts, ~_nullish(texts)), target)
     except pa.ArrowInvalid:
-        bad = ~pc.fill_null(pc.match_substring_regex(texts, _NUMBER), False).to_numpy(
-            zero_copy_only=False) & ~nullish
+        texts = pc.utf8_trim_whitespace(texts)
+        nullish = _nullish(texts, _NULL_TEXT)
         try:
-            values = pc.cast(_with_validity(texts, ~(nullish | bad)), target)
-        except pa.ArrowInvalid:  # a spelling the regex admits but Arrow does not: go one by one
-            out = np.full(len(texts), np.nan, dtype)
-            for i, t in enumerate(texts.to_pylist()):
-                if nullish[i]:
-                    continue
-                try:
-                    out[i] = float(t)
-                except (TypeError, ValueError):
-                    bad[i] = True
-            return out, bad
+            values = pc.cast(_with_validity(texts, ~nullish), target)
+        except pa.ArrowInvalid:
+            bad = ~pc.fill_null(pc.match_substring_regex(texts, _NUMBER), False).to_numpy(
+                zero_copy_only=False) & ~nullish
+            try:
+                values = pc.cast(_with_validity(texts, ~(nullish | bad)), target)
+            except pa.ArrowInvalid:  # a spelling the regex admits but Arrow does not
+                out = np.full(len(texts), np.nan, dtype)
+                for i, t in enumerate(texts.to_pylist()):
+                    if nullish[i]:
+                        continue
+                    try:
+                        out[i] = float(t)
+                    except (TypeError, ValueError):
+                        bad[i] = True
+                return out, bad
     return values.to_numpy(zero_copy_only=False).astype(dtype, copy=False), bad
 
 
-def parse_int_strings(texts: pa.Array, what: str) -> tuple[np.ndarray, int | None]:
-    """Integers written as text; returns (values, index of the first non-integer or None)."""
+def parse_int_strings(texts) -> tuple[np.ndarray, int | None]:
+    """Integers written as text, in bulk.
+
+    Returns
+    -------
+    values : ndarray of int64 (zeros when a text is not an integer)
+    first_bad : int or None
+        Index of the first text that is not an int64 (empty, text, or out of range).
+    """
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     try:
         return pc.cast(texts, pa.int64()).to_numpy(zero_copy_only=False), None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        ok = pc.fill_null(pc.match_substring_regex(texts, r"^[+-]?\d{1,19}$"), False)
-        ok = ok.to_numpy(zero_copy_only=False)
-        bad = np.flatnonzero(~ok)
-        if bad.size == 0:  # digits, but beyond int64
-            bad = np.arange(len(texts))
-        return np.zeros(len(texts), np.int64), int(bad[0])
+        pass
+    ok = pc.fill_null(pc.match_substring_regex(texts, r"^[+-]?\d{1,19}$"), False)
+    ok = ok.to_numpy(zero_copy_only=False)
+    for i in np.flatnonzero(ok & (pc.binary_length(texts).to_numpy(zero_copy_only=False) >= 19)):
+        ok[i] = -2 ** 63 <= int(texts[i].as_py()) < 2 ** 63  # 19 digits may overflow int64
+    return np.zeros(len(texts), np.int64), int(np.flatnonzero(~ok)[0])
 
 
 # ---------------------------------------------------------------------------------------------

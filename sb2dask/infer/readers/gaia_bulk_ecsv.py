@@ -45,9 +45,10 @@ import pyarrow.csv as pv
 import yaml
 
 from .base import (
-    DEFAULT_PARTITION_ROWS, RVS_N_PIX, RVS_WAVE, TRUE_PREFIX, CatalogueFormat, ReaderError,
-    ReadFlag, build_partition, duplicate_mask, first_fields, fit_rows, leading_comment_lines,
-    parse_float_strings, parse_int_strings, read_bytes, read_head, spectrum_flags,
+    DEFAULT_PARTITION_ROWS, EPOCH_COLUMNS, RVS_N_PIX, RVS_WAVE, TRUE_PREFIX, CatalogueFormat,
+    ReaderError, ReadFlag, build_partition, duplicate_mask, first_fields, fit_rows,
+    leading_comment_lines, parse_float_strings, parse_int_strings, read_bytes, read_head,
+    spectrum_flags,
 )
 
 __all__ = ["NAME", "FORMAT", "identify", "read", "passthrough", "EcsvColumn", "EcsvHeader",
@@ -59,7 +60,6 @@ NAME = "gaia_bulk_ecsv"
 HEALPIX_LEVEL8_SHIFT = 43
 _FILE_RANGE = re.compile(r"_(\d+)-(\d+)\.[^/\\]*$")
 _SUBTYPE = re.compile(r"^\s*(\w+)\s*\[\s*(null|\d+)\s*\]\s*$")
-_EPOCH_COLUMNS = ("transit_id", "epoch_id")
 _ARRAY_COLUMNS = ("flux", "flux_error")
 _NULL_FIELD = pa.array(["", "null", "NULL"])
 #: ECSV datatype -> numpy dtype of the scalar columns we pass through.
@@ -144,7 +144,8 @@ def parse_ecsv_header(path: str | Path, lines: list[str]) -> EcsvHeader:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ReaderError(path, f"malformed ECSV YAML header: {problem}",
+        raise ReaderError(path, f"malformed ECSV YAML header: {problem} (where the YAML parser "
+                          "stopped; the fault may be a line above)",
                           line=None if mark is None else mark.line + 2) from exc
     entries = doc.get("datatype") if isinstance(doc, dict) else None
     if not isinstance(entries, list) or not entries:
@@ -220,8 +221,7 @@ def _parse_array_chunk(arr: pa.Array) -> ParsedArrays:
         keep[offsets[:-1][empty]] = False
         texts = texts.filter(pa.array(keep))
         offsets = offsets - np.concatenate([[0], np.cumsum(empty)])
-    trim = any(pc.any(pc.match_substring(inner, ch)).as_py() for ch in (" ", "\t"))
-    values, bad = parse_float_strings(texts, trim=trim)
+    values, bad = parse_float_strings(texts)
     not_numeric = garbage.copy()
     if bad.any():
         not_numeric[np.searchsorted(offsets, np.flatnonzero(bad), side="right") - 1] = True
@@ -349,6 +349,10 @@ def _read_text_table(path: Path) -> tuple[EcsvHeader, pa.Table, int]:
     header_line = header.n_lines + 1
     if end <= pos:
         raise ReaderError(path, "no column-name line after the ECSV header", line=header_line)
+    last = buf.rfind(b"\n", pos, end) + 1
+    if buf.count(b'"', last, end) % 2:  # an odd number of quotes: cut inside a quoted array
+        raise ReaderError(path, "the last line ends inside a quoted field: the file is truncated",
+                          line=buf.count(b"\n", 0, end) + 1)
     found = first_fields(buf, pos) if header.delimiter == "," else \
         buf[pos:buf.find(b"\n", pos)].decode("utf-8", "replace").split()
     if found != names:
@@ -366,8 +370,9 @@ def _read_text_table(path: Path) -> tuple[EcsvHeader, pa.Table, int]:
             read_options=pv.ReadOptions(use_threads=False, block_size=1 << 24),
             parse_options=pv.ParseOptions(delimiter=header.delimiter,
                                           invalid_row_handler=on_invalid),
+            # No UTF-8 check: the fields are numbers, and the number parser rejects bad bytes.
             convert_options=pv.ConvertOptions(
-                column_types={n: pa.string() for n in names}, null_values=[],
+                column_types={n: pa.string() for n in names}, null_values=[], check_utf8=False,
                 strings_can_be_null=False, quoted_strings_can_be_null=False))
     except pa.ArrowInvalid as exc:
         raise ReaderError(path, f"malformed CSV body ({exc})") from exc
@@ -379,7 +384,7 @@ def _read_text_table(path: Path) -> tuple[EcsvHeader, pa.Table, int]:
 
 
 def _int_column(path, table, name, first_line) -> np.ndarray:
-    values, bad = parse_int_strings(table[name], name)
+    values, bad = parse_int_strings(table[name])
     if bad is not None:
         text = table[name][bad].as_py()
         raise ReaderError(path, f"{name} {text!r} is not an integer", line=first_line + bad)
@@ -429,7 +434,7 @@ def _open(path: str | Path) -> _BulkFile:
                               f"subtype={col.subtype!r}; expected datatype 'string' with an "
                               f"array subtype such as 'float32[null]'")
     source_id = _int_column(path, table, "source_id", first_line)
-    epoch_name = next((c for c in _EPOCH_COLUMNS if c in names), None)
+    epoch_name = next((c for c in EPOCH_COLUMNS if c in names), None)
     epoch_id = _int_column(path, table, epoch_name, first_line) if epoch_name else \
         np.full(len(source_id), -1, np.int64)
     flags = np.where(duplicate_mask(source_id, epoch_id), ReadFlag.DUPLICATE_ID, 0)

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.csv as pv
 
 from .base import (
-    DEFAULT_PARTITION_ROWS, RVS_N_PIX, RVS_WAVE, RVS_WAVE_VAC_NM, CatalogueFormat, ReaderError,
-    ReadFlag, build_partition, duplicate_mask, first_fields, leading_comment_lines,
+    DEFAULT_PARTITION_ROWS, EPOCH_COLUMNS, RVS_N_PIX, RVS_WAVE, RVS_WAVE_VAC_NM, CatalogueFormat,
+    ReaderError, ReadFlag, build_partition, duplicate_mask, first_fields, leading_comment_lines,
     parse_float_strings, parse_int_strings, read_bytes, read_head, spectrum_flags,
     wave_to_air_angstrom,
 )
@@ -36,7 +36,6 @@ __all__ = ["NAME", "FORMAT", "identify", "read", "passthrough", "REQUIRED_COLUMN
 
 NAME = "gaia_datalink_csv"
 REQUIRED_COLUMNS = ("source_id", "wavelength", "flux")
-_EPOCH_COLUMNS = ("transit_id", "epoch_id")
 #: Plausible wavelengths [nm]; outside this the file is not in nm (e.g. Å).
 _NM_RANGE = (300.0, 2500.0)
 
@@ -93,7 +92,7 @@ def _table(path: Path) -> tuple[pa.Table, int]:
 
 
 def _ints(path, table, name, first_line) -> np.ndarray:
-    values, bad = parse_int_strings(table[name], name)
+    values, bad = parse_int_strings(table[name])
     if bad is not None:
         raise ReaderError(path, f"{name} {table[name][bad].as_py()!r} is not an integer",
                           line=first_line + bad)
@@ -118,7 +117,7 @@ def read(path: str | Path, *, partition_rows: int = DEFAULT_PARTITION_ROWS
     if n == 0:
         return
     source_id = _ints(path, table, "source_id", first_line)
-    epoch_name = next((c for c in _EPOCH_COLUMNS if c in table.column_names), None)
+    epoch_name = next((c for c in EPOCH_COLUMNS if c in table.column_names), None)
     epoch_id = _ints(path, table, epoch_name, first_line) if epoch_name else \
         np.full(n, -1, np.int64)
     # float64, so the grid test below sees the file's decimals rather than float32 rounding

@@ -1,0 +1,193 @@
+"""``sb2dask evaluate``: the paper's Tables 4-5 and Figs. 3-6 on the test split, the single-star
+test (Sect. 4.4), ensemble calibration and the detector's ROC/precision, as JSON, Markdown and
+PNG figures."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import (PAPER_TABLE4, PAPER_TABLE5, binned_errors, interval_coverage,
+                      precision_at, randomization_test, rmse_mae, roc_auc)
+
+__all__ = ["evaluate"]
+
+PARAMS = ("teff", "logg", "feh", "vsini")
+UNITS = {"teff": "K", "logg": "dex", "feh": "dex", "vsini": "km/s"}
+LABELS = {"teff": "Teff [K]", "logg": "log g", "feh": "[Fe/H]", "vsini": "v sin i [km/s]"}
+
+
+def _predict_split(store, model_dir, split: str, max_n: int | None, fields):
+    from ..infer.predict import get_model_set
+    from ..train.data import load_split, split_indices
+
+    idx = split_indices(store, split)
+    if max_n:
+        idx = idx[:max_n]
+    data = load_split(store, idx, fields)
+    models = get_model_set(model_dir, "auto")
+    if not np.allclose(models.wave, data.wave):
+        raise ValueError(f"{store}: its pixel grid differs from the models' grid")
+    t0 = time.perf_counter()
+    pred = models.predict(data.flux)
+    return data, pred, models, time.perf_counter() - t0
+
+
+def _fig3(pred, lab, path):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(9, 8), constrained_layout=True)
+    for ax, p in zip(axes.ravel(), PARAMS):
+        t, y = lab[p].ravel(), pred[p].ravel()
+        ok = np.isfinite(t) & np.isfinite(y)
+        ax.hexbin(t[ok], y[ok], gridsize=60, bins="log", cmap="viridis", mincnt=1)
+        lo, hi = np.nanmin(t[ok]), np.nanmax(t[ok])
+        ax.plot([lo, hi], [lo, hi], "r--", lw=1)
+        r, m = rmse_mae(y[ok], t[ok])
+        ax.set_title(f"{LABELS[p]}: RMSE {r:.3g}, MAE {m:.3g}", fontsize=9)
+        ax.set_xlabel("simulated")
+        ax.set_ylabel("predicted")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _binned_fig(binned: dict, xlabel: str, path):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2), constrained_layout=True)
+    for ax, p in zip(axes, PARAMS):
+        b = binned[p]
+        c = 0.5 * (np.array(b["edges"][:-1]) + np.array(b["edges"][1:]))
+        ax.plot(c, b["rmse"], "o-", label="sqrt(MSE)")
+        ax.plot(c, b["mae"], "s--", label="MAE")
+        ax.set_title(LABELS[p], fontsize=9)
+        ax.set_xlabel(xlabel)
+    axes[0].legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
+             single_store: str | Path | None = None, detector_store: str | Path | None = None,
+             max_test: int | None = None, n_perm: int = 1000) -> dict:
+    """Evaluate the models of ``model_dir`` on the test split of ``store``; returns the summary
+    written to ``OUT/evaluation.json`` (also ``evaluation.md`` and ``fig3..fig6*.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = list(PARAMS) + ["snr", "rv_separation", "is_binary"]
+    data, pred, models, secs = _predict_split(store, model_dir, "test", max_test, fields)
+    lab = data.labels
+    b = lab["is_binary"]
+    lab = {k: v[b] for k, v in lab.items()}
+    pred = {k: v[b] for k, v in pred.items()}
+    res = dict(store=str(store), models=str(model_dir), n_test=int(b.sum()),
+               predict_spectra_per_s=float(len(data.flux) / secs), table4={}, table5={},
+               calibration={}, binned={})
+    for p in PARAMS:
+        r, m = rmse_mae(pred[p], lab[p])
+        res["table4"][p] = dict(rmse=r, mae=m, paper_rmse=PAPER_TABLE4[p][0],
+                                paper_mae=PAPER_TABLE4[p][1])
+        d_pred = pred[p][:, 1] - pred[p][:, 0]
+        d_true = lab[p][:, 1] - lab[p][:, 0]
+        r, m = rmse_mae(d_pred, d_true)
+        res["table5"][p] = dict(rmse=r, mae=m, paper_rmse=PAPER_TABLE5[p][0],
+                                paper_mae=PAPER_TABLE5[p][1])
+        res["calibration"][p] = interval_coverage(pred[p], pred[f"{p}_err"], lab[p])
+    feh_mean = np.nanmean(lab["feh"], axis=1)
+    binnings = {"feh": (feh_mean, np.array([-4.0, -3.0, -2.0, -1.0, 0.0, 1.0])),
+                "snr": (lab["snr"], np.array([30.0, 90.0, 150.0, 210.0, 270.0, 350.0])),
+                "rv_separation": (lab["rv_separation"], np.linspace(0.0, 90.0, 7))}
+    for key, (x, edges) in binnings.items():
+        res["binned"][key] = {p: binned_errors(pred[p] - lab[p], x, edges) for p in PARAMS}
+    res["rv_separation_randomization_test"] = {
+        p: randomization_test(pred[p] - lab[p], lab["rv_separation"],
+                              binnings["rv_separation"][1], n_perm=n_perm) for p in PARAMS}
+    _fig3(pred, lab, out / "fig3_predicted_vs_true.png")
+    for key, fname, xl in (("feh", "fig4_errors_vs_feh.png", "[Fe/H] (mean of components)"),
+                           ("snr", "fig5_errors_vs_snr.png", "S/N"),
+                           ("rv_separation", "fig6_errors_vs_rv_separation.png",
+                            "RV separation [km/s]")):
+        _binned_fig(res["binned"][key], xl, out / fname)
+
+    if single_store is not None:
+        sdata, spred, _, _ = _predict_split(single_store, model_dir, "test", max_test, fields)
+        sl = sdata.labels
+        single = {}
+        for p in PARAMS:
+            truth = sl[p][:, 0]
+            r1, m1 = rmse_mae(spred[p][:, 0], truth)
+            r2, m2 = rmse_mae(spred[p][:, 1], truth)
+            ok = np.isfinite(spred[p]).all(axis=1)
+            corr = float(np.corrcoef(spred[p][ok, 0], spred[p][ok, 1])[0, 1])
+            single[p] = dict(rmse_component1=r1, mae_component1=m1, rmse_component2=r2,
+                             mae_component2=m2, correlation_between_components=corr,
+                             ratio_to_sb2_rmse=0.5 * (r1 + r2) / res["table4"][p]["rmse"])
+        if "p_binary" in spred:
+            single["median_p_binary"] = float(np.nanmedian(spred["p_binary"]))
+        res["single_star_test"] = dict(store=str(single_store), n=len(sdata.flux), **single)
+
+    if detector_store is not None:
+        ddata, dpred, _, _ = _predict_split(detector_store, model_dir, "test", max_test,
+                                            ["is_binary"])
+        y = ddata.labels["is_binary"].astype(bool)
+        pb = dpred["p_binary"]
+        res["detector"] = dict(
+            store=str(detector_store), n=int(len(y)), n_binary=int(y.sum()),
+            roc_auc=roc_auc(y, pb),
+            precision_at_0_5=precision_at(y, pb, 0.5), precision_at_0_8=precision_at(y, pb, 0.8),
+            prior="binary:single = 1:2",
+            recall_at_0_5=float(np.mean(pb[y] > 0.5)), recall_at_0_8=float(np.mean(pb[y] > 0.8)),
+            singles_below_0_2=float(np.mean(pb[~y] < 0.2)),
+            paper=dict(roc_auc=0.949, precision_at_0_5=0.79, precision_at_0_8=0.89))
+    res["models"] = models.provenance
+    (out / "evaluation.json").write_text(json.dumps(res, indent=1, default=float))
+    (out / "evaluation.md").write_text(_markdown(res))
+    return res
+
+
+def _markdown(res: dict) -> str:
+    lines = [f"# sb2dask evaluation ({res['n_test']} SB2 test spectra)", "",
+             "## Table 4: per-component errors (ours vs Binnenfeld et al. 2025)", "",
+             "| parameter | RMSE | MAE | paper RMSE | paper MAE |", "|---|---|---|---|---|"]
+    for p, r in res["table4"].items():
+        lines.append(f"| {p} [{UNITS[p]}] | {r['rmse']:.3g} | {r['mae']:.3g} | "
+                     f"{r['paper_rmse']} | {r['paper_mae']} |")
+    lines += ["", "## Table 5: difference between components", "",
+              "| parameter | RMSE | MAE | paper RMSE | paper MAE |", "|---|---|---|---|---|"]
+    for p, r in res["table5"].items():
+        lines.append(f"| {p} [{UNITS[p]}] | {r['rmse']:.3g} | {r['mae']:.3g} | "
+                     f"{r['paper_rmse']} | {r['paper_mae']} |")
+    lines += ["", "## RV-separation trend: randomization test (slope of binned RMSE)", "",
+              "| parameter | slope per km/s | p-value | null σ |", "|---|---|---|---|"]
+    for p, r in res["rv_separation_randomization_test"].items():
+        lines.append(f"| {p} | {r['slope']:.3g} | {r['p_value']:.3f} | {r['null_std']:.3g} |")
+    lines += ["", "## Ensemble calibration (fraction of labels within the ensemble ±1σ, ±2σ)", "",
+              "| parameter | ±1σ (0.683) | ±2σ (0.954) |", "|---|---|---|"]
+    for p, r in res["calibration"].items():
+        lines.append(f"| {p} | {r['within_1sigma']:.3f} | {r['within_2sigma']:.3f} |")
+    if "single_star_test" in res:
+        s = res["single_star_test"]
+        lines += ["", f"## Single-star test (Sect. 4.4; {s['n']} single-star spectra)", "",
+                  "| parameter | RMSE comp. 1 | RMSE comp. 2 | / SB2 RMSE | corr(comp. 1, 2) |",
+                  "|---|---|---|---|---|"]
+        for p in PARAMS:
+            r = s[p]
+            lines.append(f"| {p} | {r['rmse_component1']:.3g} | {r['rmse_component2']:.3g} | "
+                         f"{r['ratio_to_sb2_rmse']:.2f} | "
+                         f"{r['correlation_between_components']:.2f} |")
+    if "detector" in res:
+        d = res["detector"]
+        lines += ["", f"## SB2 detector ({d['n']} test spectra, {d['n_binary']} SB2)", "",
+                  f"ROC AUC {d['roc_auc']:.3f} (LAMOST paper 0.949); precision at p_b > 0.5: "
+                  f"{d['precision_at_0_5']:.3f} (0.79), at p_b > 0.8: {d['precision_at_0_8']:.3f} "
+                  f"(0.89), for a {d['prior']} prior; recall at 0.5: {d['recall_at_0_5']:.3f}."]
+    lines += ["", f"Inference speed in this run: {res['predict_spectra_per_s']:.0f} spectra/s "
+              "for the full model set.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,223 @@
+"""Prediction core: a set of trained networks applied to a partition of spectra.
+
+:class:`ModelSet` loads every manifest in a model directory (detector, temperature and parameter
+ensembles) once per process. :func:`predict_partition` takes a reader partition (see
+:mod:`sb2dask.infer.readers`) and returns one output row per input row in the schema of
+``catalogs/epoch_parameters.yaml``: it is what ``map_partitions`` maps.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..models.io import ModelFileError, load_feature_statistics, load_model, mahalanobis
+from ..models.predict import sort_pairs
+from .flags import BoundaryFlag, QualityFlag
+from .preprocess import preprocess
+from .schema import empty_frame
+
+__all__ = ["PARAMETERS", "DEFAULT_MODEL_DIR", "ModelSet", "get_model_set", "predict_partition"]
+
+#: The models shipped with the package (trained on the embedded grid; see docs/models.md).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
+
+PARAMETERS = ("logg", "feh", "vsini")
+_EDGE_FLAGS = {"teff": BoundaryFlag.TEFF_EDGE, "logg": BoundaryFlag.LOGG_EDGE,
+               "feh": BoundaryFlag.FEH_EDGE, "vsini": BoundaryFlag.VSINI_EDGE}
+
+
+def _spread(members: np.ndarray) -> np.ndarray:
+    """Ensemble standard deviation over axis 0 (NaN for a single member: no spread to measure)."""
+    if len(members) < 2:
+        return np.full(members.shape[1:], np.nan)
+    return members.std(axis=0, ddof=1)
+
+
+class ModelSet:
+    """All networks of one model directory, ready to predict.
+
+    Parameters
+    ----------
+    directory : path with ``teff-*.json``, ``logg-*.json``, ``feh-*.json``, ``vsini-*.json`` and
+        ``p_binary-*.json`` manifests (each with its ``.safetensors``)
+    device : ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``
+    """
+
+    def __init__(self, directory: str | Path, device: str = "auto"):
+        self.directory = Path(directory)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        layout = "2d" if self.device.type == "cpu" else "1d"
+        self.members: dict[str, list] = {}
+        for target in ("p_binary", "teff") + PARAMETERS:
+            paths = sorted(self.directory.glob(f"{target}-*.json"))
+            self.members[target] = [load_model(p, layout=layout, device=self.device)
+                                    for p in paths]
+        missing = [t for t in ("teff",) + PARAMETERS if not self.members[t]]
+        if missing:
+            raise ModelFileError(f"{self.directory}: no models for {missing} "
+                                 "(expected e.g. teff-0.json / teff-0.safetensors)")
+        waves = {tuple(np.round(m.wave, 6)) for ms in self.members.values() for _, m in ms}
+        if len(waves) != 1:
+            raise ModelFileError(f"{self.directory}: models were trained on different pixel grids")
+        first = self.members["teff"][0][1]
+        self.wave = np.asarray(first.wave)
+        self.training = first.training
+        self.feature_stats = load_feature_statistics(first, self.directory)
+        self.manifests = {t: [m.to_dict() for _, m in ms] for t, ms in self.members.items()}
+        self.lock = threading.Lock()  # one forward pass at a time per process (torch threads)
+
+    @property
+    def provenance(self) -> dict:
+        """Model names, hashes, training sets and metrics, for output metadata."""
+        return {t: [dict(name=m["name"], weights_sha256=m["weights_sha256"],
+                         training_set=m["training_set"].get("sha256"),
+                         metrics=m["metrics"]) for m in ms] for t, ms in self.manifests.items()}
+
+    def predict(self, flux: np.ndarray, batch_size: int = 1024) -> dict[str, np.ndarray]:
+        """Ensemble predictions for spectra on :attr:`wave` (float32 ``(n, n_pix)``).
+
+        Returns ``p_binary``, ``p_binary_err`` (n,), ``ood_distance`` (n,) and for each of teff,
+        logg, feh, vsini the ensemble mean and standard deviation, ``(n, 2)``, cooler first.
+        """
+        out = {}
+        with self.lock, torch.inference_mode():
+            parts = [self._predict_batch(flux[s:s + batch_size])
+                     for s in range(0, len(flux), batch_size)]
+        for k in parts[0] if parts else ():
+            out[k] = np.concatenate([p[k] for p in parts])
+        return out
+
+    def _predict_batch(self, flux: np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(flux, dtype=np.float32)).to(self.device)
+        res = {}
+        if self.members["p_binary"]:
+            p = np.stack([torch.sigmoid(m(x)).cpu().numpy() for m, _ in self.members["p_binary"]])
+            res["p_binary"], res["p_binary_err"] = p.mean(0), _spread(p)
+        else:
+            res["p_binary"] = res["p_binary_err"] = np.full(len(flux), np.nan, np.float32)
+        temps = []
+        for i, (model, man) in enumerate(self.members["teff"]):
+            feats = model.trunk(x)
+            t = man.scaling.unscale(model.head(feats).cpu().numpy().astype(np.float64))
+            temps.append(sort_pairs(t)[0])
+            if i == 0:
+                if self.feature_stats is not None:
+                    fs = self.feature_stats
+                    res["ood_distance"] = (mahalanobis(feats.cpu().numpy(), fs["mean"],
+                                                       fs["precision"]) / fs["threshold"][0])
+                else:
+                    res["ood_distance"] = np.full(len(flux), np.nan)
+        temps = np.stack(temps)
+        res["teff"], res["teff_err"] = temps.mean(0), _spread(temps)
+        for target in PARAMETERS:
+            preds = []
+            for model, man in self.members[target]:
+                tin = torch.from_numpy(man.temperature_scaling.scale(res["teff"]).astype(
+                    np.float32)).to(self.device)
+                preds.append(man.scaling.unscale(model(x, tin).cpu().numpy().astype(np.float64)))
+            preds = np.stack(preds)
+            res[target], res[f"{target}_err"] = preds.mean(0), _spread(preds)
+        return res
+
+    def boundary_flags(self, pred: dict, snr: np.ndarray) -> np.ndarray:
+        """:class:`BoundaryFlag` bits from the training set's label limits and S/N range."""
+        lim = self.training.get("label_limits", {})
+        flags = np.zeros(len(pred["teff"]), dtype=np.int32)
+        for target, bit in _EDGE_FLAGS.items():
+            if not lim.get(target):
+                continue
+            lo, hi = lim[target]
+            margin = 0.02 * (hi - lo)
+            v = pred[target]
+            edge = np.any((v < lo + margin) | (v > hi - margin), axis=1)
+            flags[edge] |= int(bit)
+        steps = self.training.get("logg_max_by_teff") or []
+        if steps:
+            t_hi = np.array([s[0] for s in steps])
+            g_max = np.array([s[1] for s in steps])
+            j = np.clip(np.searchsorted(t_hi, pred["teff"]), 0, len(t_hi) - 1)
+            flags[np.any(pred["logg"] > g_max[j] - 0.05, axis=1)] |= int(BoundaryFlag.LOGG_EDGE)
+        snr_lo = (self.training.get("snr_range") or [0, 0])[0]
+        flags[np.isfinite(snr) & (snr < snr_lo)] |= int(BoundaryFlag.LOW_SNR)
+        flags[pred["ood_distance"] > 1.0] |= int(BoundaryFlag.TRAINING_UNLIKE)
+        for target in ("teff",) + PARAMETERS:
+            rmse = np.median([m["metrics"].get("rmse", np.nan) for m in self.manifests[target]])
+            if np.isfinite(rmse) and len(self.members[target]) > 1:
+                flags[np.any(pred[f"{target}_err"] > 3 * rmse, axis=1)] |= int(
+                    BoundaryFlag.LARGE_SPREAD)
+        flags[pred["p_binary"] < 0.5] |= int(BoundaryFlag.LIKELY_SINGLE)
+        return flags
+
+
+_MODEL_SETS: dict = {}
+_MODEL_SETS_LOCK = threading.Lock()
+
+
+def get_model_set(directory: str | Path | None, device: str = "auto") -> ModelSet:
+    """The :class:`ModelSet` of ``directory``, loaded once per process (per worker)."""
+    directory = DEFAULT_MODEL_DIR if directory is None else directory
+    key = (str(Path(directory).resolve()), device)
+    with _MODEL_SETS_LOCK:
+        if key not in _MODEL_SETS:
+            _MODEL_SETS[key] = ModelSet(directory, device)
+        return _MODEL_SETS[key]
+
+
+def predict_partition(df: pd.DataFrame, model_dir: str | Path, device: str = "auto",
+                      max_nan_fraction: float = 0.2) -> pd.DataFrame:
+    """One output row per input spectrum: the pure core that ``map_partitions`` maps.
+
+    ``df`` has the reader schema (source_id, epoch_id, wave, flux, flux_error, file, row,
+    read_flags); the result has the schema of ``catalogs/epoch_parameters.yaml``.
+    """
+    out = empty_frame("epoch", len(df))
+    if len(df) == 0:
+        return out
+    models = get_model_set(model_dir, device)
+    errors = list(df["flux_error"]) if "flux_error" in df else None
+    pre = preprocess(list(df["wave"]), list(df["flux"]), errors, models.wave, max_nan_fraction)
+    qflags = pre.quality_flags.copy()
+    read_flags = df["read_flags"].to_numpy(np.int32) if "read_flags" in df else np.zeros(len(df),
+                                                                                           np.int32)
+    from .readers.base import INFORMATIONAL_FLAGS
+
+    qflags[(read_flags & ~int(INFORMATIONAL_FLAGS)) != 0] |= int(QualityFlag.READ_PROBLEM)
+    usable = pre.usable
+    pred = {k: np.full((len(df), 2), np.nan) for k in ("teff", "logg", "feh", "vsini")}
+    pred.update({f"{k}_err": np.full((len(df), 2), np.nan) for k in ("teff", "logg", "feh",
+                                                                      "vsini")})
+    pred.update(p_binary=np.full(len(df), np.nan), p_binary_err=np.full(len(df), np.nan),
+                ood_distance=np.full(len(df), np.nan))
+    boundary = np.zeros(len(df), dtype=np.int32)
+    if usable.any():
+        got = models.predict(pre.flux[usable])
+        for k, v in got.items():
+            pred[k][usable] = v
+        boundary[usable] = models.boundary_flags(got, pre.snr_estimate[usable])
+    out["source_id"] = df["source_id"].to_numpy(np.int64)
+    out["epoch_id"] = df["epoch_id"].to_numpy(np.int64)
+    out["p_binary"] = pred["p_binary"].astype(np.float32)
+    out["p_binary_err"] = pred["p_binary_err"].astype(np.float32)
+    for k in ("teff", "logg", "feh", "vsini"):
+        for c in (0, 1):
+            out[f"{k}_{c + 1}"] = pred[k][:, c].astype(np.float32)
+            out[f"{k}_{c + 1}_err"] = pred[f"{k}_err"][:, c].astype(np.float32)
+    out["snr_estimate"] = pre.snr_estimate
+    out["nan_fraction"] = pre.nan_fraction
+    out["ood_distance"] = pred["ood_distance"].astype(np.float32)
+    out["flag_boundary"] = boundary
+    out["quality_flags"] = qflags
+    out["read_flags"] = read_flags
+    out["usable"] = usable
+    out["file"] = df["file"].astype(str).to_numpy()
+    out["row"] = df["row"].to_numpy(np.int64)
+    out.index = df.index
+    return out

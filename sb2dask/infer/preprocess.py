@@ -1,0 +1,142 @@
+"""Pure preprocessing of observed spectra onto a model's pixel grid.
+
+Steps per spectrum: non-finite pixels are treated as missing; the upper quartile (Q3) of the flux in
+three continuum regions (8475-8495, 8561-8582, 8627-8648 Å; Guiglion et al. 2024, Sect. 2.1)
+replaces them; the spectrum is linearly interpolated onto the model grid (both are sampled at
+R ≈ 11 500, so this is point sampling of a well-sampled spectrum, as in the simulator); the
+continuum-region median is checked against 1 (Gaia RVS spectra are delivered normalised); and an
+S/N estimate is taken from the flux errors. Problems are recorded as :class:`QualityFlag` bits, and
+every input row yields an output row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .flags import UNUSABLE, QualityFlag
+
+__all__ = ["CONTINUUM_REGIONS", "Preprocessed", "preprocess"]
+
+#: Continuum regions [Å] of Guiglion et al. (2024) used for the Q3 fill and the normalisation check.
+CONTINUUM_REGIONS = ((8475.0, 8495.0), (8561.0, 8582.0), (8627.0, 8648.0))
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """Spectra on the model grid and what was found on the way."""
+
+    flux: np.ndarray  # float32 (n, n_model); rows of unusable spectra are filled with 1.0
+    quality_flags: np.ndarray  # int32 (n,)
+    nan_fraction: np.ndarray  # float32 (n,)
+    snr_estimate: np.ndarray  # float32 (n,)
+
+    @property
+    def usable(self) -> np.ndarray:
+        return (self.quality_flags & int(UNUSABLE)) == 0
+
+
+def _continuum_mask(wave: np.ndarray) -> np.ndarray:
+    m = np.zeros(wave.shape, dtype=bool)
+    for lo, hi in CONTINUUM_REGIONS:
+        m |= (wave >= lo) & (wave <= hi)
+    return m
+
+
+def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
+              model_wave: np.ndarray, max_nan_fraction: float):
+    """Preprocess rows that share one input grid ``wave``."""
+    n = flux.shape[0]
+    flags = np.zeros(n, dtype=np.int32)
+    out = np.ones((n, len(model_wave)), dtype=np.float32)
+    nan_frac = np.ones(n, dtype=np.float32)
+    snr = np.full(n, np.nan, dtype=np.float32)
+    if np.any(np.diff(wave) <= 0):
+        order = np.argsort(wave, kind="stable")
+        wave, flux = wave[order], flux[:, order]
+        err = err[:, order] if err is not None else None
+        flags |= int(QualityFlag.WAVE_UNSORTED)
+    if wave[0] > model_wave[0] + 1e-6 or wave[-1] < model_wave[-1] - 1e-6:
+        flags |= int(QualityFlag.WAVE_COVERAGE)
+        return out, flags, nan_frac, snr
+    # only pixels that matter for the model window (plus one neighbour each side)
+    lo = max(0, int(np.searchsorted(wave, model_wave[0])) - 1)
+    hi = min(len(wave), int(np.searchsorted(wave, model_wave[-1], side="right")) + 1)
+    w, f = wave[lo:hi], flux[:, lo:hi].astype(np.float64)
+    bad = ~np.isfinite(f)
+    nan_frac = bad.mean(axis=1).astype(np.float32)
+    f = np.where(bad, np.nan, f)
+    all_null = bad.all(axis=1)
+    flags[all_null] |= int(QualityFlag.ALL_NULL)
+    flags[bad.any(axis=1) & ~all_null] |= int(QualityFlag.NAN_FILLED)
+    flags[(nan_frac > max_nan_fraction) & ~all_null] |= int(QualityFlag.TOO_MANY_NAN)
+    cmask = _continuum_mask(w)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows are flagged already
+            q3 = np.nanpercentile(f[:, cmask], 75, axis=1)
+            cmed = np.nanmedian(f[:, cmask], axis=1)
+    q3 = np.where(np.isfinite(q3), q3, 1.0)
+    f = np.where(bad, q3[:, None], f)
+    flags[np.nanmin(np.where(bad, np.inf, f), axis=1) < -0.05] |= int(QualityFlag.NEGATIVE_FLUX)
+    flags[np.isfinite(cmed) & (np.abs(cmed - 1.0) > 0.1)] |= int(QualityFlag.NOT_NORMALISED)
+    # Linear interpolation as a gather, shared by all rows of this grid.
+    pos = np.interp(model_wave, w, np.arange(len(w), dtype=np.float64))
+    i0 = np.clip(np.floor(pos).astype(np.int64), 0, len(w) - 2)
+    t = pos - i0
+    out[:] = (1.0 - t) * f[:, i0] + t * f[:, i0 + 1]
+    if err is not None:
+        e = err[:, lo:hi].astype(np.float64)
+        with np.errstate(all="ignore"):
+            ratio = np.where(np.isfinite(e) & (e > 0) & ~bad, f / e, np.nan)
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                snr = np.nanmedian(ratio, axis=1).astype(np.float32)
+    unusable = (flags & int(UNUSABLE)) != 0
+    out[unusable] = 1.0
+    return out, flags, nan_frac, snr
+
+
+def preprocess(waves: list[np.ndarray], fluxes: list[np.ndarray], errors: list | None,
+               model_wave: np.ndarray, max_nan_fraction: float = 0.2) -> Preprocessed:
+    """Bring spectra onto ``model_wave``.
+
+    Parameters
+    ----------
+    waves, fluxes : lists of 1-D arrays, one per spectrum (wavelengths in Å, air); rows sharing
+        the same wavelength array *object* are processed together
+    errors : list of 1-D arrays or None (per row or overall)
+    model_wave : the model's input grid [Å]
+    max_nan_fraction : above this fraction of missing pixels a spectrum is unusable
+    """
+    n = len(fluxes)
+    model_wave = np.asarray(model_wave, dtype=np.float64)
+    flux_out = np.ones((n, len(model_wave)), dtype=np.float32)
+    flags = np.zeros(n, dtype=np.int32)
+    nan_frac = np.ones(n, dtype=np.float32)
+    snr = np.full(n, np.nan, dtype=np.float32)
+    groups: dict = {}
+    for i in range(n):
+        w = waves[i]
+        f = fluxes[i]
+        if w is None or f is None or len(np.asarray(w)) != len(np.asarray(f)) or len(f) < 2:
+            flags[i] |= int(QualityFlag.WAVE_MISMATCH)
+            continue
+        groups.setdefault((id(w), len(f)), (w, []))[1].append(i)
+    for w, rows in groups.values():
+        rows = np.asarray(rows)
+        f = np.stack([np.asarray(fluxes[i], dtype=np.float64) for i in rows])
+        e = None
+        if errors is not None:
+            errs = [errors[i] for i in rows]
+            if all(x is not None and len(x) == f.shape[1] for x in errs):
+                e = np.stack([np.asarray(x, dtype=np.float64) for x in errs])
+        o, fl, nf, s = _one_grid(np.asarray(w, dtype=np.float64), f, e, model_wave,
+                                 max_nan_fraction)
+        flux_out[rows], flags[rows], nan_frac[rows], snr[rows] = o, fl, nf, s
+    return Preprocessed(flux_out, flags, nan_frac, snr)

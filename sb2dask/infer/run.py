@@ -1,0 +1,225 @@
+"""Distributed shell of catalogue inference: readers → ``map_partitions(predict_partition)`` →
+Parquet, partition by partition, then the per-source table.
+
+Output layout for ``--out results.parquet``::
+
+    results.parquet/part-000000.parquet ...   epoch table, one file per input partition
+    results.parquet/_inputs.json              the inputs and partitioning of the run
+    results.sources.parquet/part-000000.parquet ...  per-source table
+
+Each part is written under a temporary name and renamed, so no reader ever sees half a file; a
+rerun skips partitions whose part exists (and removes stale temporaries), so an interrupted run
+recomputes only what is missing. Provenance (models, versions, inputs) is in every file's
+schema metadata, units and descriptions in each field's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .schema import arrow_schema, empty_frame
+
+__all__ = ["STATS_META", "run_inference", "write_parquet_atomic", "aggregate_sources",
+           "sources_path"]
+
+STATS_META = pd.DataFrame({"partition": pd.Series(dtype="int64"),
+                           "rows_in": pd.Series(dtype="int64"),
+                           "rows_out": pd.Series(dtype="int64"),
+                           "usable": pd.Series(dtype="int64"),
+                           "predict_s": pd.Series(dtype="float64"),
+                           "write_s": pd.Series(dtype="float64")})
+
+
+def sources_path(out: str | Path) -> Path:
+    """``results.parquet`` → ``results.sources.parquet``."""
+    out = Path(out)
+    stem = out.name[: -len(".parquet")] if out.name.endswith(".parquet") else out.name
+    return out.with_name(f"{stem}.sources.parquet")
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: Path, schema) -> None:
+    """Write ``df`` with ``schema`` to ``path`` via a temporary file and an atomic rename."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _predict_write(df: pd.DataFrame, model_dir: str, out_dir: str, index_map: list[int],
+                   provenance: dict, device: str, partition_info=None) -> pd.DataFrame:
+    from .predict import predict_partition
+
+    number = index_map[partition_info["number"]] if partition_info else -1
+    t0 = time.perf_counter()
+    pred = predict_partition(df, model_dir, device=device)
+    t1 = time.perf_counter()
+    if len(pred) != len(df):  # the contract every caller relies on
+        raise RuntimeError(f"partition {number}: {len(df)} spectra in, {len(pred)} rows out")
+    schema = arrow_schema("epoch", dict(provenance, partition=number))
+    write_parquet_atomic(pred, Path(out_dir) / f"part-{number:06d}.parquet", schema)
+    return pd.DataFrame({"partition": [number], "rows_in": [len(df)], "rows_out": [len(pred)],
+                         "usable": [int(pred["usable"].sum())], "predict_s": [t1 - t0],
+                         "write_s": [time.perf_counter() - t1]})
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("sb2dask", "numpy", "torch", "dask", "distributed", "pyarrow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def run_inference(inputs: list[str | Path], out: str | Path, model_dir: str | Path | None, client,
+                  partition_rows: int = 2000, device: str = "auto", progress: bool = True,
+                  overwrite: bool = False) -> dict:
+    """Predict every spectrum of ``inputs`` into the Parquet dataset ``out`` and its per-source
+    table; returns counts (rows in/out, partitions computed/skipped) and timings."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    from .predict import get_model_set
+    from .readers import to_dask
+
+    from .predict import DEFAULT_MODEL_DIR
+
+    out = Path(out)
+    model_dir = DEFAULT_MODEL_DIR if model_dir is None else Path(model_dir)
+    inputs = sorted(str(Path(p).resolve()) for p in inputs)
+    ddf = to_dask(inputs, partition_rows=partition_rows)
+    n_parts = ddf.npartitions
+    record = dict(inputs=inputs, partition_rows=partition_rows, npartitions=n_parts,
+                  model_dir=str(Path(model_dir).resolve()))
+    out.mkdir(parents=True, exist_ok=True)
+    rec_path = out / "_inputs.json"
+    if rec_path.exists():
+        old = json.loads(rec_path.read_text())
+        if old != record:
+            if not overwrite:
+                raise ValueError(f"{out} holds results of other inputs, partitioning or models; "
+                                 "use --overwrite or another --out")
+            for p in out.glob("part-*.parquet"):
+                p.unlink()
+    rec_path.write_text(json.dumps(record, indent=1))
+    for tmp in out.glob(".part-*.tmp"):
+        tmp.unlink()  # left by an interrupted writer
+    todo = [i for i in range(n_parts) if not (out / f"part-{i:06d}.parquet").exists()]
+    models = get_model_set(model_dir, "cpu")  # validates the model set before any work
+    provenance = dict(models=models.provenance, versions=_versions(), inputs=inputs,
+                      created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    t0 = time.perf_counter()
+    stats = []
+    if todo:
+        sub = ddf.partitions[todo]
+        mapped = sub.map_partitions(_predict_write, str(model_dir), str(out), todo, provenance,
+                                    device, meta=STATS_META, align_dataframes=False)
+        futures = client.compute(mapped.to_delayed())
+        with tqdm(total=len(todo), desc="infer partitions", disable=not progress,
+                  file=sys.stderr) as bar:
+            for fut in as_completed(futures):
+                stats.append(fut.result())
+                bar.update()
+    seconds = time.perf_counter() - t0
+    st = pd.concat(stats) if stats else STATS_META
+    agg = aggregate_sources(out, sources_path(out), models, client)
+    return dict(partitions=n_parts, computed=len(todo), skipped=n_parts - len(todo),
+                rows_in=int(st["rows_in"].sum()), rows_out=int(st["rows_out"].sum()),
+                usable=int(st["usable"].sum()), seconds=seconds,
+                spectra_per_s=float(st["rows_in"].sum() / seconds) if seconds > 0 else 0.0,
+                predict_s=float(st["predict_s"].sum()), write_s=float(st["write_s"].sum()),
+                sources=agg)
+
+
+PARAMS = ("teff", "logg", "feh", "vsini")
+
+
+def _source_partials(df: pd.DataFrame, floors: dict) -> pd.DataFrame:
+    """Per-row terms whose group sums give the inverse-variance weighted means."""
+    u = df["usable"].to_numpy(bool)
+    out = pd.DataFrame({"source_id": df["source_id"].to_numpy(np.int64),
+                        "n_epochs": np.ones(len(df), np.int64),
+                        "n_usable": u.astype(np.int64),
+                        "p_max": np.where(u, df["p_binary"], -np.inf),
+                        "p_sum": np.where(u, df["p_binary"], 0.0),
+                        "flag_boundary": np.where(u, df["flag_boundary"], 0).astype(np.int64),
+                        "quality_flags": df["quality_flags"].to_numpy(np.int64)})
+    for p in PARAMS:
+        for c in (1, 2):
+            x = df[f"{p}_{c}"].to_numpy(np.float64)
+            e = df[f"{p}_{c}_err"].to_numpy(np.float64)
+            var = np.nan_to_num(e, nan=0.0) ** 2 + floors.get(p, 0.0) ** 2
+            ok = u & np.isfinite(x) & (var > 0)
+            w = np.where(ok, 1.0 / np.where(var > 0, var, 1.0), 0.0)
+            out[f"w_{p}_{c}"] = w
+            out[f"wx_{p}_{c}"] = np.where(ok, w * np.nan_to_num(x), 0.0)
+    return out
+
+
+def _bitwise_or(s):
+    return s.agg(lambda v: np.bitwise_or.reduce(v.to_numpy()))
+
+
+def aggregate_sources(epoch_dir: Path, out_dir: Path, models, client) -> dict:
+    """Combine epochs per source (p_binary = max over usable epochs; parameters by inverse-variance
+    weighting with the ensemble spread plus a floor of the models' validation RMSE)."""
+    import dask.dataframe as dd
+
+    floors = {}
+    for p in PARAMS:
+        rmse = [m["metrics"].get("rmse") for m in models.manifests[p]
+                if m["metrics"].get("rmse") is not None]
+        floors[p] = float(np.median(rmse)) if rmse else 0.0
+    files = sorted(Path(epoch_dir).glob("part-*.parquet"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("part-*.parquet"):
+        old.unlink()
+    if not files:
+        return dict(sources=0, floors=floors)
+    ddf = dd.read_parquet([str(f) for f in files])
+    partial_meta = _source_partials(empty_frame("epoch"), floors)
+    parts = ddf.map_partitions(_source_partials, floors, meta=partial_meta)
+    bor = dd.Aggregation("bor", chunk=_bitwise_or, agg=_bitwise_or)
+    spec = {c: "sum" for c in partial_meta.columns if c not in ("source_id", "p_max",
+                                                                 "flag_boundary", "quality_flags")}
+    spec.update(p_max="max", flag_boundary=bor, quality_flags=bor)
+    grouped = parts.groupby("source_id").agg(spec, split_out=max(1, ddf.npartitions // 8))
+    schema = arrow_schema("source", dict(models=models.provenance, uncertainty_floors=floors))
+    n = 0
+    for i, part in enumerate(client.compute(grouped.to_delayed())):
+        g = part.result().reset_index()
+        res = empty_frame("source", len(g))
+        res["source_id"] = g["source_id"].to_numpy(np.int64)
+        res["n_epochs"] = g["n_epochs"].to_numpy(np.int32)
+        res["n_usable"] = g["n_usable"].to_numpy(np.int32)
+        has = g["n_usable"].to_numpy() > 0
+        res["p_binary"] = np.where(has, g["p_max"], np.nan).astype(np.float32)
+        res["p_binary_mean"] = np.where(has, g["p_sum"] / np.maximum(g["n_usable"], 1),
+                                        np.nan).astype(np.float32)
+        for p in PARAMS:
+            for c in (1, 2):
+                w = g[f"w_{p}_{c}"].to_numpy()
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    res[f"{p}_{c}"] = np.where(w > 0, g[f"wx_{p}_{c}"] / w, np.nan).astype(
+                        np.float32)
+                    res[f"{p}_{c}_err"] = np.where(w > 0, 1.0 / np.sqrt(w), np.nan).astype(
+                        np.float32)
+        res["flag_boundary"] = g["flag_boundary"].to_numpy(np.int32)
+        res["quality_flags"] = g["quality_flags"].to_numpy(np.int32)
+        res = res.sort_values("source_id")
+        write_parquet_atomic(res, out_dir / f"part-{i:06d}.parquet", schema)
+        n += len(res)
+    return dict(sources=n, floors=floors)
