@@ -14,11 +14,19 @@ DEFAULT_MASS_TABLE = Path("../shared/data/PecautMamajek_table.csv")
 
 
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("cluster")
+    g = p.add_argument_group("cluster", "where the Dask workers run (docs/deploy.md)")
     g.add_argument("--cluster", default="local",
-                   help="local | local-gpu | slurm | pbs | tcp://host:port (default: local)")
+                   help="local | local-gpu | slurm | pbs | tcp://host:port | scheduler.json "
+                        "(default: local)")
     g.add_argument("--workers", type=int, default=None,
-                   help="worker processes (local) or jobs (slurm/pbs)")
+                   help="worker processes (local: default one per core; local-gpu: one per GPU) "
+                        "or batch jobs (slurm/pbs: default 1)")
+    g.add_argument("--memory-limit", default="auto",
+                   help="memory per local worker, e.g. 4GiB (default: auto = RAM / workers)")
+    g.add_argument("--jobqueue-config", default=None, metavar="NAME|FILE",
+                   help="Dask jobqueue config for slurm/pbs: slurm-cpu, slurm-gpu, pbs-cpu, "
+                        "pbs-gpu (deploy/NAME.yaml) or a YAML file; DASK_JOBQUEUE__* environment "
+                        "variables override it")
 
 
 def _cmd_library_info(args) -> int:
@@ -113,11 +121,21 @@ def _cmd_train(args) -> int:
         lr_schedule=args.lr_schedule).items() if v is not None}
     base = base.replace(**changes) if changes else base
     targets = tuple(args.targets)
+    per_target: dict = {}
+    for item in args.set or []:
+        try:
+            key, value = item.split("=", 1)
+            target, field = key.split(".", 1)
+        except ValueError:
+            raise SystemExit(f"--set expects TARGET.FIELD=VALUE, got {item!r}") from None
+        import yaml
+
+        per_target.setdefault(target, {})[field] = yaml.safe_load(value)
     with get_client(args.cluster, args.workers,
                     threads_per_worker=args.threads_per_worker) as client:
         results = train_all(args.store, args.out, client, base, ensemble=args.ensemble,
                             targets=targets, detector_store=args.detector_store,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, per_target=per_target)
     print(json.dumps(results, indent=1, default=str))
     return 0
 
@@ -153,6 +171,34 @@ def _cmd_evaluate(args) -> int:
                    n_perm=args.permutations)
     print((Path(args.out) / "evaluation.md").read_text())
     return 0 if res else 1
+
+
+def _cmd_demo(args) -> int:
+    from .cluster import get_client
+    from .evaluate.demo import run_demo
+
+    with get_client(args.cluster, args.workers) as client:
+        s = run_demo(args.out, n_sources=args.n_sources, client=client, model_dir=args.models,
+                     progress=not args.no_progress)
+    m, inf = s["mock"], s["inference"]
+    print(f"\nsb2dask: {inf['rows_in']} epoch spectra in, {inf['rows_out']} rows out "
+          f"({inf['usable']} usable) in {inf['seconds']:.1f} s "
+          f"({inf['spectra_per_s']:.0f} spectra/s); {inf['sources']['sources']} sources")
+    if "p_binary_roc_auc" in m:
+        print(f"mock catalogue: SB2 detection ROC AUC {m['p_binary_roc_auc']:.3f} "
+              f"(median p_binary: SB2 {m['p_binary_median_sb2']:.2f}, "
+              f"single {m['p_binary_median_single']:.2f})")
+        print("  SB2 components, RMSE / MAE against the truth: " + ", ".join(
+            f"{p} {m[f'{p}_rmse_sb2']:.3g} / {m[f'{p}_mae_sb2']:.3g}"
+            for p in ("teff", "logg", "feh", "vsini")))
+    for r in s.get("real", []):
+        print(f"real Gaia spectrum {r['file']} (source {r['source_id']}): p_binary "
+              f"{r['p_binary']:.2f}, Teff {r['teff_1']:.0f}/{r['teff_2']:.0f} K, logg "
+              f"{r['logg_1']:.2f}/{r['logg_2']:.2f}, [Fe/H] {r['feh_1']:+.2f}/{r['feh_2']:+.2f}, "
+              f"flags {r['flag_boundary']}/{r['quality_flags']}")
+    print(f"outputs: {s['outputs']['epochs']} and {s['outputs']['sources']}")
+    Path(args.out, "summary.json").write_text(json.dumps(s, indent=1, default=str))
+    return 0
 
 
 def _cmd_figures(args) -> int:
@@ -251,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature-model", default=None,
                    help="manifest of an already trained temperature model")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--set", action="append", metavar="TARGET.FIELD=VALUE",
+                   help="per-network override, e.g. --set teff.epochs=3 --set p_binary.max_train=40000")
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
     p.add_argument("--threads-per-worker", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
@@ -262,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "Zarr)")
     p.add_argument("--out", required=True, help="output Parquet dataset (directory)")
     p.add_argument("--models", default=None, help="model directory (default: the shipped models)")
-    p.add_argument("--partition-rows", type=int, default=2000)
+    p.add_argument("--partition-rows", type=int, default=None,
+                   help="spectra per partition (default: sized from the worker memory limit)")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -286,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test", type=int, default=None)
     p.add_argument("--permutations", type=int, default=1000)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the main job on the embedded defaults: mock catalogue "
+                                     "(+ real spectra if present) -> shipped models -> Parquet")
+    p.add_argument("--out", default="sb2dask-demo")
+    p.add_argument("--n-sources", type=int, default=300)
+    p.add_argument("--models", default=None, help="model directory (default: the shipped models)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_cluster_options(p)
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("figures", help="the paper's Figs. 1-2 from the simulator, as PNG")
     p.add_argument("--out", default="docs/figures")

@@ -1,20 +1,49 @@
 """How a Dask cluster is obtained: one function, :func:`get_client`, for every subcommand.
 
-``cluster`` may be ``"local"`` (a LocalCluster of processes), ``"local-gpu"`` (dask-cuda's
-LocalCUDACluster, one worker per GPU with a ``GPU=1`` resource), ``"slurm"`` / ``"pbs"``
-(dask-jobqueue, configured through Dask's own config system, see ``deploy/``), or a scheduler
-address ``tcp://host:port``.
+``cluster`` is one of
+
+``"local"``
+    a LocalCluster of worker processes on this machine (the default);
+``"local-gpu"``
+    dask-cuda's LocalCUDACluster: one worker per visible GPU, each advertising a ``GPU=1``
+    resource so that a training task (``resources={"GPU": 1}``) gets a GPU to itself;
+``"slurm"`` / ``"pbs"``
+    a dask-jobqueue SLURMCluster / PBSCluster: the scheduler runs in this process and each worker
+    is a batch job. Cores, memory, walltime, account, partition (queue), GPU directives, worker
+    resources and the network ``interface`` come from Dask's configuration (``jobqueue.slurm`` /
+    ``jobqueue.pbs``), e.g. one of the ready-to-edit files in ``deploy/``;
+``"tcp://host:port"`` (or ``tls://``, ``ucx://``)
+    an already running scheduler; ``path/to/scheduler.json``: its scheduler file.
+
+Configuration is Dask's own: the YAML files in ``deploy/`` are ordinary Dask config files, so they
+can be passed by name or path (``config="slurm-gpu"``, ``--jobqueue-config slurm-gpu``), put in
+``~/.config/dask/``, or named by ``DASK_CONFIG``; environment variables such as
+``DASK_JOBQUEUE__SLURM__ACCOUNT=abc123`` override them. See ``docs/deploy.md``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-__all__ = ["get_client", "worker_threads"]
+__all__ = ["CLUSTER_KINDS", "DEPLOY_DIR", "JOBQUEUE_KINDS", "deploy_config", "find_config",
+           "get_client", "jobqueue_job_script", "worker_threads"]
 
 logger = logging.getLogger(__name__)
+
+#: The named kinds of ``cluster`` (a scheduler address or scheduler file is the other option).
+CLUSTER_KINDS = ("local", "local-gpu", "slurm", "pbs")
+#: The batch systems driven through dask-jobqueue, with their Dask config section.
+JOBQUEUE_KINDS = ("slurm", "pbs")
+#: The ready-to-edit jobqueue configurations of a source checkout.
+DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy"
+_ADDRESS_PREFIXES = ("tcp://", "tls://", "ucx://", "inproc://")
 
 
 def worker_threads(n_workers: int) -> int:
@@ -23,61 +52,232 @@ def worker_threads(n_workers: int) -> int:
 
 
 def _set_thread_env(threads: int) -> None:
-    # Inherited by LocalCluster worker processes at start-up, before numpy/torch load BLAS.
+    # Each worker process starts its own OpenMP/MKL/OpenBLAS pool (numpy, torch). Left alone,
+    # distributed pins them to 1 thread (``distributed.nanny.pre-spawn-environ``) unless these
+    # variables are set, which wastes cores when there are fewer workers than cores (one training
+    # worker), while "all cores in every worker" oversubscribes the machine n_workers-fold. So
+    # each worker gets cores // n_workers. They are read once, when a library loads, so they must
+    # be in the environment the worker processes inherit: that of this process, before spawning.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
 
 
+def find_config(config: str | Path) -> Path:
+    """The YAML file a configuration name or path refers to.
+
+    ``config`` is a path to an existing file, or a name looked up as ``deploy/<name>.yaml`` in the
+    current directory and then in this source checkout (``slurm-cpu``, ``slurm-gpu``, ``pbs-cpu``,
+    ``pbs-gpu``).
+    """
+    path = Path(config).expanduser()
+    if path.is_file():
+        return path
+    candidates = [Path.cwd() / "deploy" / f"{config}.yaml", DEPLOY_DIR / f"{config}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in DEPLOY_DIR.glob("*.yaml")) if DEPLOY_DIR.is_dir() else []
+    raise FileNotFoundError(f"no jobqueue configuration {str(config)!r}: not a file, and none of "
+                            f"{[str(c) for c in candidates]} exists (known names: {known})")
+
+
+def deploy_config(config: str | Path | dict, kind: str | None = None) -> dict:
+    """The Dask configuration a deploy file sets, with ``DASK_*`` environment variables on top.
+
+    Parameters
+    ----------
+    config : name, path or dict
+        A Dask config file (nested mapping, e.g. ``{"jobqueue": {"slurm": {...}}}``); a name or path
+        is resolved with :func:`find_config`.
+    kind : ``"slurm"`` or ``"pbs"``, optional
+        Check that the file configures ``jobqueue.<kind>``.
+
+    Returns
+    -------
+    dict
+        Nested configuration; environment variables (``DASK_JOBQUEUE__SLURM__ACCOUNT`` ...) win
+        over the file, as they win over every other Dask config file.
+    """
+    import dask.config
+    import yaml
+
+    if isinstance(config, dict):
+        source, data = "<dict>", config
+    else:
+        path = find_config(config)
+        source = str(path)
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a mapping of Dask configuration, got "
+                         f"{type(data).__name__}")
+    if kind is not None and kind not in data.get("jobqueue", {}):
+        raise ValueError(f"{source} configures {sorted(data.get('jobqueue', {}))} under "
+                         f"'jobqueue', not {kind!r}: use a {kind}-* file for --cluster {kind}")
+    env = dask.config.collect_env()
+    return dask.config.merge(data, {k: env[k] for k in data if k in env})
+
+
+def _dotted(config: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
+    # dask.config.set({"jobqueue": {...}}) would replace the whole section, defaults included;
+    # setting each leaf keeps the defaults of everything the file does not mention.
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            yield from _dotted(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _jobqueue_class(kind: str):
+    try:
+        from dask_jobqueue import PBSCluster, SLURMCluster
+    except ImportError as exc:
+        raise RuntimeError(f"--cluster {kind} needs dask-jobqueue, which is not installed: "
+                           "pip install 'sb2dask[jobqueue]'") from exc
+    return {"slurm": SLURMCluster, "pbs": PBSCluster}[kind]
+
+
+def jobqueue_job_script(kind: str, config: str | Path | dict | None = None,
+                        **overrides) -> str:
+    """The batch script one worker job of ``kind`` would run, without submitting anything.
+
+    It is the cluster object's own ``job_script()``, rendered from Dask's configuration with
+    ``config`` (a deploy file name, path or dict, see :func:`deploy_config`) applied for the
+    duration of the call and keyword ``overrides`` of the cluster class (``account=``,
+    ``walltime=``, ``job_extra_directives=`` ...) on top. No scheduler is started, so the
+    script shows a placeholder scheduler address.
+    """
+    import dask.config
+
+    if kind not in JOBQUEUE_KINDS:
+        raise ValueError(f"kind must be one of {JOBQUEUE_KINDS}, got {kind!r}")
+    cls = _jobqueue_class(kind)
+    settings = dict(_dotted(deploy_config(config, kind))) if config is not None else {}
+
+    async def render() -> str:
+        # An asynchronous cluster that is never awaited never starts its scheduler.
+        cluster = cls(asynchronous=True, **overrides)
+        try:
+            return cluster.job_script()
+        finally:
+            await cluster.close()
+
+    with dask.config.set(settings):
+        # in a thread of its own: a Jupyter kernel already runs an event loop in this one
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, render()).result()
+
+
+def _dashboard_link(client) -> str:
+    try:
+        link = client.dashboard_link
+    except KeyError:  # a scheduler started with --no-dashboard
+        return "none (the scheduler runs without one)"
+    if client.cluster is not None and importlib.util.find_spec("bokeh") is None:
+        link += " (serves plots once bokeh>=3.1 is installed: pip install 'sb2dask[notebook]')"
+    return link
+
+
 def get_client(cluster: str | None = "local", workers: int | None = None,
                threads_per_worker: int = 1, memory_limit: str | None = "auto",
-               resources: dict | None = None, scale: int | None = None, quiet: bool = False):
-    """Return a connected :class:`distributed.Client`.
+               resources: dict | None = None, config: str | Path | dict | None = None,
+               min_workers: int | None = None, quiet: bool = False, **cluster_kwargs):
+    """Return a connected :class:`distributed.Client` and print its dashboard address.
 
     Parameters
     ----------
     cluster : str
-        ``local``, ``local-gpu``, ``slurm``, ``pbs`` or ``tcp://host:port``.
+        ``local``, ``local-gpu``, ``slurm``, ``pbs``, a scheduler address ``tcp://host:port`` or a
+        scheduler file ``*.json``.
     workers : int, optional
-        Worker processes (local) or jobs (slurm/pbs); default: one per core for ``local``.
+        Worker processes (``local``: default one per core; ``local-gpu``: default one per GPU)
+        or batch jobs (``slurm``/``pbs``: default 1; each job runs the ``processes`` workers of
+        its configuration).
     threads_per_worker : int
-        Dask threads per worker (tasks here are CPU-heavy numpy/torch; 1 is right for most).
+        Dask threads per local worker (tasks here are CPU-heavy numpy/torch; 1 is right for most).
+        For slurm/pbs it is ``cores / processes`` of the configuration.
+    memory_limit : str
+        Per local worker, e.g. ``"4GiB"`` or ``"auto"`` (memory / workers). For slurm/pbs it is
+        ``memory / processes`` of the configuration.
     resources : dict, optional
-        Abstract resources each local worker advertises, e.g. ``{"GPU": 1}``.
+        Extra abstract resources each local worker advertises, e.g. ``{"GPU": 1}``. Batch workers
+        advertise theirs with ``worker-extra-args: ["--resources", "GPU=1"]``.
+    config : name, path or dict, optional
+        A Dask config file applied before the cluster starts, e.g. ``"slurm-gpu"`` for
+        ``deploy/slurm-gpu.yaml`` (see :func:`deploy_config`). It stays applied for the rest of
+        the process because dask-jobqueue reads it again for every job it submits.
+    min_workers : int, optional
+        Wait until this many workers are connected (default: 1 for slurm/pbs and a scheduler
+        address, so that callers see the workers' resources, e.g. ``GPU``, before submitting).
+    quiet : bool
+        Do not print the dashboard address.
+    **cluster_kwargs
+        Passed to the cluster class (LocalCluster, LocalCUDACluster, SLURMCluster, PBSCluster),
+        e.g. ``account="abc123"`` or ``walltime="02:00:00"`` for slurm/pbs.
+
+    Closing the client closes a ``local`` cluster with it; a ``local-gpu`` or batch cluster is
+    closed with ``client.cluster.close()`` or at interpreter exit (which cancels its jobs).
     """
+    import dask.config
     from distributed import Client
 
     cluster = cluster or "local"
-    if cluster.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
-        client = Client(cluster)
+    if config is not None:
+        if cluster not in JOBQUEUE_KINDS:
+            raise ValueError(f"a jobqueue configuration ({config}) only applies to --cluster "
+                             f"slurm or pbs, not {cluster!r}")
+        dask.config.set(dict(_dotted(deploy_config(config, cluster))))
+    if cluster.startswith(_ADDRESS_PREFIXES):
+        client = Client(cluster, **cluster_kwargs)
+        wait = 1 if min_workers is None else min_workers
+    elif cluster.endswith(".json"):
+        if not Path(cluster).is_file():
+            raise FileNotFoundError(f"scheduler file {cluster} does not exist (written by "
+                                    "`dask scheduler --scheduler-file ...`)")
+        client = Client(scheduler_file=cluster, **cluster_kwargs)
+        wait = 1 if min_workers is None else min_workers
     elif cluster == "local":
-        from distributed import LocalCluster
-
         n = workers or (os.cpu_count() or 1)
         _set_thread_env(worker_threads(n))
-        lc = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                          memory_limit=memory_limit, resources=resources,
-                          dashboard_address=":0", silence_logs=logging.ERROR)
-        client = Client(lc)
+        # Client(...) with LocalCluster keywords owns the cluster and closes it on close()
+        client = Client(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                        memory_limit=memory_limit, resources=resources,
+                        dashboard_address=":0", silence_logs=logging.ERROR, **cluster_kwargs)
+        wait = min_workers or 0
     elif cluster == "local-gpu":
         try:
             from dask_cuda import LocalCUDACluster
+            from dask_cuda.utils import get_n_gpus
         except ImportError as exc:
-            raise RuntimeError("--cluster local-gpu needs dask-cuda (pip install dask-cuda)") from exc
-        lc = LocalCUDACluster(n_workers=workers, threads_per_worker=threads_per_worker,
-                              resources={"GPU": 1})
+            raise RuntimeError("--cluster local-gpu needs dask-cuda, which is not installed: "
+                               "pip install dask-cuda (with a CUDA build of PyTorch, see "
+                               "docs/deploy.md), or use --cluster local") from exc
+        n = workers or get_n_gpus()
+        _set_thread_env(worker_threads(n))
+        lc = LocalCUDACluster(n_workers=n, threads_per_worker=threads_per_worker,
+                              memory_limit=memory_limit, resources={**(resources or {}), "GPU": 1},
+                              dashboard_address=":0", silence_logs=logging.ERROR,
+                              **cluster_kwargs)
         client = Client(lc)
-    elif cluster in ("slurm", "pbs"):
+        wait = min_workers or 0
+    elif cluster in JOBQUEUE_KINDS:
+        cls = _jobqueue_class(cluster)
         try:
-            from dask_jobqueue import PBSCluster, SLURMCluster
-        except ImportError as exc:
-            raise RuntimeError(f"--cluster {cluster} needs dask-jobqueue "
-                               "(pip install 'sb2dask[jobqueue]')") from exc
-        jq = SLURMCluster() if cluster == "slurm" else PBSCluster()
-        jq.scale(jobs=scale or workers or 1)
+            jq = cls(**cluster_kwargs)
+        except ValueError as exc:  # cores or memory not configured
+            raise ValueError(f"{exc}\nor apply a deploy configuration: --jobqueue-config "
+                             f"{cluster}-cpu (or {cluster}-gpu), see docs/deploy.md") from exc
+        jq.scale(jobs=workers or 1)
         client = Client(jq)
+        wait = 1 if min_workers is None else min_workers
     else:
-        raise ValueError(f"unknown cluster {cluster!r}: expected local, local-gpu, slurm, pbs "
-                         "or a scheduler address tcp://host:port")
+        raise ValueError(f"unknown cluster {cluster!r}: expected one of {CLUSTER_KINDS}, a "
+                         "scheduler address tcp://host:port or a scheduler file *.json")
     if not quiet:
-        print(f"Dask dashboard: {client.dashboard_link}", file=sys.stderr)
+        print(f"Dask dashboard: {_dashboard_link(client)}", file=sys.stderr)
+    if wait:
+        if not quiet:
+            print(f"waiting for {wait} worker(s) to connect to {client.scheduler.address}",
+                  file=sys.stderr)
+        client.wait_for_workers(wait)
     return client

@@ -26,7 +26,7 @@ import pandas as pd
 
 from .schema import arrow_schema, empty_frame
 
-__all__ = ["STATS_META", "run_inference", "write_parquet_atomic", "aggregate_sources",
+__all__ = ["STATS_META", "BYTES_PER_ROW", "auto_partition_rows", "run_inference", "write_parquet_atomic", "aggregate_sources",
            "sources_path"]
 
 STATS_META = pd.DataFrame({"partition": pd.Series(dtype="int64"),
@@ -53,6 +53,21 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path, schema) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)
+
+
+def _complete(path: Path) -> bool:
+    """A part counts as written when it exists and its Parquet footer reads; anything else
+    (absent, truncated, corrupted) is removed and recomputed."""
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        return False
+    try:
+        pq.read_metadata(path)
+        return True
+    except (OSError, ValueError):
+        path.unlink()
+        return False
 
 
 def _predict_write(df: pd.DataFrame, model_dir: str, out_dir: str, index_map: list[int],
@@ -84,8 +99,24 @@ def _versions() -> dict:
     return out
 
 
+#: Working bytes per input spectrum of 2401 pixels in a partition, estimated from the arrays held
+#: at once: flux and error as float32 (19 kB), their float64 copies in preprocessing (38 kB), the
+#: model-grid copy and the output row (a few kB). Checked by benchmarks/bench_memory.py.
+BYTES_PER_ROW = 64_000
+
+
+def auto_partition_rows(client, fraction: float = 0.1, lo: int = 100, hi: int = 20000) -> int:
+    """Rows per partition so that one partition uses about ``fraction`` of the smallest worker
+    memory limit (several partitions are in flight per worker: reading, predicting, writing)."""
+    limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
+    limits = [m for m in limits if m > 0]
+    if not limits:
+        return 2000
+    return int(np.clip(fraction * min(limits) / BYTES_PER_ROW, lo, hi))
+
+
 def run_inference(inputs: list[str | Path], out: str | Path, model_dir: str | Path | None, client,
-                  partition_rows: int = 2000, device: str = "auto", progress: bool = True,
+                  partition_rows: int | None = None, device: str = "auto", progress: bool = True,
                   overwrite: bool = False) -> dict:
     """Predict every spectrum of ``inputs`` into the Parquet dataset ``out`` and its per-source
     table; returns counts (rows in/out, partitions computed/skipped) and timings."""
@@ -100,6 +131,8 @@ def run_inference(inputs: list[str | Path], out: str | Path, model_dir: str | Pa
     out = Path(out)
     model_dir = DEFAULT_MODEL_DIR if model_dir is None else Path(model_dir)
     inputs = sorted(str(Path(p).resolve()) for p in inputs)
+    if partition_rows is None:
+        partition_rows = auto_partition_rows(client)
     ddf = to_dask(inputs, partition_rows=partition_rows)
     n_parts = ddf.npartitions
     record = dict(inputs=inputs, partition_rows=partition_rows, npartitions=n_parts,
@@ -117,7 +150,7 @@ def run_inference(inputs: list[str | Path], out: str | Path, model_dir: str | Pa
     rec_path.write_text(json.dumps(record, indent=1))
     for tmp in out.glob(".part-*.tmp"):
         tmp.unlink()  # left by an interrupted writer
-    todo = [i for i in range(n_parts) if not (out / f"part-{i:06d}.parquet").exists()]
+    todo = [i for i in range(n_parts) if not _complete(out / f"part-{i:06d}.parquet")]
     models = get_model_set(model_dir, "cpu")  # validates the model set before any work
     provenance = dict(models=models.provenance, versions=_versions(), inputs=inputs,
                       created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

@@ -29,7 +29,8 @@ class TrainConfig:
     max_train : int or None
         Use only the first ``max_train`` training spectra (budget control).
     lr_schedule : str
-        ``"plateau"`` (halve on a validation plateau of ``lr_patience`` epochs), ``"cosine"`` or
+        ``"plateau"`` (halve on a validation plateau of ``lr_patience`` epochs), ``"cosine"``
+        (per-batch warm-up and cosine decay over the whole budget, for short budgets) or
         ``"none"``.
     early_stopping : int or None
         Stop after this many epochs without validation improvement.

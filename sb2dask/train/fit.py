@@ -150,7 +150,18 @@ def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5,
                                                            patience=cfg.lr_patience)
     elif cfg.lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+        # per batch: linear warm-up over 2 % of the steps, then cosine decay to lr/50; suits
+        # short budgets (a few epochs), where a per-epoch schedule would barely move
+        steps = cfg.epochs * -(-len(y_tr) // cfg.batch_size)
+        warm = max(1, steps // 50)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = min(1.0, (step - warm) / max(1, steps - warm))
+            return 0.02 + 0.98 * 0.5 * (1.0 + np.cos(np.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     else:
         sched = None
     if cfg.target == "p_binary":
@@ -229,6 +240,8 @@ def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool
             loss = loss_fn(model(*args), y)
             loss.backward()
             opt.step()
+            if cfg.lr_schedule == "cosine":
+                sched.step()
             total += float(loss.detach()) * len(idx)
         train_s = time.perf_counter() - te
         pred = predict_array(model, val.flux, x2_va, device=device)
@@ -242,8 +255,8 @@ def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool
                            mae=float(np.mean(np.abs(phys))))
         metrics.update(epoch=epoch + 1, train_loss=total / n, lr=opt.param_groups[0]["lr"],
                        train_samples_per_s=n / train_s, seconds=time.perf_counter() - te)
-        if sched is not None:
-            sched.step(val_loss) if cfg.lr_schedule == "plateau" else sched.step()
+        if cfg.lr_schedule == "plateau":
+            sched.step(val_loss)
         improved = val_loss < state["best"]
         if improved:
             state.update(best=val_loss, best_epoch=epoch + 1, stale=0)

@@ -44,7 +44,8 @@ def _fit_task(cfg_dict: dict, store: str, out_dir: str, temperature_results=None
 
 def train_all(store: str | Path, out_dir: str | Path, client, base: TrainConfig,
               ensemble: int = 1, targets=("teff",) + PARAMETER_TARGETS,
-              detector_store: str | Path | None = None, progress: bool = True) -> dict:
+              detector_store: str | Path | None = None, progress: bool = True,
+              per_target: dict | None = None) -> dict:
     """Train the temperature ensemble, the parameter ensembles and (optionally) the detector.
 
     Parameters
@@ -55,6 +56,7 @@ def train_all(store: str | Path, out_dir: str | Path, client, base: TrainConfig,
         different validation folds)
     detector_store : a store with single stars and SB2s (``--binary-fraction 0.5``) to train the
         detector on; None skips the detector
+    per_target : target -> TrainConfig field overrides (e.g. a different budget per network)
 
     Returns
     -------
@@ -64,11 +66,16 @@ def train_all(store: str | Path, out_dir: str | Path, client, base: TrainConfig,
     from tqdm.auto import tqdm
 
     resources = {"GPU": 1} if cluster_has_gpus(client) else None
+    per_target = per_target or {}
+
+    def config(target: str, member: int) -> dict:
+        return base.replace(target=target, member=member, **per_target.get(target, {})).to_dict()
+
     store, out_dir = str(store), str(out_dir)
     futures = {}
     temp = []
     if "teff" in targets:
-        temp = [client.submit(_fit_task, base.replace(target="teff", member=m).to_dict(),
+        temp = [client.submit(_fit_task, config("teff", m),
                               store, out_dir, key=f"train-teff-{m}", resources=resources,
                               pure=False) for m in range(ensemble)]
         futures["teff"] = temp
@@ -77,12 +84,12 @@ def train_all(store: str | Path, out_dir: str | Path, client, base: TrainConfig,
                          "or set temperature_model")
     for target in (t for t in targets if t in PARAMETER_TARGETS):
         futures[target] = [client.submit(
-            _fit_task, base.replace(target=target, member=m).to_dict(), store, out_dir,
+            _fit_task, config(target, m), store, out_dir,
             temp or None, key=f"train-{target}-{m}", resources=resources, pure=False)
             for m in range(ensemble)]
     if detector_store is not None:
         futures["p_binary"] = [client.submit(
-            _fit_task, base.replace(target="p_binary", member=m).to_dict(), str(detector_store),
+            _fit_task, config("p_binary", m), str(detector_store),
             out_dir, key=f"train-p_binary-{m}", resources=resources, pure=False)
             for m in range(ensemble)]
     results: dict = {k: [None] * len(v) for k, v in futures.items()}

@@ -1,0 +1,37 @@
+"""Untrained but complete model sets for tests of inference plumbing (no training needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sb2dask.models.densenet import ParameterNet, TemperatureNet
+from sb2dask.models.detector import BinaryDetector
+from sb2dask.models.io import LabelScaling, ModelManifest, save_model
+from sb2dask.simulate.config import output_wave
+
+RANGES = {"teff": (3500.0, 6500.0, "K"), "logg": (3.0, 6.0, "dex"), "feh": (-4.0, 1.0, "dex"),
+          "vsini": (0.0, 100.0, "km/s")}
+
+
+def random_model_set(directory: Path, grid: str = "gaia_dr3_903", members: int = 1,
+                     seed: int = 0) -> Path:
+    """Write teff/logg/feh/vsini/p_binary models with seeded random weights into ``directory``."""
+    wave = tuple(float(w) for w in output_wave(grid))
+    training = dict(label_limits={k: [v[0], v[1]] for k, v in RANGES.items()},
+                    logg_max_by_teff=[[4250.0, 5.5], [6500.0, 5.0]], snr_range=[30.0, 350.0])
+    t_scale = LabelScaling(*RANGES["teff"])
+    for m in range(members):
+        for target, cls in (("teff", TemperatureNet), ("logg", ParameterNet),
+                            ("feh", ParameterNet), ("vsini", ParameterNet),
+                            ("p_binary", BinaryDetector)):
+            torch.manual_seed(seed * 1000 + m * 10 + len(target))
+            model = cls().eval()
+            save_model(directory, model, ModelManifest(
+                name=f"{target}-{m}", target=target, architecture=cls.__name__, wave=wave,
+                scaling=None if target == "p_binary" else LabelScaling(*RANGES[target]),
+                temperature_scaling=t_scale if cls is ParameterNet else None, member=m,
+                training=training, metrics={"rmse": 1.0} if target != "p_binary" else {}))
+    return Path(directory)

@@ -1,0 +1,266 @@
+"""Getting a Dask cluster: deploy YAML → jobqueue scripts, local clusters, and the CLI against a
+scheduler and workers started on loopback (as a batch system would start them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask.config
+import pytest
+
+from sb2dask.cluster import deploy_config, get_client, jobqueue_job_script
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _directives(script: str, prefix: str) -> list[str]:
+    return [line[len(prefix):].strip() for line in script.splitlines() if line.startswith(prefix)]
+
+
+def _worker_command(script: str) -> str:
+    (line,) = [x for x in script.splitlines() if "distributed.cli.dask_worker" in x]
+    return line
+
+
+# ---------------------------------------------------------------- deploy YAML → job scripts
+
+def test_slurm_gpu_script_from_deploy_yaml():
+    script = jobqueue_job_script("slurm", config="slurm-gpu")
+    d = _directives(script, "#SBATCH")
+    assert "--gres=gpu:1" in d
+    assert "-A my-account" in d and "-p gpu" in d and "-t 12:00:00" in d
+    assert "--mem=64G" in d  # 64GiB in the YAML; SLURM's G is GiB
+    assert "--cpus-per-task=8" in d
+    cmd = _worker_command(script)
+    assert "--resources GPU=1" in cmd and "--interface ib0" in cmd and "--nthreads 8" in cmd
+    assert cmd.startswith("python -m distributed.cli.dask_worker")  # the activated env's python
+    # the prologue activates the environment before the worker starts
+    lines = script.splitlines()
+    activate = next(i for i, x in enumerate(lines) if x.startswith("source ") and "activate" in x)
+    assert activate < lines.index(cmd)
+
+
+def test_slurm_cpu_script_has_one_single_threaded_worker_per_core():
+    script = jobqueue_job_script("slurm", config="slurm-cpu")
+    d = _directives(script, "#SBATCH")
+    assert "-p cpu" in d and "-A my-account" in d and "-t 04:00:00" in d and "--mem=64G" in d
+    assert not any("gres" in x for x in d)
+    cmd = _worker_command(script)
+    assert "--nworkers 16" in cmd and "--nthreads 1" in cmd and "--memory-limit 4.00GiB" in cmd
+    assert "--resources" not in cmd
+    assert "export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1" in script
+
+
+def test_pbs_scripts_from_deploy_yaml():
+    gpu = jobqueue_job_script("pbs", config="pbs-gpu")
+    d = _directives(gpu, "#PBS")
+    select = [x for x in d if x.startswith("-l select=")]
+    assert len(select) == 1 and re.fullmatch(r"-l select=1:ncpus=8:mem=64GB:ngpus=1", select[0])
+    assert "-l walltime=12:00:00" in d and "-q gpu" in d and "-A my-account" in d
+    assert "--resources GPU=1" in _worker_command(gpu)
+    assert "cd $PBS_O_WORKDIR" in gpu.splitlines()
+
+    cpu = jobqueue_job_script("pbs", config="pbs-cpu")
+    d = _directives(cpu, "#PBS")
+    # derived by dask-jobqueue from cores and memory: 64GiB is PBS's 64GB
+    assert "-l select=1:ncpus=16:mem=64GB" in d and "-q workq" in d
+    assert "-l walltime=04:00:00" in d and "ngpus" not in cpu
+
+
+def test_memory_units_gib_vs_gb():
+    # what docs/deploy.md warns about: 16GB (10^9) is 14.9 GiB, which SLURM gets as 15G
+    assert "#SBATCH --mem=16G" in jobqueue_job_script("slurm", "slurm-cpu", memory="16GiB")
+    assert "#SBATCH --mem=15G" in jobqueue_job_script("slurm", "slurm-cpu", memory="16GB")
+
+
+def test_environment_and_keywords_override_the_deploy_file(monkeypatch):
+    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__ACCOUNT", "astro123")
+    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__QUEUE", "short")
+    assert deploy_config("slurm-gpu")["jobqueue"]["slurm"]["account"] == "astro123"
+    script = jobqueue_job_script("slurm", config="slurm-gpu", walltime="01:30:00")
+    d = _directives(script, "#SBATCH")
+    assert "-A astro123" in d and "-p short" in d and "-t 01:30:00" in d
+    assert "--gres=gpu:1" in d  # the rest of the file still applies
+
+
+def test_config_by_path_is_applied_only_during_rendering(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text((REPO / "deploy" / "slurm-cpu.yaml").read_text()
+                    .replace("queue: cpu", "queue: astro-long"))
+    before = dask.config.get("jobqueue.slurm.queue")
+    assert "#SBATCH -p astro-long" in jobqueue_job_script("slurm", config=str(path))
+    assert dask.config.get("jobqueue.slurm.queue") == before
+
+
+def test_config_errors_name_the_file():
+    with pytest.raises(ValueError, match=r"slurm-gpu\.yaml configures \['slurm'\]"):
+        jobqueue_job_script("pbs", config="slurm-gpu")
+    with pytest.raises(FileNotFoundError, match="known names: .*pbs-cpu"):
+        jobqueue_job_script("slurm", config="no-such-pool")
+    with pytest.raises(ValueError, match="only applies to --cluster slurm or pbs"):
+        get_client("local", config="slurm-cpu")
+    with dask.config.set({"jobqueue.slurm.cores": None, "jobqueue.slurm.memory": None}):
+        with pytest.raises(ValueError, match="--jobqueue-config slurm-cpu"):
+            get_client("slurm", quiet=True)
+
+
+# ---------------------------------------------------------------- local clusters
+
+def test_local_client_has_the_requested_workers():
+    with get_client("local", workers=2, threads_per_worker=1, memory_limit="1GiB",
+                    quiet=True) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        assert len(workers) == 2
+        assert all(w["nthreads"] == 1 and w["memory_limit"] == 2 ** 30 for w in workers)
+        # workers inherit BLAS/OpenMP threads = cores // workers
+        env = client.run(lambda: os.environ["OMP_NUM_THREADS"])
+        assert set(env.values()) == {str(max(1, (os.cpu_count() or 1) // 2))}
+        cluster = client.cluster
+    assert cluster.status.name == "closed"  # closing the client closed its local cluster
+
+
+def test_local_gpu_needs_dask_cuda():
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="needs dask-cuda.*pip install dask-cuda"):
+            get_client("local-gpu", quiet=True)
+    else:
+        pytest.skip("dask-cuda is installed: the missing-package error cannot be triggered")
+
+
+def test_unknown_cluster_is_rejected():
+    with pytest.raises(ValueError, match="unknown cluster 'lsf'"):
+        get_client("lsf")
+
+
+# ---------------------------------------------------------------- the CLI against an address
+
+def _stop(procs):
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory):
+    """A scheduler and two single-threaded workers on 127.0.0.1, started like a batch job would."""
+    from distributed import Client
+
+    d = tmp_path_factory.mktemp("scheduler")
+    sched_file = d / "scheduler.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    procs = []
+    try:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+             "--port", "0", "--dashboard-address", "127.0.0.1:0",
+             "--scheduler-file", str(sched_file)],
+            stdout=subprocess.DEVNULL, stderr=open(d / "scheduler.log", "w"), env=env))
+        deadline = time.monotonic() + 60
+        while not sched_file.exists():
+            assert procs[0].poll() is None, (d / "scheduler.log").read_text()
+            assert time.monotonic() < deadline, "scheduler did not write its file in 60 s"
+            time.sleep(0.2)
+        for i in range(2):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+                 str(sched_file), "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1",
+                 "--no-dashboard", "--memory-limit", "2GiB", "--local-directory", str(d)],
+                stdout=subprocess.DEVNULL, stderr=open(d / f"worker{i}.log", "w"), env=env))
+        address = json.loads(sched_file.read_text())["address"]
+        with Client(address, timeout=30) as c:
+            c.wait_for_workers(2, timeout=90)
+        yield dict(address=address, scheduler_file=str(sched_file))
+    finally:
+        _stop(procs)
+
+
+def _sb2dask(*args, timeout=240):
+    r = subprocess.run([sys.executable, "-m", "sb2dask.cli", *map(str, args), "--no-progress"],
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"sb2dask {args[0]} failed:\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def _task_prefixes(address: str) -> set[str]:
+    from distributed import Client
+
+    with Client(address, timeout=30) as c:
+        return set(c.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes)))
+
+
+@pytest.fixture(scope="module")
+def cli_store(scheduler, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "train.zarr"
+    r = _sb2dask("simulate", "--n", 200, "--chunk", 100, "--out", out, "--seed", 3,
+                 "--output-grid", "gaia_dr3_903", "--binary-fraction", 0.5,
+                 "--cluster", scheduler["address"])
+    return out, r
+
+
+def test_simulate_against_a_scheduler_address(scheduler, cli_store):
+    import numpy as np
+    import zarr
+
+    from sb2dask.dataset.factory import chunk_status
+
+    out, r = cli_store
+    assert json.loads(r.stdout.strip().splitlines()[-1])["computed"] == 2
+    assert f"Dask dashboard: http://127.0.0.1:" in r.stderr
+    assert chunk_status(out) == (2, [0, 1])
+    flux = zarr.open_group(str(out), mode="r")["flux"][...]
+    assert flux.shape == (200, 903) and np.isfinite(flux).all()
+    assert "_write_chunk" in _task_prefixes(scheduler["address"])  # ran on those workers
+
+
+@pytest.fixture(scope="module")
+def cli_models(scheduler, cli_store, tmp_path_factory):
+    store, _ = cli_store
+    out = tmp_path_factory.mktemp("cli") / "models"
+    r = _sb2dask("train", "--store", store, "--detector-store", store, "--out", out,
+                 "--targets", "teff", "logg", "feh", "vsini", "--epochs", 1,
+                 "--max-train", 64, "--max-validation", 32, "--batch-size", 16,
+                 "--cluster", scheduler["address"])
+    return out, r
+
+
+def test_train_against_a_scheduler_address(scheduler, cli_models):
+    out, r = cli_models
+    results = json.loads(r.stdout[r.stdout.index("{"):])
+    assert sorted(results) == ["feh", "logg", "p_binary", "teff", "vsini"]
+    for target in results:
+        assert (out / f"{target}-0.json").is_file() and (out / f"{target}-0.safetensors").is_file()
+    assert "_fit_task" in _task_prefixes(scheduler["address"])
+
+
+def test_infer_against_a_scheduler_file(scheduler, cli_models, tmp_path):
+    import pandas as pd
+
+    from sb2dask.dataset.mock_catalogue import mock_catalogue
+
+    models, _ = cli_models
+    cat = mock_catalogue(tmp_path / "catalogue", n_sources=6, epochs=(1, 2), n_files=2, seed=5)
+    out = tmp_path / "results.parquet"
+    r = _sb2dask("infer", *cat["files"], "--out", out, "--models", models,
+                 "--cluster", scheduler["scheduler_file"])
+    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    assert summary["rows_in"] == summary["rows_out"] == cat["epoch_spectra"]
+    assert summary["sources"]["sources"] == 6
+    epochs = pd.read_parquet(out)
+    truth = pd.read_parquet(cat["truth"])
+    assert len(epochs.merge(truth, on=["source_id", "epoch_id"])) == cat["epoch_spectra"]
