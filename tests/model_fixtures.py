@@ -9,7 +9,8 @@ import torch
 
 from sb2dask.models.densenet import ParameterNet, TemperatureNet
 from sb2dask.models.detector import BinaryDetector
-from sb2dask.models.io import LabelScaling, ModelManifest, save_model
+from sb2dask.models.io import (LabelScaling, ModelManifest, feature_statistics,
+                              save_feature_statistics, save_model)
 from sb2dask.simulate.config import output_wave
 
 RANGES = {"teff": (3500.0, 6500.0, "K"), "logg": (3.0, 6.0, "dex"), "feh": (-4.0, 1.0, "dex"),
@@ -29,9 +30,13 @@ def random_model_set(directory: Path, grid: str = "gaia_dr3_903", members: int =
                             ("p_binary", BinaryDetector)):
             torch.manual_seed(seed * 1000 + m * 10 + len(target))
             model = cls().eval()
-            save_model(directory, model, ModelManifest(
+            path = save_model(directory, model, ModelManifest(
                 name=f"{target}-{m}", target=target, architecture=cls.__name__, wave=wave,
                 scaling=None if target == "p_binary" else LabelScaling(*RANGES[target]),
                 temperature_scaling=t_scale if cls is ParameterNet else None, member=m,
                 training=training, metrics={"rmse": 1.0} if target != "p_binary" else {}))
+            if target == "teff":  # reference features for the OOD distance: noisy flat spectra
+                x = 1.0 + 0.02 * torch.randn(600, len(wave))
+                with torch.inference_mode():
+                    save_feature_statistics(path, feature_statistics(model.trunk(x).numpy()))
     return Path(directory)

@@ -1,0 +1,176 @@
+"""Inference: preprocessing, predict_partition on real and simulated spectra, output schema and
+metadata, per-source aggregation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model_fixtures import random_model_set
+from sb2dask.infer.flags import QualityFlag
+from sb2dask.infer.predict import get_model_set, predict_partition
+from sb2dask.infer.preprocess import CONTINUUM_REGIONS, preprocess
+from sb2dask.infer.readers import read_catalogue
+from sb2dask.infer.readers.base import RVS_WAVE
+from sb2dask.infer.schema import arrow_schema, empty_frame, load_schema
+from sb2dask.simulate.config import output_wave
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gaia_rvs"
+MODEL_WAVE = output_wave("gaia_dr3_903")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return random_model_set(tmp_path_factory.mktemp("models"), members=2)
+
+
+def _line_spectrum(wave, centre=8542.09, depth=0.5, width=0.6):
+    return 1.0 - depth * np.exp(-0.5 * ((wave - centre) / width) ** 2)
+
+
+def test_resampling_keeps_lines_in_place():
+    f = _line_spectrum(RVS_WAVE)
+    pre = preprocess([RVS_WAVE], [f.astype(np.float32)], None, MODEL_WAVE)
+    out = pre.flux[0]
+    # the line centre survives resampling to within a fraction of a model pixel (0.27 Å)
+    sel = np.abs(MODEL_WAVE - 8542.09) < 3
+    x, y = MODEL_WAVE[sel], out[sel]
+    k = np.argmin(y)
+    centre = x[k] + 0.5 * (y[k - 1] - y[k + 1]) / (y[k - 1] - 2 * y[k] + y[k + 1]) * (x[1] - x[0])
+    assert abs(centre - 8542.09) < 0.05
+    np.testing.assert_allclose(out, _line_spectrum(MODEL_WAVE), atol=0.01)
+    assert pre.quality_flags[0] == 0 and pre.usable[0]
+
+
+def test_missing_pixels_take_the_continuum_q3():
+    f = np.full(RVS_WAVE.size, 1.0)
+    rng = np.random.default_rng(0)
+    f = f + 0.01 * rng.standard_normal(f.size)
+    gap = (RVS_WAVE > 8600) & (RVS_WAVE < 8605)
+    f[gap] = np.nan
+    cont = np.zeros(RVS_WAVE.size, bool)
+    for lo, hi in CONTINUUM_REGIONS:
+        cont |= (RVS_WAVE >= lo) & (RVS_WAVE <= hi)
+    q3 = np.nanpercentile(f[cont], 75)
+    pre = preprocess([RVS_WAVE], [f], None, MODEL_WAVE)
+    in_gap = (MODEL_WAVE > 8600.5) & (MODEL_WAVE < 8604.5)
+    np.testing.assert_allclose(pre.flux[0, in_gap], q3, rtol=1e-6)
+    assert pre.quality_flags[0] & QualityFlag.NAN_FILLED and pre.usable[0]
+    assert 0 < pre.nan_fraction[0] < 0.05
+
+
+def test_unusable_and_suspicious_spectra_are_flagged():
+    w, n = RVS_WAVE, RVS_WAVE.size
+    rows = [np.full(n, np.nan),                          # all null
+            np.where(np.arange(n) % 2 == 0, np.nan, 1.0),  # half missing
+            np.full(n, 1.5),                             # not normalised
+            np.ones(n)]                                  # fine
+    short = np.linspace(8500.0, 8600.0, 100)
+    pre = preprocess([w, w, w, w, short, w], rows + [np.ones(100), np.ones(10)], None,
+                     MODEL_WAVE)
+    f = pre.quality_flags
+    assert f[0] & QualityFlag.ALL_NULL and not pre.usable[0]
+    assert f[1] & QualityFlag.TOO_MANY_NAN and not pre.usable[1]
+    assert f[2] & QualityFlag.NOT_NORMALISED and pre.usable[2]
+    assert f[3] == 0
+    assert f[4] & QualityFlag.WAVE_COVERAGE and not pre.usable[4]
+    assert f[5] & QualityFlag.WAVE_MISMATCH and not pre.usable[5]
+    assert pre.flux.shape == (6, MODEL_WAVE.size) and np.isfinite(pre.flux).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_rows=st.integers(1, 6), n_nan=st.integers(0, 2401), scale=st.floats(-2, 3),
+       seed=st.integers(0, 2 ** 31))
+def test_preprocess_always_returns_one_finite_row_per_input(n_rows, n_nan, scale, seed):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n_rows):
+        f = scale * (1 + 0.05 * rng.standard_normal(RVS_WAVE.size))
+        f[rng.choice(RVS_WAVE.size, size=n_nan, replace=False)] = rng.choice(
+            [np.nan, np.inf, -np.inf])
+        rows.append(f.astype(np.float32))
+    pre = preprocess([RVS_WAVE] * n_rows, rows, [None] * n_rows, MODEL_WAVE)
+    assert pre.flux.shape == (n_rows, MODEL_WAVE.size)
+    assert np.isfinite(pre.flux).all()
+    expect_null = n_nan == RVS_WAVE.size
+    assert all(bool(f & QualityFlag.ALL_NULL) == expect_null for f in pre.quality_flags)
+    assert all(u == (n_nan <= 0.2 * RVS_WAVE.size) for u in pre.usable) or n_nan > 0
+
+
+def test_real_gaia_spectra_give_one_sensible_row_each(models):
+    if not REAL.is_dir():
+        pytest.skip(f"{REAL} absent (../shared/data is not beside this checkout)")
+    files = sorted(REAL.glob("*.csv"))
+    parts = [p for f in files for p in read_catalogue(f)]
+    df = pd.concat(parts, ignore_index=True)
+    out = predict_partition(df, models, device="cpu")
+    assert len(out) == len(files) == 3
+    assert out["usable"].all()
+    assert set(out["source_id"]) == set(df["source_id"])
+    assert (out["snr_estimate"] > 5).all()  # flux_error is present in DataLink files
+    assert out["teff_1"].le(out["teff_2"]).all()
+    assert np.isfinite(out[["p_binary", "teff_1", "logg_2", "ood_distance"]].to_numpy()).all()
+
+
+def test_output_frame_follows_the_catalogue_schema(models):
+    df = pd.DataFrame({"source_id": np.array([5, 6], np.int64), "epoch_id": [-1, 3],
+                       "wave": [RVS_WAVE, RVS_WAVE],
+                       "flux": [_line_spectrum(RVS_WAVE).astype(np.float32)] * 2,
+                       "flux_error": [None, None], "file": ["a", "b"], "row": [0, 1],
+                       "read_flags": np.zeros(2, np.int32)})
+    out = predict_partition(df, models, device="cpu")
+    meta = empty_frame("epoch")
+    assert list(out.columns) == list(meta.columns)
+    assert (out.dtypes == meta.dtypes).all()
+    # ensemble of two: the spreads are real numbers; p_binary a probability
+    assert (out["teff_1_err"] >= 0).all() and out["p_binary"].between(0, 1).all()
+    schema = arrow_schema("epoch", {"models": {"x": 1}})
+    assert schema.field("teff_1").metadata[b"unit"] == b"K"
+    assert json.loads(schema.metadata[b"sb2dask.models"]) == {"x": 1}
+    names = [c["name"] for c in load_schema("source")["columns"]]
+    assert names[:4] == ["source_id", "n_epochs", "n_usable", "p_binary"]
+
+
+def test_models_are_loaded_once_per_process(models):
+    assert get_model_set(models, "cpu") is get_model_set(models, "cpu")
+
+
+def test_source_table_combines_epochs(models, tmp_path):
+    from distributed import Client, LocalCluster
+
+    from sb2dask.infer.run import aggregate_sources, write_parquet_atomic
+
+    ep = empty_frame("epoch", 4)
+    ep["source_id"] = [1, 1, 2, 2]
+    ep["epoch_id"] = [10, 11, 12, 13]
+    ep["usable"] = [True, True, True, False]
+    ep["p_binary"] = np.array([0.2, 0.9, 0.4, 0.99], np.float32)
+    for p in ("teff", "logg", "feh", "vsini"):
+        for c in (1, 2):
+            ep[f"{p}_{c}"] = np.array([4000, 5000, 6000, 1], np.float32)
+            ep[f"{p}_{c}_err"] = np.array([100, 100, 50, 1], np.float32)
+    ep["quality_flags"] = np.array([0, 2, 4, 1], np.int32)
+    ep["file"] = "x"
+    d = tmp_path / "ep.parquet"
+    d.mkdir()
+    write_parquet_atomic(ep, d / "part-000000.parquet", arrow_schema("epoch"))
+    ms = get_model_set(models, "cpu")
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as lc, \
+            Client(lc) as client:
+        aggregate_sources(d, tmp_path / "src.parquet", ms, client)
+    src = pd.read_parquet(tmp_path / "src.parquet").set_index("source_id")
+    assert src.loc[1, "n_epochs"] == 2 and src.loc[2, "n_usable"] == 1
+    assert src.loc[1, "p_binary"] == pytest.approx(0.9)  # max over usable epochs
+    assert src.loc[2, "p_binary"] == pytest.approx(0.4)  # the unusable 0.99 is ignored
+    floor = 1.0  # the random model set's validation RMSE
+    w = 1.0 / (100.0 ** 2 + floor ** 2)
+    assert src.loc[1, "teff_1"] == pytest.approx(4500.0)
+    assert src.loc[1, "teff_1_err"] == pytest.approx(1 / np.sqrt(2 * w), rel=1e-4)
+    assert src.loc[2, "teff_1"] == pytest.approx(6000.0)
+    assert src.loc[1, "quality_flags"] == 2 and src.loc[2, "quality_flags"] == 5
