@@ -21,12 +21,21 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=None,
                    help="worker processes (local: default one per core; local-gpu: one per GPU) "
                         "or batch jobs (slurm/pbs: default 1)")
+    g.add_argument("--threads-per-worker", type=int, default=1,
+                   help="Dask threads per local worker (default 1)")
     g.add_argument("--memory-limit", default="auto",
                    help="memory per local worker, e.g. 4GiB (default: auto = RAM / workers)")
     g.add_argument("--jobqueue-config", default=None, metavar="NAME|FILE",
                    help="Dask jobqueue config for slurm/pbs: slurm-cpu, slurm-gpu, pbs-cpu, "
                         "pbs-gpu (deploy/NAME.yaml) or a YAML file; DASK_JOBQUEUE__* environment "
                         "variables override it")
+
+
+def _cluster_kwargs(args) -> dict:
+    """``get_client`` keywords from the options of :func:`_add_cluster_options`."""
+    return dict(cluster=args.cluster, workers=args.workers,
+                threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
+                config=args.jobqueue_config)
 
 
 def _cmd_library_info(args) -> int:
@@ -45,7 +54,7 @@ def _cmd_library_build(args) -> int:
     spec = GridSpec()
     out = Path(args.out) if args.out else EMBEDDED_GRID_PATH
     if not args.assemble_only:
-        with get_client(args.cluster, args.workers) as client:
+        with get_client(**_cluster_kwargs(args)) as client:
             counts = build_nodes(args.workdir, spec, client, progress=not args.no_progress)
         print(json.dumps(counts))
     prov = assemble_grid(args.workdir, out, spec, args.mass_table,
@@ -99,7 +108,7 @@ def _cmd_simulate(args) -> int:
 
     cfg = _simulation_config(args)
     split = SplitSpec(*args.split) if args.split else SplitSpec()
-    with get_client(args.cluster, args.workers) as client:
+    with get_client(**_cluster_kwargs(args)) as client:
         summary = generate(args.out, cfg, args.n, args.chunk, client=client, split=split,
                            overwrite=args.overwrite, progress=not args.no_progress,
                            command="sb2dask " + shlex.join(sys.argv[1:]))
@@ -131,8 +140,7 @@ def _cmd_train(args) -> int:
         import yaml
 
         per_target.setdefault(target, {})[field] = yaml.safe_load(value)
-    with get_client(args.cluster, args.workers,
-                    threads_per_worker=args.threads_per_worker) as client:
+    with get_client(**_cluster_kwargs(args)) as client:
         results = train_all(args.store, args.out, client, base, ensemble=args.ensemble,
                             targets=targets, detector_store=args.detector_store,
                             progress=not args.no_progress, per_target=per_target)
@@ -144,7 +152,7 @@ def _cmd_infer(args) -> int:
     from .cluster import get_client
     from .infer.run import run_inference
 
-    with get_client(args.cluster, args.workers) as client:
+    with get_client(**_cluster_kwargs(args)) as client:
         summary = run_inference(args.inputs, args.out, args.models, client,
                                 partition_rows=args.partition_rows, device=args.device,
                                 progress=not args.no_progress, overwrite=args.overwrite)
@@ -177,7 +185,7 @@ def _cmd_demo(args) -> int:
     from .cluster import get_client
     from .evaluate.demo import run_demo
 
-    with get_client(args.cluster, args.workers) as client:
+    with get_client(**_cluster_kwargs(args)) as client:
         s = run_demo(args.out, n_sources=args.n_sources, client=client, model_dir=args.models,
                      progress=not args.no_progress)
     m, inf = s["mock"], s["inference"]
@@ -300,7 +308,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="TARGET.FIELD=VALUE",
                    help="per-network override, e.g. --set teff.epochs=3 --set p_binary.max_train=40000")
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
-    p.add_argument("--threads-per-worker", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_train)

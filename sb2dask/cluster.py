@@ -24,6 +24,7 @@ can be passed by name or path (``config="slurm-gpu"``, ``--jobqueue-config slurm
 from __future__ import annotations
 
 import asyncio
+import copy
 import importlib.util
 import logging
 import os
@@ -115,11 +116,34 @@ def deploy_config(config: str | Path | dict, kind: str | None = None) -> dict:
         raise ValueError(f"{source} configures {sorted(data.get('jobqueue', {}))} under "
                          f"'jobqueue', not {kind!r}: use a {kind}-* file for --cluster {kind}")
     env = dask.config.collect_env()
-    return dask.config.merge(data, {k: env[k] for k in data if k in env})
+    # update(), unlike merge(), matches job-extra-directives (file) with job_extra_directives (env)
+    return dask.config.update(copy.deepcopy(data), {k: env[k] for k in data if k in env})
+
+
+#: ``jobqueue.<kind>`` as Dask had it before this process applied any deploy file.
+_BASE_SECTIONS: dict[str, dict] = {}
+
+
+def _config_settings(config: str | Path | dict, kind: str) -> dict:
+    """``dask.config.set`` arguments that apply a deploy file for ``kind``.
+
+    ``jobqueue.<kind>`` is set as a whole, from what Dask had before any deploy file was applied
+    (dask-jobqueue's defaults, the user's config files, environment) updated with the file, so
+    that applying the GPU pool's file after the CPU pool's leaves nothing of the CPU pool behind.
+    Everything else the file sets (e.g. ``distributed.*``) is set key by key.
+    """
+    import dask.config
+
+    cfg = deploy_config(config, kind)
+    _jobqueue_class(kind)  # importing dask_jobqueue loads its defaults into Dask's config
+    base = _BASE_SECTIONS.setdefault(kind, copy.deepcopy(dask.config.get(f"jobqueue.{kind}")))
+    section = dask.config.update(copy.deepcopy(base), cfg["jobqueue"][kind])
+    rest = {k: v for k, v in cfg.items() if k != "jobqueue"}
+    return {f"jobqueue.{kind}": section, **dict(_dotted(rest))}
 
 
 def _dotted(config: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
-    # dask.config.set({"jobqueue": {...}}) would replace the whole section, defaults included;
+    # dask.config.set({"distributed": {...}}) would replace the whole section, defaults included;
     # setting each leaf keeps the defaults of everything the file does not mention.
     for key, value in config.items():
         if isinstance(value, dict) and value:
@@ -152,7 +176,7 @@ def jobqueue_job_script(kind: str, config: str | Path | dict | None = None,
     if kind not in JOBQUEUE_KINDS:
         raise ValueError(f"kind must be one of {JOBQUEUE_KINDS}, got {kind!r}")
     cls = _jobqueue_class(kind)
-    settings = dict(_dotted(deploy_config(config, kind))) if config is not None else {}
+    settings = _config_settings(config, kind) if config is not None else {}
 
     async def render() -> str:
         # An asynchronous cluster that is never awaited never starts its scheduler.
@@ -226,7 +250,7 @@ def get_client(cluster: str | None = "local", workers: int | None = None,
         if cluster not in JOBQUEUE_KINDS:
             raise ValueError(f"a jobqueue configuration ({config}) only applies to --cluster "
                              f"slurm or pbs, not {cluster!r}")
-        dask.config.set(dict(_dotted(deploy_config(config, cluster))))
+        dask.config.set(_config_settings(config, cluster))
     if cluster.startswith(_ADDRESS_PREFIXES):
         client = Client(cluster, **cluster_kwargs)
         wait = 1 if min_workers is None else min_workers
@@ -264,7 +288,9 @@ def get_client(cluster: str | None = "local", workers: int | None = None,
         cls = _jobqueue_class(cluster)
         try:
             jq = cls(**cluster_kwargs)
-        except ValueError as exc:  # cores or memory not configured
+        except ValueError as exc:
+            if "cores and memory" not in str(exc):
+                raise
             raise ValueError(f"{exc}\nor apply a deploy configuration: --jobqueue-config "
                              f"{cluster}-cpu (or {cluster}-gpu), see docs/deploy.md") from exc
         jq.scale(jobs=workers or 1)
@@ -279,5 +305,38 @@ def get_client(cluster: str | None = "local", workers: int | None = None,
         if not quiet:
             print(f"waiting for {wait} worker(s) to connect to {client.scheduler.address}",
                   file=sys.stderr)
-        client.wait_for_workers(wait)
+        if cluster in JOBQUEUE_KINDS:
+            _wait_for_jobs(client, wait)
+        else:
+            client.wait_for_workers(wait)
     return client
+
+
+#: Seconds after which a batch cluster none of whose jobs got a job id is declared failed.
+SUBMIT_TIMEOUT_S = 120.0
+
+
+def _wait_for_jobs(client, n: int) -> None:
+    """Wait for ``n`` workers of a batch cluster, however long the jobs queue, but stop when no
+    job could be submitted at all (a wrong account or partition), instead of waiting forever."""
+    import time
+
+    start = time.monotonic()
+    while True:
+        try:
+            client.wait_for_workers(n, timeout=2)
+            return
+        except TimeoutError:
+            pass
+        jobs = list(client.cluster.workers.values())
+        if (time.monotonic() - start > SUBMIT_TIMEOUT_S and jobs
+                and not any(job.job_id for job in jobs)):
+            command = jobs[0].submit_command
+            try:
+                client.cluster.close()
+            except AssertionError:  # distributed asserts on closing never-started jobs
+                pass
+            client.close()
+            raise RuntimeError(f"none of the {len(jobs)} batch job(s) was accepted by {command} "
+                               f"in {SUBMIT_TIMEOUT_S:.0f} s: see its errors above (account, "
+                               "partition/queue, resources?) and docs/deploy.md")

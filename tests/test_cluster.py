@@ -1,5 +1,6 @@
-"""Getting a Dask cluster: deploy YAML → jobqueue scripts, local clusters, and the CLI against a
-scheduler and workers started on loopback (as a batch system would start them)."""
+"""Getting a Dask cluster: deploy YAML → jobqueue job scripts; local clusters; batch clusters on a
+stand-in queue (``sbatch``/``qsub`` that run the job script on this machine); and the CLI against
+a scheduler and workers started on loopback, as a batch system would start them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import dask.config
+import dask_jobqueue  # noqa: F401  (loads the jobqueue defaults into Dask's config)
 import pytest
 
 from sb2dask.cluster import deploy_config, get_client, jobqueue_job_script
@@ -100,6 +102,18 @@ def test_config_by_path_is_applied_only_during_rendering(tmp_path):
     assert dask.config.get("jobqueue.slurm.queue") == before
 
 
+def test_a_pool_applied_after_another_keeps_nothing_of_it(batch_queue):
+    # the hpc notebook's order: CPU pool for simulation, then GPU pool for training, then CPU
+    from sb2dask.cluster import _config_settings
+
+    dask.config.set(_config_settings("pbs-gpu", "pbs"))
+    assert "ngpus=1" in jobqueue_job_script("pbs")  # applied for the whole process
+    dask.config.set(_config_settings("pbs-cpu", "pbs"))
+    script = jobqueue_job_script("pbs")
+    assert "ngpus" not in script and "GPU=1" not in script
+    assert "#PBS -l select=1:ncpus=16:mem=64GB" in script
+
+
 def test_config_errors_name_the_file():
     with pytest.raises(ValueError, match=r"slurm-gpu\.yaml configures \['slurm'\]"):
         jobqueue_job_script("pbs", config="slurm-gpu")
@@ -140,6 +154,98 @@ def test_local_gpu_needs_dask_cuda():
 def test_unknown_cluster_is_rejected():
     with pytest.raises(ValueError, match="unknown cluster 'lsf'"):
         get_client("lsf")
+
+
+# ---------------------------------------------------------------- batch clusters, stand-in queue
+
+SUBMIT = """#!{python}
+import pathlib, subprocess, sys
+script = pathlib.Path(sys.argv[-1])
+log = open(script.with_suffix(".log"), "w")
+job = subprocess.Popen(["bash", str(script)], start_new_session=True, stdout=log, stderr=log)
+with open({jobs!r}, "a") as f:
+    f.write(f"{{job.pid}}\\n")
+print({template!r}.format(job.pid))
+"""
+CANCEL = """#!{python}
+import os, signal, sys
+for job in sys.argv[1:]:
+    try:
+        os.killpg(int(job.split(".")[0]), signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+"""
+
+
+def install_stand_in_queue(bin_dir: Path, jobs: Path) -> None:
+    """Write ``sbatch``/``qsub`` that run the job script on this machine (in a process group of its
+    own, listed in ``jobs``) and ``scancel``/``qdel`` that end that group."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name, text, template in (("sbatch", SUBMIT, "Submitted batch job {}"),
+                                 ("qsub", SUBMIT, "{}.pbs-server"),
+                                 ("scancel", CANCEL, ""), ("qdel", CANCEL, "")):
+        (bin_dir / name).write_text(text.format(python=sys.executable, jobs=str(jobs),
+                                                template=template))
+        (bin_dir / name).chmod(0o755)
+
+
+def end_stand_in_jobs(jobs: Path) -> None:
+    """Kill the jobs the cluster did not cancel (only those the stand-in queue started)."""
+    import signal
+
+    for pid in (jobs.read_text().split() if jobs.exists() else []):
+        try:
+            os.killpg(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def batch_queue(tmp_path, monkeypatch):
+    """A stand-in batch system on PATH; Dask's config is restored afterwards."""
+    import copy
+
+    install_stand_in_queue(tmp_path / "bin", tmp_path / "jobs.txt")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    saved = copy.deepcopy(dask.config.config)  # get_client applies deploy files process-wide
+    try:
+        yield tmp_path
+    finally:
+        dask.config.config.clear()
+        dask.config.config.update(saved)
+        end_stand_in_jobs(tmp_path / "jobs.txt")
+
+
+@pytest.mark.parametrize("kind", ["slurm", "pbs"])
+def test_gpu_pool_workers_advertise_gpus_to_training_tasks(kind, batch_queue):
+    from sb2dask.train.pool import cluster_has_gpus
+
+    # the GPU pool's deploy file, shrunk to this machine: no ib0, no venv to activate
+    client = get_client(kind, workers=1, config=f"{kind}-gpu", cores=1, memory="1GiB",
+                        interface="lo", python=sys.executable, job_script_prologue=[],
+                        local_directory=str(batch_queue),
+                        scheduler_options={"dashboard_address": ":0"}, quiet=True)
+    try:
+        assert len((batch_queue / "jobs.txt").read_text().split()) == 1  # one job submitted
+        assert cluster_has_gpus(client)  # --resources GPU=1 from the deploy file
+        # what train_all submits: a task that needs a GPU to itself
+        fut = client.submit(os.getpid, resources={"GPU": 1}, pure=False)
+        assert fut.result(timeout=60) != os.getpid()
+        assert "--resources GPU=1" in client.cluster.job_script()
+    finally:
+        client.cluster.close()
+        client.close()
+
+
+def test_a_rejected_batch_job_fails_instead_of_waiting_forever(batch_queue, monkeypatch):
+    import sb2dask.cluster
+
+    sbatch = batch_queue / "bin" / "sbatch"
+    sbatch.write_text("#!/bin/sh\necho 'sbatch: error: invalid account or partition' >&2\nexit 1\n")
+    monkeypatch.setattr(sb2dask.cluster, "SUBMIT_TIMEOUT_S", 1.0)
+    with pytest.raises(RuntimeError, match="none of the 1 batch job.*accepted by sbatch"):
+        get_client("slurm", workers=1, config="slurm-cpu", interface="lo",
+                   scheduler_options={"dashboard_address": ":0"}, quiet=True)
 
 
 # ---------------------------------------------------------------- the CLI against an address
