@@ -354,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("figures", help="the paper's Figs. 1-2 from the simulator, as PNG")
     p.add_argument("--out", default="docs/figures")
-    p.add_argument("--index", type=int, default=7, help="which simulated system to show")
+    p.add_argument("--index", type=int, default=None,
+                   help="which simulated system to show (default: the first with both stars "
+                        "clearly visible)")
     _add_simulation_options(p)
     p.set_defaults(func=_cmd_figures)
     return ap

@@ -11,17 +11,23 @@ from ..simulate.config import SimulationConfig
 __all__ = ["figure_1", "figure_2", "component_spectra"]
 
 
-def _system(config: SimulationConfig, index: int):
+def _system(config: SimulationConfig, index: int | None):
+    """System ``index`` of the configuration; None picks the first one that shows both stars
+    well (each ≥ 25 % of the light, RV separation ≥ 40 km/s)."""
     from ..dataset.factory import _simulator
     from ..simulate.systems import draw_systems
 
-    lib, sampler, renderer = _simulator(config.replace(binary_fraction=1.0))
-    labels, interp, noise = draw_systems(lib, config.replace(binary_fraction=1.0),
-                                         np.array([index]), sampler=sampler)
+    cfg = config.replace(binary_fraction=1.0)
+    lib, sampler, renderer = _simulator(cfg)
+    if index is None:
+        lab, _, _ = draw_systems(lib, cfg, np.arange(500), sampler=sampler)
+        ok = (lab["light_fraction"].min(axis=1) >= 0.25) & (lab["rv_separation"] >= 40)
+        index = int(np.flatnonzero(ok)[0]) if ok.any() else 0
+    labels, interp, noise = draw_systems(lib, cfg, np.array([index]), sampler=sampler)
     return renderer, labels, interp, noise
 
 
-def component_spectra(config: SimulationConfig, index: int) -> dict:
+def component_spectra(config: SimulationConfig, index: int | None) -> dict:
     """Both components (shifted, broadened, at the instrument's resolution, each normalised to its
     own continuum), the noise-free blend and the observed blend of system ``index``."""
     renderer, labels, interp, noise = _system(config, index)
@@ -37,7 +43,7 @@ def component_spectra(config: SimulationConfig, index: int) -> dict:
     return out
 
 
-def figure_1(config: SimulationConfig, path: str | Path, index: int = 7, n_epochs: int = 20,
+def figure_1(config: SimulationConfig, path: str | Path, index: int | None = None, n_epochs: int = 20,
              baseline_days: float = 1000.0) -> Path:
     """Fig. 1: a 20-epoch RV time series of one simulated SB2, against time and phase-folded."""
     import matplotlib
@@ -49,7 +55,7 @@ def figure_1(config: SimulationConfig, path: str | Path, index: int = 7, n_epoch
 
     _, labels, _, _ = _system(config, index)
     lab = {k: v[0] for k, v in labels.items()}
-    rng = np.random.default_rng([config.seed, index, 1])
+    rng = np.random.default_rng([config.seed, int(lab["seed"] % 2 ** 32), 1])
     t = np.sort(rng.uniform(0.0, baseline_days, n_epochs))
     period = float(lab["period"])
     phase = (lab["phase"] + t / period) % 1.0
@@ -63,7 +69,7 @@ def figure_1(config: SimulationConfig, path: str | Path, index: int = 7, n_epoch
         a.set_xlabel(xl)
         a.set_ylabel("RV [km/s]")
     ax[0].legend(loc="upper right", fontsize=8)
-    ax[0].set_title(f"simulated SB2 #{index}: P = {period:.1f} d, K1+K2 = {lab['k_sum']:.1f} km/s, "
+    ax[0].set_title(f"simulated SB2: P = {period:.1f} d, K1+K2 = {lab['k_sum']:.1f} km/s, "
                     f"i = {lab['inclination']:.0f}°", fontsize=10)
     path = Path(path)
     fig.savefig(path, dpi=120)
@@ -71,7 +77,7 @@ def figure_1(config: SimulationConfig, path: str | Path, index: int = 7, n_epoch
     return path
 
 
-def figure_2(config: SimulationConfig, path: str | Path, index: int = 7) -> Path:
+def figure_2(config: SimulationConfig, path: str | Path, index: int | None = None) -> Path:
     """Fig. 2: both component spectra at one epoch next to the combined (observed) spectrum."""
     import matplotlib
 
