@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sb2dask.models.densenet import ParameterNet, TemperatureNet

@@ -45,8 +45,9 @@ def _ccf_shift(wave, ref, obs, dv=0.25):
     w = np.exp(x / C_KMS)
     a = 1 - np.interp(w, wave, ref)
     b = 1 - np.interp(w, wave, obs)
-    lags = np.arange(-200, 201)
-    cc = np.array([np.dot(a[200:-200], b[200 + k:len(b) - 200 + k]) for k in lags])
+    m = 400  # lags up to ±100 km/s
+    lags = np.arange(-m, m + 1)
+    cc = np.array([np.dot(a[m:-m], b[m + k:len(b) - m + k]) for k in lags])
     k = int(np.argmax(cc))
     y0, y1, y2 = cc[k - 1], cc[k], cc[k + 1]
     return (lags[k] + 0.5 * (y0 - y2) / (y0 - 2 * y1 + y2)) * dv
@@ -193,21 +194,22 @@ def test_fast_rotation_matches_pyastronomy_rotbroad(lib, vsini):
     assert diff.max() < 2e-3
 
 
-@pytest.mark.parametrize("vsini", [0.0, 0.5, 2.0, 5.0])
-def test_slow_rotation_is_sane(lib, vsini):
+def test_slow_rotation_is_sane(lib):
+    """0-10 km/s: identity at 0, equivalent width conserved, lines never deepened, and the change
+    grows monotonically with v sin i (no ringing or blow-up of the transform near 0)."""
     spline = _fine_reference(lib)
     dv = 0.5
     x = np.arange(C_KMS * np.log(8440.0), C_KMS * np.log(8740.0), dv)
     flux = spline(np.exp(x / C_KMS))
-    out = rotational_broadening(flux, dv, vsini, 0.6)
     inner = slice(400, -400)
-    # equivalent width conserved, lines not deepened, and no broadening at all for vsini = 0
-    assert np.sum(1 - out[inner]) == pytest.approx(np.sum(1 - flux[inner]), rel=1e-3)
-    assert out[inner].min() >= flux[inner].min() - 1e-9
-    if vsini == 0.0:
-        np.testing.assert_allclose(out, flux, atol=1e-12)
-    else:
-        assert np.abs(out - flux)[inner].max() < 0.02 * vsini + 1e-3
+    changes = []
+    for vsini in (0.0, 0.5, 1.0, 2.0, 5.0, 10.0):
+        out = rotational_broadening(flux, dv, vsini, 0.6)
+        assert np.sum(1 - out[inner]) == pytest.approx(np.sum(1 - flux[inner]), rel=1e-3)
+        assert out[inner].min() >= flux[inner].min() - 1e-9
+        changes.append(np.abs(out - flux)[inner].max())
+    assert changes[0] < 1e-12
+    assert np.all(np.diff(changes) > 0)
 
 
 def test_instrument_resolution_sets_the_line_width(lib, cfg):
@@ -236,7 +238,7 @@ def test_config_round_trips_and_validates(tmp_path):
     assert len(SimulationConfig().wave) == 903
     with pytest.raises(ValueError, match="teff_range"):
         SimulationConfig(teff_range=(6000, 5000))
-    with pytest.raises(ValueError, match="unknown simulation settings"):
+    with pytest.raises(ValueError, match="unknown SimulationConfig settings"):
         SimulationConfig.from_dict({"tef_range": [1, 2]})
     with pytest.raises(ValueError, match="output grid"):
         SimulationConfig(output_grid="sdss")

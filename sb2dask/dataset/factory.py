@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..provenance import package_versions
 from ..simulate.config import SimulationConfig
 
 __all__ = ["FORMAT_VERSION", "SplitSpec", "generate", "simulate_chunk", "chunk_status",
@@ -51,17 +52,6 @@ class SplitSpec:
         n_val = int(round(n * self.validation / total))
         return n_train, n_val, n - n_train - n_val
 
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for name in ("sb2dask", "numpy", "scipy", "zarr", "dask", "distributed"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 _CACHE: dict = {}
@@ -152,7 +142,7 @@ def _create_store(out: Path, config: SimulationConfig, n: int, chunk: int, split
         label_units={k: v[2] for k, v in LABEL_FIELDS.items()},
         label_descriptions={k: v[3] for k, v in LABEL_FIELDS.items()},
         provenance=dict(created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        command=command, versions=_versions(),
+                        command=command, versions=package_versions("scipy", "zarr", "dask", "distributed"),
                         library=dict(name=lib.name, sha256=lib_prov.get("sha256"),
                                      provenance=lib_prov)),
     )

@@ -8,7 +8,6 @@ ensembles) once per process. :func:`predict_partition` takes a reader partition 
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 

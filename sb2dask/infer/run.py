@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..provenance import package_versions
 from .schema import arrow_schema, empty_frame
 
-__all__ = ["STATS_META", "BYTES_PER_ROW", "auto_partition_rows", "run_inference", "write_parquet_atomic", "aggregate_sources",
-           "sources_path"]
+__all__ = ["STATS_META", "BYTES_PER_ROW", "auto_partition_rows", "run_inference",
+           "write_parquet_atomic", "aggregate_sources", "sources_path"]
 
 STATS_META = pd.DataFrame({"partition": pd.Series(dtype="int64"),
                            "rows_in": pd.Series(dtype="int64"),
@@ -87,17 +88,6 @@ def _predict_write(df: pd.DataFrame, model_dir: str, out_dir: str, index_map: li
                          "write_s": [time.perf_counter() - t1]})
 
 
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for name in ("sb2dask", "numpy", "torch", "dask", "distributed", "pyarrow"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
 
 #: Working bytes per input spectrum of 2401 pixels in a partition, estimated from the arrays held
 #: at once: flux and error as float32 (19 kB), their float64 copies in preprocessing (38 kB), the
@@ -152,7 +142,7 @@ def run_inference(inputs: list[str | Path], out: str | Path, model_dir: str | Pa
         tmp.unlink()  # left by an interrupted writer
     todo = [i for i in range(n_parts) if not _complete(out / f"part-{i:06d}.parquet")]
     models = get_model_set(model_dir, "cpu")  # validates the model set before any work
-    provenance = dict(models=models.provenance, versions=_versions(), inputs=inputs,
+    provenance = dict(models=models.provenance, versions=package_versions("torch", "dask", "distributed", "pyarrow"), inputs=inputs,
                       created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     t0 = time.perf_counter()
     stats = []

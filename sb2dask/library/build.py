@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..provenance import package_versions
 from .synthesis import NodeRefused, SynthesisSettings, check_node_physics
 
 __all__ = ["GridSpec", "STATUS", "node_key", "compute_node", "build_nodes", "assemble_grid"]
@@ -137,17 +138,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for name in ("sb2dask", "numpy", "scipy", "atmosnet", "pysme-astro", "zarr"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
 
 def assemble_grid(workdir: str | Path, out: str | Path, spec: GridSpec,
                   mass_table: str | Path, command: str = "") -> dict:
@@ -221,7 +211,7 @@ def assemble_grid(workdir: str | Path, out: str | Path, spec: GridSpec,
                   logg_extra_max_teff=spec.logg_extra_max_teff),
         counts={k: int((status == v).sum()) for k, v in STATUS.items()},
         not_computed=reasons,
-        versions=_package_versions(),
+        versions=package_versions("scipy", "atmosnet", "pysme-astro", "zarr"),
         linelist=dict(file=WINDOW_LINELIST, sha256=_sha256(linelist_path),
                       source="Gaia-ESO line list v6 (Heiter et al. 2021, A&A 645, A106), "
                              "file COM/linelists/nlte_ges_linelist_jmg17feb2022_I_II of the "

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..provenance import package_versions
 from .densenet import ParameterNet, TemperatureNet
 from .detector import BinaryDetector
 from .layers import canonical_state_dict, load_canonical_state_dict
@@ -107,17 +108,6 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("sb2dask", "torch", "numpy", "safetensors"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
 
 def save_model(directory: str | Path, model: torch.nn.Module, manifest: ModelManifest) -> Path:
     """Write ``NAME.safetensors`` and ``NAME.json`` atomically; returns the manifest path."""
@@ -132,7 +122,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, manifest: ModelMan
     save_file(canonical_state_dict(model), str(tmp))
     os.replace(tmp, weights)
     manifest = replace(manifest, weights_sha256=file_sha256(weights),
-                       versions=manifest.versions or _versions())
+                       versions=manifest.versions or package_versions("torch", "safetensors"))
     path = directory / f"{manifest.name}.json"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(manifest.to_dict(), indent=1))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, fields
 
 import numpy as np
+
+from ..config import ConfigMixin
 
 __all__ = ["SimulationConfig", "OUTPUT_GRIDS", "output_wave"]
 
@@ -44,7 +45,7 @@ def output_wave(name: str, medium: str = "air") -> np.ndarray:
 
 
 @dataclass(frozen=True, slots=True)
-class SimulationConfig:
+class SimulationConfig(ConfigMixin):
     """Everything that determines a simulated data set (Binnenfeld et al. 2025, Sect. 2, Table 1).
 
     Ranges are (low, high); labels are drawn uniformly inside them, clipped to what the spectral
@@ -99,33 +100,3 @@ class SimulationConfig:
     @property
     def wave(self) -> np.ndarray:
         return output_wave(self.output_grid)
-
-    def replace(self, **changes) -> SimulationConfig:
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SimulationConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown simulation settings: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-    def to_yaml(self, path: str | Path | None = None) -> str:
-        import yaml
-
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    @classmethod
-    def from_yaml(cls, path_or_text: str | Path) -> SimulationConfig:
-        import yaml
-
-        p = Path(path_or_text)
-        text = p.read_text() if p.suffix in (".yaml", ".yml") and p.exists() else str(path_or_text)
-        return cls.from_dict(yaml.safe_load(text) or {})

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass
+
+from ..config import ConfigMixin
 
 __all__ = ["TrainConfig", "TARGETS", "DEFAULT_RANGES"]
 
@@ -16,7 +17,7 @@ DEFAULT_RANGES = {"teff": (3500.0, 6500.0), "logg": (3.0, 6.0), "feh": (-4.0, 1.
 
 
 @dataclass(frozen=True, slots=True)
-class TrainConfig:
+class TrainConfig(ConfigMixin):
     """How one network is trained (Binnenfeld et al. 2025, Sect. 3: MSE, Adam).
 
     Attributes
@@ -86,30 +87,3 @@ class TrainConfig:
     @property
     def name(self) -> str:
         return f"{self.target}-{self.member}"
-
-    def replace(self, **changes) -> TrainConfig:
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown training settings: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-    def to_yaml(self, path: str | Path | None = None) -> str:
-        import yaml
-
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> TrainConfig:
-        import yaml
-
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
