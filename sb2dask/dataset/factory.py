@@ -29,8 +29,8 @@ import numpy as np
 from ..provenance import package_versions
 from ..simulate.config import SimulationConfig
 
-__all__ = ["FORMAT_VERSION", "SplitSpec", "generate", "simulate_chunk", "chunk_status",
-           "store_metadata"]
+__all__ = ["FORMAT_VERSION", "SplitSpec", "generate", "simulate_chunk", "simulator_for",
+           "chunk_status", "store_metadata"]
 
 FORMAT_VERSION = 1
 DONE_DIR = ".sb2dask-done"
@@ -57,8 +57,9 @@ class SplitSpec:
 _CACHE: dict = {}
 
 
-def _simulator(config: SimulationConfig):
-    """(library, sampler, renderer) for a configuration, built once per worker process."""
+def simulator_for(config: SimulationConfig):
+    """(library, sampler, renderer) for a configuration, built once per process (per worker) and
+    reused for every chunk."""
     from ..library import load_library
     from ..simulate.spectra import SpectrumRenderer
     from ..simulate.systems import GridSampler
@@ -76,7 +77,7 @@ def simulate_chunk(config: SimulationConfig, start: int, stop: int) -> tuple[np.
     """Pure core: spectra ``start..stop-1`` of a data set, as (flux (n, n_pix), labels)."""
     from ..simulate.systems import draw_systems
 
-    lib, sampler, renderer = _simulator(config)
+    lib, sampler, renderer = simulator_for(config)
     labels, interp, noise = draw_systems(lib, config, np.arange(start, stop), sampler=sampler)
     return renderer.render(labels, interp, noise), labels
 
@@ -104,14 +105,11 @@ def _write_chunk(out: str, config_dict: dict, c: int, chunk: int, n: int) -> dic
 
 def chunk_status(out: str | Path) -> tuple[int, list[int]]:
     """(number of chunks, indices of finished chunks) of a store."""
-    import zarr
-
     meta = store_metadata(out)
     n_chunks = -(-meta["n"] // meta["chunk"])
     done_dir = Path(out) / DONE_DIR
     done = sorted(int(p.name.split("-")[1]) for p in done_dir.glob("chunk-*")) \
         if done_dir.exists() else []
-    del zarr
     return n_chunks, [c for c in done if c < n_chunks]
 
 
@@ -132,7 +130,7 @@ def _create_store(out: Path, config: SimulationConfig, n: int, chunk: int, split
 
     from ..simulate.systems import LABEL_FIELDS
 
-    lib, _, _ = _simulator(config)
+    lib, _, _ = simulator_for(config)
     wave = config.wave
     counts = split.counts(n)
     lib_prov = lib.provenance

@@ -34,11 +34,11 @@ def mock_catalogue(out_dir: str | Path, n_sources: int = 1000, epochs: tuple[int
     from ..infer.readers.gaia_bulk_ecsv import HEALPIX_LEVEL8_SHIFT, write_bulk_ecsv
     from ..simulate.orbits import radial_velocities
     from ..simulate.systems import draw_systems
-    from .factory import _simulator
+    from .factory import simulator_for
 
     cfg = (config or SimulationConfig()).replace(output_grid="gaia_dr3",
                                                  binary_fraction=binary_fraction, seed=seed)
-    lib, sampler, renderer = _simulator(cfg)
+    lib, sampler, renderer = simulator_for(cfg)
     labels, interp, _ = draw_systems(lib, cfg, np.arange(n_sources), sampler=sampler)
     rng = np.random.default_rng([seed, 7])
     n_ep = rng.integers(epochs[0], epochs[1] + 1, size=n_sources)

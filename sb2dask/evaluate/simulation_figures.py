@@ -14,11 +14,11 @@ __all__ = ["figure_1", "figure_2", "component_spectra"]
 def _system(config: SimulationConfig, index: int | None):
     """System ``index`` of the configuration; None picks the first one that shows both stars
     well (each ≥ 25 % of the light, RV separation ≥ 40 km/s)."""
-    from ..dataset.factory import _simulator
+    from ..dataset.factory import simulator_for
     from ..simulate.systems import draw_systems
 
     cfg = config.replace(binary_fraction=1.0)
-    lib, sampler, renderer = _simulator(cfg)
+    lib, sampler, renderer = simulator_for(cfg)
     if index is None:
         lab, _, _ = draw_systems(lib, cfg, np.arange(500), sampler=sampler)
         ok = (lab["light_fraction"].min(axis=1) >= 0.25) & (lab["rv_separation"] >= 40)
