@@ -51,8 +51,9 @@ def test_splits_and_folds(store):
     assert d.flux.shape == (120, 903) and d.labels["teff"].shape == (120, 2)
 
 
-def test_temperature_model_learns_and_resumes_exactly(store, tmp_path):
-    cfg = TrainConfig(target="teff", epochs=3, **TINY)
+@pytest.mark.parametrize("schedule", ["plateau", "cosine"])
+def test_temperature_model_learns_and_resumes_exactly(store, tmp_path, schedule):
+    cfg = TrainConfig(target="teff", epochs=3, lr_schedule=schedule, **TINY)
     full = fit(cfg, store, tmp_path / "a", progress=False)
     losses = [h["train_loss"] for h in full["history"]]
     assert losses[-1] < losses[0]

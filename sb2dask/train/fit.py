@@ -159,7 +159,7 @@ def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool
             if step < warm:
                 return (step + 1) / warm
             t = min(1.0, (step - warm) / max(1, steps - warm))
-            return 0.02 + 0.98 * 0.5 * (1.0 + np.cos(np.pi * t))
+            return float(0.02 + 0.98 * 0.5 * (1.0 + np.cos(np.pi * t)))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     else:
@@ -186,7 +186,12 @@ def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool
         from ..models.layers import load_canonical_state_dict
 
         load_canonical_state_dict(model, load_file(str(ckpt_dir / f"{name}-last.safetensors")))
-        extra = torch.load(ckpt_dir / f"{name}-state.pt", weights_only=True, map_location=device)
+        # weights_only: tensors and plain containers only, never code. NumPy scalars (which
+        # checkpoints of sb2dask <= 0.1.0 could hold in the scheduler state) are allowed too.
+        with torch.serialization.safe_globals([np._core.multiarray.scalar, np.dtype,
+                                               type(np.dtype(np.float64))]):
+            extra = torch.load(ckpt_dir / f"{name}-state.pt", weights_only=True,
+                               map_location=device)
         opt.load_state_dict(extra["optimizer"])
         if sched is not None and extra.get("scheduler"):
             sched.load_state_dict(extra["scheduler"])
