@@ -42,17 +42,42 @@ def resolve_device(device: str) -> torch.device:
 
 
 def temperature_inputs(manifests: list[str | Path], flux: np.ndarray, device,
-                       scaling: LabelScaling) -> np.ndarray:
+                       scaling: LabelScaling, cache: Path | None = None,
+                       index: np.ndarray | None = None) -> np.ndarray:
     """Ensemble-mean temperatures predicted by the temperature model(s), sorted lower first and
     scaled with ``scaling``: the second input of the parameter models (as in the paper, which
-    feeds predicted, not true, temperatures)."""
+    feeds predicted, not true, temperatures).
+
+    With ``cache`` (a directory) and the rows' global ``index``, predictions are stored per
+    (temperature models, rows) and reused: the logg, [Fe/H] and v sin i models are all fed the
+    same temperatures, which would otherwise be predicted three times.
+    """
+    from ..models.io import file_sha256
+
+    path = None
+    if cache is not None and index is not None:
+        import hashlib
+
+        h = hashlib.sha256()
+        for m in sorted(str(p) for p in manifests):
+            h.update(file_sha256(Path(m).with_suffix(".safetensors")).encode())
+        h.update(np.ascontiguousarray(index, dtype=np.int64).tobytes())
+        h.update(repr((scaling.low, scaling.high)).encode())
+        path = Path(cache) / f"temperatures-{h.hexdigest()[:24]}.npy"
+        if path.exists():
+            return np.load(path)
     preds = []
-    for path in manifests:
-        model, man = load_model(path, layout="2d" if device.type == "cpu" else "1d",
+    for m in manifests:
+        model, man = load_model(m, layout="2d" if device.type == "cpu" else "1d",
                                 device=device)
         t = man.scaling.unscale(predict_array(model, flux, device=device))
         preds.append(sort_pairs(t)[0])
-    return scaling.scale(np.mean(preds, axis=0)).astype(np.float32)
+    out = scaling.scale(np.mean(preds, axis=0)).astype(np.float32)
+    if path is not None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+        np.save(tmp, out)
+        os.replace(tmp, path)
+    return out
 
 
 def _targets(cfg: TrainConfig, data, scaling):
@@ -140,8 +165,9 @@ def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool
         if not temp_paths:
             raise ValueError(f"a {cfg.target} model needs temperature_model (the trained "
                              "temperature model's manifest)")
-        x2_tr = temperature_inputs(temp_paths, train.flux, device, t_scaling)
-        x2_va = temperature_inputs(temp_paths, val.flux, device, t_scaling)
+        x2_tr = temperature_inputs(temp_paths, train.flux, device, t_scaling, ckpt_dir,
+                                   train.index)
+        x2_va = temperature_inputs(temp_paths, val.flux, device, t_scaling, ckpt_dir, val.index)
 
     model = ARCHITECTURES[_ARCH[cfg.target]](layout=layout).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate,
