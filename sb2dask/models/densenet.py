@@ -43,7 +43,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import Ops
+from .layers import Ops, run_with_float32_stem
 
 __all__ = ["DenseTrunk", "TemperatureNet", "ParameterNet", "TABLE_BLOCKS"]
 
@@ -98,7 +98,7 @@ class DenseTrunk(nn.Module):
         self.out_features = c
 
     def forward(self, spectra: torch.Tensor) -> torch.Tensor:
-        return self.features(self.ops.prepare(spectra))
+        return run_with_float32_stem(self.features, self.ops.prepare(spectra))
 
 
 class TemperatureNet(nn.Module):

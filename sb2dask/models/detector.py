@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import Ops
+from .layers import Ops, run_with_float32_stem
 
 __all__ = ["BinaryDetector"]
 
@@ -56,4 +56,5 @@ class BinaryDetector(nn.Module):
                                   nn.Linear(128, 1))
 
     def forward(self, spectra: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(self.ops.prepare(spectra))).squeeze(1)
+        return self.head(run_with_float32_stem(self.features,
+                                               self.ops.prepare(spectra))).squeeze(1)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LAYOUTS", "Ops", "canonical_state_dict", "load_canonical_state_dict"]
+__all__ = ["LAYOUTS", "Ops", "canonical_state_dict", "load_canonical_state_dict",
+           "run_with_float32_stem"]
 
 LAYOUTS = ("1d", "2d")
 
@@ -52,6 +53,24 @@ class Ops:
         if self.layout == "2d":
             x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         return x
+
+
+def run_with_float32_stem(features: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Apply ``features`` with its first layer (the convolution that sees the raw spectrum)
+    outside any autocast region, in float32.
+
+    Under bfloat16 autocast (8-bit mantissa) a continuum near 1 would be quantised in steps of
+    0.4 %, as coarse as the noise at S/N 250 and coarser than the line-depth differences the
+    networks read: measured on the shipped temperature model, full autocast moved Teff by up to
+    272 K (99th percentile 160 K) from float32, autocast after a float32 stem by up to 14 K
+    (99th percentile 10 K). Later layers see normalised, ReLU'd features and tolerate bfloat16.
+    """
+    layers = iter(features)
+    with torch.autocast(x.device.type, enabled=False):
+        h = next(layers)(x.float())
+    for layer in layers:
+        h = layer(h)
+    return h
 
 
 def canonical_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -27,17 +27,11 @@ def cluster_has_gpus(client) -> bool:
 
 
 def _fit_task(cfg_dict: dict, store: str, out_dir: str, temperature_results=None) -> dict:
-    import torch
-    from distributed import get_worker
-
+    from ..runtime import tune_process
     from .fit import fit
 
     cfg = TrainConfig.from_dict(cfg_dict)
-    if cfg.threads is None:
-        try:  # one torch thread per Dask thread slot of this worker
-            torch.set_num_threads(max(1, get_worker().state.nthreads))
-        except ValueError:
-            pass
+    tune_process(cfg.threads)  # torch threads = worker task threads; malloc for big tensors
     temps = [r["manifest"] for r in temperature_results] if temperature_results else None
     return fit(cfg, store, out_dir, progress=False, temperature_models=temps)
 
