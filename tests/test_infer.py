@@ -4,6 +4,7 @@ metadata, per-source aggregation."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,128 @@ def test_source_table_combines_epochs(models, tmp_path):
     assert src.loc[1, "teff_1_err"] == pytest.approx(1 / np.sqrt(2 * w), rel=1e-4)
     assert src.loc[2, "teff_1"] == pytest.approx(6000.0)
     assert src.loc[1, "quality_flags"] == 2 and src.loc[2, "quality_flags"] == 5
+
+
+def _simulated_partition(n=40):
+    from sb2dask.dataset.factory import simulate_chunk
+    from sb2dask.simulate.config import SimulationConfig
+
+    flux, _ = simulate_chunk(SimulationConfig(output_grid="gaia_dr3", seed=3), 0, n)
+    return pd.DataFrame({"source_id": np.arange(n, dtype=np.int64), "epoch_id": -1,
+                         "wave": [RVS_WAVE] * n, "flux": list(flux), "flux_error": [None] * n,
+                         "file": "sim", "row": np.arange(n), "read_flags": np.zeros(n, np.int32)})
+
+
+def test_batch_size_does_not_change_predictions(models):
+    df = _simulated_partition()
+    a = predict_partition(df, models, device="cpu", batch_size=7)
+    b = predict_partition(df, models, device="cpu", batch_size=256)
+    cols = ["p_binary", "teff_1", "teff_2", "logg_1", "feh_2", "vsini_1", "ood_distance"]
+    np.testing.assert_allclose(a[cols].to_numpy(), b[cols].to_numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_bf16_predictions_stay_close_to_fp32(models):
+    df = _simulated_partition()
+    a = predict_partition(df, models, device="cpu", precision="fp32")
+    b = predict_partition(df, models, device="cpu", precision="bf16")
+    assert len(b) == len(df) and b["usable"].all()
+    for col in a.columns:
+        assert b[col].dtype == a[col].dtype, col  # autocast never leaks bfloat16 into outputs
+    # the random test models span teff 3500-6500 K: bf16 moves them by tens of K at most
+    assert np.nanmax(np.abs(a["teff_1"] - b["teff_1"])) < 100
+    assert np.nanmax(np.abs(a["p_binary"] - b["p_binary"])) < 0.05
+    with pytest.raises(ValueError, match="precision"):
+        predict_partition(df, models, device="cpu", precision="fp16")
+
+
+def test_process_tuning_sets_threads_once_and_malloc(monkeypatch):
+    import torch
+
+    import sb2dask.runtime as rt
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(rt, "_state", {})
+        monkeypatch.setenv("SB2DASK_TORCH_THREADS", "1")
+        got = rt.tune_process()
+        assert got["torch_threads"] == 1
+        assert got["malloc_tuned"] == sys.platform.startswith("linux")
+        monkeypatch.setenv("SB2DASK_TORCH_THREADS", "2")
+        assert rt.tune_process()["torch_threads"] == 1  # once per process
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_workers_get_one_torch_thread_per_task_thread():
+    from distributed import Client, LocalCluster
+
+    from sb2dask.runtime import tune_process
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as lc, Client(lc) as client:
+        got = client.submit(tune_process, pure=False).result()
+    assert got["torch_threads"] == 1
+
+
+class _FakeClient:
+    """scheduler_info/run of a cluster whose workers report given limits and resident memory."""
+
+    def __init__(self, workers: dict):
+        self.workers = workers
+
+    def scheduler_info(self):
+        return {"workers": {a: {"memory_limit": lim, "nthreads": nt}
+                            for a, (lim, nt, _) in self.workers.items()}}
+
+    def run(self, fn, *args):
+        return {a: rss for a, (_, _, rss) in self.workers.items()}
+
+
+def test_partitions_are_sized_from_the_smallest_worker_budget():
+    from sb2dask.infer.run import BYTES_PER_ROW, READ_OVERHEAD, auto_partition_rows
+
+    gib = 2 ** 30
+    client = _FakeClient({"a": (8 * gib, 1, 1 * gib), "b": (4 * gib, 2, 1 * gib)})
+    rows = auto_partition_rows(client)
+    expect = int((0.6 * 4 * gib - gib - READ_OVERHEAD) // (BYTES_PER_ROW * 2))
+    assert rows == expect and 100 < rows < 20000
+    # no limits: a fixed, modest default; huge limits: capped
+    assert auto_partition_rows(_FakeClient({"a": (0, 1, gib)})) == 2000
+    assert auto_partition_rows(_FakeClient({"a": (512 * gib, 1, gib)})) == 20000
+
+
+def test_too_small_a_memory_limit_is_an_error_before_any_work():
+    from sb2dask.infer.run import MemoryBudgetError, auto_partition_rows
+
+    mib = 2 ** 20
+    with pytest.raises(MemoryBudgetError, match="too small.*at least"):
+        auto_partition_rows(_FakeClient({"w": (1000 * mib, 1, 700 * mib)}))
+
+
+def test_warm_rss_measures_a_worker_with_models_loaded(models):
+    from sb2dask.infer.run import _warm_rss
+
+    assert _warm_rss(str(models), "fp32") > 100 * 2 ** 20  # torch and five networks
+
+
+def test_rerun_keeps_the_recorded_partitioning(models, tmp_path, monkeypatch):
+    from distributed import Client, LocalCluster
+
+    import sb2dask.infer.run as run
+    from sb2dask.dataset.mock_catalogue import mock_catalogue
+
+    mock = mock_catalogue(tmp_path / "mock", n_sources=12, epochs=(1, 2), n_files=1, seed=4)
+    out = tmp_path / "out.parquet"
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as lc, \
+            Client(lc) as client:
+        monkeypatch.setattr(run, "auto_partition_rows", lambda *a, **k: 700)
+        first = run.run_inference(mock["files"], out, models, client, progress=False)
+        # the measured budget may differ next time (other RSS): the rerun keeps the first one
+        monkeypatch.setattr(run, "auto_partition_rows", lambda *a, **k: 900)
+        again = run.run_inference(mock["files"], out, models, client, progress=False)
+        with pytest.raises(ValueError, match="other inputs"):
+            run.run_inference(mock["files"], out, models, client, progress=False,
+                              precision="bf16")
+    assert json.loads((out / "_inputs.json").read_text())["partition_rows"] == 700
+    assert first["computed"] == first["partitions"] and again["computed"] == 0
+    assert again["skipped"] == first["partitions"]
