@@ -27,7 +27,8 @@ import pandas as pd
 from ..provenance import package_versions
 from .schema import arrow_schema, empty_frame
 
-__all__ = ["STATS_META", "BYTES_PER_ROW", "auto_partition_rows", "run_inference",
+__all__ = ["STATS_META", "BYTES_PER_ROW", "READ_OVERHEAD", "MemoryBudgetError",
+           "auto_partition_rows", "run_inference",
            "write_parquet_atomic", "aggregate_sources", "sources_path"]
 
 STATS_META = pd.DataFrame({"partition": pd.Series(dtype="int64"),
@@ -72,12 +73,14 @@ def _complete(path: Path) -> bool:
 
 
 def _predict_write(df: pd.DataFrame, model_dir: str, out_dir: str, index_map: list[int],
-                   provenance: dict, device: str, partition_info=None) -> pd.DataFrame:
+                   provenance: dict, device: str, precision: str = "fp32",
+                   batch_size: int | None = None, partition_info=None) -> pd.DataFrame:
     from .predict import predict_partition
 
     number = index_map[partition_info["number"]] if partition_info else -1
     t0 = time.perf_counter()
-    pred = predict_partition(df, model_dir, device=device)
+    pred = predict_partition(df, model_dir, device=device, precision=precision,
+                             batch_size=batch_size)
     t1 = time.perf_counter()
     if len(pred) != len(df):  # the contract every caller relies on
         raise RuntimeError(f"partition {number}: {len(df)} spectra in, {len(pred)} rows out")
@@ -89,48 +92,104 @@ def _predict_write(df: pd.DataFrame, model_dir: str, out_dir: str, index_map: li
 
 
 
-#: Working bytes per input spectrum of 2401 pixels in a partition, estimated from the arrays held
-#: at once: flux and error as float32 (19 kB), their float64 copies in preprocessing (38 kB), the
-#: model-grid copy and the output row (a few kB). Checked by benchmarks/bench_memory.py.
-BYTES_PER_ROW = 64_000
+#: Worker memory per spectrum of a partition beyond the fixed costs: the reader's arrays, the
+#: float64 copies of preprocessing, the model-grid copy and the output row. Measured with the
+#: Parquet reader and the shipped models (fp32): peak resident memory 874 MB at 500 rows and
+#: 1228 MB at 4000 rows of one partition, i.e. 101 kB per row (benchmarks/bench_memory.py checks
+#: it end to end).
+BYTES_PER_ROW = 100_000
+
+#: Reader buffers (a Parquet column chunk, a decompressed ECSV.gz file's text) on top of the
+#: resident memory measured after a warm-up prediction.
+READ_OVERHEAD = 128 << 20
 
 
-def auto_partition_rows(client, fraction: float = 0.1, lo: int = 100, hi: int = 20000) -> int:
-    """Rows per partition so that one partition uses about ``fraction`` of the smallest worker
-    memory limit (several partitions are in flight per worker: reading, predicting, writing)."""
-    limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
-    limits = [m for m in limits if m > 0]
-    if not limits:
-        return 2000
-    return int(np.clip(fraction * min(limits) / BYTES_PER_ROW, lo, hi))
+class MemoryBudgetError(RuntimeError):
+    """A worker's memory limit cannot hold the models plus a minimal partition."""
+
+
+def _warm_rss(model_dir: str | None, precision: str) -> int:
+    """Resident bytes of this worker after loading the models and predicting one batch (the
+    fixed cost every partition pays: weights, oneDNN caches, activations, allocator slack)."""
+    import psutil
+
+    from .predict import get_model_set
+
+    models = get_model_set(model_dir, "cpu", precision)
+    models.predict(np.ones((models.batch_size, models.wave.size), np.float32))
+    return psutil.Process().memory_info().rss
+
+
+def auto_partition_rows(client, model_dir: str | Path | None = None, precision: str = "fp32",
+                        fraction: float = 0.6, lo: int = 100, hi: int = 20000) -> int:
+    """Rows per partition from the workers' memory limits and their measured fixed cost.
+
+    Each worker loads the models and predicts one batch; ``fraction`` of its memory limit (Dask
+    pauses a worker at 80 % and restarts it at 95 %) minus that resident memory minus
+    :data:`READ_OVERHEAD` is shared by its task threads at :data:`BYTES_PER_ROW` each. The
+    smallest worker decides. Raises :class:`MemoryBudgetError` when that leaves fewer than ``lo``
+    rows: workers would be killed, so we say so before starting.
+    """
+    info = client.scheduler_info()["workers"]
+    limits = {a: (w.get("memory_limit") or 0, max(1, w.get("nthreads", 1)))
+              for a, w in info.items()}
+    if not any(m for m, _ in limits.values()):
+        return 2000  # no limits configured: a size that fits any machine that runs torch
+    warm = client.run(_warm_rss, None if model_dir is None else str(model_dir), precision)
+    rows = hi
+    for addr, (limit, nthreads) in limits.items():
+        if not limit or addr not in warm:
+            continue
+        budget = fraction * limit - warm[addr] - READ_OVERHEAD
+        n = int(budget // (BYTES_PER_ROW * nthreads))
+        if n < lo:
+            need = (warm[addr] + READ_OVERHEAD + lo * BYTES_PER_ROW * nthreads) / fraction
+            raise MemoryBudgetError(
+                f"worker {addr}: memory limit {limit / 2**30:.2f} GiB is too small for "
+                f"{nthreads} partition(s) of {lo}+ spectra next to the models "
+                f"({warm[addr] / 2**30:.2f} GiB resident after loading them); give workers at "
+                f"least {need / 2**30:.2f} GiB or fewer threads, or set --partition-rows")
+        rows = min(rows, n)
+    return int(rows)
 
 
 def run_inference(inputs: list[str | Path], out: str | Path, model_dir: str | Path | None, client,
                   partition_rows: int | None = None, device: str = "auto", progress: bool = True,
-                  overwrite: bool = False) -> dict:
+                  overwrite: bool = False, precision: str = "fp32",
+                  batch_size: int | None = None) -> dict:
     """Predict every spectrum of ``inputs`` into the Parquet dataset ``out`` and its per-source
-    table; returns counts (rows in/out, partitions computed/skipped) and timings."""
+    table; returns counts (rows in/out, partitions computed/skipped) and timings.
+
+    ``precision`` (``fp32`` or ``bf16``, see :data:`sb2dask.infer.predict.PRECISIONS`) and
+    ``batch_size`` are recorded with the run: a rerun into the same ``out`` must use the same
+    ones, so a dataset never mixes arithmetic."""
     from distributed import as_completed
     from tqdm.auto import tqdm
 
-    from .predict import get_model_set
+    from .predict import DEFAULT_MODEL_DIR, PRECISIONS, get_model_set
     from .readers import to_dask
-
-    from .predict import DEFAULT_MODEL_DIR
 
     out = Path(out)
     model_dir = DEFAULT_MODEL_DIR if model_dir is None else Path(model_dir)
     inputs = sorted(str(Path(p).resolve()) for p in inputs)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    rec_path = out / "_inputs.json"
+    old = json.loads(rec_path.read_text()) if rec_path.exists() else None
     if partition_rows is None:
-        partition_rows = auto_partition_rows(client)
+        same = old and all(old.get(k) == v for k, v in (
+            ("inputs", inputs), ("precision", precision),
+            ("model_dir", str(Path(model_dir).resolve()))))
+        if same:
+            partition_rows = old["partition_rows"]  # a rerun continues the run's partitioning
+        else:
+            partition_rows = auto_partition_rows(client, model_dir, precision)
     ddf = to_dask(inputs, partition_rows=partition_rows)
     n_parts = ddf.npartitions
     record = dict(inputs=inputs, partition_rows=partition_rows, npartitions=n_parts,
-                  model_dir=str(Path(model_dir).resolve()))
+                  model_dir=str(Path(model_dir).resolve()), precision=precision)
     out.mkdir(parents=True, exist_ok=True)
-    rec_path = out / "_inputs.json"
-    if rec_path.exists():
-        old = json.loads(rec_path.read_text())
+    if old is not None:
         if old != record:
             if not overwrite:
                 raise ValueError(f"{out} holds results of other inputs, partitioning or models; "
@@ -142,14 +201,18 @@ def run_inference(inputs: list[str | Path], out: str | Path, model_dir: str | Pa
         tmp.unlink()  # left by an interrupted writer
     todo = [i for i in range(n_parts) if not _complete(out / f"part-{i:06d}.parquet")]
     models = get_model_set(model_dir, "cpu")  # validates the model set before any work
-    provenance = dict(models=models.provenance, versions=package_versions("torch", "dask", "distributed", "pyarrow"), inputs=inputs,
+    provenance = dict(models=models.provenance,
+                      versions=package_versions("torch", "dask", "distributed", "pyarrow"),
+                      inputs=inputs, inference=dict(precision=precision, device=device,
+                                                    batch_size=batch_size),
                       created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     t0 = time.perf_counter()
     stats = []
     if todo:
         sub = ddf.partitions[todo]
         mapped = sub.map_partitions(_predict_write, str(model_dir), str(out), todo, provenance,
-                                    device, meta=STATS_META, align_dataframes=False)
+                                    device, precision, batch_size, meta=STATS_META,
+                                    align_dataframes=False)
         futures = client.compute(mapped.to_delayed())
         with tqdm(total=len(todo), desc="infer partitions", disable=not progress,
                   file=sys.stderr) as bar:

@@ -179,6 +179,25 @@ def _read_ids(path: Path, pf: pq.ParquetFile, cols: dict[str, str]):
     return sid, eid
 
 
+def _read_slice(pf: pq.ParquetFile, groups: list[int], first: int, start: int, stop: int,
+                wanted: list[str]) -> pa.Table:
+    """Rows ``start..stop-1`` of ``groups`` (whose first row is ``first``), streamed in record
+    batches so that memory follows the partition, not the row group: a writer's row groups can
+    hold 10⁵ spectra (GBs decoded) while a partition is sized to the worker's memory."""
+    if not groups:
+        return pf.schema_arrow.empty_table().select(wanted)
+    keep, row = [], first
+    for batch in pf.iter_batches(batch_size=512, row_groups=groups, columns=wanted,
+                                 use_threads=False):
+        lo, hi = max(start, row), min(stop, row + batch.num_rows)
+        if hi > lo:
+            keep.append(batch.slice(lo - row, hi - lo))
+        row += batch.num_rows
+        if row >= stop:
+            break
+    return pa.Table.from_batches(keep) if keep else pf.schema_arrow.empty_table().select(wanted)
+
+
 def read_rows(path: str | Path, start: int, stop: int) -> pd.DataFrame:
     """Spectra of rows ``start..stop-1`` (reading only the row groups that hold them)."""
     path = Path(path)
@@ -191,9 +210,8 @@ def read_rows(path: str | Path, start: int, stop: int) -> pd.DataFrame:
     groups = [i for i in range(len(sizes)) if bounds[i] < stop and bounds[i + 1] > start]
     wanted = [cols[c] for c in ("flux", "flux_error", "wave") if c in cols]
     wanted += [f.name for _, f in _passthrough_fields(pf)]
-    table = pf.read_row_groups(groups, columns=wanted) if groups else \
-        pf.schema_arrow.empty_table().select(wanted)
-    table = table.slice(start - (bounds[groups[0]] if groups else 0), stop - start)
+    table = _read_slice(pf, groups, int(bounds[groups[0]]) if groups else 0, start, stop,
+                        wanted)
 
     flux_v, flux_o, flux_null, flux_text = _list_parts(path, table[cols["flux"]], "flux", start)
     err_parts = _list_parts(path, table[cols["flux_error"]], "flux_error", start) \
