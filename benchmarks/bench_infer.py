@@ -1,11 +1,13 @@
 """End-to-end inference benchmark: bulk ECSV.gz → Parquet with the full model set.
 
-    python benchmarks/bench_infer.py [--models DIR] [--n-sources 1500] [--workers 1 2]
+    python benchmarks/bench_infer.py [--models DIR] [--n-sources 2500] [--files 8] [--layouts 2x1 1x2]
 
-Stages are timed separately in one process (parse, preprocess, each network, write), then the
-whole ``run_inference`` is timed on LocalClusters of 1 and 2 workers. The projection of wall time
-for 10^8 and 10^9 epoch spectra on N workers assumes linear scaling from the measured per-worker
-rate. Prints a table and writes ``benchmarks/results/bench_infer.json``.
+Stages are timed separately in one process on one torch thread (parse, preprocess, each network,
+write) for each precision (fp32, bf16), with the largest bf16-fp32 differences of the outputs; then
+the whole ``run_inference`` (epoch and source tables) is timed on LocalClusters of 2 workers x 1
+thread and 1 worker x 2 threads. The projection of wall time for 10^8 and 10^9 epoch spectra
+assumes linear scaling per core from the best end-to-end rate. Prints a table and writes
+``benchmarks/results/bench_infer.json``.
 """
 
 from __future__ import annotations
@@ -21,45 +23,54 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from sb2dask.infer.predict import DEFAULT_MODEL_DIR
 
 HERE = Path(__file__).resolve().parent
 
 
-def stage_breakdown(files: list[str], model_dir) -> dict:
-    import pyarrow as pa
+def stage_breakdown(files: list[str], model_dir, precision: str, threads: int) -> dict:
+    """Each stage timed on its own in this process with ``threads`` torch threads."""
     import torch
 
-    from sb2dask.infer.predict import get_model_set, predict_partition
+    from sb2dask.infer.predict import ModelSet, PARAMETERS, predict_partition
     from sb2dask.infer.preprocess import preprocess
     from sb2dask.infer.readers import read_catalogue
     from sb2dask.infer.run import write_parquet_atomic
     from sb2dask.infer.schema import arrow_schema
 
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    parts = [p for f in files for p in read_catalogue(f, partition_rows=2000)]
+    parts = [p for f in files for p in read_catalogue(f, partition_rows=1000)]
     t_parse = time.perf_counter() - t0
     n = sum(len(p) for p in parts)
-    models = get_model_set(model_dir, "cpu")
+    models = ModelSet(model_dir or DEFAULT_MODEL_DIR, "cpu", precision=precision)
     t0 = time.perf_counter()
     pre = [preprocess(list(p["wave"]), list(p["flux"]), list(p["flux_error"]), models.wave)
            for p in parts]
     t_pre = time.perf_counter() - t0
-    flux = np.concatenate([p.flux for p in pre])
-    x = torch.from_numpy(flux)
+    x = torch.from_numpy(np.concatenate([p.flux for p in pre]))
+    temps = torch.full((models.batch_size, 2), 0.5)
     per_model = {}
-    with torch.inference_mode():
-        for target, members in models.members.items():
-            for model, man in members:
+    with torch.inference_mode(), models._autocast():
+        for target in ("p_binary", "teff") + PARAMETERS:
+            for model, man in models.members[target]:
+                if man.architecture != "ParameterNet":
+                    model(x[:8])  # warm-up: oneDNN picks its kernels on the first call
+                else:
+                    model(x[:8], temps[:8])
                 t0 = time.perf_counter()
-                for s in range(0, len(x), 1024):
-                    xb = x[s:s + 1024]
+                for s in range(0, len(x), models.batch_size):
+                    xb = x[s:s + models.batch_size]
                     if man.architecture == "ParameterNet":
-                        model(xb, torch.full((len(xb), 2), 0.5))
+                        model(xb, temps[:len(xb)])
                     else:
                         model(xb)
                 per_model[man.name] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    preds = [predict_partition(p, model_dir, device="cpu") for p in parts]
+    preds = [predict_partition(p, model_dir or DEFAULT_MODEL_DIR, device="cpu",
+                               precision=precision) for p in parts]
     t_predict_all = time.perf_counter() - t0
     tmp = Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
@@ -67,69 +78,109 @@ def stage_breakdown(files: list[str], model_dir) -> dict:
         write_parquet_atomic(p, tmp / f"part-{i}.parquet", arrow_schema("epoch"))
     t_write = time.perf_counter() - t0
     shutil.rmtree(tmp)
-    return dict(spectra=n, parse_s=t_parse, preprocess_s=t_pre, models_s=per_model,
-                predict_partition_s=t_predict_all, write_s=t_write,
-                threads=__import__("torch").get_num_threads())
+    return dict(spectra=n, precision=precision, threads=threads, parse_s=t_parse,
+                preprocess_s=t_pre, models_s=per_model, predict_partition_s=t_predict_all,
+                write_s=t_write), pd.concat(preds)
 
 
-def end_to_end(files: list[str], model_dir, workers: int) -> dict:
+def agreement(a, b) -> dict:
+    """Largest and 99th-percentile |bf16 - fp32| of each output, over usable rows."""
+    u = a["usable"].to_numpy()
+    out = {}
+    for col in ("p_binary", "teff_1", "teff_2", "logg_1", "logg_2", "feh_1", "feh_2",
+                "vsini_1", "vsini_2", "ood_distance"):
+        d = np.abs(a[col].to_numpy()[u] - b[col].to_numpy()[u])
+        out[col] = dict(max=float(d.max()), p99=float(np.quantile(d, 0.99)))
+    return out
+
+
+def end_to_end(files: list[str], model_dir, workers: int, threads: int, precision: str) -> dict:
     from sb2dask.cluster import get_client
     from sb2dask.infer.run import run_inference
 
     tmp = Path(tempfile.mkdtemp())
     try:
-        with get_client("local", workers=workers, quiet=True) as client:
+        with get_client("local", workers=workers, threads_per_worker=threads,
+                        quiet=True) as client:
             t0 = time.perf_counter()
-            r = run_inference(files, tmp / "out.parquet", model_dir, client, partition_rows=1000,
-                              progress=False)
+            r = run_inference(files, tmp / "out.parquet", model_dir, client, partition_rows=500,
+                              progress=False, precision=precision)
             wall = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp)
-    return dict(workers=workers, spectra=r["rows_in"], wall_s=wall,
-                spectra_per_s=r["rows_in"] / wall, rows_out=r["rows_out"])
+    return dict(workers=workers, threads_per_worker=threads, precision=precision,
+                spectra=r["rows_in"], rows_out=r["rows_out"], wall_s=wall,
+                spectra_per_s=r["rows_in"] / wall, epoch_table_s=r["seconds"],
+                epoch_table_spectra_per_s=r["rows_in"] / r["seconds"])
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", default=None, help="model directory (default: shipped models)")
-    ap.add_argument("--n-sources", type=int, default=1500)
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--n-sources", type=int, default=2500)
+    ap.add_argument("--files", type=int, default=8, help="bulk ECSV files (one partition each)")
+    ap.add_argument("--layouts", nargs="+", default=["2x1", "1x2"],
+                    help="LocalCluster shapes WORKERSxTHREADS to time end to end")
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     args = ap.parse_args(argv)
     from sb2dask.dataset.mock_catalogue import mock_catalogue
 
+    cores = os.cpu_count()
     tmp = Path(tempfile.mkdtemp(prefix="sb2dask-bench-infer-"))
     try:
-        mock = mock_catalogue(tmp / "mock", n_sources=args.n_sources, epochs=(1, 3), n_files=2)
+        mock = mock_catalogue(tmp / "mock", n_sources=args.n_sources, epochs=(1, 3),
+                              n_files=args.files)
         files = mock["files"]
-        stages = stage_breakdown(files, args.models)
-        e2e = [end_to_end(files, args.models, w) for w in args.workers]
+        stages, preds = {}, {}
+        for prec in args.precisions:
+            stages[prec], preds[prec] = stage_breakdown(files, args.models, prec, 1)
+        e2e = [end_to_end(files, args.models, *map(int, shape.split("x")), prec)
+               for prec in args.precisions for shape in args.layouts]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    n = stages["spectra"]
-    print(f"\nStage breakdown, one process ({stages['threads']} torch threads), {n} spectra:")
-    print(f"  parse ECSV.gz   {n / stages['parse_s']:9.0f} spectra/s")
-    print(f"  preprocess      {n / stages['preprocess_s']:9.0f} spectra/s")
-    for name, s in stages["models_s"].items():
-        print(f"  {name:<15} {n / s:9.0f} spectra/s")
-    print(f"  predict (all)   {n / stages['predict_partition_s']:9.0f} spectra/s")
-    print(f"  write Parquet   {n / stages['write_s']:9.0f} spectra/s")
-    print(f"\nEnd to end (bulk ECSV.gz -> Parquet, LocalCluster):")
-    print(f"{'workers':>8} {'spectra':>8} {'wall s':>8} {'spectra/s':>10}")
+    agree = agreement(preds["fp32"], preds["bf16"]) if {"fp32", "bf16"} <= set(preds) else {}
+    first = next(iter(stages.values()))
+    n = first["spectra"]
+    print(f"\nStage breakdown, one process, one torch thread, {n} spectra (spectra/s):")
+    print(f"  {'stage':<16}" + "".join(f"{p:>10}" for p in stages))
+    rows = [("parse ECSV.gz", "parse_s"), ("preprocess", "preprocess_s")]
+    for name, key in rows:
+        print(f"  {name:<16}" + "".join(f"{n / st[key]:10.0f}" for st in stages.values()))
+    for name in first["models_s"]:
+        print(f"  {name:<16}" + "".join(f"{n / st['models_s'][name]:10.0f}"
+                                        for st in stages.values()))
+    print(f"  {'predict (all)':<16}" + "".join(f"{n / st['predict_partition_s']:10.0f}"
+                                             for st in stages.values()))
+    print(f"  {'write Parquet':<16}" + "".join(f"{n / st['write_s']:10.0f}"
+                                             for st in stages.values()))
+    if agree:
+        print("\nbf16 against fp32 on the same spectra, |difference| max / 99th percentile:")
+        for col, d in agree.items():
+            print(f"  {col:<13} {d['max']:10.4g} {d['p99']:10.4g}")
+    print(f"\nEnd to end (bulk ECSV.gz -> epoch + source Parquet, LocalCluster, {cores} cores):")
+    print(f"{'workers':>8} {'threads':>8} {'precision':>10} {'spectra':>8} {'wall s':>8} "
+          f"{'spectra/s':>10} {'epoch-table/s':>14}")
     for r in e2e:
-        print(f"{r['workers']:8d} {r['spectra']:8d} {r['wall_s']:8.1f} {r['spectra_per_s']:10.0f}")
-    per_worker = e2e[-1]["spectra_per_s"] / e2e[-1]["workers"]
-    proj = {f"{int(N)}": {f"{w}_workers_h": N / (per_worker * w) / 3600 for w in (1, 16, 64, 256)}
-            for N in (1e8, 1e9)}
-    print(f"\nProjection at {per_worker:.0f} spectra/s per CPU worker of this machine:")
-    for N, v in proj.items():
-        print(f"  {float(N):.0e} spectra: " + ", ".join(f"{k.split('_')[0]} workers {h:,.1f} h"
-                                                      for k, h in v.items()))
+        print(f"{r['workers']:8d} {r['threads_per_worker']:8d} {r['precision']:>10} "
+              f"{r['spectra']:8d} {r['wall_s']:8.1f} {r['spectra_per_s']:10.0f} "
+              f"{r['epoch_table_spectra_per_s']:14.0f}")
+    proj = {}
+    for prec in args.precisions:
+        best = max((r for r in e2e if r["precision"] == prec), key=lambda r: r["spectra_per_s"])
+        per_core = best["spectra_per_s"] / cores
+        proj[prec] = dict(spectra_per_s_per_core=per_core, hours={
+            f"{N:.0e}": {str(c): N / (per_core * c) / 3600 for c in (64, 512, 4096)}
+            for N in (1e8, 1e9)})
+        print(f"\nProjection ({prec}, {per_core:.0f} spectra/s per core of this machine, "
+              "linear scaling):")
+        for N, v in proj[prec]["hours"].items():
+            print(f"  {N} spectra: " + ", ".join(f"{c} cores {h:,.1f} h" for c, h in v.items()))
     out = HERE / "results" / "bench_infer.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(dict(
-        machine=dict(platform=platform.platform(), cpus=os.cpu_count()),
+        machine=dict(platform=platform.platform(), cpus=cores),
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), stages=stages,
-        end_to_end=e2e, projection_hours=proj, per_worker_spectra_per_s=per_worker), indent=1))
+        bf16_vs_fp32=agree, end_to_end=e2e, projection=proj), indent=1))
     print(f"\nwrote {out}")
     return 0
 
