@@ -6,8 +6,8 @@
 Writes a Parquet epoch catalogue of ``--spectra`` 2401-pixel spectra (flux and flux_error,
 float32: 19.2 kB each) whose in-memory size exceeds ``--memory-limit``, runs ``run_inference`` on a
 LocalCluster of 2 workers with that limit and partitions sized automatically from it, and records
-each worker's resident memory after loading the models and one warm-up batch (baseline) and at its peak (sampled every
-0.25 s), worker restarts (a worker killed by its nanny for memory comes back under a new address),
+each worker's resident memory after loading the models and one warm-up batch (baseline) and at
+its peak (sampled every 0.25 s), worker restarts (a worker killed by its nanny for memory comes back under a new address),
 and rows in/out. The peak-minus-baseline per partition row checks the ``BYTES_PER_ROW`` estimate
 that :func:`sb2dask.infer.run.auto_partition_rows` sizes partitions with. Prints a table and
 writes ``benchmarks/results/bench_memory.json``.

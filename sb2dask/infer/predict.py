@@ -33,7 +33,7 @@ PARAMETERS = ("logg", "feh", "vsini")
 
 #: Arithmetic of the forward passes. ``fp32`` reproduces the evaluation in docs/models.md;
 #: ``bf16`` (autocast: convolutions and matrix products in bfloat16, accumulation and the label
-#: scaling in float32) is about twice as fast on CPUs with AVX512-BF16 or AMX and on GPUs, and
+#: scaling in float32) is about twice as fast per network on CPUs with AVX512-BF16 or AMX and on GPUs, and
 #: moves predictions by far less than their errors (benchmarks/bench_infer.py measures both).
 PRECISIONS = ("fp32", "bf16")
 
@@ -128,7 +128,8 @@ class ModelSet:
         x = torch.from_numpy(np.ascontiguousarray(flux, dtype=np.float32)).to(self.device)
         res = {}
         if self.members["p_binary"]:
-            p = np.stack([torch.sigmoid(m(x).float()).cpu().numpy() for m, _ in self.members["p_binary"]])
+            p = np.stack([torch.sigmoid(m(x).float()).cpu().numpy()
+                          for m, _ in self.members["p_binary"]])
             res["p_binary"], res["p_binary_err"] = p.mean(0), _spread(p)
         else:
             res["p_binary"] = res["p_binary_err"] = np.full(len(flux), np.nan, np.float32)
@@ -151,7 +152,8 @@ class ModelSet:
             for model, man in self.members[target]:
                 tin = torch.from_numpy(man.temperature_scaling.scale(res["teff"]).astype(
                     np.float32)).to(self.device)
-                preds.append(man.scaling.unscale(model(x, tin).float().cpu().numpy().astype(np.float64)))
+                scaled = model(x, tin).float().cpu().numpy().astype(np.float64)
+                preds.append(man.scaling.unscale(scaled))
             preds = np.stack(preds)
             res[target], res[f"{target}_err"] = preds.mean(0), _spread(preds)
         return res
