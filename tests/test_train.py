@@ -92,6 +92,15 @@ def test_parameter_model_is_fed_predicted_temperatures(store, tmp_path):
         fit(TrainConfig(target="feh", epochs=1, **TINY), store, tmp_path / "x", progress=False)
 
 
+def test_a_member_can_be_added_to_an_existing_ensemble(store, tmp_path, client):
+    # --set teff.member=1: the per-target override names the member (and its seed stream)
+    base = TrainConfig(epochs=1, **TINY)
+    res = train_all(store, tmp_path, client, base, targets=("teff",),
+                    per_target={"teff": {"member": 1}}, progress=False)
+    assert [r["name"] for r in res["teff"]] == ["teff-1"]
+    assert json.loads((tmp_path / "teff-1.json").read_text())["member"] == 1
+
+
 def test_detector_trains_on_singles_and_binaries(store, tmp_path):
     res = fit(TrainConfig(target="p_binary", epochs=2, **TINY), store, tmp_path, progress=False)
     h = res["history"]

@@ -63,7 +63,9 @@ def train_all(store: str | Path, out_dir: str | Path, client, base: TrainConfig,
     per_target = per_target or {}
 
     def config(target: str, member: int) -> dict:
-        return base.replace(target=target, member=member, **per_target.get(target, {})).to_dict()
+        # per-target overrides win, member included: --set teff.member=3 adds a 4th member
+        fields = {"target": target, "member": member, **per_target.get(target, {})}
+        return base.replace(**fields).to_dict()
 
     store, out_dir = str(store), str(out_dir)
     futures = {}
