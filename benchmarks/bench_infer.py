@@ -1,6 +1,7 @@
 """End-to-end inference benchmark: bulk ECSV.gz → Parquet with the full model set.
 
-    python benchmarks/bench_infer.py [--models DIR] [--n-sources 2500] [--files 8] [--layouts 2x1 1x2]
+    python benchmarks/bench_infer.py [--models DIR] [--members N] [--n-sources 2500] [--files 8]
+                                     [--layouts 2x1 1x2] [--tag NAME]
 
 Stages are timed separately in one process on one torch thread (parse, preprocess, each network,
 write) for each precision (fp32, bf16), with the largest bf16-fp32 differences of the outputs; then
@@ -30,7 +31,8 @@ from sb2dask.infer.predict import DEFAULT_MODEL_DIR
 HERE = Path(__file__).resolve().parent
 
 
-def stage_breakdown(files: list[str], model_dir, precision: str, threads: int) -> dict:
+def stage_breakdown(files: list[str], model_dir, precision: str, threads: int,
+                    members: int | None = None) -> dict:
     """Each stage timed on its own in this process with ``threads`` torch threads."""
     import torch
 
@@ -45,7 +47,7 @@ def stage_breakdown(files: list[str], model_dir, precision: str, threads: int) -
     parts = [p for f in files for p in read_catalogue(f, partition_rows=1000)]
     t_parse = time.perf_counter() - t0
     n = sum(len(p) for p in parts)
-    models = ModelSet(model_dir or DEFAULT_MODEL_DIR, "cpu", precision=precision)
+    models = ModelSet(model_dir or DEFAULT_MODEL_DIR, "cpu", precision=precision, members=members)
     t0 = time.perf_counter()
     pre = [preprocess(list(p["wave"]), list(p["flux"]), list(p["flux_error"]), models.wave)
            for p in parts]
@@ -70,7 +72,7 @@ def stage_breakdown(files: list[str], model_dir, precision: str, threads: int) -
                 per_model[man.name] = time.perf_counter() - t0
     t0 = time.perf_counter()
     preds = [predict_partition(p, model_dir or DEFAULT_MODEL_DIR, device="cpu",
-                               precision=precision) for p in parts]
+                               precision=precision, members=members) for p in parts]
     t_predict_all = time.perf_counter() - t0
     tmp = Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
@@ -94,7 +96,8 @@ def agreement(a, b) -> dict:
     return out
 
 
-def end_to_end(files: list[str], model_dir, workers: int, threads: int, precision: str) -> dict:
+def end_to_end(files: list[str], model_dir, workers: int, threads: int, precision: str,
+               members: int | None = None) -> dict:
     from sb2dask.cluster import get_client
     from sb2dask.infer.run import run_inference
 
@@ -104,7 +107,7 @@ def end_to_end(files: list[str], model_dir, workers: int, threads: int, precisio
                         quiet=True) as client:
             t0 = time.perf_counter()
             r = run_inference(files, tmp / "out.parquet", model_dir, client, partition_rows=500,
-                              progress=False, precision=precision)
+                              progress=False, precision=precision, members=members)
             wall = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp)
@@ -122,6 +125,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layouts", nargs="+", default=["2x1", "1x2"],
                     help="LocalCluster shapes WORKERSxTHREADS to time end to end")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--members", type=int, default=None,
+                    help="ensemble members per network (default: all in --models)")
+    ap.add_argument("--tag", default="", help="results file bench_infer[_TAG].json")
     args = ap.parse_args(argv)
     from sb2dask.dataset.mock_catalogue import mock_catalogue
 
@@ -133,8 +139,8 @@ def main(argv=None) -> int:
         files = mock["files"]
         stages, preds = {}, {}
         for prec in args.precisions:
-            stages[prec], preds[prec] = stage_breakdown(files, args.models, prec, 1)
-        e2e = [end_to_end(files, args.models, *map(int, shape.split("x")), prec)
+            stages[prec], preds[prec] = stage_breakdown(files, args.models, prec, 1, args.members)
+        e2e = [end_to_end(files, args.models, *map(int, shape.split("x")), prec, args.members)
                for prec in args.precisions for shape in args.layouts]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -175,10 +181,11 @@ def main(argv=None) -> int:
               "linear scaling):")
         for N, v in proj[prec]["hours"].items():
             print(f"  {N} spectra: " + ", ".join(f"{c} cores {h:,.1f} h" for c, h in v.items()))
-    out = HERE / "results" / "bench_infer.json"
+    out = HERE / "results" / f"bench_infer{'_' + args.tag if args.tag else ''}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(dict(
         machine=dict(platform=platform.platform(), cpus=cores),
+        models=str(args.models or DEFAULT_MODEL_DIR), members=args.members,
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), stages=stages,
         bf16_vs_fp32=agree, end_to_end=e2e, projection=proj), indent=1))
     print(f"\nwrote {out}")

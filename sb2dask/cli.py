@@ -156,7 +156,8 @@ def _cmd_infer(args) -> int:
         summary = run_inference(args.inputs, args.out, args.models, client,
                                 partition_rows=args.partition_rows, device=args.device,
                                 progress=not args.no_progress, overwrite=args.overwrite,
-                                precision=args.precision, batch_size=args.batch_size)
+                                precision=args.precision, batch_size=args.batch_size,
+                                members=args.members)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -326,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "faster on CPUs with AVX512-BF16/AMX and on GPUs; see docs/inference.md)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="spectra per forward pass (default 256 on CPU, 2048 on GPU)")
+    p.add_argument("--members", type=int, default=None,
+                   help="ensemble members per network to use (default: all; 1 is fastest and "
+                        "leaves the per-epoch _err columns NaN)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     _add_cluster_options(p)

@@ -300,3 +300,12 @@ def test_rerun_keeps_the_recorded_partitioning(models, tmp_path, monkeypatch):
     assert json.loads((out / "_inputs.json").read_text())["partition_rows"] == 700
     assert first["computed"] == first["partitions"] and again["computed"] == 0
     assert again["skipped"] == first["partitions"]
+
+
+def test_members_caps_the_ensemble(models):
+    df = _simulated_partition(12)
+    both = predict_partition(df, models, device="cpu")
+    one = predict_partition(df, models, device="cpu", members=1)
+    assert np.isfinite(both["teff_1_err"]).all() and one["teff_1_err"].isna().all()
+    assert len(get_model_set(models, "cpu", members=1).members["teff"]) == 1
+    assert not np.allclose(both["teff_1"], one["teff_1"])  # the mean of two differs from one

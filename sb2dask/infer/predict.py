@@ -33,8 +33,8 @@ PARAMETERS = ("logg", "feh", "vsini")
 
 #: Arithmetic of the forward passes. ``fp32`` reproduces the evaluation in docs/models.md;
 #: ``bf16`` (autocast: convolutions and matrix products in bfloat16, accumulation and the label
-#: scaling in float32) is about twice as fast per network on CPUs with AVX512-BF16 or AMX and on GPUs, and
-#: moves predictions by far less than their errors (benchmarks/bench_infer.py measures both).
+#: scaling in float32) is about twice as fast per network on CPUs with AVX512-BF16 or AMX and on
+#: GPUs, and moves predictions by far less than their errors (benchmarks/bench_infer.py).
 PRECISIONS = ("fp32", "bf16")
 
 #: Spectra per forward pass. On CPUs smaller batches keep the activations closer to the caches:
@@ -63,13 +63,15 @@ class ModelSet:
     device : ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``
     precision : one of :data:`PRECISIONS`
     batch_size : spectra per forward pass (default :data:`BATCH_SIZE` of the device)
+    members : use at most this many ensemble members per network (the lowest-numbered ones);
+        ``None`` uses all. Fewer members run proportionally faster and give no spreads at 1.
     layout : ``"1d"`` (Conv1d) or ``"2d"`` (Conv2d 1×k, channels-last); same function. On this
         project's 2-core test machine Conv1d was the faster of the two for the full model set
         (95 against 86 spectra/s in fp32, 211 against 167 in bf16, one thread, batch 256).
     """
 
     def __init__(self, directory: str | Path, device: str = "auto", precision: str = "fp32",
-                 batch_size: int | None = None, layout: str = "1d"):
+                 batch_size: int | None = None, layout: str = "1d", members: int | None = None):
         self.directory = Path(directory)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -80,7 +82,8 @@ class ModelSet:
         self.batch_size = int(batch_size or BATCH_SIZE.get(self.device.type, 256))
         self.members: dict[str, list] = {}
         for target in ("p_binary", "teff") + PARAMETERS:
-            paths = sorted(self.directory.glob(f"{target}-*.json"))
+            paths = sorted(self.directory.glob(f"{target}-*.json"),
+                           key=lambda q: (len(q.stem), q.stem))[:members]
             self.members[target] = [load_model(p, layout=layout, device=self.device)
                                     for p in paths]
         missing = [t for t in ("teff",) + PARAMETERS if not self.members[t]]
@@ -193,21 +196,22 @@ _MODEL_SETS_LOCK = threading.Lock()
 
 
 def get_model_set(directory: str | Path | None, device: str = "auto", precision: str = "fp32",
-                  batch_size: int | None = None) -> ModelSet:
+                  batch_size: int | None = None, members: int | None = None) -> ModelSet:
     """The :class:`ModelSet` of ``directory``, loaded once per process (per worker); the first
     call also tunes the process (torch threads, malloc: :func:`sb2dask.runtime.tune_process`)."""
     directory = DEFAULT_MODEL_DIR if directory is None else directory
-    key = (str(Path(directory).resolve()), device, precision, batch_size)
+    key = (str(Path(directory).resolve()), device, precision, batch_size, members)
     with _MODEL_SETS_LOCK:
         if key not in _MODEL_SETS:
             tune_process()
-            _MODEL_SETS[key] = ModelSet(directory, device, precision, batch_size)
+            _MODEL_SETS[key] = ModelSet(directory, device, precision, batch_size,
+                                        members=members)
         return _MODEL_SETS[key]
 
 
 def predict_partition(df: pd.DataFrame, model_dir: str | Path, device: str = "auto",
                       max_nan_fraction: float = 0.2, precision: str = "fp32",
-                      batch_size: int | None = None) -> pd.DataFrame:
+                      batch_size: int | None = None, members: int | None = None) -> pd.DataFrame:
     """One output row per input spectrum: the pure core that ``map_partitions`` maps.
 
     ``df`` has the reader schema (source_id, epoch_id, wave, flux, flux_error, file, row,
@@ -216,7 +220,7 @@ def predict_partition(df: pd.DataFrame, model_dir: str | Path, device: str = "au
     out = empty_frame("epoch", len(df))
     if len(df) == 0:
         return out
-    models = get_model_set(model_dir, device, precision, batch_size)
+    models = get_model_set(model_dir, device, precision, batch_size, members)
     errors = list(df["flux_error"]) if "flux_error" in df else None
     pre = preprocess(list(df["wave"]), list(df["flux"]), errors, models.wave, max_nan_fraction)
     qflags = pre.quality_flags.copy()

@@ -74,13 +74,14 @@ def _complete(path: Path) -> bool:
 
 def _predict_write(df: pd.DataFrame, model_dir: str, out_dir: str, index_map: list[int],
                    provenance: dict, device: str, precision: str = "fp32",
-                   batch_size: int | None = None, partition_info=None) -> pd.DataFrame:
+                   batch_size: int | None = None, members: int | None = None,
+                   partition_info=None) -> pd.DataFrame:
     from .predict import predict_partition
 
     number = index_map[partition_info["number"]] if partition_info else -1
     t0 = time.perf_counter()
     pred = predict_partition(df, model_dir, device=device, precision=precision,
-                             batch_size=batch_size)
+                             batch_size=batch_size, members=members)
     t1 = time.perf_counter()
     if len(pred) != len(df):  # the contract every caller relies on
         raise RuntimeError(f"partition {number}: {len(df)} spectra in, {len(pred)} rows out")
@@ -108,20 +109,21 @@ class MemoryBudgetError(RuntimeError):
     """A worker's memory limit cannot hold the models plus a minimal partition."""
 
 
-def _warm_rss(model_dir: str | None, precision: str) -> int:
+def _warm_rss(model_dir: str | None, precision: str, members: int | None = None) -> int:
     """Resident bytes of this worker after loading the models and predicting one batch (the
     fixed cost every partition pays: weights, oneDNN caches, activations, allocator slack)."""
     import psutil
 
     from .predict import get_model_set
 
-    models = get_model_set(model_dir, "cpu", precision)
+    models = get_model_set(model_dir, "cpu", precision, members=members)
     models.predict(np.ones((models.batch_size, models.wave.size), np.float32))
     return psutil.Process().memory_info().rss
 
 
 def auto_partition_rows(client, model_dir: str | Path | None = None, precision: str = "fp32",
-                        fraction: float = 0.6, lo: int = 100, hi: int = 20000) -> int:
+                        fraction: float = 0.6, lo: int = 100, hi: int = 20000,
+                        members: int | None = None) -> int:
     """Rows per partition from the workers' memory limits and their measured fixed cost.
 
     Each worker loads the models and predicts one batch; ``fraction`` of its memory limit (Dask
@@ -135,7 +137,8 @@ def auto_partition_rows(client, model_dir: str | Path | None = None, precision: 
               for a, w in info.items()}
     if not any(m for m, _ in limits.values()):
         return 2000  # no limits configured: a size that fits any machine that runs torch
-    warm = client.run(_warm_rss, None if model_dir is None else str(model_dir), precision)
+    warm = client.run(_warm_rss, None if model_dir is None else str(model_dir), precision,
+                      members)
     rows = hi
     for addr, (limit, nthreads) in limits.items():
         if not limit or addr not in warm:
@@ -156,13 +159,14 @@ def auto_partition_rows(client, model_dir: str | Path | None = None, precision: 
 def run_inference(inputs: list[str | Path], out: str | Path, model_dir: str | Path | None, client,
                   partition_rows: int | None = None, device: str = "auto", progress: bool = True,
                   overwrite: bool = False, precision: str = "fp32",
-                  batch_size: int | None = None) -> dict:
+                  batch_size: int | None = None, members: int | None = None) -> dict:
     """Predict every spectrum of ``inputs`` into the Parquet dataset ``out`` and its per-source
     table; returns counts (rows in/out, partitions computed/skipped) and timings.
 
     ``precision`` (``fp32`` or ``bf16``, see :data:`sb2dask.infer.predict.PRECISIONS`) and
-    ``batch_size`` are recorded with the run: a rerun into the same ``out`` must use the same
-    ones, so a dataset never mixes arithmetic."""
+    ``members`` (ensemble members per network, default all) are recorded with the run: a rerun
+    into the same ``out`` must use the same ones, so a dataset never mixes arithmetic or models.
+    ``batch_size`` does not change results."""
     from distributed import as_completed
     from tqdm.auto import tqdm
 
@@ -178,16 +182,16 @@ def run_inference(inputs: list[str | Path], out: str | Path, model_dir: str | Pa
     old = json.loads(rec_path.read_text()) if rec_path.exists() else None
     if partition_rows is None:
         same = old and all(old.get(k) == v for k, v in (
-            ("inputs", inputs), ("precision", precision),
+            ("inputs", inputs), ("precision", precision), ("members", members),
             ("model_dir", str(Path(model_dir).resolve()))))
         if same:
             partition_rows = old["partition_rows"]  # a rerun continues the run's partitioning
         else:
-            partition_rows = auto_partition_rows(client, model_dir, precision)
+            partition_rows = auto_partition_rows(client, model_dir, precision, members=members)
     ddf = to_dask(inputs, partition_rows=partition_rows)
     n_parts = ddf.npartitions
     record = dict(inputs=inputs, partition_rows=partition_rows, npartitions=n_parts,
-                  model_dir=str(Path(model_dir).resolve()), precision=precision)
+                  model_dir=str(Path(model_dir).resolve()), precision=precision, members=members)
     out.mkdir(parents=True, exist_ok=True)
     if old is not None:
         if old != record:
@@ -200,18 +204,18 @@ def run_inference(inputs: list[str | Path], out: str | Path, model_dir: str | Pa
     for tmp in out.glob(".part-*.tmp"):
         tmp.unlink()  # left by an interrupted writer
     todo = [i for i in range(n_parts) if not _complete(out / f"part-{i:06d}.parquet")]
-    models = get_model_set(model_dir, "cpu")  # validates the model set before any work
+    models = get_model_set(model_dir, "cpu", members=members)  # validates the models first
     provenance = dict(models=models.provenance,
                       versions=package_versions("torch", "dask", "distributed", "pyarrow"),
                       inputs=inputs, inference=dict(precision=precision, device=device,
-                                                    batch_size=batch_size),
+                                                    batch_size=batch_size, members=members),
                       created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     t0 = time.perf_counter()
     stats = []
     if todo:
         sub = ddf.partitions[todo]
         mapped = sub.map_partitions(_predict_write, str(model_dir), str(out), todo, provenance,
-                                    device, precision, batch_size, meta=STATS_META,
+                                    device, precision, batch_size, members, meta=STATS_META,
                                     align_dataframes=False)
         futures = client.compute(mapped.to_delayed())
         with tqdm(total=len(todo), desc="infer partitions", disable=not progress,
