@@ -14,9 +14,7 @@ assumes linear scaling per core from the best end-to-end rate. Prints a table an
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -28,7 +26,7 @@ import pandas as pd
 
 from sb2dask.infer.predict import DEFAULT_MODEL_DIR
 
-HERE = Path(__file__).resolve().parent
+from _results import write_results  # benchmarks/ is on sys.path when run as a script
 
 
 def stage_breakdown(files: list[str], model_dir, precision: str, threads: int,
@@ -181,14 +179,9 @@ def main(argv=None) -> int:
               "linear scaling):")
         for N, v in proj[prec]["hours"].items():
             print(f"  {N} spectra: " + ", ".join(f"{c} cores {h:,.1f} h" for c, h in v.items()))
-    out = HERE / "results" / f"bench_infer{'_' + args.tag if args.tag else ''}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(dict(
-        machine=dict(platform=platform.platform(), cpus=cores),
-        models=str(args.models or DEFAULT_MODEL_DIR), members=args.members,
-        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), stages=stages,
-        bf16_vs_fp32=agree, end_to_end=e2e, projection=proj), indent=1))
-    print(f"\nwrote {out}")
+    write_results(f"bench_infer{'_' + args.tag if args.tag else ''}",
+                  models=str(args.models or DEFAULT_MODEL_DIR), members=args.members,
+                  stages=stages, bf16_vs_fp32=agree, end_to_end=e2e, projection=proj)
     return 0
 
 

@@ -7,16 +7,15 @@ Writes a Parquet epoch catalogue of ``--spectra`` 2401-pixel spectra (flux and f
 float32: 19.2 kB each) whose in-memory size exceeds ``--memory-limit``, runs ``run_inference`` on a
 LocalCluster of 2 workers with that limit and partitions sized automatically from it, and records
 each worker's resident memory after loading the models and one warm-up batch (baseline) and at
-its peak (sampled every 0.25 s), worker restarts (a worker killed by its nanny for memory comes back under a new address),
-and rows in/out. The peak-minus-baseline per partition row checks the ``BYTES_PER_ROW`` estimate
-that :func:`sb2dask.infer.run.auto_partition_rows` sizes partitions with. Prints a table and
-writes ``benchmarks/results/bench_memory.json``.
+its peak (sampled every 0.25 s), worker restarts (a worker killed by its nanny for memory comes
+back under a new address), and rows in/out. The peak-minus-baseline per partition row checks the
+``BYTES_PER_ROW`` estimate that :func:`sb2dask.infer.run.auto_partition_rows` sizes partitions
+with. Prints a table and writes ``benchmarks/results/bench_memory.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+from _results import write_results  # benchmarks/ is on sys.path when run as a script
 
 
 def write_catalogue(path: Path, n: int, seed: int = 0) -> int:
@@ -123,10 +122,7 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     for k, v in result.items():
         print(f"{k:>26}: {v:.3g}" if isinstance(v, float) else f"{k:>26}: {v}")
-    out = HERE / "results" / "bench_memory.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"\nwrote {out}")
+    write_results("bench_memory", **result)
     return 0
 
 

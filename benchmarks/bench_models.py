@@ -10,17 +10,12 @@ Weights are random (speed does not depend on them). Prints a table and writes
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
+from _results import write_results  # benchmarks/ is on sys.path when run as a script
 
 
 def _time(fn, repeats: int) -> float:
@@ -95,14 +90,9 @@ def main(argv=None) -> int:
     if loader:
         print(f"\ndata loader: {loader['rows']} rows in {loader['seconds']:.2f} s = "
               f"{loader['rows_per_s']:.0f} rows/s (validation split, chunk-sequential)")
-    out = HERE / "results" / "bench_models.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(dict(
-        machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
-                     torch=torch.__version__, cuda=torch.cuda.is_available()),
-        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), networks=rows,
-        loader=loader), indent=1))
-    print(f"\nwrote {out}")
+    write_results("bench_models", machine=dict(torch=torch.__version__,
+                                               cuda=torch.cuda.is_available()),
+                  networks=rows, loader=loader)
     return 0
 
 

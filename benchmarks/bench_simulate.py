@@ -8,9 +8,6 @@ Prints a table and writes ``benchmarks/results/bench_simulate.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -19,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+from _results import write_results  # benchmarks/ is on sys.path when run as a script
 
 
 def bench_broadening(repeats: int = 3) -> list[dict]:
@@ -114,14 +111,7 @@ def main(argv=None) -> int:
     if len(factory) > 1:
         print(f"  speed-up {factory[-1]['workers']} vs {factory[0]['workers']} workers: "
               f"{factory[-1]['spectra_per_s'] / factory[0]['spectra_per_s']:.2f}x")
-    result = dict(machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
-                               python=sys.version.split()[0]),
-                  time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  broadening=broad, factory=factory, args=vars(args))
-    out = HERE / "results" / "bench_simulate.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"\nwrote {out}")
+    write_results("bench_simulate", broadening=broad, factory=factory, args=vars(args))
     return 0
 
 

@@ -140,6 +140,8 @@ def test_output_frame_follows_the_catalogue_schema(models):
 
 def test_models_are_loaded_once_per_process(models):
     assert get_model_set(models, "cpu") is get_model_set(models, "cpu")
+    if not __import__("torch").cuda.is_available():  # "auto" is this CPU: the same set
+        assert get_model_set(models, "auto") is get_model_set(models, "cpu")
 
 
 def test_source_table_combines_epochs(models, tmp_path):
@@ -232,10 +234,11 @@ def test_workers_get_one_torch_thread_per_task_thread():
 
     from sb2dask.runtime import tune_process
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+    # the nanny starts workers with OMP_NUM_THREADS=1: two task threads must raise it to two
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
                       dashboard_address=":0") as lc, Client(lc) as client:
         got = client.submit(tune_process, pure=False).result()
-    assert got["torch_threads"] == 1
+    assert got["torch_threads"] == 2
 
 
 class _FakeClient:

@@ -200,6 +200,8 @@ def get_model_set(directory: str | Path | None, device: str = "auto", precision:
     """The :class:`ModelSet` of ``directory``, loaded once per process (per worker); the first
     call also tunes the process (torch threads, malloc: :func:`sb2dask.runtime.tune_process`)."""
     directory = DEFAULT_MODEL_DIR if directory is None else directory
+    if device == "auto":  # one cache entry per real device: "auto" and "cpu" share a model set
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     key = (str(Path(directory).resolve()), device, precision, batch_size, members)
     with _MODEL_SETS_LOCK:
         if key not in _MODEL_SETS:

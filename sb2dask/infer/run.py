@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..provenance import package_versions
+from ..provenance import package_versions, utc_now
 from .schema import arrow_schema, empty_frame
 
 __all__ = ["STATS_META", "BYTES_PER_ROW", "READ_OVERHEAD", "MemoryBudgetError",
@@ -92,10 +92,9 @@ def _predict_write(df: pd.DataFrame, model_dir: str, out_dir: str, index_map: li
                          "write_s": [time.perf_counter() - t1]})
 
 
-
 #: Worker memory per spectrum of a partition beyond the fixed costs: the reader's arrays, the
 #: float64 copies of preprocessing, the model-grid copy and the output row. Measured with the
-#: Parquet reader and the shipped models (fp32): peak resident memory 874 MB at 500 rows and
+#: Parquet reader and one model per network (fp32): peak resident memory 874 MB at 500 rows and
 #: 1228 MB at 4000 rows of one partition, i.e. 101 kB per row (benchmarks/bench_memory.py checks
 #: it end to end).
 BYTES_PER_ROW = 100_000
@@ -109,21 +108,22 @@ class MemoryBudgetError(RuntimeError):
     """A worker's memory limit cannot hold the models plus a minimal partition."""
 
 
-def _warm_rss(model_dir: str | None, precision: str, members: int | None = None) -> int:
+def _warm_rss(model_dir: str | None, precision: str, members: int | None = None,
+              device: str = "auto") -> int:
     """Resident bytes of this worker after loading the models and predicting one batch (the
     fixed cost every partition pays: weights, oneDNN caches, activations, allocator slack)."""
     import psutil
 
     from .predict import get_model_set
 
-    models = get_model_set(model_dir, "cpu", precision, members=members)
+    models = get_model_set(model_dir, device, precision, members=members)  # the run's own set
     models.predict(np.ones((models.batch_size, models.wave.size), np.float32))
     return psutil.Process().memory_info().rss
 
 
 def auto_partition_rows(client, model_dir: str | Path | None = None, precision: str = "fp32",
                         fraction: float = 0.6, lo: int = 100, hi: int = 20000,
-                        members: int | None = None) -> int:
+                        members: int | None = None, device: str = "auto") -> int:
     """Rows per partition from the workers' memory limits and their measured fixed cost.
 
     Each worker loads the models and predicts one batch; ``fraction`` of its memory limit (Dask
@@ -138,7 +138,7 @@ def auto_partition_rows(client, model_dir: str | Path | None = None, precision: 
     if not any(m for m, _ in limits.values()):
         return 2000  # no limits configured: a size that fits any machine that runs torch
     warm = client.run(_warm_rss, None if model_dir is None else str(model_dir), precision,
-                      members)
+                      members, device)
     rows = hi
     for addr, (limit, nthreads) in limits.items():
         if not limit or addr not in warm:
@@ -187,7 +187,8 @@ def run_inference(inputs: list[str | Path], out: str | Path, model_dir: str | Pa
         if same:
             partition_rows = old["partition_rows"]  # a rerun continues the run's partitioning
         else:
-            partition_rows = auto_partition_rows(client, model_dir, precision, members=members)
+            partition_rows = auto_partition_rows(client, model_dir, precision, members=members,
+                                                 device=device)
     ddf = to_dask(inputs, partition_rows=partition_rows)
     n_parts = ddf.npartitions
     record = dict(inputs=inputs, partition_rows=partition_rows, npartitions=n_parts,
@@ -204,12 +205,12 @@ def run_inference(inputs: list[str | Path], out: str | Path, model_dir: str | Pa
     for tmp in out.glob(".part-*.tmp"):
         tmp.unlink()  # left by an interrupted writer
     todo = [i for i in range(n_parts) if not _complete(out / f"part-{i:06d}.parquet")]
-    models = get_model_set(model_dir, "cpu", members=members)  # validates the models first
+    models = get_model_set(model_dir, "cpu", precision, members=members)  # validate first
     provenance = dict(models=models.provenance,
                       versions=package_versions("torch", "dask", "distributed", "pyarrow"),
                       inputs=inputs, inference=dict(precision=precision, device=device,
                                                     batch_size=batch_size, members=members),
-                      created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                      created=utc_now())
     t0 = time.perf_counter()
     stats = []
     if todo:
