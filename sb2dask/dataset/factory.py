@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..provenance import package_versions
+from ..provenance import package_versions, utc_now
 from ..simulate.config import SimulationConfig
 
 __all__ = ["FORMAT_VERSION", "SplitSpec", "generate", "simulate_chunk", "simulator_for",
@@ -51,7 +51,6 @@ class SplitSpec:
         n_train = int(round(n * self.train / total))
         n_val = int(round(n * self.validation / total))
         return n_train, n_val, n - n_train - n_val
-
 
 
 _CACHE: dict = {}
@@ -139,8 +138,9 @@ def _create_store(out: Path, config: SimulationConfig, n: int, chunk: int, split
         split=dict(zip(SPLIT_NAMES, counts)),
         label_units={k: v[2] for k, v in LABEL_FIELDS.items()},
         label_descriptions={k: v[3] for k, v in LABEL_FIELDS.items()},
-        provenance=dict(created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        command=command, versions=package_versions("scipy", "zarr", "dask", "distributed"),
+        provenance=dict(created=utc_now(),
+                        command=command,
+                        versions=package_versions("scipy", "zarr", "dask", "distributed"),
                         library=dict(name=lib.name, sha256=lib_prov.get("sha256"),
                                      provenance=lib_prov)),
     )

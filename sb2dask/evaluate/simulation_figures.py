@@ -43,8 +43,8 @@ def component_spectra(config: SimulationConfig, index: int | None) -> dict:
     return out
 
 
-def figure_1(config: SimulationConfig, path: str | Path, index: int | None = None, n_epochs: int = 20,
-             baseline_days: float = 1000.0) -> Path:
+def figure_1(config: SimulationConfig, path: str | Path, index: int | None = None,
+             n_epochs: int = 20, baseline_days: float = 1000.0) -> Path:
     """Fig. 1: a 20-epoch RV time series of one simulated SB2, against time and phase-folded."""
     import matplotlib
 

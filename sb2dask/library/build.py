@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..provenance import package_versions
+from ..provenance import package_versions, utc_now
 from .synthesis import NodeRefused, SynthesisSettings, check_node_physics
 
 __all__ = ["GridSpec", "STATUS", "node_key", "compute_node", "build_nodes", "assemble_grid"]
@@ -138,7 +138,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-
 def assemble_grid(workdir: str | Path, out: str | Path, spec: GridSpec,
                   mass_table: str | Path, command: str = "") -> dict:
     """Pack finished nodes into a zipped Zarr v3 group at ``out``; returns its provenance.
@@ -204,7 +203,7 @@ def assemble_grid(workdir: str | Path, out: str | Path, spec: GridSpec,
         description=("LTE spectra for the Gaia RVS window: atmosnet 1.0.1 model atmospheres "
                      "(C3K/ATLAS12 emulator) + pysme-astro 1.2.0 radiative transfer + Gaia-ESO "
                      "atomic line list + hydrogen Paschen lines"),
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        created=utc_now(),
         command=command,
         settings=asdict(s),
         grid=dict(teff=list(spec.teff), logg=list(spec.logg), feh=list(spec.feh),
