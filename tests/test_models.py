@@ -131,7 +131,7 @@ def test_tampered_or_mismatched_models_are_refused(tmp_path):
     evil = tmp_path / "evil-0.safetensors"
     torch.save({"a": torch.zeros(1)}, evil)
     man = _manifest("evil-0").to_dict()
-    from sb2dask.models.io import file_sha256
+    from sb2dask.fileio import file_sha256
 
     man["weights_sha256"] = file_sha256(evil)
     (tmp_path / "evil-0.json").write_text(json.dumps(man))

@@ -22,7 +22,8 @@ from sb2dask.library.continuum import pseudo_continuum
 from sb2dask.library.phoenix import (PRODUCT_HIRES, PRODUCT_LOGLAM, WAVE_FILENAME, PhoenixFileError,
                                      PhoenixLibrary, fetch_phoenix, parse_phoenix_filename,
                                      phoenix_filename)
-from sb2dask.library.wavelength import C_KMS, air_to_vac, log_lambda_grid, vac_to_air
+from sb2dask.constants import C_KMS
+from sb2dask.library.wavelength import air_to_vac, log_lambda_grid, vac_to_air
 
 REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "phoenix"
 NODES = [(t, g, z) for t in FIXTURE_TEFF for g in FIXTURE_LOGG for z in FIXTURE_FEH]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from sb2dask.library import load_library
-from sb2dask.simulate.broadening import (C_KMS, gaussian_lsf_ft, rotation_kernel_ft,
+from sb2dask.constants import C_KMS
+from sb2dask.simulate.broadening import (gaussian_lsf_ft, rotation_kernel_ft,
                                          rotational_broadening)
 from sb2dask.simulate.config import SimulationConfig
 from sb2dask.simulate.orbits import K_CONSTANT

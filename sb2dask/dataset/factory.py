@@ -18,7 +18,6 @@ Zarr's local store writes each chunk file under a temporary name and renames it.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import atomic_write_text
 from ..provenance import package_versions, utc_now
 from ..simulate.config import SimulationConfig
 
@@ -96,9 +96,7 @@ def _write_chunk(out: str, config_dict: dict, c: int, chunk: int, n: int) -> dic
         root["labels"][name][start:stop] = values
     digest = hashlib.sha256(flux.tobytes()).hexdigest()
     marker = Path(out) / DONE_DIR / f"chunk-{c:06d}"
-    tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
-    tmp.write_text(digest)
-    os.replace(tmp, marker)
+    atomic_write_text(marker, digest)
     return dict(chunk=c, n=stop - start, simulate_s=t1 - t0, write_s=time.perf_counter() - t1)
 
 

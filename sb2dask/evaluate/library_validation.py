@@ -16,7 +16,8 @@ import numpy as np
 
 from ..library.base import RVS_WINDOW, SpectralLibrary
 from ..library.continuum import pseudo_continuum
-from ..simulate.broadening import C_KMS, gaussian_lsf_ft
+from ..constants import C_KMS
+from ..simulate.broadening import gaussian_lsf_ft
 
 __all__ = ["CA_BANDS", "observe", "equivalent_width", "compare_libraries", "write_report"]
 

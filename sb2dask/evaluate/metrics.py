@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..stats import roc_auc
+
 __all__ = ["PAPER_TABLE4", "PAPER_TABLE5", "rmse_mae", "binned_errors", "randomization_test",
            "roc_auc", "precision_at", "interval_coverage"]
 
@@ -59,18 +61,6 @@ def randomization_test(err: np.ndarray, x: np.ndarray, edges: np.ndarray, n_perm
     p = float((np.sum(np.abs(null) >= abs(observed)) + 1) / (len(null) + 1))
     return dict(slope=float(observed), p_value=p, null_std=float(null.std()),
                 n_permutations=int(len(null)))
-
-
-def roc_auc(is_binary: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U statistic, ties averaged)."""
-    from scipy.stats import rankdata
-
-    y = np.asarray(is_binary, bool)
-    r = rankdata(score)
-    n_pos, n_neg = y.sum(), (~y).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def precision_at(is_binary: np.ndarray, p_binary: np.ndarray, threshold: float,

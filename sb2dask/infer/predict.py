@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..devices import resolve_device
 from ..models.io import ModelFileError, load_feature_statistics, load_model, mahalanobis
 from ..models.predict import sort_pairs
 from ..runtime import tune_process
@@ -73,9 +74,7 @@ class ModelSet:
     def __init__(self, directory: str | Path, device: str = "auto", precision: str = "fp32",
                  batch_size: int | None = None, layout: str = "1d", members: int | None = None):
         self.directory = Path(directory)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
@@ -200,8 +199,7 @@ def get_model_set(directory: str | Path | None, device: str = "auto", precision:
     """The :class:`ModelSet` of ``directory``, loaded once per process (per worker); the first
     call also tunes the process (torch threads, malloc: :func:`sb2dask.runtime.tune_process`)."""
     directory = DEFAULT_MODEL_DIR if directory is None else directory
-    if device == "auto":  # one cache entry per real device: "auto" and "cpu" share a model set
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(device))  # one entry per real device: "auto" and "cpu" share
     key = (str(Path(directory).resolve()), device, precision, batch_size, members)
     with _MODEL_SETS_LOCK:
         if key not in _MODEL_SETS:

@@ -16,7 +16,6 @@ schema metadata, units and descriptions in each field's metadata.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..fileio import atomic_path
 from ..provenance import package_versions, utc_now
 from .schema import arrow_schema, empty_frame
 
@@ -52,9 +52,8 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path, schema) -> None:
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def _complete(path: Path) -> bool:

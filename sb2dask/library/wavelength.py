@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["C_KMS", "vac_to_air", "air_to_vac", "log_lambda_grid"]
+from ..constants import C_KMS
+
+__all__ = ["vac_to_air", "air_to_vac", "log_lambda_grid"]
 
 #: Speed of light [km s⁻¹].
-C_KMS = 299792.458
 
 
 def _refractive_index_minus_one(wave_vac: np.ndarray) -> np.ndarray:

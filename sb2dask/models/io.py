@@ -9,15 +9,14 @@ a silently wrong model. No code is ever unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..fileio import atomic_path, atomic_write_json, file_sha256
 from ..provenance import package_versions
 from .densenet import ParameterNet, TemperatureNet
 from .detector import BinaryDetector
@@ -100,12 +99,6 @@ class ModelManifest:
         return cls(**d)
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 
@@ -118,15 +111,12 @@ def save_model(directory: str | Path, model: torch.nn.Module, manifest: ModelMan
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / f"{manifest.name}.safetensors"
-    tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
-    save_file(canonical_state_dict(model), str(tmp))
-    os.replace(tmp, weights)
+    with atomic_path(weights) as tmp:
+        save_file(canonical_state_dict(model), str(tmp))
     manifest = replace(manifest, weights_sha256=file_sha256(weights),
                        versions=manifest.versions or package_versions("torch", "safetensors"))
     path = directory / f"{manifest.name}.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=1))
-    os.replace(tmp, path)
+    atomic_write_json(path, manifest.to_dict())
     return path
 
 
@@ -200,15 +190,12 @@ def save_feature_statistics(manifest_path: str | Path, stats: dict) -> Path:
     manifest_path = Path(manifest_path)
     man = json.loads(manifest_path.read_text())
     path = manifest_path.with_name(f"{man['name']}.features.safetensors")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in stats.items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in stats.items()}, str(tmp))
     man["training"]["feature_statistics"] = dict(file=path.name, sha256=file_sha256(path),
                                                  threshold=float(stats["threshold"][0]),
                                                  n=int(stats["n"][0]))
-    tmp = manifest_path.with_name(f".{manifest_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(man, indent=1))
-    os.replace(tmp, manifest_path)
+    atomic_write_json(manifest_path, man)
     return path
 
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import j1
 
-__all__ = ["C_KMS", "rotation_kernel_ft", "gaussian_lsf_ft", "doppler_shift_ft", "doppler_factor",
+from ..constants import C_KMS
+
+__all__ = ["rotation_kernel_ft", "gaussian_lsf_ft", "doppler_shift_ft", "doppler_factor",
            "rotational_broadening"]
 
-C_KMS = 299792.458
 
 
 def rotation_kernel_ft(freq: np.ndarray, vsini, epsilon: float = 0.6) -> np.ndarray:

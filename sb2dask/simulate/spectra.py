@@ -16,7 +16,8 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 
 from ..library.base import SpectralLibrary
-from .broadening import C_KMS, doppler_shift_ft, gaussian_lsf_ft, rotation_kernel_ft
+from ..constants import C_KMS
+from .broadening import doppler_shift_ft, gaussian_lsf_ft, rotation_kernel_ft
 from .config import SimulationConfig
 
 __all__ = ["SpectrumRenderer"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import replace
@@ -21,24 +20,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..devices import resolve_device
+from ..fileio import atomic_path, atomic_write_json
 from ..models.io import (ARCHITECTURES, LabelScaling, ModelManifest, feature_statistics,
                          load_model, save_feature_statistics, save_model)
 from ..models.predict import predict_array, sort_pairs
+from ..stats import roc_auc
 from .config import TrainConfig
 from .data import load_split, split_indices, store_fingerprint
 
-__all__ = ["fit", "temperature_inputs", "resolve_device"]
+__all__ = ["fit", "temperature_inputs"]
 
 logger = logging.getLogger(__name__)
 
 _ARCH = {"teff": "TemperatureNet", "logg": "ParameterNet", "feh": "ParameterNet",
          "vsini": "ParameterNet", "p_binary": "BinaryDetector"}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def temperature_inputs(manifests: list[str | Path], flux: np.ndarray, device,
@@ -52,7 +48,7 @@ def temperature_inputs(manifests: list[str | Path], flux: np.ndarray, device,
     (temperature models, rows) and reused: the logg, [Fe/H] and v sin i models are all fed the
     same temperatures, which would otherwise be predicted three times.
     """
-    from ..models.io import file_sha256
+    from ..fileio import file_sha256
 
     path = None
     if cache is not None and index is not None:
@@ -74,9 +70,8 @@ def temperature_inputs(manifests: list[str | Path], flux: np.ndarray, device,
         preds.append(sort_pairs(t)[0])
     out = scaling.scale(np.mean(preds, axis=0)).astype(np.float32)
     if path is not None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, out)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".npy") as tmp:
+            np.save(tmp, out)
     return out
 
 
@@ -89,26 +84,8 @@ def _targets(cfg: TrainConfig, data, scaling):
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-def _roc_auc(y: np.ndarray, score: np.ndarray) -> float:
-    order = np.argsort(score, kind="stable")
-    ranks = np.empty(len(score))
-    ranks[order] = np.arange(1, len(score) + 1)
-    pos = y > 0.5
-    n_pos, n_neg = pos.sum(), (~pos).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool = True,
@@ -278,7 +255,7 @@ def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool
         pred = predict_array(model, val.flux, x2_va, device=device)
         if cfg.target == "p_binary":
             val_loss = float(loss_fn(torch.from_numpy(pred), torch.from_numpy(y_va)))
-            metrics = dict(val_loss=val_loss, roc_auc=_roc_auc(y_va, pred))
+            metrics = dict(val_loss=val_loss, roc_auc=roc_auc(y_va, pred))
         else:
             val_loss = float(np.mean((pred - y_va) ** 2))
             phys = scaling.unscale(pred) - scaling.unscale(y_va)
@@ -297,13 +274,12 @@ def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool
         state["epoch"] = epoch + 1
         state["history"].append(metrics)
         # Last-epoch checkpoint: weights (safetensors), optimizer (tensors only), then the state.
-        tmp = ckpt_dir / f".{name}-last.safetensors.tmp"
-        save_file(canonical_state_dict(model), str(tmp))
-        os.replace(tmp, ckpt_dir / f"{name}-last.safetensors")
+        with atomic_path(ckpt_dir / f"{name}-last.safetensors") as tmp:
+            save_file(canonical_state_dict(model), str(tmp))
         _atomic_torch_save(dict(optimizer=opt.state_dict(),
                                 scheduler=sched.state_dict() if sched is not None else None),
                            ckpt_dir / f"{name}-state.pt")
-        _atomic_json(state, state_json)
+        atomic_write_json(state_json, state)
         logger.info("%s epoch %d: %s", name, epoch + 1, metrics)
         if progress:
             shown = {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
