@@ -15,7 +15,7 @@ from sb2dask.models.io import load_model
 from sb2dask.models.predict import predict_array
 from sb2dask.simulate.config import SimulationConfig
 from sb2dask.train.config import TrainConfig
-from sb2dask.train.data import load_split, split_indices
+from sb2dask.dataset.store import load_split, split_indices
 from sb2dask.train.fit import fit
 from sb2dask.train.pool import train_all
 

@@ -22,7 +22,7 @@ LABELS = {"teff": "Teff [K]", "logg": "log g", "feh": "[Fe/H]", "vsini": "v sin 
 
 def _predict_split(store, model_dir, split: str, max_n: int | None, fields):
     from ..infer.predict import get_model_set
-    from ..train.data import load_split, split_indices
+    from ..dataset.store import load_split, split_indices
 
     idx = split_indices(store, split)
     if max_n:

@@ -27,7 +27,7 @@ from ..models.io import (ARCHITECTURES, LabelScaling, ModelManifest, feature_sta
 from ..models.predict import predict_array, sort_pairs
 from ..stats import roc_auc
 from .config import TrainConfig
-from .data import load_split, split_indices, store_fingerprint
+from ..dataset.store import load_split, split_indices, store_fingerprint
 
 __all__ = ["fit", "temperature_inputs"]
 

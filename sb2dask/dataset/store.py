@@ -1,4 +1,5 @@
-"""Reading a simulated Zarr store into RAM for training, split by split, chunk by chunk.
+"""Reading a simulated Zarr store into RAM for training and evaluation, split by split,
+chunk by chunk.
 
 The splits are contiguous, chunk-aligned index ranges, so reading one is a sequential scan of
 whole compressed chunks (~10⁵ rows/s) rather than the random-row access that makes shuffled
