@@ -328,8 +328,11 @@ def train_epoch(cfg: TrainConfig, learner: Learner, data: FitData, epoch: int,
 
 
 def validation_loss(loss_fn: torch.nn.Module, pred: np.ndarray, y: np.ndarray) -> torch.Tensor:
-    """The training loss of predictions ``pred`` against targets ``y`` (numpy, same shape)."""
-    return loss_fn(torch.from_numpy(pred), torch.from_numpy(y))
+    """The training loss of predictions ``pred`` against targets ``y`` (numpy, same shape),
+    computed on the device of the loss's own tensors (the detector's ``pos_weight`` lives on the
+    training device); a 0-d tensor on that device."""
+    device = next(loss_fn.buffers(), torch.empty(0)).device
+    return loss_fn(torch.from_numpy(pred).to(device), torch.from_numpy(y).to(device))
 
 
 def validation_metrics(target: str, loss_fn: torch.nn.Module, pred: np.ndarray, y: np.ndarray,
