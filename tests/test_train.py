@@ -5,6 +5,7 @@ orchestrates it all."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -89,8 +90,8 @@ def test_temperature_model_learns_and_resumes_exactly(store, tmp_path, schedule)
 
 def test_parameter_model_is_fed_predicted_temperatures(store, tmp_path):
     temp = fit(TrainConfig(target="teff", epochs=1, **TINY), store, tmp_path, progress=False)
-    res = fit(TrainConfig(target="logg", epochs=2, **TINY), store, tmp_path, progress=False,
-              temperature_models=[temp["manifest"]])
+    cfg = TrainConfig(target="logg", epochs=2, **TINY)
+    res = fit(cfg, store, tmp_path, progress=False, temperature_models=[temp["manifest"]])
     model, man = load_model(res["manifest"])
     assert man.temperature_scaling is not None and man.training["temperature_models"]
     d = load_split(store, split_indices(store, "test"), ["teff", "logg"])
@@ -98,6 +99,21 @@ def test_parameter_model_is_fed_predicted_temperatures(store, tmp_path):
     assert out.shape == (120, 2) and np.isfinite(out).all()
     with pytest.raises(ValueError, match="temperature_model"):
         fit(TrainConfig(target="feh", epochs=1, **TINY), store, tmp_path / "x", progress=False)
+    # The same job where a sibling job of the pool already cached the predicted temperatures
+    # ends with the same weights: the initial weights do not depend on the cache (they did
+    # when loading the temperature model, skipped on a cache hit, drew from torch's RNG).
+    (tmp_path / "warm" / "checkpoints").mkdir(parents=True)
+    for p in (tmp_path / "checkpoints").glob("temperatures-*.npy"):
+        shutil.copy(p, tmp_path / "warm" / "checkpoints")
+    again = fit(cfg, store, tmp_path / "warm", progress=False,
+                temperature_models=[temp["manifest"]])
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "logg-0.safetensors"))
+    b = load_file(str(tmp_path / "warm" / "logg-0.safetensors"))
+    assert again["history"][0]["train_loss"] == res["history"][0]["train_loss"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
 def test_a_member_can_be_added_to_an_existing_ensemble(store, tmp_path, client):

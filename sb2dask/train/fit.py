@@ -223,9 +223,12 @@ def training_loss(target: str, y_train: np.ndarray, device: torch.device) -> tor
 
 def build_learner(cfg: TrainConfig, y_train: np.ndarray, layout: str,
                   device: torch.device) -> Learner:
-    """A fresh network of ``cfg.target``'s architecture on ``device``, Adam, the schedule
-    (``cosine``: per batch, over ``epochs`` passes through the rows of ``y_train``) and the
-    loss (:func:`training_loss`)."""
+    """A fresh network of ``cfg.target``'s architecture on ``device`` (initial weights drawn
+    from ``(seed, member)``), Adam, the schedule (``cosine``: per batch, over ``epochs``
+    passes through the rows of ``y_train``) and the loss (:func:`training_loss`)."""
+    # initial weights from (seed, member) alone: loading the temperature models for the inputs
+    # draws from torch's RNG too, but not when another job already cached the temperatures
+    torch.manual_seed(_torch_seed([cfg.seed, cfg.member]))
     model = ARCHITECTURES[ARCHITECTURE[cfg.target]](layout=layout).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate,
                            weight_decay=cfg.weight_decay)
@@ -466,7 +469,6 @@ def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     layout = cfg.layout if device.type == "cpu" else "1d"
-    torch.manual_seed(_torch_seed([cfg.seed, cfg.member]))
     t0 = time.perf_counter()
     train, val = load_data(cfg, store)
     load_s = time.perf_counter() - t0
