@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +14,11 @@ import torch
 from distributed import Client, LocalCluster
 
 from sb2dask.dataset.factory import SplitSpec, generate
+from sb2dask.dataset.store import load_split, split_indices
 from sb2dask.models.io import load_model
 from sb2dask.models.predict import predict_array
 from sb2dask.simulate.config import SimulationConfig
 from sb2dask.train.config import TrainConfig
-from sb2dask.dataset.store import load_split, split_indices
 from sb2dask.train.fit import fit, training_loss, validation_loss, validation_metrics
 from sb2dask.train.pool import train_all
 
@@ -177,7 +178,7 @@ def test_pool_trains_temperature_then_parameters(store, tmp_path, client):
     assert set(res) == {"teff", "vsini", "p_binary"}
     assert [r["name"] for r in res["teff"]] == ["teff-0", "teff-1"]
     for r in res["vsini"]:
-        man = json.loads(open(r["manifest"]).read())
+        man = json.loads(Path(r["manifest"]).read_text())
         assert sorted(man["training"]["temperature_models"]) == sorted(
             x["manifest"] for x in res["teff"])
     # different members, different seeds -> different weights

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..config import ConfigMixin
 from ..labels import PARAMETERS, TABLE1_RANGES, TARGETS
 
-__all__ = ["TrainConfig", "PARAMETER_TARGETS"]
+__all__ = ["PARAMETER_TARGETS", "TrainConfig"]
 
 #: The labels of the parameter models (Table 3), which are fed the predicted temperatures.
 PARAMETER_TARGETS = tuple(p for p in PARAMETERS if p != "teff")

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,10 @@ from ..stats import roc_auc
 from .config import PARAMETER_TARGETS, TrainConfig
 
 __all__ = ["ARCHITECTURE", "FitData", "Learner", "build_learner", "build_manifest", "fit",
-           "fit_inputs", "load_data", "resume", "run_epoch", "save_checkpoint",
-           "save_temperature_feature_statistics", "temperature_inputs", "train_epoch",
-           "training_loss", "validation_loss", "validation_metrics", "warmup_cosine"]
+           "fit_inputs", "label_limits", "load_data", "logg_max_by_teff", "resume", "run_epoch",
+           "save_checkpoint", "save_temperature_feature_statistics", "temperature_inputs",
+           "train_epoch", "training_loss", "validation_loss", "validation_metrics",
+           "warmup_cosine"]
 
 logger = logging.getLogger(__name__)
 
@@ -414,7 +416,7 @@ def logg_max_by_teff(labels: dict, width: float = 250.0) -> list[list[float]]:
     t, g = t_all[ok], g_all[ok]
     edges = np.arange(np.floor(t.min() / width) * width, t.max() + width, width)
     return [[float(hi), float(g[(t >= lo) & (t < hi)].max())]
-            for lo, hi in zip(edges[:-1], edges[1:]) if np.any((t >= lo) & (t < hi))]
+            for lo, hi in pairwise(edges) if np.any((t >= lo) & (t < hi))]
 
 
 def build_manifest(cfg: TrainConfig, store: str | Path, data: FitData,
@@ -428,8 +430,8 @@ def build_manifest(cfg: TrainConfig, store: str | Path, data: FitData,
         wave=tuple(train.wave), scaling=data.scaling,
         temperature_scaling=data.temperature_scaling if data.t_train is not None else None,
         member=cfg.member, seed=cfg.seed, training_set=store_fingerprint(store),
-        training=dict(config=cfg.to_dict(), n_train=int(len(data.y_train)),
-                      n_validation=int(len(data.y_val)),
+        training=dict(config=cfg.to_dict(), n_train=len(data.y_train),
+                      n_validation=len(data.y_val),
                       temperature_models=[str(p) for p in temperature_models],
                       label_limits=label_limits(train.labels),
                       logg_max_by_teff=logg_max_by_teff(train.labels),
