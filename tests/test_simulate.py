@@ -120,6 +120,19 @@ def test_orbits_obey_kepler_and_the_configured_k_range(systems, cfg):
     assert np.all(lab["rv"][b, 0] * lab["rv"][b, 1] <= 1e-6)
 
 
+def test_phase_refers_to_the_recorded_component_1(systems, cfg):
+    """RV1 = γ + K1·cos(2π·phase) and RV2 = γ − K2·cos(2π·phase) for the *stored* (cooler-first)
+    components, whichever star was drawn first (regression: the phase referred to the star drawn
+    first, so for about half the systems it described the unrecorded order)."""
+    lab, _, _ = systems
+    b = lab["is_binary"]
+    c = np.cos(2.0 * np.pi * lab["phase"][b].astype(np.float64))
+    k, rv = lab["k"][b].astype(np.float64), lab["rv"][b].astype(np.float64)
+    assert b.sum() > 300 and np.all((lab["phase"][b] >= 0) & (lab["phase"][b] < 1))
+    np.testing.assert_allclose(rv[:, 0], cfg.gamma + k[:, 0] * c, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(rv[:, 1], cfg.gamma - k[:, 1] * c, rtol=0, atol=1e-3)
+
+
 def test_labels_are_ordered_inside_coverage_and_interpolated_on_one_axis(systems, lib, sampler):
     lab, interp, _ = systems
     b = lab["is_binary"]

@@ -36,7 +36,7 @@ LABEL_FIELDS = {
     "rv_separation": ((), "f4", "km/s", "|RV1 - RV2| at the epoch"),
     "period": ((), "f4", "d", "orbital period"),
     "inclination": ((), "f4", "deg", "orbital inclination"),
-    "phase": ((), "f4", "", "orbital phase of the epoch (0 = RV1 maximum)"),
+    "phase": ((), "f4", "", "orbital phase of the epoch (0 = RV maximum of component 1)"),
     "snr": ((), "f4", "", "continuum signal-to-noise ratio per pixel"),
     "is_binary": ((), "?", "", "True for SB2 systems, False for single stars"),
     "seed": ((), "u8", "", "per-spectrum random seed"),
@@ -179,6 +179,10 @@ def draw_systems(library: SpectralLibrary, config: SimulationConfig, index: np.n
         out["snr"][r] = rng.uniform(*config.snr_range)
         noise[r] = rng.standard_normal(n_out)
         order = sorted(range(len(stars)), key=lambda c: (stars[c].teff, c))
+        if binary and order[0] == 1:
+            # The orbit gave +K·cos(2πφ) to the star drawn first; it is stored second, and
+            # -K·cos(2πφ) = +K·cos(2π(φ + ½)), so the stored phase refers to the stored RV1.
+            out["phase"][r] = (phase + 0.5) % 1.0
         for slot, c in enumerate(order):
             s = stars[c]
             for key, val in (("teff", s.teff), ("logg", s.logg), ("feh", s.feh),
