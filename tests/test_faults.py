@@ -23,11 +23,11 @@ from distributed import Client, LocalCluster
 
 from model_fixtures import random_model_set
 from sb2dask.dataset.factory import DONE_DIR, chunk_status, generate
+from sb2dask.dataset.gaia_ecsv import write_bulk_ecsv
 from sb2dask.dataset.mock_catalogue import mock_catalogue
 from sb2dask.infer.predict import predict_partition
 from sb2dask.infer.readers import read_catalogue
 from sb2dask.infer.readers.base import RVS_WAVE
-from sb2dask.infer.readers.gaia_bulk_ecsv import write_bulk_ecsv
 from sb2dask.infer.run import run_inference, sources_path
 from sb2dask.simulate.config import SimulationConfig
 

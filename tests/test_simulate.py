@@ -5,19 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sb2dask.library import load_library
 from sb2dask.constants import C_KMS
 from sb2dask.simulate.broadening import (gaussian_lsf_ft, rotation_kernel_ft,
                                          rotational_broadening)
 from sb2dask.simulate.config import SimulationConfig
 from sb2dask.simulate.orbits import K_CONSTANT
 from sb2dask.simulate.spectra import SpectrumRenderer
-from sb2dask.simulate.systems import GridSampler, draw_systems
-
-
-@pytest.fixture(scope="module")
-def lib():
-    return load_library("embedded")
+from sb2dask.simulate.simulator import simulator_for
+from sb2dask.simulate.systems import draw_systems
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +21,18 @@ def cfg():
 
 
 @pytest.fixture(scope="module")
-def sampler(lib, cfg):
-    return GridSampler(lib, cfg)
+def lib(cfg):
+    return simulator_for(cfg)[0]
 
 
 @pytest.fixture(scope="module")
-def renderer(lib, cfg):
-    return SpectrumRenderer(lib, cfg)
+def sampler(cfg):
+    return simulator_for(cfg)[1]
+
+
+@pytest.fixture(scope="module")
+def renderer(cfg):
+    return simulator_for(cfg)[2]
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +266,10 @@ def test_single_stars_have_one_component(lib, cfg, sampler, renderer):
     np.testing.assert_allclose(lab["light_fraction"][:, 0], 1.0)
     flux = renderer.render(lab, interp, noise)
     assert np.isfinite(flux).all() and flux.shape == (10, 903)
+
+
+def test_simulator_is_reused_across_seeds_and_rebuilt_for_a_new_renderer_setting(cfg, renderer):
+    assert simulator_for(cfg.replace(seed=5, snr_range=(10.0, 20.0)))[2] is renderer
+    # regression: the cache ignored limb darkening and reused a renderer built with ε = 0.6
+    _, _, other = simulator_for(cfg.replace(limb_darkening=0.3))
+    assert other is not renderer and other.config.limb_darkening == 0.3

@@ -28,9 +28,10 @@ import numpy as np
 from ..fileio import atomic_write_text
 from ..provenance import package_versions, utc_now
 from ..simulate.config import SimulationConfig
+from ..simulate.simulator import simulator_for
 
-__all__ = ["FORMAT_VERSION", "SplitSpec", "generate", "simulate_chunk", "simulator_for",
-           "chunk_status", "store_metadata"]
+__all__ = ["FORMAT_VERSION", "SplitSpec", "generate", "simulate_chunk", "chunk_status",
+           "store_metadata"]
 
 FORMAT_VERSION = 1
 DONE_DIR = ".sb2dask-done"
@@ -51,25 +52,6 @@ class SplitSpec:
         n_train = int(round(n * self.train / total))
         n_val = int(round(n * self.validation / total))
         return n_train, n_val, n - n_train - n_val
-
-
-_CACHE: dict = {}
-
-
-def simulator_for(config: SimulationConfig):
-    """(library, sampler, renderer) for a configuration, built once per process (per worker) and
-    reused for every chunk."""
-    from ..library import load_library
-    from ..simulate.spectra import SpectrumRenderer
-    from ..simulate.systems import GridSampler
-
-    key = (config.library, config.teff_range, config.logg_range, config.feh_range,
-           config.vsini_range, config.working_dv, config.resolution, config.output_grid)
-    if key not in _CACHE:
-        lib = load_library(config.library)
-        _CACHE.clear()
-        _CACHE[key] = (lib, GridSampler(lib, config), SpectrumRenderer(lib, config))
-    return _CACHE[key]
 
 
 def simulate_chunk(config: SimulationConfig, start: int, stop: int) -> tuple[np.ndarray, dict]:

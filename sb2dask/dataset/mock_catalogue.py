@@ -30,11 +30,11 @@ def mock_catalogue(out_dir: str | Path, n_sources: int = 1000, epochs: tuple[int
 
     Returns counts: sources, binaries, epoch spectra, files (paths).
     """
-    from ..infer.readers.base import RVS_WAVE
-    from ..infer.readers.gaia_bulk_ecsv import HEALPIX_LEVEL8_SHIFT, write_bulk_ecsv
+    from ..gaia import HEALPIX_LEVEL8_SHIFT, RVS_WAVE
+    from .gaia_ecsv import write_bulk_ecsv
     from ..simulate.orbits import radial_velocities
     from ..simulate.systems import draw_systems
-    from .factory import simulator_for
+    from ..simulate.simulator import simulator_for
 
     cfg = (config or SimulationConfig()).replace(output_grid="gaia_dr3",
                                                  binary_fraction=binary_fraction, seed=seed)

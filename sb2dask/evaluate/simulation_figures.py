@@ -14,7 +14,7 @@ __all__ = ["figure_1", "figure_2", "component_spectra"]
 def _system(config: SimulationConfig, index: int | None):
     """System ``index`` of the configuration; None picks the first one that shows both stars
     well (each ≥ 25 % of the light, RV separation ≥ 40 km/s)."""
-    from ..dataset.factory import simulator_for
+    from ..simulate.simulator import simulator_for
     from ..simulate.systems import draw_systems
 
     cfg = config.replace(binary_fraction=1.0)

@@ -7,20 +7,27 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ..config import ConfigMixin
+from ..gaia import RVS_N_PIX, RVS_WAVE_END_NM, RVS_WAVE_START_NM
+from ..library.base import RVS_WINDOW
 
-__all__ = ["SimulationConfig", "OUTPUT_GRIDS", "output_wave"]
+__all__ = ["SimulationConfig", "OUTPUT_GRIDS", "DEFAULT_OUTPUT_GRID", "output_wave"]
+
+_GAIA_RANGE = (10.0 * RVS_WAVE_START_NM, 10.0 * RVS_WAVE_END_NM)  # [Å], vacuum
 
 #: Output pixel layouts (low, high, pixels, medium): the paper's 903 pixels over 8470-8710 Å (air),
 #: and Gaia DR3's mean-spectrum layout, 2401 pixels at 0.01 nm over 846-870 nm in *vacuum*
 #: (measured on the real DR3 spectra: the Ca II lines sit at 8500.4, 8544.5, 8664.5 Å).
 OUTPUT_GRIDS = {
-    "rvs903": (8470.0, 8710.0, 903, "air"),
-    "gaia_dr3": (8460.0, 8700.0, 2401, "vacuum"),
+    "rvs903": (*RVS_WINDOW, 903, "air"),
+    "gaia_dr3": (*_GAIA_RANGE, RVS_N_PIX, "vacuum"),
     # The paper's 903-pixel input over the range Gaia DR3 actually publishes: its 8470-8710 Å
     # window runs 10 Å past the red end of the DR3 spectra (8700 Å vacuum = 8697.6 Å air), so
     # models meant for real DR3/DR4 spectra (the shipped ones) are trained on this layout.
-    "gaia_dr3_903": (8460.0, 8700.0, 903, "vacuum"),
+    "gaia_dr3_903": (*_GAIA_RANGE, 903, "vacuum"),
 }
+
+#: The layout of the shipped models, so that a default simulation is what they read.
+DEFAULT_OUTPUT_GRID = "gaia_dr3_903"
 
 
 def output_wave(name: str, medium: str = "air") -> np.ndarray:
@@ -35,7 +42,8 @@ def output_wave(name: str, medium: str = "air") -> np.ndarray:
     try:
         lo, hi, n, native = OUTPUT_GRIDS[name]
     except KeyError:
-        raise ValueError(f"unknown output grid {name!r}; choose from {sorted(OUTPUT_GRIDS)}") from None
+        raise ValueError(f"unknown output grid {name!r}; choose from {sorted(OUTPUT_GRIDS)}"
+                         ) from None
     if medium not in ("air", "vacuum"):
         raise ValueError(f"medium must be 'air' or 'vacuum', got {medium!r}")
     wave = np.linspace(lo, hi, n)
