@@ -258,6 +258,20 @@ def test_config_round_trips_and_validates(tmp_path):
         SimulationConfig(output_grid="sdss")
 
 
+def test_default_output_grid_is_the_shipped_models_grid():
+    """Regression: the default (the paper's rvs903) was not what the shipped models read, so a
+    default `sb2dask simulate` store gave `usable: 0` in `sb2dask infer`."""
+    import json
+
+    from sb2dask.infer.predict import DEFAULT_MODEL_DIR
+
+    manifests = sorted(DEFAULT_MODEL_DIR.glob("*.json"))
+    assert len(manifests) >= 5
+    for path in manifests:
+        wave = np.asarray(json.loads(path.read_text())["wave"])
+        np.testing.assert_array_equal(SimulationConfig().wave, wave, err_msg=str(path))
+
+
 def test_single_stars_have_one_component(lib, cfg, sampler, renderer):
     lab, interp, noise = draw_systems(lib, cfg.replace(binary_fraction=0.0), np.arange(10),
                                       sampler=sampler)

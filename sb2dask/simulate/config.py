@@ -70,6 +70,10 @@ class SimulationConfig(ConfigMixin):
         Continuum S/N per output pixel, uniform; noise is Gaussian with σ = sqrt(flux)/S/N.
     binary_fraction : float
         Fraction of SB2 systems; the rest are single stars (1.0 for the paper's training set).
+    output_grid : str
+        Output pixel layout, a key of :data:`OUTPUT_GRIDS`. The default, ``gaia_dr3_903``, is the
+        layout of the shipped models; ``rvs903`` is the paper's window (8470-8710 Å, air), which
+        runs past the red end of Gaia DR3 spectra.
     working_dv : float
         Velocity step [km/s] of the internal ln(λ) grid on which broadening and shifts are applied.
     """
@@ -84,7 +88,7 @@ class SimulationConfig(ConfigMixin):
     gamma: float = 0.0
     snr_range: tuple[float, float] = (30.0, 350.0)
     resolution: float = 11500.0
-    output_grid: str = "rvs903"
+    output_grid: str = DEFAULT_OUTPUT_GRID
     limb_darkening: float = 0.6
     working_dv: float = 1.0
     binary_fraction: float = 1.0
