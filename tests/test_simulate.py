@@ -287,3 +287,27 @@ def test_simulator_is_reused_across_seeds_and_rebuilt_for_a_new_renderer_setting
     # regression: the cache ignored limb darkening and reused a renderer built with ε = 0.6
     _, _, other = simulator_for(cfg.replace(limb_darkening=0.3))
     assert other is not renderer and other.config.limb_darkening == 0.3
+
+
+def test_figure_1_curves_pass_through_the_recorded_epoch(cfg, tmp_path):
+    """Regression: Fig. 1 gave +K·cos(2π·phase) to the more massive star, mirroring the curves
+    of most systems against their recorded RVs."""
+    from sb2dask.evaluate.simulation_figures import _draw_rv_curves, figure_1, rv_curves
+
+    for index in (None, 3, 11, 40):
+        d = rv_curves(cfg, index)
+        lab = d["labels"]
+        # each plotted series is a sinusoid of the recorded period; fitted without any phase
+        # convention and evaluated at t = 0 it must give the recorded RV of that component
+        w = 2.0 * np.pi / float(lab["period"])
+        design = np.stack([np.ones_like(d["t"]), np.cos(w * d["t"]), np.sin(w * d["t"])], 1)
+        for c in range(2):
+            coef = np.linalg.lstsq(design, d["rv"][:, c], rcond=None)[0]
+            assert coef[0] + coef[1] == pytest.approx(float(lab["rv"][c]), abs=1e-3)
+        fig = _draw_rv_curves(d)
+        for c in range(2):
+            line = fig.axes[0].lines[c]
+            np.testing.assert_array_equal(line.get_ydata(), d["rv"][:, c])
+            assert f"component {c + 1} ({lab['teff'][c]:.0f} K" in line.get_label()
+    path = figure_1(cfg, tmp_path / "fig1.png", index=3)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
