@@ -194,18 +194,24 @@ def _fine_reference(lib):
 
 @pytest.mark.parametrize("vsini", [10.0, 25.0, 60.0, 100.0])
 def test_fast_rotation_matches_pyastronomy_rotbroad(lib, vsini):
+    """Our Fourier-space kernel against PyAstronomy's direct convolution on 8490-8560 Å (Ca II
+    8498 and 8542 and weaker lines). rotBroad costs O(pixels²) on its fine grid, so a 70 Å
+    window instead of the whole band: ~1.5 s instead of ~11 s per v sin i. Over the whole band
+    the largest difference is 9e-4 (at 10 km/s); ε off by 0.1 or v sin i off by 3 % give
+    2.5e-3 or more here."""
     from PyAstronomy import pyasl
 
+    lo, hi = 8490.0, 8560.0
     spline = _fine_reference(lib)
-    w_fine = np.arange(8440.0, 8740.0, 0.01)  # rotBroad needs an equidistant, fine λ grid
+    w_fine = np.arange(lo, hi, 0.01)  # rotBroad needs an equidistant, fine λ grid
     ref = pyasl.rotBroad(w_fine, spline(w_fine), 0.6, vsini)
     dv = 0.5
-    x = np.arange(C_KMS * np.log(8440.0), C_KMS * np.log(8740.0), dv)
+    x = np.arange(C_KMS * np.log(lo), C_KMS * np.log(hi), dv)
     w_log = np.exp(x / C_KMS)
     ours = rotational_broadening(spline(w_log), dv, vsini, 0.6)
-    interior = (w_fine > 8470) & (w_fine < 8710)
+    interior = (w_fine > lo + 7.0) & (w_fine < hi - 7.0)  # clear of both methods' edges
     diff = np.abs(np.interp(w_fine, w_log, ours) - ref)[interior]
-    assert diff.max() < 2e-3
+    assert diff.max() < 1e-3
 
 
 def test_slow_rotation_is_sane(lib):
