@@ -14,7 +14,7 @@ import numpy as np
 from .library.wavelength import vac_to_air
 
 __all__ = ["RVS_N_PIX", "RVS_WAVE_START_NM", "RVS_WAVE_END_NM", "RVS_WAVE_STEP_NM",
-           "RVS_WAVE_VAC_NM", "RVS_WAVE", "HEALPIX_LEVEL8_SHIFT"]
+           "RVS_WAVE_VAC_NM", "RVS_WAVE", "HEALPIX_LEVEL8_SHIFT", "N_HEALPIX_LEVEL8"]
 
 #: Gaia RVS grid as published: 846-870 nm in steps of 0.01 nm, vacuum.
 RVS_N_PIX = 2401
@@ -31,3 +31,5 @@ RVS_WAVE.setflags(write=False)
 #: ``source_id >> 43`` is the HEALPix level-8 (nested) index of a Gaia source; bulk files are
 #: split by it.
 HEALPIX_LEVEL8_SHIFT = 43
+#: Number of HEALPix level-8 pixels on the sky (12 · 4⁸).
+N_HEALPIX_LEVEL8 = 12 * 4 ** 8

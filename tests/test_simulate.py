@@ -115,6 +115,10 @@ def test_orbits_obey_kepler_and_the_configured_k_range(systems, cfg):
     sin_i = np.sin(np.radians(lab["inclination"][b].astype(float)))
     np.testing.assert_allclose(k_sum, K_CONSTANT * np.cbrt(m_tot / lab["period"][b]) * sin_i,
                                rtol=1e-4)
+    from astropy import constants, units
+
+    exact = (2 * np.pi * constants.GM_sun / units.day) ** (1 / 3)
+    assert K_CONSTANT == pytest.approx(exact.to_value(units.km / units.s), rel=1e-4)
     assert np.all(lab["rv_separation"][b] <= k_sum + 1e-4)
     # RVs of the two components are on opposite sides of gamma
     assert np.all(lab["rv"][b, 0] * lab["rv"][b, 1] <= 1e-6)
@@ -288,13 +292,6 @@ def test_single_stars_have_one_component(lib, cfg, sampler, renderer):
     assert np.isfinite(flux).all() and flux.shape == (10, 903)
 
 
-def test_simulator_is_reused_across_seeds_and_rebuilt_for_a_new_renderer_setting(cfg, renderer):
-    assert simulator_for(cfg.replace(seed=5, snr_range=(10.0, 20.0)))[2] is renderer
-    # regression: the cache ignored limb darkening and reused a renderer built with ε = 0.6
-    _, _, other = simulator_for(cfg.replace(limb_darkening=0.3))
-    assert other is not renderer and other.config.limb_darkening == 0.3
-
-
 def test_figure_1_curves_pass_through_the_recorded_epoch(cfg, tmp_path):
     """Regression: Fig. 1 gave +K·cos(2π·phase) to the more massive star, mirroring the curves
     of most systems against their recorded RVs."""
@@ -317,3 +314,11 @@ def test_figure_1_curves_pass_through_the_recorded_epoch(cfg, tmp_path):
             assert f"component {c + 1} ({lab['teff'][c]:.0f} K" in line.get_label()
     path = figure_1(cfg, tmp_path / "fig1.png", index=3)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# Last: it leaves a different configuration in simulator_for's one-entry cache.
+def test_simulator_is_reused_across_seeds_and_rebuilt_for_a_new_renderer_setting(cfg, renderer):
+    assert simulator_for(cfg.replace(seed=5, snr_range=(10.0, 20.0)))[2] is renderer
+    # regression: the cache ignored limb darkening and reused a renderer built with ε = 0.6
+    _, _, other = simulator_for(cfg.replace(limb_darkening=0.3))
+    assert other is not renderer and other.config.limb_darkening == 0.3

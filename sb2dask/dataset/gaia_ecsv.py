@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..fileio import atomic_path
 from ..gaia import RVS_N_PIX, RVS_WAVE, RVS_WAVE_END_NM, RVS_WAVE_START_NM, RVS_WAVE_STEP_NM
 from ..labels import TRUE_PREFIX
 
@@ -165,8 +166,10 @@ def write_bulk_ecsv(path: str | Path, df: pd.DataFrame, *, array_length: int | N
         head += _yaml_entry(name, datatype, sub, _DESCRIPTIONS.get(name))
     head += ["# meta:", f"#   written_by: {__name__}", f"#   wavelength_grid: {_GRID_TEXT}"]
     head.append(",".join(c[0] for c in columns))
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0,
-                                                compresslevel=compresslevel) as fh:
+    # the gzip header names the file: its final name, not the temporary one (reproducible bytes)
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(path.name, mode="wb", compresslevel=compresslevel, fileobj=raw,
+                          mtime=0) as fh:
         fh.write(("\n".join(head) + "\n").encode())
         for start in range(0, n, 1024):  # batches keep Arrow's 32-bit string offsets small
             stop = min(n, start + 1024)

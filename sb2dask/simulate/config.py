@@ -8,6 +8,7 @@ import numpy as np
 
 from ..config import ConfigMixin
 from ..gaia import RVS_N_PIX, RVS_WAVE_END_NM, RVS_WAVE_START_NM
+from ..labels import TABLE1_RANGES
 from ..library.base import RVS_WINDOW
 
 __all__ = ["SimulationConfig", "OUTPUT_GRIDS", "DEFAULT_OUTPUT_GRID", "output_wave"]
@@ -62,7 +63,8 @@ class SimulationConfig(ConfigMixin):
     Attributes
     ----------
     library : str
-        ``"embedded"``, a grid file, or a PHOENIX directory (see :func:`sb2dask.library.load_library`).
+        ``"embedded"``, a grid file, or a PHOENIX directory (see
+        :func:`sb2dask.library.load_library`).
     k_sum_range : tuple
         K1 + K2 [km/s], drawn uniformly; the period is drawn log-uniformly in ``period_range`` and
         the inclination then follows from K1 + K2 (redrawing the period if sin i would exceed 1).
@@ -79,10 +81,10 @@ class SimulationConfig(ConfigMixin):
     """
 
     library: str = "embedded"
-    teff_range: tuple[float, float] = (3500.0, 6500.0)
-    logg_range: tuple[float, float] = (3.0, 6.0)
-    feh_range: tuple[float, float] = (-4.0, 1.0)
-    vsini_range: tuple[float, float] = (0.0, 100.0)
+    teff_range: tuple[float, float] = TABLE1_RANGES["teff"]
+    logg_range: tuple[float, float] = TABLE1_RANGES["logg"]
+    feh_range: tuple[float, float] = TABLE1_RANGES["feh"]
+    vsini_range: tuple[float, float] = TABLE1_RANGES["vsini"]
     k_sum_range: tuple[float, float] = (10.0, 90.0)
     period_range: tuple[float, float] = (1.0, 1000.0)
     gamma: float = 0.0

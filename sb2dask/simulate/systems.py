@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..labels import DESCRIPTIONS, PARAMETERS, UNITS
 from ..library.base import CONTINUUM_REFERENCE_WAVE, SpectralLibrary
 from .config import SimulationConfig
 from .orbits import k_sum_max, radial_velocities, semi_amplitudes
@@ -21,13 +22,13 @@ __all__ = ["LABEL_FIELDS", "GridSampler", "spectrum_seed", "draw_systems"]
 #: description). ``(2,)`` fields hold (cooler, hotter) components; for single stars the second
 #: component is NaN.
 LABEL_FIELDS = {
-    "teff": ((2,), "f4", "K", "effective temperature, lower first"),
-    "logg": ((2,), "f4", "dex", "surface gravity log10(g/cm s-2), ordered like teff"),
-    "feh": ((2,), "f4", "dex", "metallicity [Fe/H], ordered like teff"),
-    "vsini": ((2,), "f4", "km/s", "projected rotational velocity, ordered like teff"),
+    **{name: ((2,), "f4", UNITS[name],
+              DESCRIPTIONS[name] + (", lower first" if name == "teff" else ", ordered like teff"))
+       for name in PARAMETERS},
     "mass": ((2,), "f4", "Msun", "main-sequence mass, ordered like teff"),
     "radius": ((2,), "f4", "Rsun", "radius from logg and mass, ordered like teff"),
-    "light_fraction": ((2,), "f4", "", "fraction of the continuum light at 8600 Å"),
+    "light_fraction": ((2,), "f4", "", "fraction of the continuum light at "
+                       f"{CONTINUUM_REFERENCE_WAVE:.0f} Å"),
     "k": ((2,), "f4", "km/s", "RV semi-amplitude, ordered like teff"),
     "rv": ((2,), "f4", "km/s", "radial velocity at the epoch, ordered like teff"),
     "interp_axis": ((2,), "i1", "", "grid axis interpolated (0 teff, 1 logg, 2 feh)"),
@@ -64,9 +65,9 @@ class GridSampler:
     """Draws component labels inside a library's coverage, interpolated along one axis at a time.
 
     For each star all three labels are drawn uniformly in the configured ranges (clipped to the
-    library); one axis, chosen at random, keeps its continuous value and is interpolated between its
-    bracketing nodes, while the other two are snapped to the nearest node (Binnenfeld et al. 2025,
-    Sect. 2). Draws whose bracketing nodes are missing are redrawn.
+    library); one axis, chosen at random, keeps its continuous value and is interpolated between
+    its bracketing nodes, while the other two are snapped to the nearest node (Binnenfeld et al.
+    2025, Sect. 2). Draws whose bracketing nodes are missing are redrawn.
     """
 
     def __init__(self, library: SpectralLibrary, config: SimulationConfig):
