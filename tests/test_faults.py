@@ -139,6 +139,9 @@ def _kill_a_worker_running(client, match: str, log_dir: Path):
 
 def _rerun_of_killed_task(log_dir: Path) -> tuple[dict, list[int]]:
     """(the task killed and its worker's pid, the pids that started that task, in order)."""
+    # the first task of every worker also loads the library or the models: it runs far longer
+    # than the plugin's delay, so some task is always caught running
+    assert (log_dir / "killed").exists(), "no worker was killed: no task ran long enough"
     killed = json.loads((log_dir / "killed").read_text())
     starts = sorted(log_dir.glob("start-*"), key=lambda p: int(p.name.split("-")[1]))
     pids = [d["pid"] for d in map(json.loads, (p.read_text() for p in starts))
