@@ -83,7 +83,7 @@ def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
     b = lab["is_binary"]
     lab = {k: v[b] for k, v in lab.items()}
     pred = {k: v[b] for k, v in pred.items()}
-    res = dict(store=str(store), models=str(model_dir), n_test=int(b.sum()),
+    res = dict(store=str(store), model_dir=str(models.directory), n_test=int(b.sum()),
                predict_spectra_per_s=float(len(data.flux) / secs), table4={}, table5={},
                calibration={}, binned={})
     for p in PARAMS:
@@ -142,7 +142,7 @@ def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
             recall_at_0_5=float(np.mean(pb[y] > 0.5)), recall_at_0_8=float(np.mean(pb[y] > 0.8)),
             singles_below_0_2=float(np.mean(pb[~y] < 0.2)),
             paper=dict(roc_auc=0.949, precision_at_0_5=0.79, precision_at_0_8=0.89))
-    res["models"] = models.provenance
+    res["models"] = models.provenance  # names, weight hashes, training sets, metrics
     (out / "evaluation.json").write_text(json.dumps(res, indent=1, default=float))
     (out / "evaluation.md").write_text(_markdown(res))
     return res
