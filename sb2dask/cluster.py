@@ -73,12 +73,14 @@ def find_config(config: str | Path) -> Path:
     path = Path(config).expanduser()
     if path.is_file():
         return path
-    shipped = data_folder("deploy")
-    candidates = [Path.cwd() / "deploy" / f"{config}.yaml", shipped / f"{config}.yaml"]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    known = sorted(p.stem for p in shipped.glob("*.yaml"))
+    local = Path.cwd() / "deploy" / f"{config}.yaml"  # an edited copy wins over the shipped one
+    if local.is_file():
+        return local
+    shipped = data_folder("deploy") / f"{config}.yaml"
+    if shipped.is_file():
+        return shipped
+    candidates = [local, shipped]
+    known = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
     raise FileNotFoundError(f"no jobqueue configuration {str(config)!r}: not a file, and none of "
                             f"{[str(c) for c in candidates]} exists (known names: {known})")
 

@@ -42,6 +42,9 @@ def data_folder(name: str) -> Path:
             f"{package} (the {name}/ folder of the source tree) is not installed: install "
             f"sb2dask, e.g. `python -m pip install -e .` in the repository") from exc
     if not isinstance(folder, Path):
-        raise RuntimeError(f"{package} is not installed as a directory ({folder!r}); install "
-                           "sb2dask unpacked, as pip does")
+        # e.g. a namespace package: an editable install made before these data packages existed
+        # maps sb2dask.* to the old layout
+        raise RuntimeError(f"{package} is not installed as a package directory ({folder!r}): "
+                           "reinstall sb2dask, e.g. `python -m pip install -e .` in the "
+                           "repository")
     return folder
