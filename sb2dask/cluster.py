@@ -33,8 +33,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["CLUSTER_KINDS", "DEPLOY_DIR", "JOBQUEUE_KINDS", "deploy_config", "find_config",
-           "get_client", "jobqueue_job_script", "worker_threads"]
+__all__ = ["CLUSTER_KINDS", "JOBQUEUE_KINDS", "deploy_config", "find_config", "get_client",
+           "jobqueue_job_script", "worker_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,6 @@ logger = logging.getLogger(__name__)
 CLUSTER_KINDS = ("local", "local-gpu", "slurm", "pbs")
 #: The batch systems driven through dask-jobqueue, with their Dask config section.
 JOBQUEUE_KINDS = ("slurm", "pbs")
-#: The ready-to-edit jobqueue configurations of a source checkout.
-DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy"
 _ADDRESS_PREFIXES = ("tcp://", "tls://", "ucx://", "inproc://")
 
 
@@ -67,17 +65,22 @@ def find_config(config: str | Path) -> Path:
     """The YAML file a configuration name or path refers to.
 
     ``config`` is a path to an existing file, or a name looked up as ``deploy/<name>.yaml`` in the
-    current directory and then in this source checkout (``slurm-cpu``, ``slurm-gpu``, ``pbs-cpu``,
-    ``pbs-gpu``).
+    current directory (an edited copy) and then among the files installed with the package
+    (``sb2dask.deploy``: ``slurm-cpu``, ``slurm-gpu``, ``pbs-cpu``, ``pbs-gpu``).
     """
+    from .packagedata import data_folder
+
     path = Path(config).expanduser()
     if path.is_file():
         return path
-    candidates = [Path.cwd() / "deploy" / f"{config}.yaml", DEPLOY_DIR / f"{config}.yaml"]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    known = sorted(p.stem for p in DEPLOY_DIR.glob("*.yaml")) if DEPLOY_DIR.is_dir() else []
+    local = Path.cwd() / "deploy" / f"{config}.yaml"  # an edited copy wins over the shipped one
+    if local.is_file():
+        return local
+    shipped = data_folder("deploy") / f"{config}.yaml"
+    if shipped.is_file():
+        return shipped
+    candidates = [local, shipped]
+    known = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
     raise FileNotFoundError(f"no jobqueue configuration {str(config)!r}: not a file, and none of "
                             f"{[str(c) for c in candidates]} exists (known names: {known})")
 
