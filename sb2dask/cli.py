@@ -287,9 +287,12 @@ def _cmd_infer(args) -> int:
     from .infer.config import InferenceConfig
     from .infer.run import MAX_UNUSABLE_FRACTION, check_run, check_usable, run_inference
 
-    config = InferenceConfig(model_dir=args.models, device=args.device, precision=args.precision,
-                             batch_size=args.batch_size, members=args.members,
-                             partition_rows=args.partition_rows)
+    config = InferenceConfig.from_yaml(args.config) if args.config else InferenceConfig()
+    changes = {k: v for k, v in dict(
+        model_dir=args.models, device=args.device, precision=args.precision,
+        batch_size=args.batch_size, members=args.members,
+        partition_rows=args.partition_rows).items() if v is not None}
+    config = config.replace(**changes) if changes else config
     # inputs, --out and the models are checked before any worker starts (seconds, not minutes)
     inputs = check_run(args.inputs, args.out, config, overwrite=args.overwrite)
     with get_client(**_cluster_kwargs(args)) as client:
@@ -390,6 +393,8 @@ def _add_simulation_options(p: argparse.ArgumentParser, seed: int | None = None,
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .infer.config import PRECISIONS  # no torch, no Dask: --help stays fast
+
     # --debug is accepted before or after the subcommand; SUPPRESS keeps a subcommand's unset
     # option from overwriting the top-level one
     common = argparse.ArgumentParser(add_help=False)
@@ -490,11 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="catalogue files (Gaia CSV/ECSV.gz, Parquet, FITS, "
                                              "Zarr)")
     p.add_argument("--out", required=True, help="output Parquet dataset (directory)")
+    p.add_argument("--config", default=None,
+                   help="YAML file of InferenceConfig fields (the options below override it)")
     p.add_argument("--models", default=None, help="model directory (default: the shipped models)")
     p.add_argument("--partition-rows", type=_positive_int, default=None,
                    help="spectra per partition (default: sized from the worker memory limit)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="network arithmetic: fp32 (default, as evaluated) or bf16 (1.5-1.7x "
                         "faster end to end on CPUs with AVX512-BF16/AMX, and faster on GPUs; "
                         "see docs/inference.md)")

@@ -206,6 +206,16 @@ def test_missing_model_directory_is_reported_before_a_cluster(capsys, tmp_path, 
     _one_error_line(err, str(empty), "no models")
 
 
+def test_infer_config_file_is_checked_before_a_cluster(capsys, tmp_path, catalogue):
+    cfg = tmp_path / "infer.yaml"
+    cfg.write_text("precision: bf16\nmembers: 0\n")
+    _infer_fails_fast(capsys, tmp_path, [catalogue["files"][0], "--config", cfg],
+                      "members must be a positive integer")
+    cfg.write_text("precision: bf16\nlayers: 3\n")
+    _infer_fails_fast(capsys, tmp_path, [catalogue["files"][0], "--config", cfg],
+                      "unknown InferenceConfig settings")
+
+
 def test_debug_shows_the_traceback(tmp_path):
     from sb2dask.infer.readers import ReaderError
 
@@ -301,6 +311,24 @@ def test_reruns_into_the_same_out(capsys, tmp_path, scheduler, catalogue):
     rc, _, err = _infer(capsys, scheduler, catalogue["files"], out, "--precision", "bf16")
     _one_error_line(err, str(out), "precision", "--overwrite")
     assert rc == 1
+
+
+def test_demo_writes_where_the_user_expects(capsys, tmp_path, scheduler, monkeypatch):
+    from sb2dask.cli import build_parser
+
+    # the default --out is ./sb2dask-demo, which a source checkout's .gitignore lists
+    assert build_parser().parse_args(["demo"]).out == "sb2dask-demo"
+    assert "/sb2dask-demo/" in (ROOT / ".gitignore").read_text().split()
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = _run(capsys, "demo", "--n-sources", 4, "--cluster", scheduler,
+                        "--no-progress")
+    assert rc == 0, err
+    demo = tmp_path / "sb2dask-demo"
+    summary = json.loads((demo / "summary.json").read_text())
+    assert summary["outputs"]["epochs"] == str(Path("sb2dask-demo") / "sb2dask_epochs.parquet")
+    assert summary["inference"]["rows_out"] == len(pd.read_parquet(demo / "sb2dask_epochs.parquet"))
+    assert not list(demo.glob(".*.tmp"))  # written atomically: no temporaries left
+    assert f"and {Path('sb2dask-demo') / 'summary.json'}" in out
 
 
 # -- the console script -----------------------------------------------------------------------

@@ -310,6 +310,20 @@ def test_rerun_keeps_the_recorded_partitioning(models, tmp_path, monkeypatch):
     assert again["skipped"] == first["partitions"]
 
 
+def test_inference_config_round_trips_and_validates(tmp_path):
+    cfg = InferenceConfig(tmp_path, "cpu", precision="bf16", members=1, partition_rows=500)
+    assert cfg.model_dir == str(tmp_path)  # a Path in, a str kept: YAML-able and hashable
+    assert InferenceConfig.from_yaml(cfg.to_yaml(tmp_path / "infer.yaml")) == cfg
+    assert InferenceConfig.from_yaml(tmp_path / "infer.yaml") == cfg
+    assert hash(cfg) == hash(cfg.replace())
+    for bad in (dict(precision="fp16"), dict(members=0), dict(batch_size=-1),
+                dict(partition_rows=2.5), dict(max_nan_fraction=1.5)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            InferenceConfig(**bad)
+    with pytest.raises(ValueError, match="unknown InferenceConfig settings.*'layers'"):
+        InferenceConfig.from_dict({"layers": 3})
+
+
 def test_members_caps_the_ensemble(models):
     df = _simulated_partition(12)
     both = predict_partition(df, InferenceConfig(models, device="cpu"))
