@@ -28,6 +28,7 @@ from sb2dask.completion import RECORDS_ARRAY, finished_chunks
 from sb2dask.dataset.factory import chunk_status, generate
 from sb2dask.dataset.gaia_ecsv import write_bulk_ecsv
 from sb2dask.dataset.mock_catalogue import mock_catalogue
+from sb2dask.infer.config import InferenceConfig
 from sb2dask.infer.predict import predict_partition
 from sb2dask.infer.readers import read_catalogue
 from sb2dask.infer.readers.base import RVS_WAVE
@@ -83,7 +84,8 @@ def catalogue(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_epochs(tmp_path_factory, catalogue, models, cluster3):
     out = tmp_path_factory.mktemp("inf") / "ref.parquet"
-    run_inference(catalogue["files"], out, models, cluster3, partition_rows=1000, progress=False)
+    run_inference(catalogue["files"], out, cluster3, InferenceConfig(models, partition_rows=1000),
+                  progress=False)
     return _epochs(out)
 
 
@@ -175,8 +177,8 @@ def test_worker_killed_during_infer(tmp_path, cluster3, catalogue, models, refer
                                    fault_log):
     out = tmp_path / "killed.parquet"
     with _kill_a_worker_running(cluster3, "_predict_write", tmp_path / "log"):
-        result = run_inference(catalogue["files"], out, models, cluster3, partition_rows=1000,
-                               progress=False)
+        result = run_inference(catalogue["files"], out, cluster3,
+                               InferenceConfig(models, partition_rows=1000), progress=False)
     killed = _assert_killed_task_was_rerun(tmp_path / "log")
     got = _epochs(out)
     pd.testing.assert_frame_equal(got, reference_epochs)
@@ -260,13 +262,13 @@ def test_incomplete_outputs_are_replaced(tmp_path, cluster3, reference_store, ca
     assert _flux_bytes(out) == _flux_bytes(reference_store)
     # Parquet: a truncated part and a stale temporary file are replaced / removed
     pout = tmp_path / "partial.parquet"
-    run_inference(catalogue["files"], pout, models, cluster3, partition_rows=1000,
+    run_inference(catalogue["files"], pout, cluster3, InferenceConfig(models, partition_rows=1000),
                   progress=False)
     part = sorted(pout.glob("part-*.parquet"))[1]
     part.write_bytes(part.read_bytes()[:100])
     (pout / ".part-000000.parquet.12345.tmp").write_bytes(b"half")
-    r = run_inference(catalogue["files"], pout, models, cluster3, partition_rows=1000,
-                      progress=False)
+    r = run_inference(catalogue["files"], pout, cluster3,
+                      InferenceConfig(models, partition_rows=1000), progress=False)
     assert r["computed"] == 1 and not list(pout.glob(".part-*.tmp"))
     pd.testing.assert_frame_equal(_epochs(pout), reference_epochs)
     fault_log.append(dict(test="partial writes", fault="truncated chunk + part, stale tmp",
@@ -293,7 +295,7 @@ def test_bad_spectra_give_flagged_rows_not_lost_rows(tmp_path, models, fault_log
     path = write_bulk_ecsv(tmp_path / "RvsMeanSpectrum_000001-000001.csv.gz", df)
     parts = list(read_catalogue(path))
     rows_in = sum(len(p) for p in parts)
-    out = pd.concat([predict_partition(p, models, device="cpu") for p in parts])
+    out = pd.concat([predict_partition(p, InferenceConfig(models, "cpu")) for p in parts])
     assert rows_in == len(flux) == len(out)
     by = dict(zip(["good", *BAD_ROWS], out.itertuples()))
     assert by["good"].usable and by["nan_pixels"].usable and by["nan_pixels"].quality_flags & 2

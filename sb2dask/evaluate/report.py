@@ -21,6 +21,7 @@ LABELS = {"teff": "Teff [K]", "logg": "log g", "feh": "[Fe/H]", "vsini": "v sin 
 
 
 def _predict_split(store, model_dir, split: str, max_n: int | None, fields):
+    from ..infer.config import InferenceConfig
     from ..infer.predict import get_model_set
     from ..dataset.store import load_split, split_indices
 
@@ -28,7 +29,7 @@ def _predict_split(store, model_dir, split: str, max_n: int | None, fields):
     if max_n:
         idx = idx[:max_n]
     data = load_split(store, idx, fields)
-    models = get_model_set(model_dir, "auto")
+    models = get_model_set(InferenceConfig(model_dir=model_dir))
     if not np.allclose(models.wave, data.wave):
         raise ValueError(f"{store}: its pixel grid differs from the models' grid")
     t0 = time.perf_counter()

@@ -20,6 +20,7 @@ from ..devices import resolve_device
 from ..models.io import ModelFileError, load_feature_statistics, load_model, mahalanobis
 from ..models.predict import sort_pairs
 from ..runtime import tune_process
+from .config import PRECISIONS, InferenceConfig
 from .flags import BoundaryFlag, QualityFlag
 from .preprocess import preprocess
 from .schema import empty_frame
@@ -32,11 +33,6 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
 
 PARAMETERS = ("logg", "feh", "vsini")
 
-#: Arithmetic of the forward passes. ``fp32`` reproduces the evaluation in docs/models.md;
-#: ``bf16`` (autocast: convolutions and matrix products in bfloat16, accumulation and the label
-#: scaling in float32) is about twice as fast per network on CPUs with AVX512-BF16 or AMX and on
-#: GPUs, and moves predictions by far less than their errors (benchmarks/bench_infer.py).
-PRECISIONS = ("fp32", "bf16")
 
 #: Spectra per forward pass. On CPUs smaller batches keep the activations closer to the caches:
 #: measured 424 spectra/s at 256 against 219/s at 1024 (one thread, TemperatureNet, 2-core test
@@ -194,35 +190,37 @@ _MODEL_SETS: dict = {}
 _MODEL_SETS_LOCK = threading.Lock()
 
 
-def get_model_set(directory: str | Path | None, device: str = "auto", precision: str = "fp32",
-                  batch_size: int | None = None, members: int | None = None) -> ModelSet:
-    """The :class:`ModelSet` of ``directory``, loaded once per process (per worker); the first
-    call also tunes the process (torch threads, malloc: :func:`sb2dask.runtime.tune_process`)."""
-    directory = DEFAULT_MODEL_DIR if directory is None else directory
-    device = str(resolve_device(device))  # one entry per real device: "auto" and "cpu" share
-    key = (str(Path(directory).resolve()), device, precision, batch_size, members)
+def get_model_set(config: InferenceConfig | None = None) -> ModelSet:
+    """The :class:`ModelSet` that ``config`` names (model directory, device, precision, batch
+    size, members), loaded once per process (per worker); the first call also tunes the process
+    (torch threads, malloc: :func:`sb2dask.runtime.tune_process`)."""
+    config = InferenceConfig() if config is None else config
+    directory = DEFAULT_MODEL_DIR if config.model_dir is None else Path(config.model_dir)
+    device = str(resolve_device(config.device))  # one entry per real device: "auto" and "cpu"
+    key = (str(directory.resolve()), device, config.precision, config.batch_size, config.members)
     with _MODEL_SETS_LOCK:
         if key not in _MODEL_SETS:
             tune_process()
-            _MODEL_SETS[key] = ModelSet(directory, device, precision, batch_size,
-                                        members=members)
+            _MODEL_SETS[key] = ModelSet(directory, device, config.precision, config.batch_size,
+                                        members=config.members)
         return _MODEL_SETS[key]
 
 
-def predict_partition(df: pd.DataFrame, model_dir: str | Path, device: str = "auto",
-                      max_nan_fraction: float = 0.2, precision: str = "fp32",
-                      batch_size: int | None = None, members: int | None = None) -> pd.DataFrame:
+def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -> pd.DataFrame:
     """One output row per input spectrum: the pure core that ``map_partitions`` maps.
 
     ``df`` has the reader schema (source_id, epoch_id, wave, flux, flux_error, file, row,
-    read_flags); the result has the schema of ``catalogs/epoch_parameters.yaml``.
+    read_flags); the result has the schema of ``catalogs/epoch_parameters.yaml``. ``config``
+    names the models and how they run (default: the shipped models, ``InferenceConfig()``).
     """
+    config = InferenceConfig() if config is None else config
     out = empty_frame("epoch", len(df))
     if len(df) == 0:
         return out
-    models = get_model_set(model_dir, device, precision, batch_size, members)
+    models = get_model_set(config)
     errors = list(df["flux_error"]) if "flux_error" in df else None
-    pre = preprocess(list(df["wave"]), list(df["flux"]), errors, models.wave, max_nan_fraction)
+    pre = preprocess(list(df["wave"]), list(df["flux"]), errors, models.wave,
+                     config.max_nan_fraction)
     qflags = pre.quality_flags.copy()
     read_flags = df["read_flags"].to_numpy(np.int32) if "read_flags" in df else np.zeros(len(df),
                                                                                            np.int32)
