@@ -32,7 +32,7 @@ def empty_frame(table: str, n: int = 0) -> pd.DataFrame:
     for c in load_schema(table)["columns"]:
         dt = c["dtype"]
         if dt == "string":
-            cols[c["name"]] = pd.Series([""] * n, dtype=object)
+            cols[c["name"]] = pd.Series([""] * n, dtype="str")  # object in pandas 2
         elif dt == "bool":
             cols[c["name"]] = pd.Series(np.zeros(n, dtype=bool))
         elif dt.startswith("float"):

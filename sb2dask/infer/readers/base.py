@@ -85,7 +85,8 @@ SPECTRUM_SCHEMA: tuple[SchemaColumn, ...] = (
     SchemaColumn("flux", "object", "float32 array, normalised flux; NaN where the input was null"),
     SchemaColumn("flux_error", "object", "float32 array, 1-sigma flux uncertainty, or None when "
                  "the format has none"),
-    SchemaColumn("file", "object", "str, the path the row was read from"),
+    # "str" is pandas' default string dtype: object in pandas 2, StringDtype in pandas 3
+    SchemaColumn("file", "str", "the path the row was read from"),
     SchemaColumn("row", "int64", "0-based row of the spectrum in that file (DataLink CSV: the data "
                  "row of its first pixel)"),
     SchemaColumn("read_flags", "int32", "ReadFlag bits for problems found while reading"),
@@ -270,7 +271,7 @@ def build_partition(*, source_id, epoch_id, wave, flux, flux_error, file: str | 
         "wave": waves,
         "flux": object_column(list(flux)),  # rows of a 2-d array are views, not copies
         "flux_error": errors,
-        "file": object_column([path] * n),
+        "file": pd.Series([path] * n, dtype="str"),
         "row": np.asarray(row, dtype=np.int64),
         "read_flags": np.asarray(read_flags, dtype=np.int32),
     }
