@@ -291,7 +291,7 @@ def _as_reader_frame(cases: list[RealSkyCase]) -> pd.DataFrame:
 
 
 def run_suite(cases: list[RealSkyCase], model_dir: str | Path | None = None,
-              predict=None) -> pd.DataFrame:
+              predict=None, rest_frame: bool | None = None) -> pd.DataFrame:
     """Predict every case; one row per case with the inputs' truth beside the outputs.
 
     ``predict`` maps a reader-schema DataFrame to the epoch table (default:
@@ -301,7 +301,7 @@ def run_suite(cases: list[RealSkyCase], model_dir: str | Path | None = None,
         from ..infer.predict import predict_partition
 
         def predict(df):
-            return predict_partition(df, model_dir)
+            return predict_partition(df, model_dir, rest_frame=rest_frame)
 
     out = predict(_as_reader_frame(cases)).reset_index(drop=True)
     out.insert(0, "kind", [c.kind for c in cases])
@@ -414,7 +414,7 @@ def write_report(results: pd.DataFrame, summary: dict, out: str | Path,
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["case", "kind", "p_binary", "p_binary_err"] + [
+    cols = ["case", "kind", "p_binary", "p_binary_err", "rv_bulk"] + [
         f"{p}_{c}" for p in PARAMETERS for c in (1, 2)] + [
         "snr_estimate", "ood_distance", "flag_boundary", "quality_flags", "usable", "truth"]
     table = results[cols]

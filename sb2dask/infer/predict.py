@@ -22,6 +22,7 @@ from ..models.predict import sort_pairs
 from ..runtime import tune_process
 from .flags import BoundaryFlag, QualityFlag
 from .preprocess import preprocess
+from .rv_bulk import estimate_rv
 from .schema import empty_frame
 
 __all__ = ["PARAMETERS", "PRECISIONS", "DEFAULT_MODEL_DIR", "ModelSet", "get_model_set",
@@ -211,8 +212,15 @@ def get_model_set(directory: str | Path | None, device: str = "auto", precision:
 
 def predict_partition(df: pd.DataFrame, model_dir: str | Path, device: str = "auto",
                       max_nan_fraction: float = 0.2, precision: str = "fp32",
-                      batch_size: int | None = None, members: int | None = None) -> pd.DataFrame:
+                      batch_size: int | None = None, members: int | None = None,
+                      rest_frame: bool | None = None) -> pd.DataFrame:
     """One output row per input spectrum: the pure core that ``map_partitions`` maps.
+
+    With ``rest_frame`` each spectrum's bulk radial velocity is measured
+    (:func:`sb2dask.infer.rv_bulk.estimate_rv`, reported as ``rv_bulk``) and removed before the
+    networks see it; without, spectra are taken to be in their rest frame already. ``None``
+    follows the models: on when they were trained on spectra in that frame (their manifests'
+    ``training["frame"] == "rv_bulk"``), off for models trained at rest (sb2dask ≤ 0.1).
 
     ``df`` has the reader schema (source_id, epoch_id, wave, flux, flux_error, file, row,
     read_flags); the result has the schema of ``catalogs/epoch_parameters.yaml``.
@@ -222,7 +230,17 @@ def predict_partition(df: pd.DataFrame, model_dir: str | Path, device: str = "au
         return out
     models = get_model_set(model_dir, device, precision, batch_size, members)
     errors = list(df["flux_error"]) if "flux_error" in df else None
-    pre = preprocess(list(df["wave"]), list(df["flux"]), errors, models.wave, max_nan_fraction)
+    waves, fluxes = list(df["wave"]), list(df["flux"])
+    pre = preprocess(waves, fluxes, errors, models.wave, max_nan_fraction)
+    rv_bulk = np.full(len(df), np.nan)
+    if rest_frame is None:
+        rest_frame = models.training.get("frame") == "rv_bulk"
+    if rest_frame and pre.usable.any():
+        # measure each spectrum's bulk velocity, then resample it again, into that frame, from
+        # the observed pixels (one interpolation, not two)
+        rv_bulk[pre.usable] = estimate_rv(models.wave, pre.flux[pre.usable]).rv
+        pre = preprocess(waves, fluxes, errors, models.wave, max_nan_fraction,
+                         rv_kms=np.nan_to_num(rv_bulk))
     qflags = pre.quality_flags.copy()
     read_flags = df["read_flags"].to_numpy(np.int32) if "read_flags" in df else np.zeros(len(df),
                                                                                            np.int32)
@@ -249,6 +267,7 @@ def predict_partition(df: pd.DataFrame, model_dir: str | Path, device: str = "au
         for c in (0, 1):
             out[f"{k}_{c + 1}"] = pred[k][:, c].astype(np.float32)
             out[f"{k}_{c + 1}_err"] = pred[f"{k}_err"][:, c].astype(np.float32)
+    out["rv_bulk"] = rv_bulk.astype(np.float32)
     out["snr_estimate"] = pre.snr_estimate
     out["nan_fraction"] = pre.nan_fraction
     out["ood_distance"] = pred["ood_distance"].astype(np.float32)
