@@ -64,7 +64,7 @@ def bench_network(name: str, layout: str, threads: int, batch: int = 256,
 
 
 def bench_loader(store: str) -> dict:
-    from sb2dask.train.data import load_split, split_indices
+    from sb2dask.dataset.store import load_split, split_indices
 
     idx = split_indices(store, "validation")
     t0 = time.perf_counter()

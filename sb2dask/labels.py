@@ -3,7 +3,7 @@ the ranges of Binnenfeld et al. (2025), Table 1. Import these; never re-type the
 
 from __future__ import annotations
 
-__all__ = ["PARAMETERS", "UNITS", "DESCRIPTIONS", "TABLE1_RANGES", "TARGETS"]
+__all__ = ["PARAMETERS", "UNITS", "DESCRIPTIONS", "TABLE1_RANGES", "TARGETS", "TRUE_PREFIX"]
 
 #: The per-component labels of the temperature and parameter networks, in the paper's order.
 PARAMETERS = ("teff", "logg", "feh", "vsini")
@@ -25,3 +25,7 @@ DESCRIPTIONS = {
 #: Label ranges of Table 1, used to scale network targets to [0, 1].
 TABLE1_RANGES = {"teff": (3500.0, 6500.0), "logg": (3.0, 6.0), "feh": (-4.0, 1.0),
                  "vsini": (0.0, 100.0)}
+
+#: Prefix of catalogue columns that carry true labels (``true_teff_1``): written with simulated
+#: catalogues, passed through by the readers.
+TRUE_PREFIX = "true_"

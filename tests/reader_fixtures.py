@@ -2,8 +2,8 @@
 
 Every fixture is generated in a temporary directory: Gaia DataLink CSVs laid out like the real
 files in ``shared/data/gaia_rvs`` (one line per pixel, empty fields for missing values), Gaia bulk
-ECSV files (through :func:`~sb2dask.infer.readers.gaia_bulk_ecsv.write_bulk_ecsv`, then edited as
-text to make malformed ones), Parquet, FITS binary tables and a Zarr v3 group with the layout of
+ECSV files (through :func:`sb2dask.dataset.gaia_ecsv.write_bulk_ecsv`, then edited as text to
+make malformed ones), Parquet, FITS binary tables and a Zarr v3 group with the layout of
 ``sb2dask simulate`` written with zarr directly.
 """
 

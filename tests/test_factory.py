@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import warnings
 
 import numpy as np
 import pytest
 import zarr
 
 from sb2dask.cluster import get_client
-from sb2dask.dataset.factory import DONE_DIR, SplitSpec, chunk_status, generate, store_metadata
+from sb2dask.completion import (LEGACY_RECORDS_DIR, RECORDS_ARRAY, finished_chunks,
+                                records_sha256)
+from sb2dask.dataset.factory import SplitSpec, chunk_status, generate, store_metadata
+from sb2dask.infer.readers import ReaderError, read_catalogue
 from sb2dask.simulate.config import SimulationConfig
 
 pytestmark = pytest.mark.integration
@@ -40,6 +45,19 @@ def _arrays(path):
     return out
 
 
+def _drop_record(store, c):
+    """What a task killed before recording chunk ``c`` leaves: no record file for that row."""
+    (store / RECORDS_ARRAY / "c" / str(c) / "0").unlink()
+
+
+def _to_format_1(store):
+    """Rewrite a store's completion records the way format 1 kept them: marker files."""
+    (store / LEGACY_RECORDS_DIR).mkdir()
+    for c, digest in finished_chunks(store).items():
+        (store / LEGACY_RECORDS_DIR / f"chunk-{c:06d}").write_text(digest)
+    shutil.rmtree(store / RECORDS_ARRAY)
+
+
 def _assert_identical(a, b):
     a, b = _arrays(a), _arrays(b)
     assert a.keys() == b.keys()
@@ -59,8 +77,8 @@ def test_one_and_two_workers_give_identical_bytes(reference, tmp_path):
 def test_restart_recomputes_only_missing_chunks(reference, tmp_path, client2):
     out = tmp_path / "restart.zarr"
     shutil.copytree(reference, out)
-    # simulate an interrupted run: chunk 1 never finished (no marker, its flux chunk gone)
-    (out / DONE_DIR / "chunk-000001").unlink()
+    # simulate an interrupted run: chunk 1 never finished (no record, its flux chunk gone)
+    _drop_record(out, 1)
     shutil.rmtree(out / "flux" / "c" / "1")
     assert chunk_status(out) == (3, [0, 2])
     summary = generate(out, CFG, N, CHUNK, client=client2, progress=False)
@@ -92,3 +110,55 @@ def test_a_different_config_is_refused_not_mixed(reference, tmp_path, client2):
     shutil.copytree(reference, out)
     with pytest.raises(ValueError, match="different data set"):
         generate(out, CFG.replace(seed=8), N, CHUNK, client=client2, progress=False)
+
+
+def test_plain_zarr_opens_and_reads_a_store_without_warnings(reference):
+    """Regression: the .sb2dask-done/ marker folder inside the hierarchy made zarr warn."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        root = zarr.open_group(str(reference), mode="r")
+        members = dict(root.members(max_depth=None))
+        for name, node in members.items():
+            if isinstance(node, zarr.Array):
+                node[...]
+    assert {"flux", "wave", "split", "labels/teff", RECORDS_ARRAY} <= set(members)
+
+
+def test_records_hold_each_chunks_flux_digest(reference):
+    flux = zarr.open_group(str(reference), mode="r")["flux"]
+    records = finished_chunks(reference)
+    assert sorted(records) == [0, 1, 2]
+    for c, digest in records.items():
+        assert digest == hashlib.sha256(flux[c * CHUNK:(c + 1) * CHUNK].tobytes()).hexdigest()
+    assert finished_chunks(reference, range(1, 2)) == {1: records[1]}
+
+
+def test_reader_refuses_a_chunk_without_record(reference, tmp_path):
+    out = tmp_path / "unfinished.zarr"
+    shutil.copytree(reference, out)
+    _drop_record(out, 1)
+    with pytest.raises(ReaderError, match=r"chunk 1 \(rows 200-399\) has no completion record"):
+        list(read_catalogue(out, partition_rows=CHUNK))
+    assert len(next(read_catalogue(out, partition_rows=CHUNK))) == CHUNK
+
+
+def test_format_1_store_is_fingerprinted_read_and_resumed_as_before(reference, tmp_path,
+                                                                     client2):
+    out = tmp_path / "format1.zarr"
+    shutil.copytree(reference, out)
+    _to_format_1(out)
+    # the fingerprint model manifests record, computed as format 1 code computed it
+    old = hashlib.sha256()
+    for p in sorted((out / LEGACY_RECORDS_DIR).glob("chunk-*")):
+        old.update(p.name.encode() + p.read_bytes())
+    assert records_sha256(out) == old.hexdigest() == records_sha256(reference)
+    assert chunk_status(out) == (3, [0, 1, 2])
+    (out / LEGACY_RECORDS_DIR / "chunk-000001").unlink()
+    shutil.rmtree(out / "flux" / "c" / "1")
+    with pytest.raises(ReaderError, match="chunk 1 "):
+        list(read_catalogue(out, partition_rows=CHUNK))
+    summary = generate(out, CFG, N, CHUNK, client=client2, progress=False)
+    assert summary["computed"] == 1 and summary["skipped"] == 2
+    _assert_identical(reference, out)
+    assert not (out / RECORDS_ARRAY).exists()  # resumed in its own layout
+    assert records_sha256(out) == old.hexdigest()

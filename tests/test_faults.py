@@ -22,12 +22,13 @@ import zarr
 from distributed import Client, LocalCluster
 
 from model_fixtures import random_model_set
-from sb2dask.dataset.factory import DONE_DIR, chunk_status, generate
+from sb2dask.completion import RECORDS_ARRAY, finished_chunks
+from sb2dask.dataset.factory import chunk_status, generate
+from sb2dask.dataset.gaia_ecsv import write_bulk_ecsv
 from sb2dask.dataset.mock_catalogue import mock_catalogue
 from sb2dask.infer.predict import predict_partition
 from sb2dask.infer.readers import read_catalogue
 from sb2dask.infer.readers.base import RVS_WAVE
-from sb2dask.infer.readers.gaia_bulk_ecsv import write_bulk_ecsv
 from sb2dask.infer.run import run_inference, sources_path
 from sb2dask.simulate.config import SimulationConfig
 
@@ -103,9 +104,7 @@ def test_worker_killed_during_simulate(tmp_path, cluster3, reference_store, faul
     th = threading.Thread(target=lambda: result.update(
         generate(out, CFG, N, CHUNK, client=cluster3, progress=False)))
     th.start()
-    done_dir = out / DONE_DIR
-    victim = _kill_one_worker(cluster3, lambda: done_dir.exists() and
-                              len(list(done_dir.glob("chunk-*"))) >= 2)
+    victim = _kill_one_worker(cluster3, lambda: len(finished_chunks(out) or {}) >= 2)
     th.join(timeout=300)
     assert result["computed"] == N // CHUNK
     assert _flux_bytes(out) == _flux_bytes(reference_store)
@@ -157,8 +156,7 @@ def test_client_killed_during_simulate_then_rerun(tmp_path, reference_store, fau
     out = tmp_path / "cli.zarr"
     args = ["simulate", "--n", str(N), "--chunk", str(CHUNK), "--out", str(out),
             "--seed", "99", "--output-grid", "gaia_dr3_903", "--workers", "2", "--no-progress"]
-    done_dir = out / DONE_DIR
-    _kill_cli_when(args, lambda: done_dir.exists() and len(list(done_dir.glob("chunk-*"))) >= 3)
+    _kill_cli_when(args, lambda: len(finished_chunks(out) or {}) >= 3)
     n_chunks, done = chunk_status(out)
     assert 0 < len(done) < n_chunks
     r = _run_cli(args)
@@ -196,7 +194,7 @@ def test_incomplete_outputs_are_replaced(tmp_path, cluster3, reference_store, ca
     # Zarr: a chunk without its marker (half-finished task) is recomputed
     out = tmp_path / "partial.zarr"
     shutil.copytree(reference_store, out)
-    (out / DONE_DIR / "chunk-000003").unlink()
+    (out / RECORDS_ARRAY / "c" / "3" / "0").unlink()
     flux_chunk = out / "flux" / "c" / "3" / "0"
     flux_chunk.write_bytes(flux_chunk.read_bytes()[:50])  # truncated chunk file
     r = generate(out, CFG, N, CHUNK, client=cluster3, progress=False)

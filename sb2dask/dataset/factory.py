@@ -1,23 +1,24 @@
-"""The training-set factory: simulated spectra written as a chunked Zarr v3 group across Dask workers.
+"""The training-set factory: simulated spectra written as a chunked Zarr v3 group across Dask
+workers.
 
-Store layout (``out.zarr``)::
+Store layout (``out.zarr``, format 2)::
 
     flux              float32 (n, n_pix), chunks (chunk, n_pix)
     wave              float64 (n_pix,)   air wavelengths [Å]
     split             uint8   (n,)       0 train, 1 validation, 2 test
     labels/<name>     (n,) or (n, 2)     see sb2dask.simulate.systems.LABEL_FIELDS
-    .sb2dask-done/    one marker file per finished chunk (with the chunk's SHA-256)
+    chunk_sha256      uint8 (n_chunks, 32): completion record of each finished chunk, the SHA-256
+                      of its flux (see sb2dask.completion; format 1 kept them in .sb2dask-done/)
 
 Root attributes ``sb2dask`` hold the configuration, counts, split, label units and provenance
 (package versions, the library's provenance and hash). One Dask task writes one chunk of every
-array and then its marker; a rerun recomputes exactly the chunks without markers, so an
-interrupted run (killed worker or killed client) ends byte-identical to an uninterrupted one.
+array and then its completion record; a rerun recomputes exactly the chunks without records, so
+an interrupted run (killed worker or killed client) ends byte-identical to an uninterrupted one.
 Zarr's local store writes each chunk file under a temporary name and renames it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from dataclasses import dataclass
@@ -25,15 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_write_text
+from ..completion import create_records, finished_chunks, record_finished
+from ..fileio import bytes_sha256
 from ..provenance import package_versions, utc_now
 from ..simulate.config import SimulationConfig
+from ..simulate.simulator import simulator_for
 
-__all__ = ["FORMAT_VERSION", "SplitSpec", "generate", "simulate_chunk", "simulator_for",
-           "chunk_status", "store_metadata"]
+__all__ = ["FORMAT_VERSION", "SplitSpec", "generate", "simulate_chunk", "chunk_status",
+           "store_metadata"]
 
-FORMAT_VERSION = 1
-DONE_DIR = ".sb2dask-done"
+#: 2: completion records in the ``chunk_sha256`` array (1: files in ``.sb2dask-done/``).
+FORMAT_VERSION = 2
 SPLIT_NAMES = ("train", "validation", "test")
 
 
@@ -53,25 +56,6 @@ class SplitSpec:
         return n_train, n_val, n - n_train - n_val
 
 
-_CACHE: dict = {}
-
-
-def simulator_for(config: SimulationConfig):
-    """(library, sampler, renderer) for a configuration, built once per process (per worker) and
-    reused for every chunk."""
-    from ..library import load_library
-    from ..simulate.spectra import SpectrumRenderer
-    from ..simulate.systems import GridSampler
-
-    key = (config.library, config.teff_range, config.logg_range, config.feh_range,
-           config.vsini_range, config.working_dv, config.resolution, config.output_grid)
-    if key not in _CACHE:
-        lib = load_library(config.library)
-        _CACHE.clear()
-        _CACHE[key] = (lib, GridSampler(lib, config), SpectrumRenderer(lib, config))
-    return _CACHE[key]
-
-
 def simulate_chunk(config: SimulationConfig, start: int, stop: int) -> tuple[np.ndarray, dict]:
     """Pure core: spectra ``start..stop-1`` of a data set, as (flux (n, n_pix), labels)."""
     from ..simulate.systems import draw_systems
@@ -82,7 +66,7 @@ def simulate_chunk(config: SimulationConfig, start: int, stop: int) -> tuple[np.
 
 
 def _write_chunk(out: str, config_dict: dict, c: int, chunk: int, n: int) -> dict:
-    """Dask task: simulate chunk ``c`` and write it into every array, then its marker."""
+    """Dask task: simulate chunk ``c`` and write it into every array, then its record."""
     import zarr
 
     config = SimulationConfig.from_dict(config_dict)
@@ -94,9 +78,7 @@ def _write_chunk(out: str, config_dict: dict, c: int, chunk: int, n: int) -> dic
     root["flux"][start:stop] = flux
     for name, values in labels.items():
         root["labels"][name][start:stop] = values
-    digest = hashlib.sha256(flux.tobytes()).hexdigest()
-    marker = Path(out) / DONE_DIR / f"chunk-{c:06d}"
-    atomic_write_text(marker, digest)
+    record_finished(out, c, bytes_sha256(flux.tobytes()))
     return dict(chunk=c, n=stop - start, simulate_s=t1 - t0, write_s=time.perf_counter() - t1)
 
 
@@ -104,10 +86,8 @@ def chunk_status(out: str | Path) -> tuple[int, list[int]]:
     """(number of chunks, indices of finished chunks) of a store."""
     meta = store_metadata(out)
     n_chunks = -(-meta["n"] // meta["chunk"])
-    done_dir = Path(out) / DONE_DIR
-    done = sorted(int(p.name.split("-")[1]) for p in done_dir.glob("chunk-*")) \
-        if done_dir.exists() else []
-    return n_chunks, [c for c in done if c < n_chunks]
+    done = finished_chunks(out) or {}
+    return n_chunks, sorted(c for c in done if c < n_chunks)
 
 
 def store_metadata(out: str | Path) -> dict:
@@ -156,7 +136,7 @@ def _create_store(out: Path, config: SimulationConfig, n: int, chunk: int, split
     for name, (shape, dtype, unit, desc) in LABEL_FIELDS.items():
         labels.create_array(name, shape=(n,) + shape, chunks=(chunk,) + shape, dtype=dtype,
                             compressors=[blosc], attributes=dict(units=unit, description=desc))
-    (out / DONE_DIR).mkdir(exist_ok=True)
+    create_records(root, -(-n // chunk))
 
 
 def generate(out: str | Path, config: SimulationConfig, n: int, chunk: int = 10000,
@@ -200,9 +180,9 @@ def generate(out: str | Path, config: SimulationConfig, n: int, chunk: int = 100
         client = get_client("local")
     try:
         if todo:
-            futures = client.map(_write_chunk, [str(out)] * len(todo), [config.to_dict()] * len(todo),
-                                 todo, [chunk] * len(todo), [n] * len(todo), pure=False,
-                                 retries=3)
+            k = len(todo)
+            futures = client.map(_write_chunk, [str(out)] * k, [config.to_dict()] * k, todo,
+                                 [chunk] * k, [n] * k, pure=False, retries=3)
             with tqdm(total=n, initial=len(done) * chunk if done else 0, unit="spectra",
                       desc="simulate", disable=not progress, file=sys.stderr) as bar:
                 for fut in as_completed(futures):

@@ -16,11 +16,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..fileio import atomic_path
+from ..gaia import HEALPIX_LEVEL8_SHIFT, N_HEALPIX_LEVEL8, RVS_WAVE
+from ..labels import PARAMETERS
 from ..simulate.config import SimulationConfig
+from ..simulate.orbits import radial_velocities
+from ..simulate.simulator import simulator_for
+from ..simulate.systems import draw_systems
+from .gaia_ecsv import write_bulk_ecsv
 
 __all__ = ["mock_catalogue"]
-
-N_HEALPIX_8 = 12 * 4 ** 8
 
 
 def mock_catalogue(out_dir: str | Path, n_sources: int = 1000, epochs: tuple[int, int] = (1, 5),
@@ -30,19 +35,13 @@ def mock_catalogue(out_dir: str | Path, n_sources: int = 1000, epochs: tuple[int
 
     Returns counts: sources, binaries, epoch spectra, files (paths).
     """
-    from ..infer.readers.base import RVS_WAVE
-    from ..infer.readers.gaia_bulk_ecsv import HEALPIX_LEVEL8_SHIFT, write_bulk_ecsv
-    from ..simulate.orbits import radial_velocities
-    from ..simulate.systems import draw_systems
-    from .factory import simulator_for
-
     cfg = (config or SimulationConfig()).replace(output_grid="gaia_dr3",
                                                  binary_fraction=binary_fraction, seed=seed)
     lib, sampler, renderer = simulator_for(cfg)
     labels, interp, _ = draw_systems(lib, cfg, np.arange(n_sources), sampler=sampler)
     rng = np.random.default_rng([seed, 7])
     n_ep = rng.integers(epochs[0], epochs[1] + 1, size=n_sources)
-    hp = np.sort(rng.choice(N_HEALPIX_8, size=n_sources, replace=False))
+    hp = np.sort(rng.choice(N_HEALPIX_LEVEL8, size=n_sources, replace=False))
     source_id = (hp.astype(np.int64) << HEALPIX_LEVEL8_SHIFT) + rng.integers(
         0, 2 ** 35, size=n_sources)
     rep = np.repeat(np.arange(n_sources), n_ep)
@@ -73,9 +72,10 @@ def mock_catalogue(out_dir: str | Path, n_sources: int = 1000, epochs: tuple[int
     truth = pd.DataFrame({"source_id": source_id[rep], "epoch_id": transit,
                           "is_binary": binary, "snr": lab["snr"], "phase": lab["phase"],
                           "rv_separation": lab["rv_separation"]})
-    for k in ("teff", "logg", "feh", "vsini", "mass", "radius", "rv", "light_fraction"):
+    for k in PARAMETERS + ("mass", "radius", "rv", "light_fraction"):
         truth[f"{k}_1"], truth[f"{k}_2"] = lab[k][:, 0], lab[k][:, 1]
-    truth.to_parquet(out / "truth.parquet", index=False)
+    with atomic_path(out / "truth.parquet") as tmp:
+        truth.to_parquet(tmp, index=False)
     files = []
     bounds = np.linspace(0, n_sources, n_files + 1).astype(int)
     for f in range(n_files):

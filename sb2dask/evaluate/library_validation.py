@@ -111,13 +111,10 @@ def write_report(rows: list[dict], out_dir: str | Path, test_name: str, ref_name
     have = {(r["teff"], r["logg"], r["feh"]) for r in rows}
     plot_nodes = tuple(n for n in plot_nodes if n in have)
     if test is not None and reference is not None and plot_nodes:
-        import matplotlib
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(len(plot_nodes), 1, figsize=(9, 2.6 * len(plot_nodes)),
-                                 sharex=True, constrained_layout=True)
+        fig = Figure(figsize=(9, 2.6 * len(plot_nodes)), layout="constrained")
+        axes = fig.subplots(len(plot_nodes), 1, sharex=True)
         for a, node in zip(np.atleast_1d(axes), plot_nodes):
             wt, ft = observe(test, *node)
             wr, fr = observe(reference, *node)
@@ -131,5 +128,4 @@ def write_report(rows: list[dict], out_dir: str | Path, test_name: str, ref_name
         np.atleast_1d(axes)[0].legend(fontsize=8, loc="lower left", ncol=3)
         np.atleast_1d(axes)[-1].set_xlabel("wavelength [Å, air]")
         fig.savefig(out / "validation.png", dpi=110)
-        plt.close(fig)
     return summary

@@ -22,7 +22,7 @@ LABELS = {"teff": "Teff [K]", "logg": "log g", "feh": "[Fe/H]", "vsini": "v sin 
 
 def _predict_split(store, model_dir, split: str, max_n: int | None, fields):
     from ..infer.predict import get_model_set
-    from ..train.data import load_split, split_indices
+    from ..dataset.store import load_split, split_indices
 
     idx = split_indices(store, split)
     if max_n:
@@ -37,9 +37,10 @@ def _predict_split(store, model_dir, split: str, max_n: int | None, fields):
 
 
 def _fig3(pred, lab, path):
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(2, 2, figsize=(9, 8), constrained_layout=True)
+    fig = Figure(figsize=(9, 8), layout="constrained")
+    axes = fig.subplots(2, 2)
     for ax, p in zip(axes.ravel(), PARAMS):
         t, y = lab[p].ravel(), pred[p].ravel()
         ok = np.isfinite(t) & np.isfinite(y)
@@ -51,13 +52,13 @@ def _fig3(pred, lab, path):
         ax.set_xlabel("simulated")
         ax.set_ylabel("predicted")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _binned_fig(binned: dict, xlabel: str, path):
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2), constrained_layout=True)
+    fig = Figure(figsize=(14, 3.2), layout="constrained")
+    axes = fig.subplots(1, 4)
     for ax, p in zip(axes, PARAMS):
         b = binned[p]
         c = 0.5 * (np.array(b["edges"][:-1]) + np.array(b["edges"][1:]))
@@ -67,7 +68,6 @@ def _binned_fig(binned: dict, xlabel: str, path):
         ax.set_xlabel(xlabel)
     axes[0].legend(fontsize=8)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
@@ -75,10 +75,6 @@ def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
              max_test: int | None = None, n_perm: int = 1000) -> dict:
     """Evaluate the models of ``model_dir`` on the test split of ``store``; returns the summary
     written to ``OUT/evaluation.json`` (also ``evaluation.md`` and ``fig3..fig6*.png``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fields = list(PARAMS) + ["snr", "rv_separation", "is_binary"]

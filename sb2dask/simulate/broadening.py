@@ -25,7 +25,6 @@ __all__ = ["rotation_kernel_ft", "gaussian_lsf_ft", "doppler_shift_ft", "doppler
            "rotational_broadening"]
 
 
-
 def rotation_kernel_ft(freq: np.ndarray, vsini, epsilon: float = 0.6) -> np.ndarray:
     """Fourier transform of the rotation profile.
 
@@ -66,7 +65,8 @@ def doppler_factor(rv) -> np.ndarray:
 
 
 def doppler_shift_ft(freq: np.ndarray, rv) -> np.ndarray:
-    """Phase factor that shifts a spectrum on the velocity grid by ``rv`` [km/s], shape (n, n_freq)."""
+    """Phase factor that shifts a spectrum on the velocity grid by ``rv`` [km/s], shape
+    (n, n_freq)."""
     dx = C_KMS * np.log(doppler_factor(rv))
     return np.exp(-2j * np.pi * np.multiply.outer(dx, np.asarray(freq)))
 

@@ -7,20 +7,28 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ..config import ConfigMixin
+from ..gaia import RVS_N_PIX, RVS_WAVE_END_NM, RVS_WAVE_START_NM
+from ..labels import TABLE1_RANGES
+from ..library.base import RVS_WINDOW
 
-__all__ = ["SimulationConfig", "OUTPUT_GRIDS", "output_wave"]
+__all__ = ["SimulationConfig", "OUTPUT_GRIDS", "DEFAULT_OUTPUT_GRID", "output_wave"]
+
+_GAIA_RANGE = (10.0 * RVS_WAVE_START_NM, 10.0 * RVS_WAVE_END_NM)  # [Å], vacuum
 
 #: Output pixel layouts (low, high, pixels, medium): the paper's 903 pixels over 8470-8710 Å (air),
 #: and Gaia DR3's mean-spectrum layout, 2401 pixels at 0.01 nm over 846-870 nm in *vacuum*
 #: (measured on the real DR3 spectra: the Ca II lines sit at 8500.4, 8544.5, 8664.5 Å).
 OUTPUT_GRIDS = {
-    "rvs903": (8470.0, 8710.0, 903, "air"),
-    "gaia_dr3": (8460.0, 8700.0, 2401, "vacuum"),
+    "rvs903": (*RVS_WINDOW, 903, "air"),
+    "gaia_dr3": (*_GAIA_RANGE, RVS_N_PIX, "vacuum"),
     # The paper's 903-pixel input over the range Gaia DR3 actually publishes: its 8470-8710 Å
     # window runs 10 Å past the red end of the DR3 spectra (8700 Å vacuum = 8697.6 Å air), so
     # models meant for real DR3/DR4 spectra (the shipped ones) are trained on this layout.
-    "gaia_dr3_903": (8460.0, 8700.0, 903, "vacuum"),
+    "gaia_dr3_903": (*_GAIA_RANGE, 903, "vacuum"),
 }
+
+#: The layout of the shipped models, so that a default simulation is what they read.
+DEFAULT_OUTPUT_GRID = "gaia_dr3_903"
 
 
 def output_wave(name: str, medium: str = "air") -> np.ndarray:
@@ -35,7 +43,8 @@ def output_wave(name: str, medium: str = "air") -> np.ndarray:
     try:
         lo, hi, n, native = OUTPUT_GRIDS[name]
     except KeyError:
-        raise ValueError(f"unknown output grid {name!r}; choose from {sorted(OUTPUT_GRIDS)}") from None
+        raise ValueError(f"unknown output grid {name!r}; choose from {sorted(OUTPUT_GRIDS)}"
+                         ) from None
     if medium not in ("air", "vacuum"):
         raise ValueError(f"medium must be 'air' or 'vacuum', got {medium!r}")
     wave = np.linspace(lo, hi, n)
@@ -54,7 +63,8 @@ class SimulationConfig(ConfigMixin):
     Attributes
     ----------
     library : str
-        ``"embedded"``, a grid file, or a PHOENIX directory (see :func:`sb2dask.library.load_library`).
+        ``"embedded"``, a grid file, or a PHOENIX directory (see
+        :func:`sb2dask.library.load_library`).
     k_sum_range : tuple
         K1 + K2 [km/s], drawn uniformly; the period is drawn log-uniformly in ``period_range`` and
         the inclination then follows from K1 + K2 (redrawing the period if sin i would exceed 1).
@@ -62,21 +72,25 @@ class SimulationConfig(ConfigMixin):
         Continuum S/N per output pixel, uniform; noise is Gaussian with σ = sqrt(flux)/S/N.
     binary_fraction : float
         Fraction of SB2 systems; the rest are single stars (1.0 for the paper's training set).
+    output_grid : str
+        Output pixel layout, a key of :data:`OUTPUT_GRIDS`. The default, ``gaia_dr3_903``, is the
+        layout of the shipped models; ``rvs903`` is the paper's window (8470-8710 Å, air), which
+        runs past the red end of Gaia DR3 spectra.
     working_dv : float
         Velocity step [km/s] of the internal ln(λ) grid on which broadening and shifts are applied.
     """
 
     library: str = "embedded"
-    teff_range: tuple[float, float] = (3500.0, 6500.0)
-    logg_range: tuple[float, float] = (3.0, 6.0)
-    feh_range: tuple[float, float] = (-4.0, 1.0)
-    vsini_range: tuple[float, float] = (0.0, 100.0)
+    teff_range: tuple[float, float] = TABLE1_RANGES["teff"]
+    logg_range: tuple[float, float] = TABLE1_RANGES["logg"]
+    feh_range: tuple[float, float] = TABLE1_RANGES["feh"]
+    vsini_range: tuple[float, float] = TABLE1_RANGES["vsini"]
     k_sum_range: tuple[float, float] = (10.0, 90.0)
     period_range: tuple[float, float] = (1.0, 1000.0)
     gamma: float = 0.0
     snr_range: tuple[float, float] = (30.0, 350.0)
     resolution: float = 11500.0
-    output_grid: str = "rvs903"
+    output_grid: str = DEFAULT_OUTPUT_GRID
     limb_darkening: float = 0.6
     working_dv: float = 1.0
     binary_fraction: float = 1.0

@@ -6,13 +6,16 @@ import numpy as np
 
 __all__ = ["K_CONSTANT", "k_sum_max", "semi_amplitudes", "radial_velocities"]
 
-#: (2πG·M_sun / 1 day)^(1/3) in km/s: K1+K2 = K_CONSTANT · (M_tot/M_sun)^(1/3) · (P/d)^(-1/3) · sin i
-#: for a circular orbit.
+#: (2πG·M_sun / 1 day)^(1/3) in km/s, so that for a circular orbit
+#: K1+K2 = K_CONSTANT · (M_tot/M_sun)^(1/3) · (P/d)^(-1/3) · sin i.
+#: astropy's constants give 212.908; the rounded value stays because every simulated set (the
+#: shipped models' included) was drawn with it, and the period redraws depend on it.
 K_CONSTANT = 212.9
 
 
 def k_sum_max(m_total, period_days) -> np.ndarray:
-    """K1+K2 [km/s] of a circular, edge-on (sin i = 1) orbit of total mass [M_sun] and period [d]."""
+    """K1+K2 [km/s] of a circular, edge-on (sin i = 1) orbit of total mass [M_sun] and period
+    [d]."""
     return K_CONSTANT * np.cbrt(np.asarray(m_total, float) / np.asarray(period_days, float))
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..labels import DESCRIPTIONS, PARAMETERS, UNITS
 from ..library.base import CONTINUUM_REFERENCE_WAVE, SpectralLibrary
 from .config import SimulationConfig
 from .orbits import k_sum_max, radial_velocities, semi_amplitudes
@@ -21,13 +22,13 @@ __all__ = ["LABEL_FIELDS", "GridSampler", "spectrum_seed", "draw_systems"]
 #: description). ``(2,)`` fields hold (cooler, hotter) components; for single stars the second
 #: component is NaN.
 LABEL_FIELDS = {
-    "teff": ((2,), "f4", "K", "effective temperature, lower first"),
-    "logg": ((2,), "f4", "dex", "surface gravity log10(g/cm s-2), ordered like teff"),
-    "feh": ((2,), "f4", "dex", "metallicity [Fe/H], ordered like teff"),
-    "vsini": ((2,), "f4", "km/s", "projected rotational velocity, ordered like teff"),
+    **{name: ((2,), "f4", UNITS[name],
+              DESCRIPTIONS[name] + (", lower first" if name == "teff" else ", ordered like teff"))
+       for name in PARAMETERS},
     "mass": ((2,), "f4", "Msun", "main-sequence mass, ordered like teff"),
     "radius": ((2,), "f4", "Rsun", "radius from logg and mass, ordered like teff"),
-    "light_fraction": ((2,), "f4", "", "fraction of the continuum light at 8600 Å"),
+    "light_fraction": ((2,), "f4", "", "fraction of the continuum light at "
+                       f"{CONTINUUM_REFERENCE_WAVE:.0f} Å"),
     "k": ((2,), "f4", "km/s", "RV semi-amplitude, ordered like teff"),
     "rv": ((2,), "f4", "km/s", "radial velocity at the epoch, ordered like teff"),
     "interp_axis": ((2,), "i1", "", "grid axis interpolated (0 teff, 1 logg, 2 feh)"),
@@ -36,7 +37,7 @@ LABEL_FIELDS = {
     "rv_separation": ((), "f4", "km/s", "|RV1 - RV2| at the epoch"),
     "period": ((), "f4", "d", "orbital period"),
     "inclination": ((), "f4", "deg", "orbital inclination"),
-    "phase": ((), "f4", "", "orbital phase of the epoch (0 = RV1 maximum)"),
+    "phase": ((), "f4", "", "orbital phase of the epoch (0 = RV maximum of component 1)"),
     "snr": ((), "f4", "", "continuum signal-to-noise ratio per pixel"),
     "is_binary": ((), "?", "", "True for SB2 systems, False for single stars"),
     "seed": ((), "u8", "", "per-spectrum random seed"),
@@ -64,9 +65,9 @@ class GridSampler:
     """Draws component labels inside a library's coverage, interpolated along one axis at a time.
 
     For each star all three labels are drawn uniformly in the configured ranges (clipped to the
-    library); one axis, chosen at random, keeps its continuous value and is interpolated between its
-    bracketing nodes, while the other two are snapped to the nearest node (Binnenfeld et al. 2025,
-    Sect. 2). Draws whose bracketing nodes are missing are redrawn.
+    library); one axis, chosen at random, keeps its continuous value and is interpolated between
+    its bracketing nodes, while the other two are snapped to the nearest node (Binnenfeld et al.
+    2025, Sect. 2). Draws whose bracketing nodes are missing are redrawn.
     """
 
     def __init__(self, library: SpectralLibrary, config: SimulationConfig):
@@ -179,6 +180,10 @@ def draw_systems(library: SpectralLibrary, config: SimulationConfig, index: np.n
         out["snr"][r] = rng.uniform(*config.snr_range)
         noise[r] = rng.standard_normal(n_out)
         order = sorted(range(len(stars)), key=lambda c: (stars[c].teff, c))
+        if binary and order[0] == 1:
+            # The orbit gave +K·cos(2πφ) to the star drawn first; it is stored second, and
+            # -K·cos(2πφ) = +K·cos(2π(φ + ½)), so the stored phase refers to the stored RV1.
+            out["phase"][r] = (phase + 0.5) % 1.0
         for slot, c in enumerate(order):
             s = stars[c]
             for key, val in (("teff", s.teff), ("logg", s.logg), ("feh", s.feh),

@@ -5,15 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import ConfigMixin
+from ..labels import PARAMETERS, TABLE1_RANGES, TARGETS
 
-__all__ = ["TrainConfig", "TARGETS", "DEFAULT_RANGES"]
+__all__ = ["PARAMETER_TARGETS", "TrainConfig"]
 
-#: What each model predicts.
-TARGETS = ("teff", "logg", "feh", "vsini", "p_binary")
-
-#: Label ranges of Table 1 used to scale targets to [0, 1] (configurable).
-DEFAULT_RANGES = {"teff": (3500.0, 6500.0), "logg": (3.0, 6.0), "feh": (-4.0, 1.0),
-                  "vsini": (0.0, 100.0)}
+#: The labels of the parameter models (Table 3), which are fed the predicted temperatures.
+PARAMETER_TARGETS = tuple(p for p in PARAMETERS if p != "teff")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,9 +20,10 @@ class TrainConfig(ConfigMixin):
     Attributes
     ----------
     target : str
-        One of :data:`TARGETS`. ``teff`` trains the temperature model (Table 2); ``logg``, ``feh``
-        and ``vsini`` train parameter models (Table 3) fed the temperatures predicted by
-        ``temperature_model``; ``p_binary`` trains the SB2 detector.
+        One of :data:`sb2dask.labels.TARGETS`. ``teff`` trains the temperature model (Table 2);
+        :data:`PARAMETER_TARGETS` (``logg``, ``feh``, ``vsini``) train parameter models
+        (Table 3) fed the temperatures predicted by ``temperature_model``; ``p_binary`` trains
+        the SB2 detector.
     epochs, batch_size, learning_rate : training budget and Adam step size.
     max_train : int or None
         Use only the first ``max_train`` training spectra (budget control).
@@ -34,12 +32,17 @@ class TrainConfig(ConfigMixin):
         (per-batch warm-up and cosine decay over the whole budget, for short budgets) or
         ``"none"``.
     early_stopping : int or None
-        Stop after this many epochs without validation improvement.
+        Stop after this many (>= 1) epochs without validation improvement; None: never.
     member : int
         Ensemble member; it changes the seed and which validation fold is held out
         (``validation_folds`` > 1 rotates part of the validation split into training).
     temperature_model : str or None
         Manifest path of the trained temperature model, for parameter models.
+    label_range : tuple of float or None
+        Target range scaled to [0, 1] (default: the target's range in Table 1,
+        :data:`sb2dask.labels.TABLE1_RANGES`).
+    temperature_range : tuple of float
+        Range (K) with which the predicted temperatures fed to parameter models are scaled.
     layout : str
         ``"2d"`` (Conv2d 1×k, channels-last: fastest on CPU) or ``"1d"``; same function.
     threads : int or None
@@ -61,7 +64,7 @@ class TrainConfig(ConfigMixin):
     validation_folds: int = 1
     temperature_model: str | None = None
     label_range: tuple[float, float] | None = None
-    temperature_range: tuple[float, float] = DEFAULT_RANGES["teff"]
+    temperature_range: tuple[float, float] = TABLE1_RANGES["teff"]
     layout: str = "2d"
     device: str = "auto"
     threads: int | None = None
@@ -73,6 +76,9 @@ class TrainConfig(ConfigMixin):
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be positive")
+        if self.early_stopping is not None and self.early_stopping < 1:
+            raise ValueError(f"early_stopping must be None or at least 1 epoch, got "
+                             f"{self.early_stopping!r}")
         for name in ("label_range", "temperature_range"):
             v = getattr(self, name)
             if v is not None:
@@ -82,7 +88,7 @@ class TrainConfig(ConfigMixin):
     def scaling_range(self) -> tuple[float, float] | None:
         if self.target == "p_binary":
             return None
-        return self.label_range or DEFAULT_RANGES[self.target]
+        return self.label_range or TABLE1_RANGES[self.target]
 
     @property
     def name(self) -> str:

@@ -6,35 +6,98 @@ written atomically after every epoch; the best model so far is saved with its ma
 :func:`sb2dask.models.io.save_model`. A rerun with the same configuration resumes from the last
 finished epoch; each epoch's shuffling order is drawn from ``(seed, member, epoch)``, so a resumed
 run follows the same batches as an uninterrupted one.
+
+:func:`fit` is the pipeline of the steps below: :func:`load_data`, :func:`fit_inputs`,
+:func:`build_learner`, :func:`resume`, then per epoch :func:`run_epoch` (:func:`train_epoch` and
+:func:`validation_metrics`) and :func:`save_checkpoint`, with :func:`build_manifest` describing
+the saved models and :func:`save_temperature_feature_statistics` closing a temperature model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
+from ..dataset.factory import store_metadata
+from ..dataset.store import SplitData, load_split, split_indices, store_fingerprint
 from ..devices import resolve_device
-from ..fileio import atomic_path, atomic_write_json
+from ..fileio import atomic_path, atomic_write_json, file_sha256
+from ..labels import PARAMETERS, UNITS
 from ..models.io import (ARCHITECTURES, LabelScaling, ModelManifest, feature_statistics,
                          load_model, save_feature_statistics, save_model)
+from ..models.layers import canonical_state_dict, load_canonical_state_dict
 from ..models.predict import predict_array, sort_pairs
 from ..stats import roc_auc
-from .config import TrainConfig
-from .data import load_split, split_indices, store_fingerprint
+from .config import PARAMETER_TARGETS, TrainConfig
 
-__all__ = ["fit", "temperature_inputs"]
+__all__ = ["ARCHITECTURE", "FitData", "Learner", "build_learner", "build_manifest", "fit",
+           "fit_inputs", "label_limits", "load_data", "logg_max_by_teff", "resume", "run_epoch",
+           "save_checkpoint", "save_temperature_feature_statistics", "temperature_inputs",
+           "train_epoch", "training_loss", "validation_loss", "validation_metrics",
+           "warmup_cosine"]
 
 logger = logging.getLogger(__name__)
 
-_ARCH = {"teff": "TemperatureNet", "logg": "ParameterNet", "feh": "ParameterNet",
-         "vsini": "ParameterNet", "p_binary": "BinaryDetector"}
+#: The network class (a key of :data:`sb2dask.models.io.ARCHITECTURES`) of each target.
+ARCHITECTURE = {"teff": "TemperatureNet", **dict.fromkeys(PARAMETER_TARGETS, "ParameterNet"),
+                "p_binary": "BinaryDetector"}
+
+#: Label fields read from the store: the detector's target and the stellar labels.
+_FIELDS = ["is_binary", *PARAMETERS]
+
+
+@dataclass(frozen=True)
+class FitData:
+    """What one network is fitted to, in RAM.
+
+    Attributes
+    ----------
+    train, val : the training and validation rows (binaries only for the SB2 models)
+    y_train, y_val : float32 targets, ``(n,)`` (detector: 1 = SB2) or ``(n, 2)`` scaled to [0, 1]
+    t_train, t_val : float32 ``(n, 2)`` predicted temperatures scaled with
+        ``temperature_scaling``, the second input of parameter models; None otherwise
+    scaling : the target's scaling (None for the detector)
+    temperature_scaling : the scaling of the temperature inputs (K)
+    """
+
+    train: SplitData
+    val: SplitData
+    y_train: np.ndarray
+    y_val: np.ndarray
+    t_train: np.ndarray | None
+    t_val: np.ndarray | None
+    scaling: LabelScaling | None
+    temperature_scaling: LabelScaling
+
+
+@dataclass(frozen=True)
+class Learner:
+    """The network being fitted and what fits it.
+
+    ``scheduler`` is a per-batch :class:`~torch.optim.lr_scheduler.LambdaLR` (``cosine``), a
+    per-epoch :class:`~torch.optim.lr_scheduler.ReduceLROnPlateau` (``plateau``) or None.
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+    loss: torch.nn.Module
+    device: torch.device
+
+
+def _torch_seed(key: list[int]) -> int:
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
 def temperature_inputs(manifests: list[str | Path], flux: np.ndarray, device,
@@ -47,13 +110,13 @@ def temperature_inputs(manifests: list[str | Path], flux: np.ndarray, device,
     With ``cache`` (a directory) and the rows' global ``index``, predictions are stored per
     (temperature models, rows) and reused: the logg, [Fe/H] and v sin i models are all fed the
     same temperatures, which would otherwise be predicted three times.
-    """
-    from ..fileio import file_sha256
 
+    Returns
+    -------
+    numpy.ndarray : float32 ``(n_spectra, 2)``
+    """
     path = None
     if cache is not None and index is not None:
-        import hashlib
-
         h = hashlib.sha256()
         for m in sorted(str(p) for p in manifests):
             h.update(file_sha256(Path(m).with_suffix(".safetensors")).encode())
@@ -75,7 +138,31 @@ def temperature_inputs(manifests: list[str | Path], flux: np.ndarray, device,
     return out
 
 
-def _targets(cfg: TrainConfig, data, scaling):
+def _rows(data: SplitData, keep: np.ndarray) -> SplitData:
+    return SplitData(data.flux[keep], {k: v[keep] for k, v in data.labels.items()},
+                     data.index[keep], data.wave)
+
+
+def load_data(cfg: TrainConfig, store: str | Path) -> tuple[SplitData, SplitData]:
+    """The training and validation rows of ``cfg.member`` (at most ``max_train`` /
+    ``max_validation``), in RAM; the SB2 models (all but the detector) keep binaries only."""
+    tr_idx = split_indices(store, "train", cfg.member, cfg.validation_folds)
+    va_idx = split_indices(store, "validation", cfg.member, cfg.validation_folds)
+    if cfg.max_train:
+        tr_idx = tr_idx[: cfg.max_train]
+    if cfg.max_validation:
+        va_idx = va_idx[: cfg.max_validation]
+    train, val = load_split(store, tr_idx, _FIELDS), load_split(store, va_idx, _FIELDS)
+    if cfg.target != "p_binary":
+        train, val = _rows(train, train.labels["is_binary"]), _rows(val, val.labels["is_binary"])
+    if len(train.flux) == 0 or len(val.flux) == 0:
+        raise ValueError(f"{store}: no usable training or validation spectra for {cfg.target} "
+                         f"({len(train.flux)} training, {len(val.flux)} validation rows"
+                         f"{'' if cfg.target == 'p_binary' else ' that are binaries'})")
+    return train, val
+
+
+def _targets(cfg: TrainConfig, data: SplitData, scaling: LabelScaling | None) -> np.ndarray:
     lab = data.labels
     if cfg.target == "p_binary":
         return lab["is_binary"].astype(np.float32)
@@ -83,9 +170,286 @@ def _targets(cfg: TrainConfig, data, scaling):
     return scaling.scale(y).astype(np.float32)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+def fit_inputs(cfg: TrainConfig, train: SplitData, val: SplitData,
+               temperature_models: list[str | Path], device: torch.device,
+               cache: Path | None = None) -> FitData:
+    """Scaled targets and, for parameter models, the temperatures predicted by
+    ``temperature_models`` (cached in ``cache``, see :func:`temperature_inputs`)."""
+    scaling = (LabelScaling(*cfg.scaling_range, unit=UNITS[cfg.target])
+               if cfg.scaling_range else None)
+    t_scaling = LabelScaling(*cfg.temperature_range, unit=UNITS["teff"])
+    t_train = t_val = None
+    if ARCHITECTURE[cfg.target] == "ParameterNet":
+        if not temperature_models:
+            raise ValueError(f"a {cfg.target} model needs temperature_model (the trained "
+                             "temperature model's manifest)")
+        t_train = temperature_inputs(temperature_models, train.flux, device, t_scaling, cache,
+                                     train.index)
+        t_val = temperature_inputs(temperature_models, val.flux, device, t_scaling, cache,
+                                   val.index)
+    return FitData(train, val, _targets(cfg, train, scaling), _targets(cfg, val, scaling),
+                   t_train, t_val, scaling, t_scaling)
+
+
+def warmup_cosine(steps: int) -> Callable[[int], float]:
+    """Learning-rate factor per batch over a budget of ``steps`` batches: linear warm-up over
+    2 % of the steps, then cosine decay to 1/50, held there past ``steps``.
+
+    For :class:`~torch.optim.lr_scheduler.LambdaLR`. ``SequentialLR(LinearLR,
+    CosineAnnealingLR)`` reproduces it only to ~1e-15 (its cosine is a recursive update, not this
+    closed form), rises again past ``T_max`` instead of holding lr/50, and stores ``T_max`` in
+    its state, so a run resumed with more epochs would keep the old horizon; a plain function is
+    not stored (``lr_lambdas: [None]``), so the horizon follows the current budget and the
+    checkpoints of earlier versions still load.
+    """
+    warm = max(1, steps // 50)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, steps - warm))
+        return float(0.02 + 0.98 * 0.5 * (1.0 + np.cos(np.pi * t)))
+
+    return factor
+
+
+def training_loss(target: str, y_train: np.ndarray, device: torch.device) -> torch.nn.Module:
+    """MSE for the regression targets; for the detector, binary cross-entropy on logits with the
+    positives weighted by n_negative / n_positive of ``y_train`` (a tensor on ``device``)."""
+    if target != "p_binary":
+        return torch.nn.MSELoss()
+    n_pos = float(y_train.sum())
+    pos_weight = torch.tensor((len(y_train) - n_pos) / max(n_pos, 1.0), device=device)
+    return torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+
+def build_learner(cfg: TrainConfig, y_train: np.ndarray, layout: str,
+                  device: torch.device) -> Learner:
+    """A fresh network of ``cfg.target``'s architecture on ``device`` (initial weights drawn
+    from ``(seed, member)``), Adam, the schedule (``cosine``: per batch, over ``epochs``
+    passes through the rows of ``y_train``) and the loss (:func:`training_loss`)."""
+    # initial weights from (seed, member) alone: loading the temperature models for the inputs
+    # draws from torch's RNG too, but not when another job already cached the temperatures
+    torch.manual_seed(_torch_seed([cfg.seed, cfg.member]))
+    model = ARCHITECTURES[ARCHITECTURE[cfg.target]](layout=layout).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate,
+                           weight_decay=cfg.weight_decay)
+    sched = None
+    if cfg.lr_schedule == "plateau":
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5,
+                                                           patience=cfg.lr_patience)
+    elif cfg.lr_schedule == "cosine":
+        # per batch: suits short budgets (a few epochs), where a per-epoch schedule barely moves
+        steps = cfg.epochs * -(-len(y_train) // cfg.batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps))
+    return Learner(model, opt, sched, training_loss(cfg.target, y_train, device), device)
+
+
+def _checkpoint_files(ckpt_dir: Path, name: str) -> tuple[Path, Path, Path]:
+    """Weights (safetensors), optimiser and scheduler (tensors only), progress (JSON)."""
+    return (ckpt_dir / f"{name}-last.safetensors", ckpt_dir / f"{name}-state.pt",
+            ckpt_dir / f"{name}-state.json")
+
+
+def resume(cfg: TrainConfig, ckpt_dir: Path, learner: Learner) -> dict:
+    """The training progress: fresh, or that of the last checkpoint in ``ckpt_dir``, whose
+    weights, optimiser and scheduler states are then loaded into ``learner``.
+
+    Returns
+    -------
+    dict : ``epoch`` (finished), ``best`` (validation loss), ``best_epoch``, ``stale`` (epochs
+        since the best), ``history`` (per-epoch metrics), ``config``
+    """
+    weights, extra_path, state_json = _checkpoint_files(ckpt_dir, cfg.name)
+    if not state_json.exists():
+        return dict(epoch=0, best=float("inf"), best_epoch=-1, stale=0, history=[],
+                    config=cfg.to_dict())
+    prev = json.loads(state_json.read_text())
+    # The budget (epochs) may be extended on resume; everything else must match.
+    if {**prev["config"], "epochs": cfg.epochs} != cfg.to_dict():
+        raise ValueError(f"{state_json}: checkpoint of a different configuration; remove "
+                         f"{ckpt_dir} or use another output directory")
+    load_canonical_state_dict(learner.model, load_file(str(weights)))
+    # weights_only: tensors and plain containers only, never code. NumPy scalars (which
+    # checkpoints of sb2dask <= 0.1.0 could hold in the scheduler state) are allowed too.
+    with torch.serialization.safe_globals([np._core.multiarray.scalar, np.dtype,
+                                           type(np.dtype(np.float64))]):
+        extra = torch.load(extra_path, weights_only=True, map_location=learner.device)
+    learner.optimizer.load_state_dict(extra["optimizer"])
+    if learner.scheduler is not None and extra.get("scheduler"):
+        learner.scheduler.load_state_dict(extra["scheduler"])
+    logger.info("%s: resuming after epoch %d", cfg.name, prev["epoch"])
+    return dict(prev, config=cfg.to_dict())
+
+
+def save_checkpoint(ckpt_dir: Path, name: str, learner: Learner, state: dict) -> None:
+    """Write the last-epoch checkpoint atomically: weights, optimiser and scheduler, then the
+    progress ``state`` (last, so a checkpoint with progress is always complete)."""
+    weights, extra_path, state_json = _checkpoint_files(ckpt_dir, name)
+    with atomic_path(weights) as tmp:
+        save_file(canonical_state_dict(learner.model), str(tmp))
+    sched = learner.scheduler
+    with atomic_path(extra_path) as tmp:
+        torch.save(dict(optimizer=learner.optimizer.state_dict(),
+                        scheduler=sched.state_dict() if sched is not None else None), tmp)
+    atomic_write_json(state_json, state)
+
+
+def train_epoch(cfg: TrainConfig, learner: Learner, data: FitData, epoch: int,
+                progress: bool = False) -> float:
+    """One pass over the training rows in an order drawn from ``(seed, member, epoch)``
+    (dropout masks too), stepping a ``cosine`` schedule per batch.
+
+    Returns
+    -------
+    float : the mean training loss over the epoch
+    """
+    from tqdm.auto import tqdm
+
+    model, opt, device = learner.model, learner.optimizer, learner.device
+    per_batch = learner.scheduler if cfg.lr_schedule == "cosine" else None
+    n, bs = len(data.y_train), cfg.batch_size
+    model.train()
+    key = [cfg.seed, cfg.member, epoch]
+    perm = np.random.default_rng(key).permutation(n)
+    # dropout masks too depend only on (seed, member, epoch), so a resumed run matches
+    torch.manual_seed(_torch_seed(key))
+    y_all = torch.from_numpy(data.y_train)
+    total = 0.0
+    for s in tqdm(range(0, n, bs), desc=f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}",
+                  leave=False, disable=not progress, file=sys.stderr):
+        idx = np.sort(perm[s:s + bs])
+        args = [torch.from_numpy(data.train.flux[idx]).to(device)]
+        if data.t_train is not None:
+            args.append(torch.from_numpy(data.t_train[idx]).to(device))
+        opt.zero_grad(set_to_none=True)
+        loss = learner.loss(model(*args), y_all[idx].to(device))
+        loss.backward()
+        opt.step()
+        if per_batch is not None:
+            per_batch.step()
+        total += float(loss.detach()) * len(idx)
+    return total / n
+
+
+def validation_loss(loss_fn: torch.nn.Module, pred: np.ndarray, y: np.ndarray) -> torch.Tensor:
+    """The training loss of predictions ``pred`` against targets ``y`` (numpy, same shape),
+    computed on the device of the loss's own tensors (the detector's ``pos_weight`` lives on the
+    training device); a 0-d tensor on that device."""
+    device = next(loss_fn.buffers(), torch.empty(0)).device
+    return loss_fn(torch.from_numpy(pred).to(device), torch.from_numpy(y).to(device))
+
+
+def validation_metrics(target: str, loss_fn: torch.nn.Module, pred: np.ndarray, y: np.ndarray,
+                       scaling: LabelScaling | None) -> dict:
+    """Validation loss (the training loss) and, for the detector, the ROC AUC; for the
+    regression targets the RMSE and MAE in physical units (the target's unit)."""
+    val_loss = float(validation_loss(loss_fn, pred, y))
+    if target == "p_binary":
+        return dict(val_loss=val_loss, roc_auc=roc_auc(y, pred))
+    phys = scaling.unscale(pred) - scaling.unscale(y)
+    return dict(val_loss=val_loss, rmse=float(np.sqrt(np.mean(phys ** 2))),
+                mae=float(np.mean(np.abs(phys))))
+
+
+def run_epoch(cfg: TrainConfig, learner: Learner, data: FitData, epoch: int,
+              progress: bool = False) -> dict:
+    """Train epoch ``epoch`` (0-based), validate, and step a ``plateau`` schedule.
+
+    Returns
+    -------
+    dict : the validation metrics, ``epoch`` (1-based), ``train_loss``, ``lr`` (at the end of
+        the epoch, before a plateau step), ``train_samples_per_s`` and ``seconds``
+    """
+    te = time.perf_counter()
+    train_loss = train_epoch(cfg, learner, data, epoch, progress)
+    train_s = time.perf_counter() - te
+    pred = predict_array(learner.model, data.val.flux, data.t_val, device=learner.device)
+    metrics = validation_metrics(cfg.target, learner.loss, pred, data.y_val, data.scaling)
+    metrics.update(epoch=epoch + 1, train_loss=train_loss,
+                   lr=learner.optimizer.param_groups[0]["lr"],
+                   train_samples_per_s=len(data.y_train) / train_s,
+                   seconds=time.perf_counter() - te)
+    if cfg.lr_schedule == "plateau":
+        learner.scheduler.step(metrics["val_loss"])
+    return metrics
+
+
+def _record(state: dict, metrics: dict) -> bool:
+    """Add an epoch's metrics to the progress; True when it is the best epoch so far."""
+    improved = metrics["val_loss"] < state["best"]
+    if improved:
+        state.update(best=metrics["val_loss"], best_epoch=metrics["epoch"], stale=0)
+    else:
+        state["stale"] += 1
+    state["epoch"] = metrics["epoch"]
+    state["history"].append(metrics)
+    return improved
+
+
+def _patience_exhausted(cfg: TrainConfig, state: dict) -> bool:
+    return cfg.early_stopping is not None and state["stale"] >= cfg.early_stopping
+
+
+def _report(name: str, metrics: dict, progress: bool) -> None:
+    logger.info("%s epoch %d: %s", name, metrics["epoch"], metrics)
+    if progress:
+        shown = {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
+        print(f"{name} {shown}", file=sys.stderr)
+
+
+def label_limits(labels: dict) -> dict:
+    """``[min, max]`` of each stellar label over the finite values of both components (None
+    when there is none): the label space a network was trained on, in the labels' units."""
+    limits = {}
+    for key in PARAMETERS:
+        v = labels[key][np.isfinite(labels[key])]
+        limits[key] = [float(v.min()), float(v.max())] if v.size else None
+    return limits
+
+
+def logg_max_by_teff(labels: dict, width: float = 250.0) -> list[list[float]]:
+    """Highest training logg (dex) per ``width`` K bin of Teff, as ``[bin upper edge (K), max
+    logg]`` for the bins that hold any star: where the training set's main sequence ends."""
+    t_all, g_all = labels["teff"].ravel(), labels["logg"].ravel()
+    ok = np.isfinite(t_all) & np.isfinite(g_all)
+    t, g = t_all[ok], g_all[ok]
+    edges = np.arange(np.floor(t.min() / width) * width, t.max() + width, width)
+    return [[float(hi), float(g[(t >= lo) & (t < hi)].max())]
+            for lo, hi in pairwise(edges) if np.any((t >= lo) & (t < hi))]
+
+
+def build_manifest(cfg: TrainConfig, store: str | Path, data: FitData,
+                   temperature_models: list[str | Path]) -> ModelManifest:
+    """The manifest saved with the best model (its ``metrics`` are added per epoch): the
+    target's scalings, the training set's identity, and the label space it covers."""
+    train = data.train
+    snr_range = store_metadata(store)["config"]["snr_range"]
+    return ModelManifest(
+        name=cfg.name, target=cfg.target, architecture=ARCHITECTURE[cfg.target],
+        wave=tuple(train.wave), scaling=data.scaling,
+        temperature_scaling=data.temperature_scaling if data.t_train is not None else None,
+        member=cfg.member, seed=cfg.seed, training_set=store_fingerprint(store),
+        training=dict(config=cfg.to_dict(), n_train=len(data.y_train),
+                      n_validation=len(data.y_val),
+                      temperature_models=[str(p) for p in temperature_models],
+                      label_limits=label_limits(train.labels),
+                      logg_max_by_teff=logg_max_by_teff(train.labels),
+                      snr_range=list(snr_range)))
+
+
+def save_temperature_feature_statistics(manifest_path: Path, flux: np.ndarray, layout: str,
+                                        device: torch.device, max_rows: int = 20000,
+                                        batch: int = 512) -> None:
+    """Feature statistics of a temperature model on (the first ``max_rows`` of) its training
+    spectra ``flux`` ``(n, n_pix)``: the reference for the out-of-distribution distance at
+    inference, saved beside the model."""
+    model, _ = load_model(manifest_path, layout=layout, device=device)
+    sub = flux[: min(len(flux), max_rows)]
+    with torch.inference_mode():
+        feats = np.concatenate([model.trunk(torch.from_numpy(sub[s:s + batch]).to(device))
+                                .cpu().numpy() for s in range(0, len(sub), batch)])
+    save_feature_statistics(manifest_path, feature_statistics(feats))
 
 
 def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool = True,
@@ -100,8 +464,6 @@ def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool
     temperature_models : manifest paths of the temperature model(s) for parameter models
         (default: ``cfg.temperature_model``)
     """
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -109,192 +471,25 @@ def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     layout = cfg.layout if device.type == "cpu" else "1d"
-    rng_seed = [cfg.seed, cfg.member]
-    torch.manual_seed(int(np.random.SeedSequence(rng_seed).generate_state(1)[0]))
-
-    fields = ["is_binary", "teff", "logg", "feh", "vsini"]
     t0 = time.perf_counter()
-    tr_idx = split_indices(store, "train", cfg.member, cfg.validation_folds)
-    va_idx = split_indices(store, "validation", cfg.member, cfg.validation_folds)
-    if cfg.max_train:
-        tr_idx = tr_idx[: cfg.max_train]
-    if cfg.max_validation:
-        va_idx = va_idx[: cfg.max_validation]
-    train, val = load_split(store, tr_idx, fields), load_split(store, va_idx, fields)
+    train, val = load_data(cfg, store)
     load_s = time.perf_counter() - t0
-    if cfg.target != "p_binary":  # the SB2 models learn from binaries only
-        keep_tr, keep_va = train.labels["is_binary"], val.labels["is_binary"]
-        train = type(train)(train.flux[keep_tr], {k: v[keep_tr] for k, v in train.labels.items()},
-                            train.index[keep_tr], train.wave)
-        val = type(val)(val.flux[keep_va], {k: v[keep_va] for k, v in val.labels.items()},
-                        val.index[keep_va], val.wave)
-    if len(train.flux) == 0 or len(val.flux) == 0:
-        raise ValueError(f"{store}: no usable training or validation spectra for {cfg.target}")
-
-    scaling = (LabelScaling(*cfg.scaling_range, unit={"teff": "K", "logg": "dex", "feh": "dex",
-                                                      "vsini": "km/s"}[cfg.target])
-               if cfg.scaling_range else None)
-    t_scaling = LabelScaling(*cfg.temperature_range, unit="K")
-    y_tr, y_va = _targets(cfg, train, scaling), _targets(cfg, val, scaling)
-    x2_tr = x2_va = None
     temp_paths = temperature_models or ([cfg.temperature_model] if cfg.temperature_model else [])
-    if _ARCH[cfg.target] == "ParameterNet":
-        if not temp_paths:
-            raise ValueError(f"a {cfg.target} model needs temperature_model (the trained "
-                             "temperature model's manifest)")
-        x2_tr = temperature_inputs(temp_paths, train.flux, device, t_scaling, ckpt_dir,
-                                   train.index)
-        x2_va = temperature_inputs(temp_paths, val.flux, device, t_scaling, ckpt_dir, val.index)
-
-    model = ARCHITECTURES[_ARCH[cfg.target]](layout=layout).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate,
-                           weight_decay=cfg.weight_decay)
-    if cfg.lr_schedule == "plateau":
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5,
-                                                           patience=cfg.lr_patience)
-    elif cfg.lr_schedule == "cosine":
-        # per batch: linear warm-up over 2 % of the steps, then cosine decay to lr/50; suits
-        # short budgets (a few epochs), where a per-epoch schedule would barely move
-        steps = cfg.epochs * -(-len(y_tr) // cfg.batch_size)
-        warm = max(1, steps // 50)
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            t = min(1.0, (step - warm) / max(1, steps - warm))
-            return float(0.02 + 0.98 * 0.5 * (1.0 + np.cos(np.pi * t)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    else:
-        sched = None
-    if cfg.target == "p_binary":
-        n_pos = float(y_tr.sum())
-        pos_weight = torch.tensor((len(y_tr) - n_pos) / max(n_pos, 1.0), device=device)
-        loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    else:
-        loss_fn = torch.nn.MSELoss()
-
-    name = cfg.name
-    state_json = ckpt_dir / f"{name}-state.json"
-    state = dict(epoch=0, best=float("inf"), best_epoch=-1, stale=0, history=[],
-                 config=cfg.to_dict())
-    if state_json.exists():
-        prev = json.loads(state_json.read_text())
-        # The budget (epochs) may be extended on resume; everything else must match.
-        if {**prev["config"], "epochs": cfg.epochs} != cfg.to_dict():
-            raise ValueError(f"{state_json}: checkpoint of a different configuration; remove "
-                             f"{ckpt_dir} or use another output directory")
-        from safetensors.torch import load_file
-
-        from ..models.layers import load_canonical_state_dict
-
-        load_canonical_state_dict(model, load_file(str(ckpt_dir / f"{name}-last.safetensors")))
-        # weights_only: tensors and plain containers only, never code. NumPy scalars (which
-        # checkpoints of sb2dask <= 0.1.0 could hold in the scheduler state) are allowed too.
-        with torch.serialization.safe_globals([np._core.multiarray.scalar, np.dtype,
-                                               type(np.dtype(np.float64))]):
-            extra = torch.load(ckpt_dir / f"{name}-state.pt", weights_only=True,
-                               map_location=device)
-        opt.load_state_dict(extra["optimizer"])
-        if sched is not None and extra.get("scheduler"):
-            sched.load_state_dict(extra["scheduler"])
-        state = dict(prev, config=cfg.to_dict())
-        logger.info("%s: resuming after epoch %d", name, state["epoch"])
-
-    limits = {}
-    for key in ("teff", "logg", "feh", "vsini"):
-        v = train.labels[key][np.isfinite(train.labels[key])]
-        limits[key] = [float(v.min()), float(v.max())] if v.size else None
-    t_all, g_all = train.labels["teff"].ravel(), train.labels["logg"].ravel()
-    ok = np.isfinite(t_all) & np.isfinite(g_all)
-    edges = np.arange(np.floor(t_all[ok].min() / 250) * 250, t_all[ok].max() + 250, 250)
-    logg_max = [[float(hi), float(g_all[ok][(t_all[ok] >= lo) & (t_all[ok] < hi)].max())]
-                for lo, hi in zip(edges[:-1], edges[1:])
-                if np.any((t_all[ok] >= lo) & (t_all[ok] < hi))]
-    from ..dataset.factory import store_metadata
-
-    snr_range = store_metadata(store)["config"]["snr_range"]
-    manifest = ModelManifest(
-        name=name, target=cfg.target, architecture=_ARCH[cfg.target], wave=tuple(train.wave),
-        scaling=scaling, temperature_scaling=t_scaling if x2_tr is not None else None,
-        member=cfg.member, seed=cfg.seed, training_set=store_fingerprint(store),
-        training=dict(config=cfg.to_dict(), n_train=int(len(y_tr)), n_validation=int(len(y_va)),
-                      temperature_models=[str(p) for p in temp_paths], label_limits=limits,
-                      logg_max_by_teff=logg_max, snr_range=list(snr_range)))
-
-    from ..models.layers import canonical_state_dict
-    from safetensors.torch import save_file
-
-    n = len(y_tr)
-    bs = cfg.batch_size
-    y_tr_t = torch.from_numpy(y_tr)
-    stop = state["stale"] >= (cfg.early_stopping or 10 ** 9)
-    while state["epoch"] < cfg.epochs and not stop:
-        epoch = state["epoch"]
-        model.train()
-        perm = np.random.default_rng(rng_seed + [epoch]).permutation(n)
-        # dropout masks too depend only on (seed, member, epoch), so a resumed run matches
-        torch.manual_seed(int(np.random.SeedSequence(rng_seed + [epoch]).generate_state(1)[0]))
-        te = time.perf_counter()
-        total = 0.0
-        bar = tqdm(range(0, n, bs), desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not progress, file=sys.stderr)
-        for s in bar:
-            idx = np.sort(perm[s:s + bs])
-            x = torch.from_numpy(train.flux[idx]).to(device)
-            y = y_tr_t[idx].to(device)
-            args = [x] if x2_tr is None else [x, torch.from_numpy(x2_tr[idx]).to(device)]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(*args), y)
-            loss.backward()
-            opt.step()
-            if cfg.lr_schedule == "cosine":
-                sched.step()
-            total += float(loss.detach()) * len(idx)
-        train_s = time.perf_counter() - te
-        pred = predict_array(model, val.flux, x2_va, device=device)
-        if cfg.target == "p_binary":
-            val_loss = float(loss_fn(torch.from_numpy(pred), torch.from_numpy(y_va)))
-            metrics = dict(val_loss=val_loss, roc_auc=roc_auc(y_va, pred))
-        else:
-            val_loss = float(np.mean((pred - y_va) ** 2))
-            phys = scaling.unscale(pred) - scaling.unscale(y_va)
-            metrics = dict(val_loss=val_loss, rmse=float(np.sqrt(np.mean(phys ** 2))),
-                           mae=float(np.mean(np.abs(phys))))
-        metrics.update(epoch=epoch + 1, train_loss=total / n, lr=opt.param_groups[0]["lr"],
-                       train_samples_per_s=n / train_s, seconds=time.perf_counter() - te)
-        if cfg.lr_schedule == "plateau":
-            sched.step(val_loss)
-        improved = val_loss < state["best"]
-        if improved:
-            state.update(best=val_loss, best_epoch=epoch + 1, stale=0)
-            save_model(out_dir, model, replace(manifest, metrics=dict(metrics, best_epoch=epoch + 1)))
-        else:
-            state["stale"] += 1
-        state["epoch"] = epoch + 1
-        state["history"].append(metrics)
-        # Last-epoch checkpoint: weights (safetensors), optimizer (tensors only), then the state.
-        with atomic_path(ckpt_dir / f"{name}-last.safetensors") as tmp:
-            save_file(canonical_state_dict(model), str(tmp))
-        _atomic_torch_save(dict(optimizer=opt.state_dict(),
-                                scheduler=sched.state_dict() if sched is not None else None),
-                           ckpt_dir / f"{name}-state.pt")
-        atomic_write_json(state_json, state)
-        logger.info("%s epoch %d: %s", name, epoch + 1, metrics)
-        if progress:
-            shown = {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
-            print(f"{name} {shown}", file=sys.stderr)
-        stop = cfg.early_stopping is not None and state["stale"] >= cfg.early_stopping
-    best_path = out_dir / f"{name}.json"
+    data = fit_inputs(cfg, train, val, temp_paths, device, cache=ckpt_dir)
+    learner = build_learner(cfg, data.y_train, layout, device)
+    state = resume(cfg, ckpt_dir, learner)
+    manifest = build_manifest(cfg, store, data, temp_paths)
+    while state["epoch"] < cfg.epochs and not _patience_exhausted(cfg, state):
+        metrics = run_epoch(cfg, learner, data, state["epoch"], progress)
+        if _record(state, metrics):
+            save_model(out_dir, learner.model,
+                       replace(manifest, metrics=dict(metrics, best_epoch=metrics["epoch"])))
+        save_checkpoint(ckpt_dir, cfg.name, learner, state)
+        _report(cfg.name, metrics, progress)
+    best_path = out_dir / f"{cfg.name}.json"
     if cfg.target == "teff" and best_path.exists():
-        # Feature statistics of the best model on its training spectra: the reference for the
-        # out-of-distribution distance at inference.
-        best, _ = load_model(best_path, layout=layout, device=device)
-        sub = train.flux[: min(len(train.flux), 20000)]
-        with torch.inference_mode():
-            feats = np.concatenate([best.trunk(torch.from_numpy(sub[s:s + 512]).to(device))
-                                    .cpu().numpy() for s in range(0, len(sub), 512)])
-        save_feature_statistics(best_path, feature_statistics(feats))
-    return dict(name=name, manifest=str(best_path), epochs=state["epoch"],
+        save_temperature_feature_statistics(best_path, data.train.flux, layout, device)
+    return dict(name=cfg.name, manifest=str(best_path), epochs=state["epoch"],
                 best_epoch=state["best_epoch"], best_val_loss=state["best"],
-                history=state["history"], load_s=load_s, stopped_early=bool(stop))
+                history=state["history"], load_s=load_s,
+                stopped_early=_patience_exhausted(cfg, state))

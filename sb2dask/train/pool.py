@@ -13,11 +13,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .config import TrainConfig
+from ..labels import PARAMETERS
+from .config import PARAMETER_TARGETS, TrainConfig
 
 __all__ = ["PARAMETER_TARGETS", "cluster_has_gpus", "train_all"]
-
-PARAMETER_TARGETS = ("logg", "feh", "vsini")
 
 
 def cluster_has_gpus(client) -> bool:
@@ -37,7 +36,7 @@ def _fit_task(cfg_dict: dict, store: str, out_dir: str, temperature_results=None
 
 
 def train_all(store: str | Path, out_dir: str | Path, client, base: TrainConfig,
-              ensemble: int = 1, targets=("teff",) + PARAMETER_TARGETS,
+              ensemble: int = 1, targets=PARAMETERS,
               detector_store: str | Path | None = None, progress: bool = True,
               per_target: dict | None = None) -> dict:
     """Train the temperature ensemble, the parameter ensembles and (optionally) the detector.

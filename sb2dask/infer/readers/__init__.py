@@ -22,10 +22,9 @@ from .base import (
     SPECTRUM_COLUMNS, SPECTRUM_META, SPECTRUM_SCHEMA, CatalogueFormat, ReaderError, ReadFlag,
     meta_with,
 )
-from .gaia_bulk_ecsv import write_bulk_ecsv
 
 __all__ = [
-    "READERS", "identify_format", "get_format", "read_catalogue", "to_dask", "write_bulk_ecsv",
+    "READERS", "identify_format", "get_format", "read_catalogue", "to_dask",
     "SPECTRUM_SCHEMA", "SPECTRUM_COLUMNS", "SPECTRUM_META", "ReadFlag", "INFORMATIONAL_FLAGS",
     "ReaderError", "CatalogueFormat", "DEFAULT_PARTITION_ROWS", "RVS_N_PIX", "RVS_WAVE",
     "RVS_WAVE_VAC_NM",

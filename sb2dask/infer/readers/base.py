@@ -36,6 +36,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ...gaia import RVS_N_PIX, RVS_WAVE, RVS_WAVE_START_NM, RVS_WAVE_STEP_NM, RVS_WAVE_VAC_NM
+from ...labels import TRUE_PREFIX
 from ...library.wavelength import vac_to_air
 
 __all__ = [
@@ -51,21 +53,8 @@ __all__ = [
 
 #: Rows per partition when the caller does not say (~90 MB of float32 flux and errors at 2401 px).
 DEFAULT_PARTITION_ROWS = 5000
-#: Prefix of the pass-through columns that carry a simulated store's true labels.
-TRUE_PREFIX = "true_"
 #: Input columns read as ``epoch_id``, first match wins (Gaia epoch products call it transit_id).
 EPOCH_COLUMNS = ("epoch_id", "transit_id")
-
-#: Gaia RVS grid as published: 846-870 nm in steps of 0.01 nm, vacuum (see the module docstring).
-RVS_N_PIX = 2401
-RVS_WAVE_START_NM = 846.0
-RVS_WAVE_STEP_NM = 0.01
-# Rounded to the published two decimals: equal to gaia_rvs_wavelength.fits bit for bit.
-RVS_WAVE_VAC_NM = np.round(RVS_WAVE_START_NM + RVS_WAVE_STEP_NM * np.arange(RVS_N_PIX), 2)
-#: The Gaia RVS grid in air [Å]: what readers of Gaia products put in ``wave`` (one shared object).
-RVS_WAVE = vac_to_air(RVS_WAVE_VAC_NM * 10.0)
-RVS_WAVE_VAC_NM.setflags(write=False)
-RVS_WAVE.setflags(write=False)
 
 
 @dataclass(frozen=True, slots=True)

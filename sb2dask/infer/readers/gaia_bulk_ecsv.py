@@ -30,8 +30,6 @@ row lengths come from the list offsets.
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 import yaml
 
+from ...gaia import HEALPIX_LEVEL8_SHIFT
 from .base import (
     DEFAULT_PARTITION_ROWS, EPOCH_COLUMNS, RVS_N_PIX, RVS_WAVE, TRUE_PREFIX, CatalogueFormat,
     ReaderError, ReadFlag, build_partition, duplicate_mask, first_fields, fit_rows,
@@ -52,12 +51,10 @@ from .base import (
 )
 
 __all__ = ["NAME", "FORMAT", "identify", "read", "passthrough", "EcsvColumn", "EcsvHeader",
-           "parse_ecsv_header", "ParsedArrays", "parse_array_strings", "format_array_strings",
-           "write_bulk_ecsv", "healpix_range", "HEALPIX_LEVEL8_SHIFT"]
+           "parse_ecsv_header", "ParsedArrays", "parse_array_strings", "healpix_range",
+           "HEALPIX_LEVEL8_SHIFT"]
 
 NAME = "gaia_bulk_ecsv"
-#: ``source_id >> 43`` is the HEALPix level-8 (nested) index of a Gaia source.
-HEALPIX_LEVEL8_SHIFT = 43
 _FILE_RANGE = re.compile(r"_(\d+)-(\d+)\.[^/\\]*$")
 _SUBTYPE = re.compile(r"^\s*(\w+)\s*\[\s*(null|\d+)\s*\]\s*$")
 _ARRAY_COLUMNS = ("flux", "flux_error")
@@ -67,12 +64,6 @@ _ECSV_DTYPES = {"bool": "bool", "int8": "int8", "int16": "int16", "int32": "int3
                 "int64": "int64", "uint8": "uint8", "uint16": "uint16", "uint32": "uint32",
                 "uint64": "uint64", "float16": "float16", "float32": "float32",
                 "float64": "float64", "string": "object"}
-_DESCRIPTIONS = {
-    "source_id": "Unique source identifier (unique within a particular Data Release)",
-    "transit_id": "Transit unique identifier",
-    "flux": "Normalised RVS flux on the 846-870 nm grid (step 0.01 nm, vacuum), 2401 elements",
-    "flux_error": "Uncertainty of the normalised RVS flux",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,39 +250,6 @@ def parse_array_strings(texts) -> ParsedArrays:
     return ParsedArrays(np.concatenate([p.values for p in parts]), offsets,
                         np.concatenate([p.not_numeric for p in parts]),
                         np.concatenate([p.null_field for p in parts]))
-
-
-def format_array_strings(values: np.ndarray, offsets: np.ndarray,
-                         null_rows: np.ndarray | None = None) -> pa.Array:
-    """Format rows of floats as JSON array text, the inverse of :func:`parse_array_strings`.
-
-    Each value is written in the shortest form that reads back to the same float32; NaN is
-    written ``null`` and ±inf ``Infinity``/``-Infinity``.
-
-    Parameters
-    ----------
-    values : ndarray of float32, all rows concatenated
-    offsets : ndarray of int, shape (n + 1,)
-    null_rows : ndarray of bool (n,), optional
-        Rows to write as a null field (an empty CSV field).
-
-    Returns
-    -------
-    pyarrow.StringArray, shape (n,)
-    """
-    values = np.asarray(values, dtype=np.float32)
-    offsets = np.asarray(offsets, dtype=np.int64)
-    offsets = offsets - offsets[0]
-    texts = pc.cast(pa.array(values, mask=np.isnan(values)), pa.string())
-    texts = pc.fill_null(texts, "null")
-    if np.isinf(values).any():
-        texts = pc.if_else(pc.equal(texts, "inf"), "Infinity",
-                           pc.if_else(pc.equal(texts, "-inf"), "-Infinity", texts))
-    lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), texts)
-    out = pc.binary_join_element_wise("[", pc.binary_join(lists, ","), "]", "")
-    if null_rows is not None and np.any(null_rows):
-        out = pc.if_else(pa.array(~np.asarray(null_rows, bool)), out, pa.scalar(None, pa.string()))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,128 +464,3 @@ def passthrough(path: str | Path) -> dict[str, np.dtype]:
 
 
 FORMAT = CatalogueFormat(NAME, identify, read, passthrough)
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing
-
-
-def _ragged(cells) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(values, offsets, null_rows) of a sequence of 1-d arrays or None."""
-    null_rows = np.array([c is None for c in cells], dtype=bool)
-    arrays = [np.asarray(c, dtype=np.float32).ravel() if c is not None
-              else np.empty(0, np.float32) for c in cells]
-    offsets = np.concatenate([[0], np.cumsum([a.size for a in arrays])]).astype(np.int64)
-    values = np.concatenate(arrays) if arrays else np.empty(0, np.float32)
-    return values, offsets, null_rows
-
-
-def _ecsv_datatype(dtype: np.dtype) -> str:
-    dtype = np.dtype(dtype)
-    if dtype.kind == "b":
-        return "bool"
-    if dtype.kind in "iuf":
-        return dtype.name
-    return "string"
-
-
-def _scalar_text(values: np.ndarray) -> pa.Array:
-    values = np.asarray(values)
-    if values.dtype.kind == "b":
-        return pa.array(np.where(values, "True", "False"))
-    if values.dtype.kind == "f":
-        return pc.fill_null(pc.cast(pa.array(values, mask=np.isnan(values)), pa.string()), "")
-    if values.dtype.kind in "iu":
-        return pc.cast(pa.array(values), pa.string())
-    texts = pa.array([None if v is None else str(v) for v in values], pa.string())
-    quoted = pc.binary_join_element_wise('"', pc.replace_substring(texts, '"', '""'), '"', "")
-    return pc.fill_null(quoted, "")
-
-
-def _yaml_entry(name: str, datatype: str, subtype: str | None, description: str | None) -> list:
-    out = ["# -", f"#   name: {name}", f"#   datatype: {datatype}"]
-    if subtype:
-        out.append(f"#   subtype: '{subtype}'")
-    if description:
-        out.append(f"#   description: {json.dumps(description)}")
-    return out
-
-
-def write_bulk_ecsv(path: str | Path, df: pd.DataFrame, *, array_length: int | None = None,
-                    compresslevel: int = 6) -> Path:
-    """Write spectra in the Gaia bulk layout: gzipped ECSV, arrays as quoted JSON text.
-
-    Columns written: ``source_id``; ``transit_id`` when any ``epoch_id`` is not -1; ``flux``;
-    ``flux_error`` unless every row's is None; then every ``true_*`` column. NaN pixels are
-    written ``null``; a None ``flux_error`` is an empty field.
-
-    Parameters
-    ----------
-    path : str or Path
-        Output file; gzip-compressed whatever its name.
-    df : pandas.DataFrame
-        Spectra in the reader schema (:data:`~.base.SPECTRUM_SCHEMA`); ``wave``, when present,
-        must be the Gaia RVS grid (:data:`~.base.RVS_WAVE`), the only grid this layout can hold.
-        Arrays may have any length (to make malformed fixtures).
-    array_length : int, optional
-        Declared array length in the header subtype (``float32[2401]``); None writes the
-        variable-length ``float32[null]``.
-    compresslevel : int
-        gzip level.
-
-    Returns
-    -------
-    Path
-    """
-    path = Path(path)
-    for name in ("source_id", "flux"):
-        if name not in df.columns:
-            raise ValueError(f"write_bulk_ecsv: the DataFrame has no {name!r} column")
-    if "wave" in df.columns:
-        for i, w in enumerate(df["wave"]):
-            if w is not RVS_WAVE and not (np.shape(w) == RVS_WAVE.shape
-                                          and np.allclose(w, RVS_WAVE, rtol=0, atol=1e-6)):
-                raise ValueError(f"write_bulk_ecsv: row {i} is not on the Gaia RVS grid; the "
-                                 "bulk layout has no wavelength column")
-    n = len(df)
-    subtype = f"float32[{'null' if array_length is None else int(array_length)}]"
-    epoch = df["epoch_id"].to_numpy(np.int64) if "epoch_id" in df.columns else None
-    columns: list[tuple[str, str, str | None, object]] = [("source_id", "int64", None,
-                                                           df["source_id"].to_numpy(np.int64))]
-    if epoch is not None and (epoch != -1).any():
-        columns.append(("transit_id", "int64", None, epoch))
-    columns.append(("flux", "string", subtype, _ragged(list(df["flux"]))))
-    if "flux_error" in df.columns and df["flux_error"].notna().any():
-        columns.append(("flux_error", "string", subtype, _ragged(list(df["flux_error"]))))
-    for name in df.columns:
-        if name.startswith(TRUE_PREFIX):
-            values = df[name].to_numpy()
-            columns.append((name, _ecsv_datatype(values.dtype), None, values))
-
-    head = ["# %ECSV 1.0", "# ---", "# delimiter: ','", "# datatype:"]
-    for name, datatype, sub, _ in columns:
-        head += _yaml_entry(name, datatype, sub, _DESCRIPTIONS.get(name))
-    head += ["# meta:", "#   written_by: sb2dask.infer.readers.gaia_bulk_ecsv",
-             "#   wavelength_grid: 846-870 nm, step 0.01 nm, 2401 pixels, vacuum"]
-    head.append(",".join(c[0] for c in columns))
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0,
-                                                compresslevel=compresslevel) as fh:
-        fh.write(("\n".join(head) + "\n").encode())
-        for start in range(0, n, 1024):  # batches keep Arrow's 32-bit string offsets small
-            stop = min(n, start + 1024)
-            texts = []
-            for _, datatype, sub, data in columns:
-                if sub is None:
-                    texts.append(_scalar_text(data[start:stop]))
-                    continue
-                values, offsets, null_rows = data
-                arr = format_array_strings(values[offsets[start]:offsets[stop]],
-                                           offsets[start:stop + 1], null_rows[start:stop])
-                quoted = pc.binary_join_element_wise('"', arr, '"', "")
-                texts.append(pc.fill_null(quoted, ""))
-            lines = pc.binary_join_element_wise(*texts, ",")
-            lines = pc.binary_join_element_wise(lines, "", "\n")
-            offsets = np.frombuffer(lines.buffers()[1], np.int32)[
-                lines.offset:lines.offset + len(lines) + 1]
-            fh.write(memoryview(lines.buffers()[2])[offsets[0]:offsets[-1]])
-    return path

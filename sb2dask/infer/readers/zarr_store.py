@@ -7,13 +7,14 @@ Layout read (see ``sb2dask.dataset.factory``)::
     flux_error        float32 (n, n_pix), optional
     wave              float64 (n_pix,), air wavelengths [Å] (attribute ``units``)
     labels/<name>     (n,) or (n, 2); (n, 2) labels are (cooler, hotter) components
-    .sb2dask-done/    one ``chunk-NNNNNN`` marker per finished chunk (when present)
+    chunk_sha256      completion record per finished chunk (or, in older stores, one
+                      ``.sb2dask-done/chunk-NNNNNN`` file); see :mod:`sb2dask.completion`
 
 ``source_id`` is the global row index and ``epoch_id`` -1, unless ``labels/source_id`` /
 ``labels/epoch_id`` exist. Every other label is passed through as ``true_<name>``, or as
 ``true_<name>_1`` (cooler) and ``true_<name>_2`` (hotter) for (n, 2) labels. Partitions follow
-the Zarr row chunks. A store being written (markers present but not for every chunk of a
-partition) raises :class:`~.base.ReaderError` rather than yielding unwritten fill values.
+the Zarr row chunks. A store being written (completion records present but not for every chunk of
+a partition) raises :class:`~.base.ReaderError` rather than yielding unwritten fill values.
 """
 
 from __future__ import annotations
@@ -25,17 +26,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ...completion import finished_chunks
 from .base import (
     DEFAULT_PARTITION_ROWS, TRUE_PREFIX, CatalogueFormat, ReaderError, ReadFlag, build_partition,
     duplicate_mask, spectrum_flags, wave_to_air_angstrom,
 )
 
-__all__ = ["NAME", "FORMAT", "identify", "read", "read_rows", "row_ranges", "passthrough",
-           "DONE_DIR"]
+__all__ = ["NAME", "FORMAT", "identify", "read", "read_rows", "row_ranges", "passthrough"]
 
 NAME = "zarr_store"
-#: Folder of per-chunk completion markers written by the simulator.
-DONE_DIR = ".sb2dask-done"
 _ID_LABELS = ("source_id", "epoch_id")
 
 
@@ -93,14 +92,15 @@ def row_ranges(path: str | Path, partition_rows: int = DEFAULT_PARTITION_ROWS
 
 
 def _check_written(path: Path, n: int, chunk: int, start: int, stop: int) -> None:
-    done = path / DONE_DIR
-    if not done.is_dir():  # not written by the simulator's resumable writer
+    chunks = range(start // chunk, -(-stop // chunk))
+    done = finished_chunks(path, chunks)
+    if done is None:  # not written by the simulator's resumable writer
         return
-    for c in range(start // chunk, -(-stop // chunk)):
-        if not (done / f"chunk-{c:06d}").exists():
+    for c in chunks:
+        if c not in done:
             last = min(n, (c + 1) * chunk) - 1
             raise ReaderError(path, f"chunk {c} (rows {c * chunk}-{last}) has no "
-                              f"completion marker in {DONE_DIR}/: the store is still being "
+                              "completion record: the store is still being "
                               "written or was interrupted (rerun `sb2dask simulate` to finish it)",
                               row=c * chunk)
 

@@ -1,4 +1,5 @@
-"""Reading a simulated Zarr store into RAM for training, split by split, chunk by chunk.
+"""Reading a simulated Zarr store into RAM for training and evaluation, split by split,
+chunk by chunk.
 
 The splits are contiguous, chunk-aligned index ranges, so reading one is a sequential scan of
 whole compressed chunks (~10⁵ rows/s) rather than the random-row access that makes shuffled
@@ -69,14 +70,10 @@ def load_split(store: str | Path, index: np.ndarray, fields=None) -> SplitData:
 def store_fingerprint(store: str | Path) -> dict:
     """Identity of a training set for model manifests: path, n, config seed, and a hash of the
     per-chunk flux digests written by the factory."""
-    import hashlib
-
-    from ..dataset.factory import DONE_DIR, store_metadata
+    from ..completion import records_sha256
+    from ..dataset.factory import store_metadata
 
     meta = store_metadata(store)
-    h = hashlib.sha256()
-    for p in sorted((Path(store) / DONE_DIR).glob("chunk-*")):
-        h.update(p.name.encode() + p.read_bytes())
     return dict(path=str(Path(store).resolve()), n=meta["n"], seed=meta["config"]["seed"],
-                split=meta["split"], sha256=h.hexdigest(),
+                split=meta["split"], sha256=records_sha256(store),
                 library_sha256=meta["provenance"]["library"]["sha256"])
