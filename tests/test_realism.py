@@ -71,3 +71,59 @@ def test_noise_sigma_and_gaps():
     assert np.allclose(noise_sigma(flux, 50.0, 0.0), [[0.02, 0.02]])
     m = gap_mask(10, [2, -1], [3, 5])
     assert m[0].tolist() == [False, False, True, True, True] + [False] * 5 and not m[1].any()
+
+
+def _render(cfg, n=6, noise=False):
+    from sb2dask.simulate.simulator import simulator_for
+    from sb2dask.simulate.systems import draw_systems
+
+    lib, sampler, renderer = simulator_for(cfg)
+    labels, interp, white = draw_systems(lib, cfg, np.arange(n), sampler=sampler)
+    return renderer.render(labels, interp, white if noise else None), labels
+
+
+def _neutral(**changes) -> Realism:
+    from dataclasses import replace
+
+    return replace(Realism.paper(), **changes)
+
+
+def test_the_randomised_path_with_neutral_nuisances_reproduces_the_paper_recipe():
+    from sb2dask.simulate.config import SimulationConfig
+
+    paper, lab_p = _render(SimulationConfig.paper(seed=5, binary_fraction=0.5), noise=True)
+    # a degenerate (fixed) systemic velocity range of 0 takes the randomised code path
+    same, lab_s = _render(SimulationConfig(seed=5, binary_fraction=0.5, realism=_neutral(
+        continuum_tilt=1e-300)), noise=True)
+    assert not _neutral(continuum_tilt=1e-300).is_paper
+    np.testing.assert_allclose(same, paper, atol=2e-6)
+    assert np.array_equal(lab_p["teff"], lab_s["teff"], equal_nan=True)
+
+
+def test_systemic_velocity_moves_every_component_and_the_lines():
+    from sb2dask.constants import C_KMS
+    from sb2dask.simulate.config import SimulationConfig
+
+    rest, lab0 = _render(SimulationConfig.paper(seed=8, binary_fraction=0.0), n=3)
+    moved, lab1 = _render(SimulationConfig(seed=8, binary_fraction=0.0, realism=_neutral(
+        systemic_velocity=(120.0, 120.0))), n=3)
+    assert np.allclose(lab1["gamma"], 120.0) and np.allclose(lab1["rv"][:, 0], 120.0)
+    wave = SimulationConfig().wave
+    core = (wave > 8530) & (wave < 8560)
+    w_rest = wave[core][np.argmin(rest[:, core], axis=1)]
+    w_moved = wave[core][np.argmin(moved[:, core], axis=1)]
+    assert np.allclose(w_moved - w_rest, 8542.1 * 120.0 / C_KMS, atol=0.3)
+
+
+def test_default_recipe_records_its_nuisances_and_leaves_gaps_missing():
+    from sb2dask.simulate.config import SimulationConfig
+
+    cfg = SimulationConfig(seed=3, binary_fraction=0.5)
+    flux, lab = _render(cfg, n=60, noise=True)
+    assert np.nanstd(lab["gamma"]) > 50 and (lab["resolution"] >= 10_500).all()
+    missing = gap_mask(flux.shape[1], lab["gap_start"], lab["gap_width"])
+    assert np.array_equal(np.isnan(flux), missing)
+    old = SimulationConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "realism"})
+    assert old.realism.is_paper  # stores written before realism existed used the paper recipe
+    assert SimulationConfig.from_dict(cfg.to_dict()) == cfg
+    assert SimulationConfig.from_yaml(cfg.to_yaml()) == cfg
