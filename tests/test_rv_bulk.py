@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from sb2dask.evaluate.real_sky import shift_on_fixed_grid
-from sb2dask.infer.preprocess import preprocess
-from sb2dask.infer.rv_bulk import estimate_rv, template_bank, velocity_to_factor
+from sb2dask.observe.preprocess import preprocess
+from sb2dask.observe.rv_bulk import estimate_rv, template_bank, velocity_to_factor
 from sb2dask.simulate.config import output_wave
 
 GAIA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gaia_rvs"

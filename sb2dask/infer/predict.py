@@ -20,9 +20,10 @@ from ..devices import resolve_device
 from ..models.io import ModelFileError, load_feature_statistics, load_model, mahalanobis
 from ..models.predict import sort_pairs
 from ..runtime import tune_process
-from .flags import BoundaryFlag, QualityFlag
-from .preprocess import preprocess
-from .rv_bulk import estimate_rv
+from ..observe.flags import QualityFlag
+from ..observe.preprocess import preprocess
+from ..observe.rv_bulk import estimate_rv
+from .flags import BoundaryFlag
 from .schema import empty_frame
 
 __all__ = ["PARAMETERS", "PRECISIONS", "DEFAULT_MODEL_DIR", "ModelSet", "get_model_set",
@@ -217,7 +218,7 @@ def predict_partition(df: pd.DataFrame, model_dir: str | Path, device: str = "au
     """One output row per input spectrum: the pure core that ``map_partitions`` maps.
 
     With ``rest_frame`` each spectrum's bulk radial velocity is measured
-    (:func:`sb2dask.infer.rv_bulk.estimate_rv`, reported as ``rv_bulk``) and removed before the
+    (:func:`sb2dask.observe.rv_bulk.estimate_rv`, reported as ``rv_bulk``) and removed before the
     networks see it; without, spectra are taken to be in their rest frame already. ``None``
     follows the models: on when they were trained on spectra in that frame (their manifests'
     ``training["frame"] == "rv_bulk"``), off for models trained at rest (sb2dask ≤ 0.1).
