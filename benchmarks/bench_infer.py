@@ -34,6 +34,7 @@ def stage_breakdown(files: list[str], model_dir, precision: str, threads: int,
     """Each stage timed on its own in this process with ``threads`` torch threads."""
     import torch
 
+    from sb2dask.infer.config import InferenceConfig
     from sb2dask.infer.predict import ModelSet, PARAMETERS, predict_partition
     from sb2dask.observe.preprocess import preprocess
     from sb2dask.infer.readers import read_catalogue
@@ -69,8 +70,9 @@ def stage_breakdown(files: list[str], model_dir, precision: str, threads: int,
                         model(xb)
                 per_model[man.name] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    preds = [predict_partition(p, model_dir or DEFAULT_MODEL_DIR, device="cpu",
-                               precision=precision, members=members) for p in parts]
+    config = InferenceConfig(model_dir=model_dir, device="cpu", precision=precision,
+                             members=members)
+    preds = [predict_partition(p, config) for p in parts]
     t_predict_all = time.perf_counter() - t0
     tmp = Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
@@ -97,6 +99,7 @@ def agreement(a, b) -> dict:
 def end_to_end(files: list[str], model_dir, workers: int, threads: int, precision: str,
                members: int | None = None) -> dict:
     from sb2dask.cluster import get_client
+    from sb2dask.infer.config import InferenceConfig
     from sb2dask.infer.run import run_inference
 
     tmp = Path(tempfile.mkdtemp())
@@ -104,8 +107,9 @@ def end_to_end(files: list[str], model_dir, workers: int, threads: int, precisio
         with get_client("local", workers=workers, threads_per_worker=threads,
                         quiet=True) as client:
             t0 = time.perf_counter()
-            r = run_inference(files, tmp / "out.parquet", model_dir, client, partition_rows=500,
-                              progress=False, precision=precision, members=members)
+            r = run_inference(files, tmp / "out.parquet", client, InferenceConfig(
+                model_dir=model_dir, partition_rows=500, precision=precision, members=members),
+                progress=False)
             wall = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp)

@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     from dask.utils import parse_bytes
     from distributed import Client, LocalCluster
 
+    from sb2dask.infer.config import InferenceConfig
     from sb2dask.infer.run import BYTES_PER_ROW, auto_partition_rows, run_inference
 
     tmp = Path(tempfile.mkdtemp(prefix="sb2dask-bench-mem-"))
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
         with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=args.memory_limit,
                           dashboard_address=":0") as lc, Client(lc) as client:
             t0 = time.perf_counter()
-            rows = auto_partition_rows(client, args.models, args.precision)  # loads the models
+            config = InferenceConfig(model_dir=args.models, precision=args.precision)
+            rows = auto_partition_rows(client, config)  # loads the models
             sizing_s = time.perf_counter() - t0
             rss = lambda: __import__("psutil").Process().memory_info().rss  # noqa: E731
             baseline = client.run(rss)
@@ -100,8 +102,7 @@ def main(argv=None) -> int:
             th = threading.Thread(target=sample, daemon=True)
             th.start()
             t0 = time.perf_counter()
-            r = run_inference([cat], tmp / "out.parquet", args.models, client, progress=False,
-                              precision=args.precision)
+            r = run_inference([cat], tmp / "out.parquet", client, config, progress=False)
             wall = time.perf_counter() - t0
             stop.set()
             th.join()

@@ -1,4 +1,4 @@
-"""The ``sb2dask`` command: it only parses arguments and calls the package."""
+"""The ``sb2dask`` command: it only parses arguments, checks them and calls the package."""
 
 from __future__ import annotations
 
@@ -8,9 +8,140 @@ import shlex
 import sys
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "expected_errors"]
 
 DEFAULT_MASS_TABLE = Path("../shared/data/PecautMamajek_table.csv")
+
+DESCRIPTION = """\
+sb2dask finds double-lined spectroscopic binaries (SB2s) in Gaia RVS epoch spectra and gives
+both stars' Teff, log g, [Fe/H] and v sin i with uncertainties (Binnenfeld et al. 2025), one
+spectrum at a time, on Dask: a laptop, a GPU workstation or a SLURM/PBS cluster.
+
+Typical sequence (each step writes what the next one reads; `sb2dask COMMAND --help` for more):
+  simulate  a training set of SB2 spectra into a Zarr store
+  train     the temperature, parameter and SB2-detector networks on it
+  evaluate  the trained networks on the store's test split (the paper's tables and figures)
+  infer     p_binary and both stars' parameters for catalogues of spectra, into Parquet
+The package ships trained networks, so `infer` works without the first three steps, and `demo`
+runs it end to end on a mock catalogue."""
+
+EPILOG = """\
+examples:
+  sb2dask demo --out sb2dask-demo                  # mock catalogue -> shipped models -> Parquet
+  sb2dask infer RvsEpochSpectrum_*.csv.gz --out sb2.parquet
+  sb2dask simulate --n 200000 --out train.zarr
+  sb2dask train --store train.zarr --out models --ensemble 4 --cluster local-gpu
+  sb2dask infer RvsEpochSpectrum_*.csv.gz --out sb2.parquet --models models --cluster slurm \\
+      --jobqueue-config slurm-gpu --workers 8
+
+Errors in the inputs or the environment (a missing or unreadable file, an unwritable --out, an
+unreachable scheduler) are reported in one line with exit status 1 (2 for a wrong option; 3 when
+`infer` finished but most spectra were unusable); --debug shows the Python traceback instead.
+Documentation: README.md and docs/ of the source tree."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sb2dask")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (seeds, indices)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
+def _memory_limit(text: str) -> str:
+    """argparse type: ``auto`` or a size Dask understands (4GiB, 500MB)."""
+    if text == "auto":
+        return text
+    from dask.utils import parse_bytes
+
+    try:
+        if parse_bytes(text) <= 0:
+            raise ValueError
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a size such as 4GiB, got {text!r}"
+                                         ) from None
+    return text
+
+
+def _target_setting(text: str) -> tuple[str, str, object]:
+    """argparse type of ``train --set``: ``TARGET.FIELD=VALUE`` (VALUE read as YAML)."""
+    import yaml
+
+    try:
+        key, value = text.split("=", 1)
+        target, field = key.split(".", 1)
+        return target, field, yaml.safe_load(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TARGET.FIELD=VALUE, got {text!r}") from None
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that describe a user's inputs or environment, not a bug in sb2dask: ``main``
+    prints them as one line (exit status 1, or the exception's ``exit_status``) instead of a
+    traceback, unless ``--debug``.
+
+    Our own classes: ReaderError (a catalogue file), ModelFileError (a model directory),
+    PhoenixFileError (a PHOENIX file) (all ValueError), MissingNodeError (a library node),
+    MemoryBudgetError (workers too small for the models), UnusableRunError (most spectra of a run
+    unusable), ClusterError (no cluster to be had). Python's: OSError (missing, unreadable or
+    unwritable files, connections) and ValueError (the validation of configurations and
+    arguments). A Dask ``KilledWorker`` (workers that died on a task, e.g. out of memory) too.
+    Imported here, when an error is being reported, so that ``sb2dask --help`` stays fast.
+    """
+    from .cluster import ClusterError
+    from .infer.run import MemoryBudgetError, UnusableRunError
+    from .library.base import MissingNodeError
+
+    errors: tuple[type[BaseException], ...] = (
+        ClusterError, MemoryBudgetError, UnusableRunError, MissingNodeError, OSError, ValueError)
+    if "distributed" in sys.modules:
+        from distributed.scheduler import KilledWorker
+
+        errors += (KilledWorker,)
+    return errors
 
 
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
@@ -18,12 +149,12 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cluster", default="local",
                    help="local | local-gpu | slurm | pbs | tcp://host:port | scheduler.json "
                         "(default: local)")
-    g.add_argument("--workers", type=int, default=None,
+    g.add_argument("--workers", type=_positive_int, default=None,
                    help="worker processes (local: default one per core; local-gpu: one per GPU) "
                         "or batch jobs (slurm/pbs: default 1)")
-    g.add_argument("--threads-per-worker", type=int, default=1,
+    g.add_argument("--threads-per-worker", type=_positive_int, default=1,
                    help="Dask threads per local worker (default 1)")
-    g.add_argument("--memory-limit", default="auto",
+    g.add_argument("--memory-limit", type=_memory_limit, default="auto",
                    help="memory per local worker, e.g. 4GiB (default: auto = RAM / workers)")
     g.add_argument("--jobqueue-config", default=None, metavar="NAME|FILE",
                    help="Dask jobqueue config for slurm/pbs: slurm-cpu, slurm-gpu, pbs-cpu, "
@@ -33,9 +164,19 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
 
 def _cluster_kwargs(args) -> dict:
     """``get_client`` keywords from the options of :func:`_add_cluster_options`."""
+    import logging
+
+    # a task's error reaches the user as main's one line; the workers' own log of it (with a
+    # traceback) only with --debug
     return dict(cluster=args.cluster, workers=args.workers,
                 threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
-                config=args.jobqueue_config)
+                config=args.jobqueue_config,
+                worker_log_level=logging.ERROR if args.debug else logging.CRITICAL)
+
+
+def _command_line(args) -> str:
+    """The command as typed, for the provenance of what it writes."""
+    return "sb2dask " + shlex.join(args.argv)
 
 
 def _cmd_library_info(args) -> int:
@@ -58,7 +199,7 @@ def _cmd_library_build(args) -> int:
             counts = build_nodes(args.workdir, spec, client, progress=not args.no_progress)
         print(json.dumps(counts))
     prov = assemble_grid(args.workdir, out, spec, args.mass_table,
-                         command="sb2dask " + shlex.join(sys.argv[1:]))
+                         command=_command_line(args))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {prov['counts']}")
     return 0
 
@@ -93,7 +234,12 @@ def _cmd_library_fetch_phoenix(args) -> int:
 def _simulation_config(args):
     from .simulate.config import SimulationConfig
 
-    cfg = SimulationConfig.from_yaml(args.config) if args.config else SimulationConfig()
+    if args.config:
+        cfg = SimulationConfig.from_yaml(args.config)
+        if args.recipe == "paper":
+            cfg = cfg.replace(realism=SimulationConfig.paper(resolution=cfg.resolution).realism)
+    else:
+        cfg = SimulationConfig.paper() if args.recipe == "paper" else SimulationConfig()
     changes = {k: v for k, v in dict(
         library=args.library, seed=args.seed, binary_fraction=args.binary_fraction,
         output_grid=args.output_grid, resolution=args.resolution).items() if v is not None}
@@ -111,7 +257,7 @@ def _cmd_simulate(args) -> int:
     with get_client(**_cluster_kwargs(args)) as client:
         summary = generate(args.out, cfg, args.n, args.chunk, client=client, split=split,
                            overwrite=args.overwrite, progress=not args.no_progress,
-                           command="sb2dask " + shlex.join(sys.argv[1:]))
+                           command=_command_line(args))
     print(json.dumps(summary))
     return 0
 
@@ -131,15 +277,8 @@ def _cmd_train(args) -> int:
     base = base.replace(**changes) if changes else base
     targets = tuple(args.targets)
     per_target: dict = {}
-    for item in args.set or []:
-        try:
-            key, value = item.split("=", 1)
-            target, field = key.split(".", 1)
-        except ValueError:
-            raise SystemExit(f"--set expects TARGET.FIELD=VALUE, got {item!r}") from None
-        import yaml
-
-        per_target.setdefault(target, {})[field] = yaml.safe_load(value)
+    for target, field, value in args.set or []:
+        per_target.setdefault(target, {})[field] = value
     with get_client(**_cluster_kwargs(args)) as client:
         results = train_all(args.store, args.out, client, base, ensemble=args.ensemble,
                             targets=targets, detector_store=args.detector_store,
@@ -150,26 +289,55 @@ def _cmd_train(args) -> int:
 
 def _cmd_infer(args) -> int:
     from .cluster import get_client
-    from .infer.run import run_inference
+    from .infer.config import InferenceConfig
+    from .infer.run import MAX_UNUSABLE_FRACTION, check_run, check_usable, run_inference
 
+    config = InferenceConfig.from_yaml(args.config) if args.config else InferenceConfig()
+    changes = {k: v for k, v in dict(
+        model_dir=args.models, device=args.device, precision=args.precision,
+        batch_size=args.batch_size, members=args.members,
+        partition_rows=args.partition_rows, rest_frame=args.rest_frame).items()
+        if v is not None}
+    config = config.replace(**changes) if changes else config
+    # inputs, --out and the models are checked before any worker starts (seconds, not minutes)
+    inputs = check_run(args.inputs, args.out, config, overwrite=args.overwrite)
     with get_client(**_cluster_kwargs(args)) as client:
-        summary = run_inference(args.inputs, args.out, args.models, client,
-                                partition_rows=args.partition_rows, device=args.device,
-                                progress=not args.no_progress, overwrite=args.overwrite,
-                                precision=args.precision, batch_size=args.batch_size,
-                                members=args.members)
+        summary = run_inference(inputs, args.out, client, config,
+                                progress=not args.no_progress, overwrite=args.overwrite)
     print(json.dumps(summary, indent=1))
+    note = check_usable(summary, 1.0 if args.allow_unusable else MAX_UNUSABLE_FRACTION)
+    if note:  # a few unusable spectra are normal (all-NaN epochs); say which flags
+        print(f"sb2dask infer: note: {note}", file=sys.stderr)
     return 0
 
 
 def _cmd_mock(args) -> int:
     from .dataset.mock_catalogue import mock_catalogue
 
+    lo, hi = args.epochs
+    if lo > hi:
+        raise ValueError(f"--epochs MIN MAX: MIN ({lo}) is larger than MAX ({hi})")
     cfg = _simulation_config(args)
-    r = mock_catalogue(args.out, n_sources=args.n_sources, epochs=tuple(args.epochs),
-                       binary_fraction=args.binary_fraction if args.binary_fraction is not None
-                       else 0.5, n_files=args.files, config=cfg, seed=args.seed or 1)
+    r = mock_catalogue(args.out, n_sources=args.n_sources, epochs=(lo, hi),
+                       binary_fraction=args.binary_fraction, n_files=args.files, config=cfg,
+                       seed=args.seed)
     print(json.dumps(r, indent=1))
+    return 0
+
+
+def _cmd_real_sky(args) -> int:
+    from .evaluate.real_sky import build_cases, run_suite, summarise, write_report
+    from .infer.config import InferenceConfig
+
+    for name in ("gaia_dir", "phoenix_dir"):
+        if not Path(getattr(args, name)).is_dir():
+            print(f"sb2dask real-sky: note: {getattr(args, name)} is not a directory; its cases "
+                  "are left out", file=sys.stderr)
+    config = InferenceConfig(model_dir=args.models, rest_frame=args.rest_frame)
+    results = run_suite(build_cases(args.gaia_dir, args.phoenix_dir), config)
+    summary = summarise(results)
+    md = write_report(results, summary, args.out, models=args.models or "shipped")
+    print(md.read_text())
     return 0
 
 
@@ -186,6 +354,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_demo(args) -> int:
     from .cluster import get_client
     from .evaluate.demo import run_demo
+    from .labels import PARAMETERS
 
     with get_client(**_cluster_kwargs(args)) as client:
         s = run_demo(args.out, n_sources=args.n_sources, client=client, model_dir=args.models,
@@ -199,15 +368,14 @@ def _cmd_demo(args) -> int:
               f"(median p_binary: SB2 {m['p_binary_median_sb2']:.2f}, "
               f"single {m['p_binary_median_single']:.2f})")
         print("  SB2 components, RMSE / MAE against the truth: " + ", ".join(
-            f"{p} {m[f'{p}_rmse_sb2']:.3g} / {m[f'{p}_mae_sb2']:.3g}"
-            for p in ("teff", "logg", "feh", "vsini")))
+            f"{p} {m[f'{p}_rmse_sb2']:.3g} / {m[f'{p}_mae_sb2']:.3g}" for p in PARAMETERS))
     for r in s.get("real", []):
         print(f"real Gaia spectrum {r['file']} (source {r['source_id']}): p_binary "
               f"{r['p_binary']:.2f}, Teff {r['teff_1']:.0f}/{r['teff_2']:.0f} K, logg "
               f"{r['logg_1']:.2f}/{r['logg_2']:.2f}, [Fe/H] {r['feh_1']:+.2f}/{r['feh_2']:+.2f}, "
               f"flags {r['flag_boundary']}/{r['quality_flags']}")
-    print(f"outputs: {s['outputs']['epochs']} and {s['outputs']['sources']}")
-    Path(args.out, "summary.json").write_text(json.dumps(s, indent=1, default=str))
+    o = s["outputs"]
+    print(f"outputs: {o['epochs']}, {o['sources']} and {o['summary']}")
     return 0
 
 
@@ -223,30 +391,64 @@ def _cmd_figures(args) -> int:
     return 0
 
 
-def _add_simulation_options(p: argparse.ArgumentParser) -> None:
+def _add_simulation_options(p: argparse.ArgumentParser, seed: int | None = None,
+                            binary_fraction: float | None = None) -> None:
+    """Options of :class:`~sb2dask.simulate.config.SimulationConfig`; ``seed`` and
+    ``binary_fraction`` are this command's defaults (None: the configuration's)."""
     g = p.add_argument_group("simulation")
     g.add_argument("--config", default=None, help="YAML file of SimulationConfig fields")
     g.add_argument("--library", default=None, help="'embedded', a grid file or a PHOENIX dir")
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--binary-fraction", type=float, default=None,
-                   help="fraction of SB2s (default 1.0: the paper's all-SB2 training set)")
-    g.add_argument("--snr", type=float, nargs=2, metavar=("MIN", "MAX"), default=None)
-    g.add_argument("--output-grid", choices=["rvs903", "gaia_dr3", "gaia_dr3_903"], default=None)
-    g.add_argument("--resolution", type=float, default=None)
+    g.add_argument("--seed", type=_non_negative_int, default=seed,
+                   help=f"random seed (default {seed})" if seed is not None else
+                   "random seed (default: the configuration's, 20250717)")
+    g.add_argument("--binary-fraction", type=_fraction, default=binary_fraction,
+                   help="fraction of SB2s, the rest single stars (default "
+                        + (f"{binary_fraction})" if binary_fraction is not None else
+                           "1.0: the paper's all-SB2 training set)"))
+    g.add_argument("--snr", type=_positive_float, nargs=2, metavar=("MIN", "MAX"), default=None,
+                   help="continuum S/N range (default 30 350)")
+    from .simulate.config import DEFAULT_OUTPUT_GRID, OUTPUT_GRIDS
+
+    g.add_argument("--output-grid", choices=sorted(OUTPUT_GRIDS), default=None,
+                   help=f"output pixels (default {DEFAULT_OUTPUT_GRID}, the shipped models' "
+                        "grid; see docs/simulation.md)")
+    g.add_argument("--resolution", type=_positive_float, default=None,
+                   help="spectral resolution R of the paper's recipe (default 11500; the "
+                        "realistic recipe draws R per spectrum)")
+    g.add_argument("--recipe", choices=["realistic", "paper"], default=None,
+                   help="realistic (default): stars at any systemic velocity with Gaia's "
+                        "nuisances drawn per spectrum (docs/simulation.md); paper: Binnenfeld "
+                        "et al.'s recipe, every star at rest")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sb2dask", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
+    from .infer.config import PRECISIONS, REST_FRAME_MODES  # no torch, no Dask: --help is fast
 
-    lib = sub.add_parser("library", help="spectral libraries").add_subparsers(
-        dest="library_command", required=True)
-    p = lib.add_parser("info", help="nodes, ranges, size and provenance of a library")
+    # --debug is accepted before or after the subcommand; SUPPRESS keeps a subcommand's unset
+    # option from overwriting the top-level one
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show Python tracebacks instead of one-line errors")
+
+    ap = argparse.ArgumentParser(prog="sb2dask", description=DESCRIPTION, epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    ap.add_argument("--debug", action="store_true", default=False,
+                    help="show Python tracebacks instead of one-line errors")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(parent, name: str, **kw) -> argparse.ArgumentParser:
+        return parent.add_parser(name, parents=[common], **kw)
+
+    lib = command(sub, "library", help="spectral libraries: info, build, validate, "
+                                       "fetch-phoenix").add_subparsers(
+        dest="library_command", required=True, metavar="LIBRARY_COMMAND")
+    p = command(lib, "info", help="nodes, ranges, size and provenance of a library")
     p.add_argument("--library", default="embedded",
                    help="'embedded' or a directory of PHOENIX files")
     p.set_defaults(func=_cmd_library_info)
 
-    p = lib.add_parser("build", help="(re)build the embedded LTE grid (needs the 'grid' extra)")
+    p = command(lib, "build", help="(re)build the embedded LTE grid (needs the 'grid' extra)")
     p.add_argument("--workdir", default="grid-build", help="finished nodes are kept here")
     p.add_argument("--out", default=None, help="grid file (default: the package's embedded grid)")
     p.add_argument("--mass-table", default=str(DEFAULT_MASS_TABLE),
@@ -257,14 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_library_build)
 
-    p = lib.add_parser("validate", help="compare a library with reference spectra (PHOENIX)")
+    p = command(lib, "validate", help="compare a library with reference spectra (PHOENIX)")
     p.add_argument("--library", default="embedded")
     p.add_argument("--reference", default="../shared/data/phoenix",
                    help="directory of PHOENIX files (default: ../shared/data/phoenix)")
     p.add_argument("--out", default="docs/validation")
     p.set_defaults(func=_cmd_library_validate)
 
-    p = lib.add_parser("fetch-phoenix", help="download the PHOENIX files a parameter range needs")
+    p = command(lib, "fetch-phoenix", help="download the PHOENIX files a parameter range needs")
     p.add_argument("dest")
     p.add_argument("--teff-min", type=float, default=3500)
     p.add_argument("--teff-max", type=float, default=6500)
@@ -275,11 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the URLs only")
     p.set_defaults(func=_cmd_library_fetch_phoenix)
 
-    p = sub.add_parser("simulate", help="simulate a training set into a Zarr store")
-    p.add_argument("--n", type=int, default=200000, help="number of spectra (default 200000)")
-    p.add_argument("--chunk", type=int, default=10000, help="spectra per chunk/task")
+    p = command(sub, "simulate", help="simulate a training set into a Zarr store")
+    p.add_argument("--n", type=_positive_int, default=200000,
+                   help="number of spectra (default 200000)")
+    p.add_argument("--chunk", type=_positive_int, default=10000,
+                   help="spectra per chunk/task (default 10000)")
     p.add_argument("--out", required=True, help="output Zarr directory")
-    p.add_argument("--split", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
+    p.add_argument("--split", type=_fraction, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
                    default=None, help="split fractions (default 0.75 0.15 0.10)")
     p.add_argument("--overwrite", action="store_true", help="replace a different existing store")
     p.add_argument("--no-progress", action="store_true")
@@ -287,84 +491,114 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_simulate)
 
-    p = sub.add_parser("train", help="train the temperature, parameter and detector networks")
+    p = command(sub, "train", help="train the temperature, parameter and detector networks")
     p.add_argument("--store", required=True, help="simulated SB2 training set (Zarr)")
     p.add_argument("--out", default="models", help="output directory for models and checkpoints")
     p.add_argument("--targets", nargs="+", default=["teff", "logg", "feh", "vsini"],
                    choices=["teff", "logg", "feh", "vsini"])
     p.add_argument("--detector-store", default=None,
                    help="store with singles and SB2s to train the SB2 detector on")
-    p.add_argument("--ensemble", type=int, default=1, help="members per target")
+    p.add_argument("--ensemble", type=_positive_int, default=1,
+                   help="members per target (default 1)")
     p.add_argument("--config", default=None, help="YAML file of TrainConfig fields")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--epochs", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--learning-rate", type=_positive_float, default=None)
     p.add_argument("--lr-schedule", choices=["plateau", "cosine", "none"], default=None)
-    p.add_argument("--early-stopping", type=int, default=None)
-    p.add_argument("--max-train", type=int, default=None)
-    p.add_argument("--max-validation", type=int, default=None)
-    p.add_argument("--validation-folds", type=int, default=None)
+    p.add_argument("--early-stopping", type=_positive_int, default=None)
+    p.add_argument("--max-train", type=_positive_int, default=None)
+    p.add_argument("--max-validation", type=_positive_int, default=None)
+    p.add_argument("--validation-folds", type=_positive_int, default=None)
     p.add_argument("--temperature-model", default=None,
                    help="manifest of an already trained temperature model")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--set", action="append", metavar="TARGET.FIELD=VALUE",
-                   help="per-network override, e.g. --set teff.epochs=3 --set p_binary.max_train=40000")
+    p.add_argument("--seed", type=_non_negative_int, default=None)
+    p.add_argument("--set", action="append", type=_target_setting, metavar="TARGET.FIELD=VALUE",
+                   help="per-network override, e.g. --set teff.epochs=3 "
+                        "--set p_binary.max_train=40000")
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
     p.add_argument("--no-progress", action="store_true")
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("infer", help="predict parameters for catalogues of RVS spectra")
+    p = command(sub, "infer", help="predict parameters for catalogues of RVS spectra")
     p.add_argument("inputs", nargs="+", help="catalogue files (Gaia CSV/ECSV.gz, Parquet, FITS, "
                                              "Zarr)")
     p.add_argument("--out", required=True, help="output Parquet dataset (directory)")
+    p.add_argument("--config", default=None,
+                   help="YAML file of InferenceConfig fields (the options below override it)")
     p.add_argument("--models", default=None, help="model directory (default: the shipped models)")
-    p.add_argument("--partition-rows", type=int, default=None,
+    p.add_argument("--partition-rows", type=_positive_int, default=None,
                    help="spectra per partition (default: sized from the worker memory limit)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="network arithmetic: fp32 (default, as evaluated) or bf16 (about 2x "
-                        "faster on CPUs with AVX512-BF16/AMX and on GPUs; see docs/inference.md)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="network arithmetic: fp32 (default, as evaluated) or bf16 (1.5-1.7x "
+                        "faster end to end on CPUs with AVX512-BF16/AMX, and faster on GPUs; "
+                        "see docs/inference.md)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="spectra per forward pass (default 256 on CPU, 2048 on GPU)")
-    p.add_argument("--members", type=int, default=None,
+    p.add_argument("--members", type=_positive_int, default=None,
                    help="ensemble members per network to use (default: all; 1 is fastest and "
                         "leaves the per-epoch _err columns NaN)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--rest-frame", choices=REST_FRAME_MODES, default=None,
+                   help="measure and remove each spectrum's bulk radial velocity (rv_bulk) "
+                        "before the networks: auto (default) as the models were trained, on, off")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute everything, replacing what --out holds (default: continue "
+                        "an earlier run with the same inputs and settings)")
+    p.add_argument("--allow-unusable", action="store_true",
+                   help="exit 0 even when most spectra are unusable (default: exit status 3, "
+                        "with their count by quality flag)")
     p.add_argument("--no-progress", action="store_true")
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_infer)
 
-    p = sub.add_parser("mock-catalogue", help="write a simulated epoch catalogue (bulk ECSV)")
+    p = command(sub, "mock-catalogue", help="write a simulated epoch catalogue (bulk ECSV)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--n-sources", type=int, default=1000)
-    p.add_argument("--epochs", type=int, nargs=2, default=[1, 5], metavar=("MIN", "MAX"))
-    p.add_argument("--files", type=int, default=4)
-    _add_simulation_options(p)
+    p.add_argument("--n-sources", type=_positive_int, default=1000,
+                   help="number of sources (default 1000)")
+    p.add_argument("--epochs", type=_positive_int, nargs=2, default=[1, 5],
+                   metavar=("MIN", "MAX"), help="epochs per source (default 1 5)")
+    p.add_argument("--files", type=_positive_int, default=4,
+                   help="number of ECSV files (default 4)")
+    _add_simulation_options(p, seed=1, binary_fraction=0.5)
     p.set_defaults(func=_cmd_mock)
 
-    p = sub.add_parser("evaluate", help="the paper's Tables 4-5 and Figs. 3-6 on the test split")
+    p = command(sub, "evaluate", help="the paper's Tables 4-5 and Figs. 3-6 on the test split")
     p.add_argument("--store", required=True, help="simulated SB2 store (its test split is used)")
     p.add_argument("--models", default=None, help="model directory (default: the shipped models)")
     p.add_argument("--out", default="docs/evaluation")
     p.add_argument("--single-store", default=None, help="single-star store (Sect. 4.4 test)")
     p.add_argument("--detector-store", default=None, help="mixed store for the detector")
-    p.add_argument("--max-test", type=int, default=None)
-    p.add_argument("--permutations", type=int, default=1000)
+    p.add_argument("--max-test", type=_positive_int, default=None)
+    p.add_argument("--permutations", type=_positive_int, default=1000)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("demo", help="the main job on the embedded defaults: mock catalogue "
-                                     "(+ real spectra if present) -> shipped models -> Parquet")
-    p.add_argument("--out", default="sb2dask-demo")
-    p.add_argument("--n-sources", type=int, default=300)
+    p = command(sub, "real-sky", help="the real-sky validation: real Gaia spectra at any shift, "
+                                      "PHOENIX singles and SB2s rendered independently, noise")
+    p.add_argument("--models", default=None, help="model directory (default: the shipped models)")
+    p.add_argument("--out", default="real-sky-report", help="report directory")
+    p.add_argument("--gaia-dir", default="../shared/data/gaia_rvs",
+                   help="real Gaia DR3 DataLink CSV spectra (default ../shared/data/gaia_rvs)")
+    p.add_argument("--phoenix-dir", default="../shared/data/phoenix",
+                   help="PHOENIX log-λ FITS files (default ../shared/data/phoenix)")
+    p.add_argument("--rest-frame", choices=REST_FRAME_MODES, default="auto",
+                   help="as for infer (default auto)")
+    p.set_defaults(func=_cmd_real_sky)
+
+    p = command(sub, "demo", help="the main job on the embedded defaults: mock catalogue "
+                                   "(+ real spectra if present) -> shipped models -> Parquet")
+    p.add_argument("--out", default="sb2dask-demo",
+                   help="output directory (default: sb2dask-demo in the current directory)")
+    p.add_argument("--n-sources", type=_positive_int, default=300,
+                   help="sources of the mock catalogue (default 300)")
     p.add_argument("--models", default=None, help="model directory (default: the shipped models)")
     p.add_argument("--no-progress", action="store_true")
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("figures", help="the paper's Figs. 1-2 from the simulator, as PNG")
+    p = command(sub, "figures", help="the paper's Figs. 1-2 from the simulator, as PNG")
     p.add_argument("--out", default="docs/figures")
-    p.add_argument("--index", type=int, default=None,
+    p.add_argument("--index", type=_non_negative_int, default=None,
                    help="which simulated system to show (default: the first with both stars "
                         "clearly visible)")
     _add_simulation_options(p)
@@ -372,9 +606,29 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``sb2dask``; returns the exit status (0 ok, 1 an expected error, 2 a wrong option,
+    3 ``infer`` finished with most spectra unusable, 130 interrupted)."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    args.argv = argv
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"sb2dask {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug or not isinstance(exc, expected_errors()):
+            raise
+        print(f"sb2dask {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return getattr(exc, "exit_status", 1)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["CLUSTER_KINDS", "DEPLOY_DIR", "JOBQUEUE_KINDS", "deploy_config", "find_config",
-           "get_client", "jobqueue_job_script", "worker_threads"]
+__all__ = ["CLUSTER_KINDS", "CONNECT_TIMEOUT_S", "JOBQUEUE_KINDS", "ClusterError",
+           "check_scheduler", "deploy_config", "find_config", "get_client",
+           "jobqueue_job_script", "worker_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +43,15 @@ logger = logging.getLogger(__name__)
 CLUSTER_KINDS = ("local", "local-gpu", "slurm", "pbs")
 #: The batch systems driven through dask-jobqueue, with their Dask config section.
 JOBQUEUE_KINDS = ("slurm", "pbs")
-#: The ready-to-edit jobqueue configurations of a source checkout.
-DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy"
 _ADDRESS_PREFIXES = ("tcp://", "tls://", "ucx://", "inproc://")
+#: Seconds a scheduler address has to accept a TCP connection before it is declared unreachable
+#: (a refused connection fails at once: nothing listens there).
+CONNECT_TIMEOUT_S = 5.0
+
+
+class ClusterError(RuntimeError):
+    """No cluster could be obtained: a missing optional package, an unreachable scheduler,
+    batch jobs that the queue refused. The message says what to do."""
 
 
 def worker_threads(n_workers: int) -> int:
@@ -67,17 +74,22 @@ def find_config(config: str | Path) -> Path:
     """The YAML file a configuration name or path refers to.
 
     ``config`` is a path to an existing file, or a name looked up as ``deploy/<name>.yaml`` in the
-    current directory and then in this source checkout (``slurm-cpu``, ``slurm-gpu``, ``pbs-cpu``,
-    ``pbs-gpu``).
+    current directory (an edited copy) and then among the files installed with the package
+    (``sb2dask.deploy``: ``slurm-cpu``, ``slurm-gpu``, ``pbs-cpu``, ``pbs-gpu``).
     """
+    from .packagedata import data_folder
+
     path = Path(config).expanduser()
     if path.is_file():
         return path
-    candidates = [Path.cwd() / "deploy" / f"{config}.yaml", DEPLOY_DIR / f"{config}.yaml"]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    known = sorted(p.stem for p in DEPLOY_DIR.glob("*.yaml")) if DEPLOY_DIR.is_dir() else []
+    local = Path.cwd() / "deploy" / f"{config}.yaml"  # an edited copy wins over the shipped one
+    if local.is_file():
+        return local
+    shipped = data_folder("deploy") / f"{config}.yaml"
+    if shipped.is_file():
+        return shipped
+    candidates = [local, shipped]
+    known = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
     raise FileNotFoundError(f"no jobqueue configuration {str(config)!r}: not a file, and none of "
                             f"{[str(c) for c in candidates]} exists (known names: {known})")
 
@@ -88,8 +100,8 @@ def deploy_config(config: str | Path | dict, kind: str | None = None) -> dict:
     Parameters
     ----------
     config : name, path or dict
-        A Dask config file (nested mapping, e.g. ``{"jobqueue": {"slurm": {...}}}``); a name or path
-        is resolved with :func:`find_config`.
+        A Dask config file (nested mapping, e.g. ``{"jobqueue": {"slurm": {...}}}``); a name or
+        path is resolved with :func:`find_config`.
     kind : ``"slurm"`` or ``"pbs"``, optional
         Check that the file configures ``jobqueue.<kind>``.
 
@@ -156,7 +168,7 @@ def _jobqueue_class(kind: str):
     try:
         from dask_jobqueue import PBSCluster, SLURMCluster
     except ImportError as exc:
-        raise RuntimeError(f"--cluster {kind} needs dask-jobqueue, which is not installed: "
+        raise ClusterError(f"--cluster {kind} needs dask-jobqueue, which is not installed: "
                            "pip install 'sb2dask[jobqueue]'") from exc
     return {"slurm": SLURMCluster, "pbs": PBSCluster}[kind]
 
@@ -202,10 +214,57 @@ def _dashboard_link(client) -> str:
     return link
 
 
+def check_scheduler(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise :class:`ClusterError` unless something accepts TCP connections at ``address``.
+
+    Only ``tcp://`` and ``tls://`` addresses are probed. A refused connection is reported at
+    once (distributed itself would retry it until its 30 s connect timeout), a silent host after
+    ``timeout`` seconds.
+    """
+    import socket
+
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    scheme, location = parse_address(address)
+    if scheme not in ("tcp", "tls"):
+        return
+    try:
+        host, port = parse_host_port(location)
+    except ValueError as exc:
+        raise ClusterError(f"--cluster {address}: expected tcp://host:port ({exc})") from None
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except ConnectionRefusedError:
+        raise ClusterError(f"no Dask scheduler at {address}: connection refused (nothing listens "
+                           f"on port {port} of {host}); start one with `dask scheduler` or check "
+                           "the address") from None
+    except TimeoutError:
+        raise ClusterError(f"no Dask scheduler at {address}: no answer within {timeout:.0f} s "
+                           "(wrong host, or a firewall?)") from None
+    except OSError as exc:  # unknown host name, unreachable network
+        raise ClusterError(f"no Dask scheduler at {address}: {exc.strerror or exc}") from None
+
+
+def _scheduler_file_address(path: str) -> str:
+    import json
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"scheduler file {path} does not exist (written by "
+                                "`dask scheduler --scheduler-file ...`)")
+    try:
+        return json.loads(Path(path).read_text())["address"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"scheduler file {path}: expected the JSON that `dask scheduler "
+                         "--scheduler-file` writes, with an \"address\"") from None
+
+
 def get_client(cluster: str | None = "local", workers: int | None = None,
                threads_per_worker: int = 1, memory_limit: str | None = "auto",
                resources: dict | None = None, config: str | Path | dict | None = None,
-               min_workers: int | None = None, quiet: bool = False, **cluster_kwargs):
+               min_workers: int | None = None, quiet: bool = False,
+               worker_log_level: int = logging.ERROR, **cluster_kwargs):
     """Return a connected :class:`distributed.Client` and print its dashboard address.
 
     Parameters
@@ -235,6 +294,10 @@ def get_client(cluster: str | None = "local", workers: int | None = None,
         address, so that callers see the workers' resources, e.g. ``GPU``, before submitting).
     quiet : bool
         Do not print the dashboard address.
+    worker_log_level : int
+        The least severe log messages of ``local``/``local-gpu`` workers that reach this
+        terminal (default ``logging.ERROR``: a failed task's traceback). The command line raises
+        it to ``CRITICAL`` unless ``--debug``: it reports the failure itself, in one line.
     **cluster_kwargs
         Passed to the cluster class (LocalCluster, LocalCUDACluster, SLURMCluster, PBSCluster),
         e.g. ``account="abc123"`` or ``walltime="02:00:00"`` for slurm/pbs.
@@ -252,12 +315,11 @@ def get_client(cluster: str | None = "local", workers: int | None = None,
                              f"slurm or pbs, not {cluster!r}")
         dask.config.set(_config_settings(config, cluster))
     if cluster.startswith(_ADDRESS_PREFIXES):
+        check_scheduler(cluster)
         client = Client(cluster, **cluster_kwargs)
         wait = 1 if min_workers is None else min_workers
     elif cluster.endswith(".json"):
-        if not Path(cluster).is_file():
-            raise FileNotFoundError(f"scheduler file {cluster} does not exist (written by "
-                                    "`dask scheduler --scheduler-file ...`)")
+        check_scheduler(_scheduler_file_address(cluster))
         client = Client(scheduler_file=cluster, **cluster_kwargs)
         wait = 1 if min_workers is None else min_workers
     elif cluster == "local":
@@ -266,21 +328,21 @@ def get_client(cluster: str | None = "local", workers: int | None = None,
         # Client(...) with LocalCluster keywords owns the cluster and closes it on close()
         client = Client(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
                         memory_limit=memory_limit, resources=resources,
-                        dashboard_address=":0", silence_logs=logging.ERROR, **cluster_kwargs)
+                        dashboard_address=":0", silence_logs=worker_log_level, **cluster_kwargs)
         wait = min_workers or 0
     elif cluster == "local-gpu":
         try:
             from dask_cuda import LocalCUDACluster
             from dask_cuda.utils import get_n_gpus
         except ImportError as exc:
-            raise RuntimeError("--cluster local-gpu needs dask-cuda, which is not installed: "
+            raise ClusterError("--cluster local-gpu needs dask-cuda, which is not installed: "
                                "pip install dask-cuda (with a CUDA build of PyTorch, see "
                                "docs/deploy.md), or use --cluster local") from exc
         n = workers or get_n_gpus()
         _set_thread_env(worker_threads(n))
         lc = LocalCUDACluster(n_workers=n, threads_per_worker=threads_per_worker,
                               memory_limit=memory_limit, resources={**(resources or {}), "GPU": 1},
-                              dashboard_address=":0", silence_logs=logging.ERROR,
+                              dashboard_address=":0", silence_logs=worker_log_level,
                               **cluster_kwargs)
         client = Client(lc)
         wait = min_workers or 0
@@ -291,7 +353,7 @@ def get_client(cluster: str | None = "local", workers: int | None = None,
         except ValueError as exc:
             if "cores and memory" not in str(exc):
                 raise
-            raise ValueError(f"{exc}\nor apply a deploy configuration: --jobqueue-config "
+            raise ValueError(f"{exc}; or apply a deploy configuration: --jobqueue-config "
                              f"{cluster}-cpu (or {cluster}-gpu), see docs/deploy.md") from exc
         jq.scale(jobs=workers or 1)
         client = Client(jq)
@@ -337,6 +399,6 @@ def _wait_for_jobs(client, n: int) -> None:
             except AssertionError:  # distributed asserts on closing never-started jobs
                 pass
             client.close()
-            raise RuntimeError(f"none of the {len(jobs)} batch job(s) was accepted by {command} "
+            raise ClusterError(f"none of the {len(jobs)} batch job(s) was accepted by {command} "
                                f"in {SUBMIT_TIMEOUT_S:.0f} s: see its errors above (account, "
                                "partition/queue, resources?) and docs/deploy.md")

@@ -14,18 +14,21 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import zarr
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, WorkerPlugin
 
 from model_fixtures import random_model_set
 from sb2dask.completion import RECORDS_ARRAY, finished_chunks
 from sb2dask.dataset.factory import chunk_status, generate
 from sb2dask.dataset.gaia_ecsv import write_bulk_ecsv
 from sb2dask.dataset.mock_catalogue import mock_catalogue
+from sb2dask.infer.config import InferenceConfig
 from sb2dask.infer.predict import predict_partition
 from sb2dask.infer.readers import read_catalogue
 from sb2dask.infer.readers.base import RVS_WAVE
@@ -81,52 +84,109 @@ def catalogue(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_epochs(tmp_path_factory, catalogue, models, cluster3):
     out = tmp_path_factory.mktemp("inf") / "ref.parquet"
-    run_inference(catalogue["files"], out, models, cluster3, partition_rows=1000, progress=False)
+    run_inference(catalogue["files"], out, cluster3, InferenceConfig(models, partition_rows=1000),
+                  progress=False)
     return _epochs(out)
 
 
-def _kill_one_worker(client, when):
-    """SIGKILL one worker process as soon as ``when()`` is true."""
-    deadline = time.time() + 120
-    while not when():
-        if time.time() > deadline:
-            raise TimeoutError("the run never reached the point of the fault")
-        time.sleep(0.05)
-    pids = client.run(os.getpid)
-    victim = sorted(pids.items())[0]
-    os.kill(victim[1], signal.SIGKILL)
-    return victim
+class _KillWhileRunning(WorkerPlugin):
+    """Worker plugin: records each start of a task whose key contains ``match`` (a file
+    ``start-<ns>-<pid>`` in ``log_dir`` holding the key) and SIGKILLs its own worker once, the
+    first time such a task is still executing ``delay`` seconds after it started.
+
+    The kill comes from inside the worker because it must land while the task runs: a kill sent
+    by the test after asking Dask which task runs where can arrive after that task finished.
+    """
+
+    name = "kill-while-running"
+
+    def __init__(self, match: str, log_dir: Path, delay: float = 0.05):
+        self.match, self.log_dir, self.delay = match, str(log_dir), delay
+
+    def setup(self, worker):
+        self.worker = worker
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish != "executing" or self.match not in str(key):
+            return
+        marker = Path(self.log_dir) / f"start-{time.time_ns()}-{os.getpid()}"
+        marker.write_text(json.dumps(dict(key=str(key), pid=os.getpid())))
+        threading.Thread(target=self._kill_if_running, args=(key,), daemon=True).start()
+
+    def _kill_if_running(self, key):
+        time.sleep(self.delay)
+        ts = self.worker.state.tasks.get(key)
+        if ts is None or ts.state != "executing":
+            return
+        try:  # one kill per run, by whichever worker gets here first
+            fd = os.open(Path(self.log_dir) / "killed", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, json.dumps(dict(key=str(key), pid=os.getpid())).encode())
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextmanager
+def _kill_a_worker_running(client, match: str, log_dir: Path):
+    """While the block runs, the first worker found running a task whose key contains ``match``
+    is SIGKILLed mid-task (see :class:`_KillWhileRunning`)."""
+    log_dir.mkdir()
+    plugin = _KillWhileRunning(match, log_dir)
+    client.register_plugin(plugin, name=plugin.name)
+    try:
+        yield
+    finally:
+        client.unregister_worker_plugin(plugin.name)
+
+
+def _rerun_of_killed_task(log_dir: Path) -> tuple[dict, list[int]]:
+    """(the task killed and its worker's pid, the pids that started that task, in order)."""
+    # the first task of every worker also loads the library or the models: it runs far longer
+    # than the plugin's delay, so some task is always caught running
+    assert (log_dir / "killed").exists(), "no worker was killed: no task ran long enough"
+    killed = json.loads((log_dir / "killed").read_text())
+    starts = sorted(log_dir.glob("start-*"), key=lambda p: int(p.name.split("-")[1]))
+    pids = [d["pid"] for d in map(json.loads, (p.read_text() for p in starts))
+            if d["key"] == killed["key"]]
+    return killed, pids
+
+
+def _assert_killed_task_was_rerun(log_dir: Path) -> dict:
+    killed, pids = _rerun_of_killed_task(log_dir)
+    # the killed worker had started the task; Dask started it again in another worker process,
+    # and that attempt's result is the one in the output (the killed one could not finish)
+    assert pids[0] == killed["pid"] and len(pids) >= 2 and pids[-1] != killed["pid"], pids
+    return killed
 
 
 def test_worker_killed_during_simulate(tmp_path, cluster3, reference_store, fault_log):
     out = tmp_path / "killed.zarr"
-    result = {}
-    th = threading.Thread(target=lambda: result.update(
-        generate(out, CFG, N, CHUNK, client=cluster3, progress=False)))
-    th.start()
-    victim = _kill_one_worker(cluster3, lambda: len(finished_chunks(out) or {}) >= 2)
-    th.join(timeout=300)
+    with _kill_a_worker_running(cluster3, "_write_chunk", tmp_path / "log"):
+        result = generate(out, CFG, N, CHUNK, client=cluster3, progress=False)
+    killed = _assert_killed_task_was_rerun(tmp_path / "log")
     assert result["computed"] == N // CHUNK
+    assert chunk_status(out) == (N // CHUNK, list(range(N // CHUNK)))
     assert _flux_bytes(out) == _flux_bytes(reference_store)
-    fault_log.append(dict(test="simulate: SIGKILL worker", fault=f"worker pid {victim[1]}",
+    fault_log.append(dict(test="simulate: SIGKILL worker mid-task",
+                          fault=f"worker pid {killed['pid']} running {killed['key']}",
                           completed=True, rows_in=N, rows_out=N, recomputed="by Dask"))
 
 
 def test_worker_killed_during_infer(tmp_path, cluster3, catalogue, models, reference_epochs,
                                    fault_log):
     out = tmp_path / "killed.parquet"
-    result = {}
-    th = threading.Thread(target=lambda: result.update(run_inference(
-        catalogue["files"], out, models, cluster3, partition_rows=1000, progress=False)))
-    th.start()
-    victim = _kill_one_worker(cluster3, lambda: out.exists() and
-                              len(list(out.glob("part-*.parquet"))) >= 1)
-    th.join(timeout=300)
+    with _kill_a_worker_running(cluster3, "_predict_write", tmp_path / "log"):
+        result = run_inference(catalogue["files"], out, cluster3,
+                               InferenceConfig(models, partition_rows=1000), progress=False)
+    killed = _assert_killed_task_was_rerun(tmp_path / "log")
     got = _epochs(out)
     pd.testing.assert_frame_equal(got, reference_epochs)
-    assert result["rows_in"] + 0 <= len(got) and len(got) == len(reference_epochs)
-    fault_log.append(dict(test="infer: SIGKILL worker", fault=f"worker pid {victim[1]}",
-                          completed=True, rows_in=len(reference_epochs), rows_out=len(got),
+    assert result["computed"] == result["partitions"] == len(list(out.glob("part-*.parquet")))
+    assert result["rows_in"] == result["rows_out"] == len(reference_epochs)
+    fault_log.append(dict(test="infer: SIGKILL worker mid-task",
+                          fault=f"worker pid {killed['pid']} running {killed['key']}",
+                          completed=True, rows_in=result["rows_in"], rows_out=len(got),
                           recomputed="by Dask"))
 
 
@@ -202,13 +262,13 @@ def test_incomplete_outputs_are_replaced(tmp_path, cluster3, reference_store, ca
     assert _flux_bytes(out) == _flux_bytes(reference_store)
     # Parquet: a truncated part and a stale temporary file are replaced / removed
     pout = tmp_path / "partial.parquet"
-    run_inference(catalogue["files"], pout, models, cluster3, partition_rows=1000,
+    run_inference(catalogue["files"], pout, cluster3, InferenceConfig(models, partition_rows=1000),
                   progress=False)
     part = sorted(pout.glob("part-*.parquet"))[1]
     part.write_bytes(part.read_bytes()[:100])
     (pout / ".part-000000.parquet.12345.tmp").write_bytes(b"half")
-    r = run_inference(catalogue["files"], pout, models, cluster3, partition_rows=1000,
-                      progress=False)
+    r = run_inference(catalogue["files"], pout, cluster3,
+                      InferenceConfig(models, partition_rows=1000), progress=False)
     assert r["computed"] == 1 and not list(pout.glob(".part-*.tmp"))
     pd.testing.assert_frame_equal(_epochs(pout), reference_epochs)
     fault_log.append(dict(test="partial writes", fault="truncated chunk + part, stale tmp",
@@ -235,7 +295,7 @@ def test_bad_spectra_give_flagged_rows_not_lost_rows(tmp_path, models, fault_log
     path = write_bulk_ecsv(tmp_path / "RvsMeanSpectrum_000001-000001.csv.gz", df)
     parts = list(read_catalogue(path))
     rows_in = sum(len(p) for p in parts)
-    out = pd.concat([predict_partition(p, models, device="cpu") for p in parts])
+    out = pd.concat([predict_partition(p, InferenceConfig(models, "cpu")) for p in parts])
     assert rows_in == len(flux) == len(out)
     by = dict(zip(["good", *BAD_ROWS], out.itertuples()))
     assert by["good"].usable and by["nan_pixels"].usable and by["nan_pixels"].quality_flags & 2

@@ -10,16 +10,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from model_fixtures import random_model_set
+from sb2dask.devices import resolve_device
 from sb2dask.infer.flags import QualityFlag
+from sb2dask.infer.config import InferenceConfig
 from sb2dask.infer.predict import get_model_set, predict_partition
 from sb2dask.observe.preprocess import CONTINUUM_REGIONS, preprocess
 from sb2dask.infer.readers import read_catalogue
 from sb2dask.infer.readers.base import RVS_WAVE
 from sb2dask.infer.schema import arrow_schema, empty_frame, load_schema
+from sb2dask.labels import PARAMETERS
 from sb2dask.simulate.config import output_wave
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gaia_rvs"
@@ -88,6 +91,11 @@ def test_unusable_and_suspicious_spectra_are_flagged():
 @settings(max_examples=40, deadline=None)
 @given(n_rows=st.integers(1, 6), n_nan=st.integers(0, 2401), scale=st.floats(-2, 3),
        seed=st.integers(0, 2 ** 31))
+# always tried: either side of the 20 % missing-pixel limit (480 and 481 of the 2401 pixels the
+# model grid uses), and nothing left at all
+@example(n_rows=3, n_nan=480, scale=1.0, seed=1)
+@example(n_rows=3, n_nan=481, scale=1.0, seed=2)
+@example(n_rows=2, n_nan=2401, scale=1.0, seed=3)
 def test_preprocess_always_returns_one_finite_row_per_input(n_rows, n_nan, scale, seed):
     rng = np.random.default_rng(seed)
     rows = []
@@ -99,9 +107,20 @@ def test_preprocess_always_returns_one_finite_row_per_input(n_rows, n_nan, scale
     pre = preprocess([RVS_WAVE] * n_rows, rows, [None] * n_rows, MODEL_WAVE)
     assert pre.flux.shape == (n_rows, MODEL_WAVE.size)
     assert np.isfinite(pre.flux).all()
-    expect_null = n_nan == RVS_WAVE.size
-    assert all(bool(f & QualityFlag.ALL_NULL) == expect_null for f in pre.quality_flags)
-    assert all(u == (n_nan <= 0.2 * RVS_WAVE.size) for u in pre.usable) or n_nan > 0
+    # what each row should get, from the input pixels the model grid uses (its span plus one
+    # neighbour each side): missing fraction, all-null / some-null / too-many flags, usability
+    lo = max(0, int(np.searchsorted(RVS_WAVE, MODEL_WAVE[0])) - 1)
+    hi = min(RVS_WAVE.size, int(np.searchsorted(RVS_WAVE, MODEL_WAVE[-1], side="right")) + 1)
+    for i, f in enumerate(rows):
+        bad = ~np.isfinite(f[lo:hi])
+        assert pre.nan_fraction[i] == pytest.approx(bad.mean(), abs=1e-6)
+        flags = QualityFlag(int(pre.quality_flags[i]))
+        assert bool(flags & QualityFlag.ALL_NULL) == bad.all()
+        assert bool(flags & QualityFlag.NAN_FILLED) == (bad.any() and not bad.all())
+        assert bool(flags & QualityFlag.TOO_MANY_NAN) == (bad.mean() > 0.2 and not bad.all())
+        assert pre.usable[i] == (bad.mean() <= 0.2)
+        if not pre.usable[i]:
+            assert (pre.flux[i] == 1.0).all()
 
 
 def test_real_gaia_spectra_give_one_sensible_row_each(models):
@@ -110,7 +129,7 @@ def test_real_gaia_spectra_give_one_sensible_row_each(models):
     files = sorted(REAL.glob("*.csv"))
     parts = [p for f in files for p in read_catalogue(f)]
     df = pd.concat(parts, ignore_index=True)
-    out = predict_partition(df, models, device="cpu")
+    out = predict_partition(df, InferenceConfig(models, device="cpu"))
     assert len(out) == len(files) == 3
     assert out["usable"].all()
     assert set(out["source_id"]) == set(df["source_id"])
@@ -125,7 +144,7 @@ def test_output_frame_follows_the_catalogue_schema(models):
                        "flux": [_line_spectrum(RVS_WAVE).astype(np.float32)] * 2,
                        "flux_error": [None, None], "file": ["a", "b"], "row": [0, 1],
                        "read_flags": np.zeros(2, np.int32)})
-    out = predict_partition(df, models, device="cpu")
+    out = predict_partition(df, InferenceConfig(models, device="cpu"))
     meta = empty_frame("epoch")
     assert list(out.columns) == list(meta.columns)
     assert (out.dtypes == meta.dtypes).all()
@@ -139,9 +158,10 @@ def test_output_frame_follows_the_catalogue_schema(models):
 
 
 def test_models_are_loaded_once_per_process(models):
-    assert get_model_set(models, "cpu") is get_model_set(models, "cpu")
-    if not __import__("torch").cuda.is_available():  # "auto" is this CPU: the same set
-        assert get_model_set(models, "auto") is get_model_set(models, "cpu")
+    cpu = InferenceConfig(models, "cpu")
+    assert get_model_set(cpu) is get_model_set(InferenceConfig(models, "cpu"))
+    if resolve_device("auto").type == "cpu":  # "auto" is this CPU: the same set
+        assert get_model_set(InferenceConfig(models, "auto")) is get_model_set(cpu)
 
 
 def test_source_table_combines_epochs(models, tmp_path):
@@ -154,7 +174,7 @@ def test_source_table_combines_epochs(models, tmp_path):
     ep["epoch_id"] = [10, 11, 12, 13]
     ep["usable"] = [True, True, True, False]
     ep["p_binary"] = np.array([0.2, 0.9, 0.4, 0.99], np.float32)
-    for p in ("teff", "logg", "feh", "vsini"):
+    for p in PARAMETERS:
         for c in (1, 2):
             ep[f"{p}_{c}"] = np.array([4000, 5000, 6000, 1], np.float32)
             ep[f"{p}_{c}_err"] = np.array([100, 100, 50, 1], np.float32)
@@ -163,7 +183,7 @@ def test_source_table_combines_epochs(models, tmp_path):
     d = tmp_path / "ep.parquet"
     d.mkdir()
     write_parquet_atomic(ep, d / "part-000000.parquet", arrow_schema("epoch"))
-    ms = get_model_set(models, "cpu")
+    ms = get_model_set(InferenceConfig(models, "cpu"))
     with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as lc, \
             Client(lc) as client:
         aggregate_sources(d, tmp_path / "src.parquet", ms, client)
@@ -191,16 +211,16 @@ def _simulated_partition(n=40):
 
 def test_batch_size_does_not_change_predictions(models):
     df = _simulated_partition()
-    a = predict_partition(df, models, device="cpu", batch_size=7)
-    b = predict_partition(df, models, device="cpu", batch_size=256)
+    a = predict_partition(df, InferenceConfig(models, "cpu", batch_size=7))
+    b = predict_partition(df, InferenceConfig(models, "cpu", batch_size=256))
     cols = ["p_binary", "teff_1", "teff_2", "logg_1", "feh_2", "vsini_1", "ood_distance"]
     np.testing.assert_allclose(a[cols].to_numpy(), b[cols].to_numpy(), rtol=1e-4, atol=1e-3)
 
 
 def test_bf16_predictions_stay_close_to_fp32(models):
     df = _simulated_partition()
-    a = predict_partition(df, models, device="cpu", precision="fp32")
-    b = predict_partition(df, models, device="cpu", precision="bf16")
+    a = predict_partition(df, InferenceConfig(models, "cpu", precision="fp32"))
+    b = predict_partition(df, InferenceConfig(models, "cpu", precision="bf16"))
     assert len(b) == len(df) and b["usable"].all()
     for col in a.columns:
         assert b[col].dtype == a[col].dtype, col  # autocast never leaks bfloat16 into outputs
@@ -208,7 +228,7 @@ def test_bf16_predictions_stay_close_to_fp32(models):
     assert np.nanmax(np.abs(a["teff_1"] - b["teff_1"])) < 100
     assert np.nanmax(np.abs(a["p_binary"] - b["p_binary"])) < 0.05
     with pytest.raises(ValueError, match="precision"):
-        predict_partition(df, models, device="cpu", precision="fp16")
+        InferenceConfig(models, "cpu", precision="fp16")
 
 
 def test_process_tuning_sets_threads_once_and_malloc(monkeypatch):
@@ -279,7 +299,8 @@ def test_too_small_a_memory_limit_is_an_error_before_any_work():
 def test_warm_rss_measures_a_worker_with_models_loaded(models):
     from sb2dask.infer.run import _warm_rss
 
-    assert _warm_rss(str(models), "fp32") > 100 * 2 ** 20  # torch and five networks
+    # torch and five networks
+    assert _warm_rss(InferenceConfig(models, precision="fp32")) > 100 * 2 ** 20
 
 
 def test_rerun_keeps_the_recorded_partitioning(models, tmp_path, monkeypatch):
@@ -293,22 +314,38 @@ def test_rerun_keeps_the_recorded_partitioning(models, tmp_path, monkeypatch):
     with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as lc, \
             Client(lc) as client:
         monkeypatch.setattr(run, "auto_partition_rows", lambda *a, **k: 700)
-        first = run.run_inference(mock["files"], out, models, client, progress=False)
+        first = run.run_inference(mock["files"], out, client, InferenceConfig(models),
+                                  progress=False)
         # the measured budget may differ next time (other RSS): the rerun keeps the first one
         monkeypatch.setattr(run, "auto_partition_rows", lambda *a, **k: 900)
-        again = run.run_inference(mock["files"], out, models, client, progress=False)
-        with pytest.raises(ValueError, match="other inputs"):
-            run.run_inference(mock["files"], out, models, client, progress=False,
-                              precision="bf16")
+        again = run.run_inference(mock["files"], out, client, InferenceConfig(models),
+                                  progress=False)
+        with pytest.raises(ValueError, match="finished results of a run with other precision"):
+            run.run_inference(mock["files"], out, client,
+                              InferenceConfig(models, precision="bf16"), progress=False)
     assert json.loads((out / "_inputs.json").read_text())["partition_rows"] == 700
     assert first["computed"] == first["partitions"] and again["computed"] == 0
     assert again["skipped"] == first["partitions"]
 
 
+def test_inference_config_round_trips_and_validates(tmp_path):
+    cfg = InferenceConfig(tmp_path, "cpu", precision="bf16", members=1, partition_rows=500)
+    assert cfg.model_dir == str(tmp_path)  # a Path in, a str kept: YAML-able and hashable
+    assert InferenceConfig.from_yaml(cfg.to_yaml(tmp_path / "infer.yaml")) == cfg
+    assert InferenceConfig.from_yaml(tmp_path / "infer.yaml") == cfg
+    assert hash(cfg) == hash(cfg.replace())
+    for bad in (dict(precision="fp16"), dict(members=0), dict(batch_size=-1),
+                dict(partition_rows=2.5), dict(max_nan_fraction=1.5)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            InferenceConfig(**bad)
+    with pytest.raises(ValueError, match="unknown InferenceConfig settings.*'layers'"):
+        InferenceConfig.from_dict({"layers": 3})
+
+
 def test_members_caps_the_ensemble(models):
     df = _simulated_partition(12)
-    both = predict_partition(df, models, device="cpu")
-    one = predict_partition(df, models, device="cpu", members=1)
+    both = predict_partition(df, InferenceConfig(models, device="cpu"))
+    one = predict_partition(df, InferenceConfig(models, "cpu", members=1))
     assert np.isfinite(both["teff_1_err"]).all() and one["teff_1_err"].isna().all()
-    assert len(get_model_set(models, "cpu", members=1).members["teff"]) == 1
+    assert len(get_model_set(InferenceConfig(models, "cpu", members=1)).members["teff"]) == 1
     assert not np.allclose(both["teff_1"], one["teff_1"])  # the mean of two differs from one

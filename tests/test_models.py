@@ -87,11 +87,19 @@ def test_conv2d_layout_computes_the_same_function(cls):
 
 
 def test_detector_outputs_a_probability_logit():
+    torch.manual_seed(4)
     d = BinaryDetector().eval()
-    logit = d(torch.randn(5, 903))
-    assert logit.shape == (5,)
-    p = torch.sigmoid(logit)
-    assert torch.all((p >= 0) & (p <= 1))
+    x = torch.randn(5, 903)
+    logit = d(x)
+    assert logit.shape == (5,) and torch.isfinite(logit).all()
+    assert logit.unique().numel() == 5  # one value per spectrum, from that spectrum
+    torch.testing.assert_close(d(x[2:3]), logit[2:3], rtol=1e-5, atol=1e-5)  # not the batch
+    # a raw logit (BCEWithLogitsLoss in training, sigmoid in inference), not a probability:
+    # the last layer's bias moves it one for one, beyond [0, 1]
+    with torch.no_grad():
+        d.head[-1].bias += 10.0
+    torch.testing.assert_close(d(x), logit + 10.0, rtol=1e-5, atol=1e-4)
+    assert (d(x) > 1.0).all()
 
 
 def _manifest(name="teff-0", target="teff", arch="TemperatureNet"):

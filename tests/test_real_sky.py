@@ -79,7 +79,9 @@ def test_suite_gives_one_row_per_case_and_judges_its_targets(tmp_path):
                             None, dict(star="Kepler-93", shift_kms=0.0,
                                        **rs.REAL_REFERENCES["Kepler-93"]))]
     cases += rs._noise_cases(rng, n=2)
-    res = rs.run_suite(cases, models)
+    from sb2dask.infer.config import InferenceConfig
+
+    res = rs.run_suite(cases, InferenceConfig(model_dir=models))
     assert list(res["case"]) == [c.case for c in cases] and len(res) == 4
     s = rs.summarise(res)
     assert set(s["counts"]) == {"real", "noise", "flat"}

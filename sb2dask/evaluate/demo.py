@@ -1,13 +1,24 @@
 """The main job on the embedded defaults: a mock epoch catalogue (plus the real Gaia spectra when
 present) through the shipped models on a LocalCluster into Parquet, and a summary against the
-truth."""
+truth.
+
+``sb2dask demo`` writes into ``--out`` (default ``sb2dask-demo`` in the current directory,
+git-ignored in a source checkout)::
+
+    sb2dask-demo/mock_catalogue/          the mock bulk ECSV files and truth.parquet
+    sb2dask-demo/sb2dask_epochs.parquet/  the epoch table (sb2dask_epochs.sources.parquet beside)
+    sb2dask-demo/summary.json             what run_demo returns
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..labels import PARAMETERS
 
 __all__ = ["REAL_SPECTRA", "run_demo", "summarise"]
 
@@ -16,7 +27,8 @@ REAL_SPECTRA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / 
 
 
 def summarise(epochs: pd.DataFrame, truth: pd.DataFrame | None) -> dict:
-    """What was found: counts, flags, p_binary separation and parameter errors against the truth."""
+    """What was found: counts, flags, p_binary separation and parameter errors against the
+    truth."""
     from .metrics import rmse_mae, roc_auc
 
     s = dict(epoch_rows=int(len(epochs)), usable=int(epochs["usable"].sum()),
@@ -32,7 +44,7 @@ def summarise(epochs: pd.DataFrame, truth: pd.DataFrame | None) -> dict:
         s["p_binary_median_single"] = (float(np.median(m.loc[~y, "p_binary"]))
                                        if (~y).any() else None)
         sb2 = m[y]
-        for p in ("teff", "logg", "feh", "vsini"):
+        for p in PARAMETERS:
             pred = sb2[[f"{p}_1", f"{p}_2"]].to_numpy()
             true = sb2[[f"{p}_1_true", f"{p}_2_true"]].to_numpy()
             s[f"{p}_rmse_sb2"], s[f"{p}_mae_sb2"] = rmse_mae(pred, true)
@@ -41,8 +53,11 @@ def summarise(epochs: pd.DataFrame, truth: pd.DataFrame | None) -> dict:
 
 def run_demo(out: str | Path, n_sources: int = 300, client=None, model_dir=None,
              real: Path | None = REAL_SPECTRA, progress: bool = True) -> dict:
-    """Mock catalogue → ``sb2dask infer`` → summary; returns the summary dict."""
+    """Mock catalogue → ``sb2dask infer`` → summary; returns the summary dict, also written
+    (atomically) to ``out/summary.json``."""
     from ..dataset.mock_catalogue import mock_catalogue
+    from ..fileio import atomic_write_text
+    from ..infer.config import InferenceConfig
     from ..infer.run import run_inference, sources_path
     from ..simulate.config import SimulationConfig
 
@@ -53,8 +68,9 @@ def run_demo(out: str | Path, n_sources: int = 300, client=None, model_dir=None,
     inputs = list(mock["files"])
     real_files = sorted(real.glob("*.csv")) if real is not None and real.is_dir() else []
     inputs += [str(p) for p in real_files]
-    res = run_inference(inputs, out / "sb2dask_epochs.parquet", model_dir, client,
-                        partition_rows=1000, progress=progress, overwrite=True)
+    res = run_inference(inputs, out / "sb2dask_epochs.parquet", client,
+                        InferenceConfig(model_dir=model_dir, partition_rows=1000),
+                        progress=progress, overwrite=True)
     epochs = pd.read_parquet(out / "sb2dask_epochs.parquet")
     truth = pd.read_parquet(mock["truth"])
     summary = dict(inference=res, mock=summarise(epochs[~epochs["file"].isin(
@@ -66,5 +82,7 @@ def run_demo(out: str | Path, n_sources: int = 300, client=None, model_dir=None,
         summary["real"] = rows.assign(file=rows["file"].map(lambda f: Path(f).name)).to_dict(
             orient="records")
     summary["outputs"] = dict(epochs=str(out / "sb2dask_epochs.parquet"),
-                              sources=str(sources_path(out / "sb2dask_epochs.parquet")))
+                              sources=str(sources_path(out / "sb2dask_epochs.parquet")),
+                              summary=str(out / "summary.json"))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary

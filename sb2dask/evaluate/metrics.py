@@ -66,11 +66,14 @@ def randomization_test(err: np.ndarray, x: np.ndarray, edges: np.ndarray, n_perm
 def precision_at(is_binary: np.ndarray, p_binary: np.ndarray, threshold: float,
                  prior_ratio: float = 0.5) -> float:
     """Precision at ``p_binary > threshold`` re-weighted to a binary:single ``prior_ratio``
-    (Jing et al.: TP / (TP + FP · (N_b/N_s) / r), with r = 0.5 for 1:2)."""
+    (Jing et al.: TP / (TP + FP · (N_b/N_s) / r), with r = 0.5 for 1:2). NaN when nothing is
+    selected or when there are no single stars (their false-positive rate is then unknown)."""
     y = np.asarray(is_binary, bool)
     sel = np.asarray(p_binary) > threshold
     tp, fp = float((sel & y).sum()), float((sel & ~y).sum())
     nb, ns = float(y.sum()), float((~y).sum())
+    if ns == 0:
+        return float("nan")
     denom = tp + fp * (nb / ns) / prior_ratio
     return tp / denom if denom > 0 else float("nan")
 

@@ -290,20 +290,13 @@ def _as_reader_frame(cases: list[RealSkyCase]) -> pd.DataFrame:
                            read_flags=spectrum_flags(flux, None))
 
 
-def run_suite(cases: list[RealSkyCase], model_dir: str | Path | None = None,
-              predict=None, rest_frame: bool | None = None) -> pd.DataFrame:
-    """Predict every case; one row per case with the inputs' truth beside the outputs.
+def run_suite(cases: list[RealSkyCase], config=None) -> pd.DataFrame:
+    """Predict every case with :func:`sb2dask.infer.predict.predict_partition` under ``config``
+    (an :class:`~sb2dask.infer.config.InferenceConfig`; default: the shipped models); one row per
+    case with the inputs' truth beside the outputs."""
+    from ..infer.predict import predict_partition
 
-    ``predict`` maps a reader-schema DataFrame to the epoch table (default:
-    :func:`sb2dask.infer.predict.predict_partition` with the models of ``model_dir``).
-    """
-    if predict is None:
-        from ..infer.predict import predict_partition
-
-        def predict(df):
-            return predict_partition(df, model_dir, rest_frame=rest_frame)
-
-    out = predict(_as_reader_frame(cases)).reset_index(drop=True)
+    out = predict_partition(_as_reader_frame(cases), config).reset_index(drop=True)
     out.insert(0, "kind", [c.kind for c in cases])
     out.insert(0, "case", [c.case for c in cases])
     out["truth"] = [json.dumps(c.truth) for c in cases]

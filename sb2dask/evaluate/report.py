@@ -21,15 +21,16 @@ LABELS = {"teff": "Teff [K]", "logg": "log g", "feh": "[Fe/H]", "vsini": "v sin 
 
 
 def _predict_split(store, model_dir, split: str, max_n: int | None, fields):
+    from ..infer.config import InferenceConfig
     from ..infer.predict import get_model_set
     from ..dataset.store import load_split, split_indices
 
     idx = split_indices(store, split)
     if max_n:
         idx = idx[:max_n]
-    models = get_model_set(model_dir, "auto")
+    models = get_model_set(InferenceConfig(model_dir=model_dir))
     # the spectra as inference would hand them to these models (rest frame or rv_bulk frame)
-    data = load_split(store, idx, fields, frame=models.training.get("frame", "rest"))
+    data = load_split(store, idx, fields, frame=models.frame)
     if not np.allclose(models.wave, data.wave):
         raise ValueError(f"{store}: its pixel grid differs from the models' grid")
     t0 = time.perf_counter()
@@ -84,7 +85,7 @@ def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
     b = lab["is_binary"]
     lab = {k: v[b] for k, v in lab.items()}
     pred = {k: v[b] for k, v in pred.items()}
-    res = dict(store=str(store), models=str(model_dir), n_test=int(b.sum()),
+    res = dict(store=str(store), model_dir=str(models.directory), n_test=int(b.sum()),
                predict_spectra_per_s=float(len(data.flux) / secs), table4={}, table5={},
                calibration={}, binned={})
     for p in PARAMS:
@@ -143,7 +144,7 @@ def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
             recall_at_0_5=float(np.mean(pb[y] > 0.5)), recall_at_0_8=float(np.mean(pb[y] > 0.8)),
             singles_below_0_2=float(np.mean(pb[~y] < 0.2)),
             paper=dict(roc_auc=0.949, precision_at_0_5=0.79, precision_at_0_8=0.89))
-    res["models"] = models.provenance
+    res["models"] = models.provenance  # names, weight hashes, training sets, metrics
     (out / "evaluation.json").write_text(json.dumps(res, indent=1, default=float))
     (out / "evaluation.md").write_text(_markdown(res))
     return res

@@ -23,6 +23,7 @@ from ..runtime import tune_process
 from ..observe.flags import QualityFlag
 from ..observe.preprocess import preprocess
 from ..observe.rv_bulk import estimate_rv
+from .config import PRECISIONS, InferenceConfig
 from .flags import BoundaryFlag
 from .schema import empty_frame
 
@@ -34,11 +35,6 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
 
 PARAMETERS = ("logg", "feh", "vsini")
 
-#: Arithmetic of the forward passes. ``fp32`` reproduces the evaluation in docs/models.md;
-#: ``bf16`` (autocast: convolutions and matrix products in bfloat16, accumulation and the label
-#: scaling in float32) is about twice as fast per network on CPUs with AVX512-BF16 or AMX and on
-#: GPUs, and moves predictions by far less than their errors (benchmarks/bench_infer.py).
-PRECISIONS = ("fp32", "bf16")
 
 #: Spectra per forward pass. On CPUs smaller batches keep the activations closer to the caches:
 #: measured 424 spectra/s at 256 against 219/s at 1024 (one thread, TemperatureNet, 2-core test
@@ -97,6 +93,12 @@ class ModelSet:
         first = self.members["teff"][0][1]
         self.wave = np.asarray(first.wave)
         self.training = first.training
+        frames = {m.training.get("frame", "rest") for ms in self.members.values() for _, m in ms}
+        if len(frames) != 1:
+            raise ModelFileError(f"{self.directory}: models trained in different frames "
+                                 f"{sorted(frames)}; a model set must share one")
+        #: how the models' training spectra were framed: "rest" or "rv_bulk"
+        self.frame = frames.pop()
         self.feature_stats = load_feature_statistics(first, self.directory)
         self.manifests = {t: [m.to_dict() for _, m in ms] for t, ms in self.members.items()}
         self.lock = threading.Lock()  # one forward pass at a time per process (torch threads)
@@ -112,6 +114,11 @@ class ModelSet:
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
+
+    def uses_rest_frame(self, mode: str = "auto") -> bool:
+        """Whether inference removes each spectrum's bulk velocity (``mode`` one of
+        :data:`~sb2dask.infer.config.REST_FRAME_MODES`; ``auto``: as the models were trained)."""
+        return mode == "on" or (mode == "auto" and self.frame == "rv_bulk")
 
     def predict(self, flux: np.ndarray, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Ensemble predictions for spectra on :attr:`wave` (float32 ``(n, n_pix)``).
@@ -196,51 +203,48 @@ _MODEL_SETS: dict = {}
 _MODEL_SETS_LOCK = threading.Lock()
 
 
-def get_model_set(directory: str | Path | None, device: str = "auto", precision: str = "fp32",
-                  batch_size: int | None = None, members: int | None = None) -> ModelSet:
-    """The :class:`ModelSet` of ``directory``, loaded once per process (per worker); the first
-    call also tunes the process (torch threads, malloc: :func:`sb2dask.runtime.tune_process`)."""
-    directory = DEFAULT_MODEL_DIR if directory is None else directory
-    device = str(resolve_device(device))  # one entry per real device: "auto" and "cpu" share
-    key = (str(Path(directory).resolve()), device, precision, batch_size, members)
+def get_model_set(config: InferenceConfig | None = None) -> ModelSet:
+    """The :class:`ModelSet` that ``config`` names (model directory, device, precision, batch
+    size, members), loaded once per process (per worker); the first call also tunes the process
+    (torch threads, malloc: :func:`sb2dask.runtime.tune_process`)."""
+    config = InferenceConfig() if config is None else config
+    directory = DEFAULT_MODEL_DIR if config.model_dir is None else Path(config.model_dir)
+    device = str(resolve_device(config.device))  # one entry per real device: "auto" and "cpu"
+    key = (str(directory.resolve()), device, config.precision, config.batch_size, config.members)
     with _MODEL_SETS_LOCK:
         if key not in _MODEL_SETS:
             tune_process()
-            _MODEL_SETS[key] = ModelSet(directory, device, precision, batch_size,
-                                        members=members)
+            _MODEL_SETS[key] = ModelSet(directory, device, config.precision, config.batch_size,
+                                        members=config.members)
         return _MODEL_SETS[key]
 
 
-def predict_partition(df: pd.DataFrame, model_dir: str | Path, device: str = "auto",
-                      max_nan_fraction: float = 0.2, precision: str = "fp32",
-                      batch_size: int | None = None, members: int | None = None,
-                      rest_frame: bool | None = None) -> pd.DataFrame:
+def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -> pd.DataFrame:
     """One output row per input spectrum: the pure core that ``map_partitions`` maps.
 
-    With ``rest_frame`` each spectrum's bulk radial velocity is measured
-    (:func:`sb2dask.observe.rv_bulk.estimate_rv`, reported as ``rv_bulk``) and removed before the
-    networks see it; without, spectra are taken to be in their rest frame already. ``None``
-    follows the models: on when they were trained on spectra in that frame (their manifests'
-    ``training["frame"] == "rv_bulk"``), off for models trained at rest (sb2dask ≤ 0.1).
+    With ``config.rest_frame`` on (``auto``: when the models were trained so) each spectrum's bulk
+    radial velocity is measured (:func:`sb2dask.observe.rv_bulk.estimate_rv`, reported as
+    ``rv_bulk``) and removed before the networks see it; off, spectra are taken to be in their
+    rest frame already.
 
     ``df`` has the reader schema (source_id, epoch_id, wave, flux, flux_error, file, row,
-    read_flags); the result has the schema of ``catalogs/epoch_parameters.yaml``.
+    read_flags); the result has the schema of ``catalogs/epoch_parameters.yaml``. ``config``
+    names the models and how they run (default: the shipped models, ``InferenceConfig()``).
     """
+    config = InferenceConfig() if config is None else config
     out = empty_frame("epoch", len(df))
     if len(df) == 0:
         return out
-    models = get_model_set(model_dir, device, precision, batch_size, members)
+    models = get_model_set(config)
     errors = list(df["flux_error"]) if "flux_error" in df else None
     waves, fluxes = list(df["wave"]), list(df["flux"])
-    pre = preprocess(waves, fluxes, errors, models.wave, max_nan_fraction)
+    pre = preprocess(waves, fluxes, errors, models.wave, config.max_nan_fraction)
     rv_bulk = np.full(len(df), np.nan)
-    if rest_frame is None:
-        rest_frame = models.training.get("frame") == "rv_bulk"
-    if rest_frame and pre.usable.any():
+    if models.uses_rest_frame(config.rest_frame) and pre.usable.any():
         # measure each spectrum's bulk velocity, then resample it again, into that frame, from
         # the observed pixels (one interpolation, not two)
         rv_bulk[pre.usable] = estimate_rv(models.wave, pre.flux[pre.usable]).rv
-        pre = preprocess(waves, fluxes, errors, models.wave, max_nan_fraction,
+        pre = preprocess(waves, fluxes, errors, models.wave, config.max_nan_fraction,
                          rv_kms=np.nan_to_num(rv_bulk))
     qflags = pre.quality_flags.copy()
     read_flags = df["read_flags"].to_numpy(np.int32) if "read_flags" in df else np.zeros(len(df),

@@ -4,18 +4,26 @@ Parquet, partition by partition, then the per-source table.
 Output layout for ``--out results.parquet``::
 
     results.parquet/part-000000.parquet ...   epoch table, one file per input partition
-    results.parquet/_inputs.json              the inputs and partitioning of the run
+    results.parquet/_inputs.json              the inputs, settings and partitioning of the run,
+                                              and whether it finished
     results.sources.parquet/part-000000.parquet ...  per-source table
 
 Each part is written under a temporary name and renamed, so no reader ever sees half a file; a
-rerun skips partitions whose part exists (and removes stale temporaries), so an interrupted run
-recomputes only what is missing. Provenance (models, versions, inputs) is in every file's
-schema metadata, units and descriptions in each field's metadata.
+rerun with the same inputs and settings skips partitions whose part exists (and removes stale
+temporaries), so an interrupted run recomputes only what is missing; ``overwrite`` recomputes
+everything. Provenance (models, versions, inputs) is in every file's schema metadata, units and
+descriptions in each field's metadata.
+
+The checks that need no cluster (:func:`check_inputs`, :func:`check_output`) run first, so that
+``sb2dask infer`` reports a missing file or an unwritable ``--out`` before starting workers; and
+:func:`check_usable` turns a run whose spectra are mostly unusable into an error that counts them
+by quality flag.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,20 +31,75 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..fileio import atomic_path
+from ..fileio import atomic_path, atomic_write_json
+from ..labels import PARAMETERS
 from ..provenance import package_versions, utc_now
+from .config import InferenceConfig
+from .flags import QualityFlag
 from .schema import arrow_schema, empty_frame
 
-__all__ = ["STATS_META", "BYTES_PER_ROW", "READ_OVERHEAD", "MemoryBudgetError",
-           "auto_partition_rows", "run_inference",
-           "write_parquet_atomic", "aggregate_sources", "sources_path"]
+__all__ = ["STATS_META", "BYTES_PER_ROW", "READ_OVERHEAD", "MAX_UNUSABLE_FRACTION",
+           "MemoryBudgetError", "UnusableRunError", "auto_partition_rows", "check_inputs",
+           "check_output", "check_run", "check_usable", "run_inference", "write_parquet_atomic",
+           "aggregate_sources", "sources_path"]
+
+#: A run in which more than this fraction of the spectra is unusable fails
+#: (:func:`check_usable`, ``sb2dask infer`` without ``--allow-unusable``): such a run almost
+#: always means inputs the models cannot read (another wavelength grid, unnormalised flux), not
+#: a catalogue of bad spectra.
+MAX_UNUSABLE_FRACTION = 0.5
+
+#: Why a spectrum is unusable, for the message of :class:`UnusableRunError`; ``{lo}``-``{hi}``
+#: is the models' pixel grid [Å, air] and ``{max_nan:.0%}`` the allowed missing fraction.
+UNUSABLE_REASONS = {
+    QualityFlag.ALL_NULL: "no finite flux at all",
+    QualityFlag.TOO_MANY_NAN: "more than {max_nan:.0%} of the pixels missing",
+    QualityFlag.WAVE_COVERAGE: "the wavelengths do not cover the models' grid, {lo:.1f}-{hi:.1f} "
+                               "Å in air (spectra simulated on another --output-grid?)",
+    QualityFlag.WAVE_MISMATCH: "flux and wavelength arrays of different lengths",
+}
+
+_FLAG_COLUMNS = {f"qf_{flag.name}": flag for flag in QualityFlag}
 
 STATS_META = pd.DataFrame({"partition": pd.Series(dtype="int64"),
+                           "computed": pd.Series(dtype="bool"),
                            "rows_in": pd.Series(dtype="int64"),
                            "rows_out": pd.Series(dtype="int64"),
                            "usable": pd.Series(dtype="int64"),
+                           **{c: pd.Series(dtype="int64") for c in _FLAG_COLUMNS},
                            "predict_s": pd.Series(dtype="float64"),
                            "write_s": pd.Series(dtype="float64")})
+
+
+class UnusableRunError(RuntimeError):
+    """Most spectra of a run were unusable (see :func:`check_usable`); the outputs were written.
+
+    ``sb2dask infer`` exits with :attr:`exit_status` on it, so that scripts can tell "ran, but
+    the results are mostly empty" from "did not run" (1).
+    """
+
+    exit_status = 3
+
+
+def _partition_stats(number: int, computed: bool, usable: np.ndarray, qflags: np.ndarray,
+                     rows_in: int, predict_s: float = 0.0, write_s: float = 0.0) -> pd.DataFrame:
+    """One row of :data:`STATS_META`: counts of one partition, one per :class:`QualityFlag`."""
+    qflags = np.asarray(qflags, np.int64)
+    row = {"partition": [number], "computed": [computed], "rows_in": [rows_in],
+           "rows_out": [len(qflags)], "usable": [int(np.count_nonzero(usable))]}
+    row.update({c: [int(np.count_nonzero(qflags & int(flag)))]
+                for c, flag in _FLAG_COLUMNS.items()})
+    row.update(predict_s=[predict_s], write_s=[write_s])
+    return pd.DataFrame(row).astype(STATS_META.dtypes.to_dict())
+
+
+def _written_stats(path: str, number: int) -> pd.DataFrame:
+    """Dask task: the counts of a part written by an earlier run (two columns are read)."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=["usable", "quality_flags"])
+    return _partition_stats(number, False, t["usable"].to_numpy(),
+                            t["quality_flags"].to_numpy(), t.num_rows)
 
 
 def sources_path(out: str | Path) -> Path:
@@ -71,24 +134,26 @@ def _complete(path: Path) -> bool:
         return False
 
 
-def _predict_write(df: pd.DataFrame, model_dir: str, out_dir: str, index_map: list[int],
-                   provenance: dict, device: str, precision: str = "fp32",
-                   batch_size: int | None = None, members: int | None = None,
-                   partition_info=None) -> pd.DataFrame:
+def _predict_write(df: pd.DataFrame, config: InferenceConfig, out_dir: str,
+                   index_map: list[int], provenance: dict, partition_info=None) -> pd.DataFrame:
+    """Dask task: predict one partition, write it as ``part-NNNNNN.parquet``, return its counts."""
     from .predict import predict_partition
 
     number = index_map[partition_info["number"]] if partition_info else -1
     t0 = time.perf_counter()
-    pred = predict_partition(df, model_dir, device=device, precision=precision,
-                             batch_size=batch_size, members=members)
+    pred = predict_partition(df, config)
     t1 = time.perf_counter()
     if len(pred) != len(df):  # the contract every caller relies on
         raise RuntimeError(f"partition {number}: {len(df)} spectra in, {len(pred)} rows out")
     schema = arrow_schema("epoch", dict(provenance, partition=number))
-    write_parquet_atomic(pred, Path(out_dir) / f"part-{number:06d}.parquet", schema)
-    return pd.DataFrame({"partition": [number], "rows_in": [len(df)], "rows_out": [len(pred)],
-                         "usable": [int(pred["usable"].sum())], "predict_s": [t1 - t0],
-                         "write_s": [time.perf_counter() - t1]})
+    write_parquet_atomic(pred, Path(out_dir) / _part_name(number), schema)
+    return _partition_stats(number, True, pred["usable"].to_numpy(),
+                            pred["quality_flags"].to_numpy(), len(df), t1 - t0,
+                            time.perf_counter() - t1)
+
+
+def _part_name(number: int) -> str:
+    return f"part-{number:06d}.parquet"
 
 
 #: Worker memory per spectrum of a partition beyond the fixed costs: the reader's arrays, the
@@ -107,37 +172,35 @@ class MemoryBudgetError(RuntimeError):
     """A worker's memory limit cannot hold the models plus a minimal partition."""
 
 
-def _warm_rss(model_dir: str | None, precision: str, members: int | None = None,
-              device: str = "auto") -> int:
+def _warm_rss(config: InferenceConfig) -> int:
     """Resident bytes of this worker after loading the models and predicting one batch (the
     fixed cost every partition pays: weights, oneDNN caches, activations, allocator slack)."""
     import psutil
 
     from .predict import get_model_set
 
-    models = get_model_set(model_dir, device, precision, members=members)  # the run's own set
+    models = get_model_set(config)  # the run's own set, which its partitions then reuse
     models.predict(np.ones((models.batch_size, models.wave.size), np.float32))
     return psutil.Process().memory_info().rss
 
 
-def auto_partition_rows(client, model_dir: str | Path | None = None, precision: str = "fp32",
-                        fraction: float = 0.6, lo: int = 100, hi: int = 20000,
-                        members: int | None = None, device: str = "auto") -> int:
+def auto_partition_rows(client, config: InferenceConfig | None = None, fraction: float = 0.6,
+                        lo: int = 100, hi: int = 20000) -> int:
     """Rows per partition from the workers' memory limits and their measured fixed cost.
 
-    Each worker loads the models and predicts one batch; ``fraction`` of its memory limit (Dask
-    pauses a worker at 80 % and restarts it at 95 %) minus that resident memory minus
+    Each worker loads the models of ``config`` and predicts one batch; ``fraction`` of its memory
+    limit (Dask pauses a worker at 80 % and restarts it at 95 %) minus that resident memory minus
     :data:`READ_OVERHEAD` is shared by its task threads at :data:`BYTES_PER_ROW` each. The
     smallest worker decides. Raises :class:`MemoryBudgetError` when that leaves fewer than ``lo``
     rows: workers would be killed, so we say so before starting.
     """
+    config = InferenceConfig() if config is None else config
     info = client.scheduler_info()["workers"]
     limits = {a: (w.get("memory_limit") or 0, max(1, w.get("nthreads", 1)))
               for a, w in info.items()}
     if not any(m for m, _ in limits.values()):
         return 2000  # no limits configured: a size that fits any machine that runs torch
-    warm = client.run(_warm_rss, None if model_dir is None else str(model_dir), precision,
-                      members, device)
+    warm = client.run(_warm_rss, config)
     rows = hi
     for addr, (limit, nthreads) in limits.items():
         if not limit or addr not in warm:
@@ -150,73 +213,240 @@ def auto_partition_rows(client, model_dir: str | Path | None = None, precision: 
                 f"worker {addr}: memory limit {limit / 2**30:.2f} GiB is too small for "
                 f"{nthreads} partition(s) of {lo}+ spectra next to the models "
                 f"({warm[addr] / 2**30:.2f} GiB resident after loading them); give workers at "
-                f"least {need / 2**30:.2f} GiB or fewer threads, or set --partition-rows")
+                f"least {need / 2**30:.2f} GiB (--memory-limit) or fewer threads, or set "
+                "--partition-rows")
         rows = min(rows, n)
     return int(rows)
 
 
-def run_inference(inputs: list[str | Path], out: str | Path, model_dir: str | Path | None, client,
-                  partition_rows: int | None = None, device: str = "auto", progress: bool = True,
-                  overwrite: bool = False, precision: str = "fp32",
-                  batch_size: int | None = None, members: int | None = None) -> dict:
-    """Predict every spectrum of ``inputs`` into the Parquet dataset ``out`` and its per-source
-    table; returns counts (rows in/out, partitions computed/skipped) and timings.
+def check_inputs(inputs: list[str | Path]) -> list[str]:
+    """Every input exists, can be read and is recognised by a reader: checks that need no
+    cluster, so that a typo is reported in a second, not after the workers have started.
 
-    ``precision`` (``fp32`` or ``bf16``, see :data:`sb2dask.infer.predict.PRECISIONS`) and
-    ``members`` (ensemble members per network, default all) are recorded with the run: a rerun
-    into the same ``out`` must use the same ones, so a dataset never mixes arithmetic or models.
-    ``batch_size`` does not change results."""
+    Returns the absolute paths, sorted (the order of the output partitions).
+
+    Raises
+    ------
+    ReaderError
+        A path is missing, empty, unreadable or no reader recognises it (the message names it).
+    """
+    from .readers import ReaderError, identify_format
+
+    if not inputs:
+        raise ValueError("no input files given")
+    paths = []
+    for p in inputs:
+        path = Path(p)
+        if not path.exists():
+            raise ReaderError(path, "no such file or directory")
+        try:
+            if path.is_file():
+                if path.stat().st_size == 0:
+                    raise ReaderError(path, "the file is empty (0 bytes)")
+                with open(path, "rb") as fh:
+                    fh.read(1)
+            else:
+                os.listdir(path)
+        except PermissionError as exc:
+            raise ReaderError(path, f"cannot be read ({exc.strerror})") from None
+        identify_format(path)
+        paths.append(str(path.resolve()))
+    return sorted(paths)
+
+
+def _record_path(out: Path) -> Path:
+    return out / "_inputs.json"
+
+
+def _read_record(out: Path) -> dict | None:
+    path = _record_path(out)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:  # not ours, or a version that wrote it non-atomically and was killed
+        return None
+
+
+#: The settings of a run a rerun into the same ``--out`` must share to continue it.
+_RUN_KEYS = ("inputs", "model_dir", "precision", "members")
+
+
+def check_output(out: str | Path, inputs: list[str] | None = None,
+                 config: InferenceConfig | None = None, overwrite: bool = False) -> None:
+    """``out`` (and its per-source sibling, :func:`sources_path`) can be written, and a finished
+    run of other inputs or settings in it is replaced only with ``overwrite``.
+
+    ``inputs`` are the resolved paths of :func:`check_inputs`; with ``config`` they are compared
+    with the run recorded in ``out``. Raises :class:`FileExistsError`, :class:`PermissionError`
+    or :class:`ValueError` naming the path.
+    """
+    import tempfile
+
+    out = Path(out)
+    for target in (out, sources_path(out)):
+        if target.exists() and not target.is_dir():
+            raise FileExistsError(f"--out {out}: {target} is an existing file; expected a "
+                                  "directory for the Parquet dataset (or a new name)")
+    if out.is_dir() and any(out.iterdir()) and not _record_path(out).exists():
+        raise FileExistsError(f"--out {out} is a directory with other contents (no "
+                              "_inputs.json of an earlier sb2dask run); choose a new name")
+    here = out
+    while not here.exists():  # the directory that mkdir will write into
+        here = here.parent
+    if not here.is_dir():
+        raise NotADirectoryError(f"--out {out}: {here} is a file, not a directory")
+    # out itself, or the directory mkdir creates it in; and out's parent, home of the sources
+    probes = {here} | ({out.parent} if out.parent.is_dir() else set())
+    for where in sorted(probes):
+        try:
+            with tempfile.TemporaryFile(dir=where):
+                pass
+        except OSError as exc:
+            raise PermissionError(f"--out {out}: cannot write in {where} ({exc.strerror})") \
+                from None
+    old = _read_record(out)
+    if inputs is None or config is None or old is None or overwrite or not old.get(
+            "finished", True):
+        return
+    new = _run_settings(inputs, config)
+    differ = [k for k in _RUN_KEYS if old.get(k) != new[k]]
+    if config.partition_rows is not None and old.get("partition_rows") != config.partition_rows:
+        differ.append("partition_rows")
+    if differ:
+        raise ValueError(f"--out {out} holds the finished results of a run with other "
+                         f"{', '.join(differ)}; use --overwrite to replace them, or another --out")
+
+
+def _run_settings(inputs: list[str], config: InferenceConfig) -> dict:
+    from .predict import DEFAULT_MODEL_DIR
+
+    model_dir = DEFAULT_MODEL_DIR if config.model_dir is None else Path(config.model_dir)
+    return dict(inputs=list(inputs), model_dir=str(model_dir.resolve()),
+                precision=config.precision, members=config.members)
+
+
+def check_run(inputs: list[str | Path], out: str | Path, config: InferenceConfig | None = None,
+              overwrite: bool = False) -> list[str]:
+    """Everything about a run that can be checked without a cluster: the inputs
+    (:func:`check_inputs`), the output path (:func:`check_output`) and the model set (loaded on
+    the CPU of this process, where :func:`run_inference` reuses it). Returns the resolved,
+    sorted input paths."""
+    from .predict import get_model_set
+
+    config = InferenceConfig() if config is None else config
+    paths = check_inputs(inputs)
+    check_output(out, paths, config, overwrite)
+    get_model_set(config.replace(device="cpu"))
+    return paths
+
+
+def check_usable(summary: dict, max_fraction: float = MAX_UNUSABLE_FRACTION) -> str | None:
+    """Say why, when more than ``max_fraction`` of a run's spectra are unusable.
+
+    Parameters
+    ----------
+    summary : dict
+        What :func:`run_inference` returned (``rows_out``, ``usable``, ``quality_flags``,
+        ``model_wave_range``, ``max_nan_fraction``).
+    max_fraction : float
+
+    Returns
+    -------
+    str or None
+        One line counting the unusable spectra by flag when some are unusable (None when all
+        are usable).
+
+    Raises
+    ------
+    UnusableRunError
+        More than ``max_fraction`` of the spectra are unusable; the message is that line.
+    """
+    n, usable = summary["rows_out"], summary["usable"]
+    if n == 0 or usable == n:
+        return None
+    lo, hi = summary.get("model_wave_range") or (float("nan"), float("nan"))
+    counts = summary.get("quality_flags", {})
+    reasons = [f"{counts[flag.name]} {flag.name} ("
+               + text.format(lo=lo, hi=hi, max_nan=summary.get("max_nan_fraction", 0.2)) + ")"
+               for flag, text in UNUSABLE_REASONS.items() if counts.get(flag.name)]
+    line = (f"{n - usable} of {n} spectra ({(n - usable) / n:.0%}) are unusable, by quality "
+            f"flag: {'; '.join(reasons) or 'none recorded'}")
+    if (n - usable) / n > max_fraction:
+        raise UnusableRunError(line)
+    return line
+
+
+def run_inference(inputs: list[str | Path], out: str | Path, client,
+                  config: InferenceConfig | None = None, *, progress: bool = True,
+                  overwrite: bool = False) -> dict:
+    """Predict every spectrum of ``inputs`` into the Parquet dataset ``out`` and its per-source
+    table.
+
+    Parameters
+    ----------
+    inputs : list of paths
+        Catalogue files (any format of :mod:`sb2dask.infer.readers`).
+    out : path
+        Epoch table directory, e.g. ``results.parquet`` (sources go to :func:`sources_path`).
+    client : distributed.Client
+    config : InferenceConfig, optional
+        Models, device, precision, batch size, members, partition size (default: the shipped
+        models, ``InferenceConfig()``). Precision and members are recorded with the run: a rerun
+        into the same ``out`` must use the same ones, so a dataset never mixes arithmetic or
+        models; ``batch_size`` does not change results.
+    progress : bool
+        Show a progress bar (stderr).
+    overwrite : bool
+        Recompute every partition, replacing what ``out`` holds. Without it, a rerun with the
+        same inputs and settings continues the recorded run: parts already written are kept
+        (counted in ``skipped``) and only missing ones are computed; the results of a finished
+        run with other inputs or settings are an error; those of an unfinished (failed) run are
+        replaced.
+
+    Returns
+    -------
+    dict
+        ``partitions``, ``computed``, ``skipped``; ``rows_in``, ``rows_out``, ``usable`` and
+        ``quality_flags`` (rows with each :class:`~sb2dask.infer.flags.QualityFlag` set) over
+        the whole dataset, written now or before; ``rows_computed``, ``seconds``,
+        ``spectra_per_s``, ``predict_s``, ``write_s`` of this call; ``model_wave_range`` [Å,
+        air]; ``sources`` (the per-source table). :func:`check_usable` reads it.
+    """
     from distributed import as_completed
     from tqdm.auto import tqdm
 
-    from .predict import DEFAULT_MODEL_DIR, PRECISIONS, get_model_set
+    from .predict import get_model_set
     from .readers import to_dask
 
+    config = InferenceConfig() if config is None else config
     out = Path(out)
-    model_dir = DEFAULT_MODEL_DIR if model_dir is None else Path(model_dir)
-    inputs = sorted(str(Path(p).resolve()) for p in inputs)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    rec_path = out / "_inputs.json"
-    old = json.loads(rec_path.read_text()) if rec_path.exists() else None
+    inputs = check_run(inputs, out, config, overwrite)
+    models = get_model_set(config.replace(device="cpu"))  # loaded by check_run
+    settings = _run_settings(inputs, config)
+    old = _read_record(out)
+    same_run = old is not None and all(old.get(k) == v for k, v in settings.items())
+    partition_rows = config.partition_rows
     if partition_rows is None:
-        same = old and all(old.get(k) == v for k, v in (
-            ("inputs", inputs), ("precision", precision), ("members", members),
-            ("model_dir", str(Path(model_dir).resolve()))))
-        if same:
+        if same_run and not overwrite:
             partition_rows = old["partition_rows"]  # a rerun continues the run's partitioning
         else:
-            partition_rows = auto_partition_rows(client, model_dir, precision, members=members,
-                                                 device=device)
+            partition_rows = auto_partition_rows(client, config)
     ddf = to_dask(inputs, partition_rows=partition_rows)
     n_parts = ddf.npartitions
-    record = dict(inputs=inputs, partition_rows=partition_rows, npartitions=n_parts,
-                  model_dir=str(Path(model_dir).resolve()), precision=precision, members=members)
-    out.mkdir(parents=True, exist_ok=True)
-    if old is not None:
-        if old != record:
-            if not overwrite:
-                raise ValueError(f"{out} holds results of other inputs, partitioning or models; "
-                                 "use --overwrite or another --out")
-            for p in out.glob("part-*.parquet"):
-                p.unlink()
-    rec_path.write_text(json.dumps(record, indent=1))
-    for tmp in out.glob(".part-*.tmp"):
-        tmp.unlink()  # left by an interrupted writer
-    todo = [i for i in range(n_parts) if not _complete(out / f"part-{i:06d}.parquet")]
-    models = get_model_set(model_dir, "cpu", precision, members=members)  # validate first
+    record = dict(settings, partition_rows=partition_rows, npartitions=n_parts)
+    todo, done = _prepare_out(out, old, record, overwrite)
     provenance = dict(models=models.provenance,
                       versions=package_versions("torch", "dask", "distributed", "pyarrow"),
-                      inputs=inputs, inference=dict(precision=precision, device=device,
-                                                    batch_size=batch_size, members=members),
-                      created=utc_now())
+                      inputs=inputs, inference=config.replace(partition_rows=partition_rows)
+                      .to_dict(), created=utc_now())
     t0 = time.perf_counter()
-    stats = []
+    stats = list(client.gather(client.map(
+        _written_stats, [str(out / _part_name(i)) for i in done], done, pure=False)))
     if todo:
         sub = ddf.partitions[todo]
-        mapped = sub.map_partitions(_predict_write, str(model_dir), str(out), todo, provenance,
-                                    device, precision, batch_size, members, meta=STATS_META,
-                                    align_dataframes=False)
+        mapped = sub.map_partitions(_predict_write, config, str(out), todo, provenance,
+                                    meta=STATS_META, align_dataframes=False)
         futures = client.compute(mapped.to_delayed())
         with tqdm(total=len(todo), desc="infer partitions", disable=not progress,
                   file=sys.stderr) as bar:
@@ -224,17 +454,58 @@ def run_inference(inputs: list[str | Path], out: str | Path, model_dir: str | Pa
                 stats.append(fut.result())
                 bar.update()
     seconds = time.perf_counter() - t0
-    st = pd.concat(stats) if stats else STATS_META
     agg = aggregate_sources(out, sources_path(out), models, client)
-    return dict(partitions=n_parts, computed=len(todo), skipped=n_parts - len(todo),
+    atomic_write_json(_record_path(out), dict(record, finished=True))
+    st = pd.concat(stats) if stats else STATS_META
+    new = st[st["computed"]]
+    return dict(partitions=n_parts, computed=len(todo), skipped=len(done),
                 rows_in=int(st["rows_in"].sum()), rows_out=int(st["rows_out"].sum()),
-                usable=int(st["usable"].sum()), seconds=seconds,
-                spectra_per_s=float(st["rows_in"].sum() / seconds) if seconds > 0 else 0.0,
-                predict_s=float(st["predict_s"].sum()), write_s=float(st["write_s"].sum()),
-                sources=agg)
+                usable=int(st["usable"].sum()),
+                quality_flags={flag.name: int(st[c].sum()) for c, flag in _FLAG_COLUMNS.items()},
+                rows_computed=int(new["rows_in"].sum()), seconds=seconds,
+                spectra_per_s=float(new["rows_in"].sum() / seconds) if seconds > 0 else 0.0,
+                predict_s=float(new["predict_s"].sum()), write_s=float(new["write_s"].sum()),
+                model_wave_range=[float(models.wave.min()), float(models.wave.max())],
+                max_nan_fraction=config.max_nan_fraction, sources=agg)
 
 
-PARAMS = ("teff", "logg", "feh", "vsini")
+def _prepare_out(out: Path, old: dict | None, record: dict,
+                 overwrite: bool) -> tuple[list[int], list[int]]:
+    """Make ``out`` ready for the run ``record`` describes: the partitions to compute and those
+    an earlier run of the same record already wrote (kept unless ``overwrite``).
+
+    The record is written with ``finished: false`` first (the caller sets it true at the end),
+    so that the leftovers of a run that failed never stand in the way of another: they are
+    replaced, whereas a finished run of other inputs or settings is replaced only with
+    ``overwrite``.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    if old is not None and not overwrite and {k: old.get(k) for k in record} != record:
+        if old.get("finished", True):  # check_output let it through: the partitioning differs
+            raise ValueError(
+                f"--out {out} holds the finished results of a run with another partitioning "
+                f"({old.get('npartitions')} partitions of {old.get('partition_rows')} rows; now "
+                f"{record['npartitions']} of {record['partition_rows']}: have the inputs "
+                "changed?); use --overwrite to replace them, or another --out")
+        stale = list(out.glob("part-*.parquet"))
+        if stale:
+            print(f"{out}: removing {len(stale)} partition(s) of an unfinished run with other "
+                  "inputs or settings", file=sys.stderr)
+        overwrite = True
+    if overwrite:
+        for p in out.glob("part-*.parquet"):
+            p.unlink()
+    atomic_write_json(_record_path(out), dict(record, finished=False))
+    for tmp in out.glob(".part-*.tmp"):
+        tmp.unlink()  # left by an interrupted writer
+    n_parts = record["npartitions"]
+    written = {i for i in range(n_parts) if _complete(out / _part_name(i))}
+    todo = [i for i in range(n_parts) if i not in written]
+    if written:
+        print(f"{out}: {len(written)} of {n_parts} partitions were written by an earlier run with "
+              f"the same inputs and settings and are kept; computing the other {len(todo)} "
+              "(--overwrite recomputes all)", file=sys.stderr)
+    return todo, sorted(written)
 
 
 def _source_partials(df: pd.DataFrame, floors: dict) -> pd.DataFrame:
@@ -247,7 +518,7 @@ def _source_partials(df: pd.DataFrame, floors: dict) -> pd.DataFrame:
                         "p_sum": np.where(u, df["p_binary"], 0.0),
                         "flag_boundary": np.where(u, df["flag_boundary"], 0).astype(np.int64),
                         "quality_flags": df["quality_flags"].to_numpy(np.int64)})
-    for p in PARAMS:
+    for p in PARAMETERS:
         for c in (1, 2):
             x = df[f"{p}_{c}"].to_numpy(np.float64)
             e = df[f"{p}_{c}_err"].to_numpy(np.float64)
@@ -269,7 +540,7 @@ def aggregate_sources(epoch_dir: Path, out_dir: Path, models, client) -> dict:
     import dask.dataframe as dd
 
     floors = {}
-    for p in PARAMS:
+    for p in PARAMETERS:
         rmse = [m["metrics"].get("rmse") for m in models.manifests[p]
                 if m["metrics"].get("rmse") is not None]
         floors[p] = float(np.median(rmse)) if rmse else 0.0
@@ -299,7 +570,7 @@ def aggregate_sources(epoch_dir: Path, out_dir: Path, models, client) -> dict:
         res["p_binary"] = np.where(has, g["p_max"], np.nan).astype(np.float32)
         res["p_binary_mean"] = np.where(has, g["p_sum"] / np.maximum(g["n_usable"], 1),
                                         np.nan).astype(np.float32)
-        for p in PARAMS:
+        for p in PARAMETERS:
             for c in (1, 2):
                 w = g[f"w_{p}_{c}"].to_numpy()
                 with np.errstate(divide="ignore", invalid="ignore"):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from importlib import resources
 
 import numpy as np
 import pandas as pd
+
+from ..packagedata import data_folder
 
 __all__ = ["load_schema", "empty_frame", "arrow_schema", "TABLES"]
 
@@ -21,7 +22,7 @@ def load_schema(table: str) -> dict:
 
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; choose from {sorted(TABLES)}")
-    text = (resources.files("sb2dask") / "catalogs" / TABLES[table]).read_text()
+    text = (data_folder("catalogs") / TABLES[table]).read_text()
     return yaml.safe_load(text)
 
 

@@ -9,6 +9,12 @@ wrong number of fields, text where an identifier belongs) raise :class:`ReaderEr
 message names the file and, where there is one, the line (1-based, text files) or the row
 (0-based, binary tables).
 
+A format module only parses: it turns its file into columns (ids, flux arrays as
+:class:`RaggedColumn`, the wavelength grid or grids, flags only it can see) and hands each row
+range to :func:`spectra_partition`, the one place where arrays are fitted to their grids,
+flagged and assembled. :func:`read_in_ranges` is the one read loop, and the text formats share
+:func:`read_text_columns`.
+
 Wavelengths
 -----------
 ``wave`` is in Å in **air**, the convention of the whole package (``sb2dask.library``, the
@@ -35,6 +41,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pv
 
 from ...gaia import RVS_N_PIX, RVS_WAVE, RVS_WAVE_START_NM, RVS_WAVE_STEP_NM, RVS_WAVE_VAC_NM
 from ...labels import TRUE_PREFIX
@@ -47,8 +54,10 @@ __all__ = [
     "DEFAULT_PARTITION_ROWS",
     "RVS_N_PIX", "RVS_WAVE_START_NM", "RVS_WAVE_STEP_NM", "RVS_WAVE_VAC_NM", "RVS_WAVE",
     "meta_with", "build_partition", "object_column", "spectrum_flags", "duplicate_mask",
-    "fit_rows", "fit_to_grids", "parse_float_strings", "parse_int_strings",
+    "fit_rows", "fit_to_grids", "RaggedColumn", "duplicate_flags", "spectra_partition",
+    "consecutive_ranges", "read_in_ranges", "parse_float_strings", "parse_int_strings",
     "wave_to_air_angstrom", "read_bytes", "read_head", "leading_comment_lines", "first_fields",
+    "read_text_columns",
 ]
 
 #: Rows per partition when the caller does not say (~90 MB of float32 flux and errors at 2401 px).
@@ -375,6 +384,131 @@ def fit_to_grids(values: np.ndarray, offsets: np.ndarray, lengths, null_rows=Non
 
 
 # ---------------------------------------------------------------------------------------------
+# The core every reader shares: columnar spectra -> one partition, and the read loop
+
+
+@dataclass(frozen=True, slots=True)
+class RaggedColumn:
+    """An array column of ``n`` rows held columnar: all rows' elements in one array.
+
+    Attributes
+    ----------
+    values : ndarray of float32
+        Every row's elements, concatenated.
+    offsets : ndarray of int64, shape (n + 1,)
+        Row i is ``values[offsets[i]:offsets[i + 1]]``; they need not start at 0, so the
+        offsets of some rows of a column (:meth:`rows`) index the same ``values``.
+    null_rows : ndarray of bool (n,), optional
+        Rows whose whole field was null: all NaN, and not counted as of the wrong length.
+    not_numeric : ndarray of bool (n,), optional
+        Rows that had text where a number belongs (their ``ReadFlag.NOT_NUMERIC``).
+    """
+
+    values: np.ndarray
+    offsets: np.ndarray
+    null_rows: np.ndarray | None = None
+    not_numeric: np.ndarray | None = None
+
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray) -> RaggedColumn:
+        """The rows of an ``(n, n_pix)`` matrix (a view when the matrix is C-contiguous)."""
+        n, n_pix = matrix.shape
+        return cls(matrix.reshape(-1), np.arange(n + 1, dtype=np.int64) * n_pix)
+
+    def rows(self, start: int, stop: int) -> RaggedColumn:
+        """Rows ``start..stop-1``, sharing :attr:`values`."""
+        def part(a):
+            return None if a is None else a[start:stop]
+
+        return RaggedColumn(self.values, self.offsets[start:stop + 1], part(self.null_rows),
+                            part(self.not_numeric))
+
+
+def duplicate_flags(source_id: np.ndarray, epoch_id: np.ndarray) -> np.ndarray:
+    """``ReadFlag.DUPLICATE_ID`` (int32, shape (n,)) on every occurrence of a (source_id,
+    epoch_id) pair that appears more than once, 0 elsewhere; pass a whole file's ids."""
+    return np.where(duplicate_mask(source_id, epoch_id), ReadFlag.DUPLICATE_ID, 0
+                    ).astype(np.int32)
+
+
+def spectra_partition(*, source_id, epoch_id, row, wave, flux: RaggedColumn,
+                      flux_error: RaggedColumn | None, file: str | Path, read_flags=None,
+                      passthrough: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """One partition from spectra held columnar: the core of every reader.
+
+    Each row's flux (and flux_error) is fitted to the length of its grid (truncated or
+    NaN-padded: ``WRONG_LENGTH``); ``NOT_NUMERIC`` comes from the columns, ``UNSORTED_WAVE``
+    from the grid(s), the pixel-level bits from :func:`spectrum_flags`, all on top of the
+    ``read_flags`` the format found itself; :func:`build_partition` assembles the rows.
+
+    Parameters
+    ----------
+    source_id, epoch_id, row : array_like of int, shape (n,)
+    wave : ndarray (n_pix,) or sequence of n 1-d ndarrays
+        Air wavelengths [Å]: one grid shared by every row, or one per row.
+    flux : RaggedColumn of n rows
+    flux_error : RaggedColumn of n rows, or None when the format has none
+    file : str or Path
+    read_flags : array_like of int, shape (n,), optional
+        :class:`ReadFlag` bits found by the format (duplicated ids, a source outside the file's
+        range, a declared array length, unsorted input pixels, ...).
+    passthrough : mapping of str to ndarray (n,), optional
+        ``true_*`` columns, appended in the order given.
+    """
+    n = len(row)
+    flags = np.zeros(n, np.int32) if read_flags is None else np.array(read_flags, np.int32)
+    if isinstance(wave, np.ndarray) and wave.dtype != object:
+        lengths = np.full(n, wave.size)
+        if np.any(np.diff(wave) <= 0):
+            flags |= np.int32(ReadFlag.UNSORTED_WAVE)
+    else:
+        lengths = [w.size for w in wave]
+        flags |= np.where([np.any(np.diff(w) <= 0) for w in wave], ReadFlag.UNSORTED_WAVE, 0
+                          ).astype(np.int32)
+    columns = [c for c in (flux, flux_error) if c is not None]
+    fitted = [fit_to_grids(c.values, c.offsets, lengths, c.null_rows) for c in columns]
+    for c, (_, wrong) in zip(columns, fitted):
+        flags |= np.where(wrong, ReadFlag.WRONG_LENGTH, 0).astype(np.int32)
+        if c.not_numeric is not None:
+            flags |= np.where(c.not_numeric, ReadFlag.NOT_NUMERIC, 0).astype(np.int32)
+    flux_rows = fitted[0][0]
+    error_rows = fitted[1][0] if flux_error is not None else None
+    flags |= spectrum_flags(flux_rows, error_rows)
+    return build_partition(source_id=source_id, epoch_id=epoch_id, wave=wave, flux=flux_rows,
+                           flux_error=error_rows, file=file, row=row, read_flags=flags,
+                           passthrough=passthrough)
+
+
+def consecutive_ranges(n: int, partition_rows: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges of at most ``partition_rows`` rows covering rows ``0..n-1``."""
+    return [(a, min(n, a + partition_rows)) for a in range(0, n, partition_rows)]
+
+
+def read_in_ranges(partition_rows: int, open_file: Callable[[], object],
+                   row_ranges: Callable[[object, int], list[tuple[int, int]]],
+                   read_rows: Callable[[object, int, int], pd.DataFrame]
+                   ) -> Iterator[pd.DataFrame]:
+    """The read loop of every reader: one partition per row range, in file order.
+
+    Nothing is read before the first partition is asked for.
+
+    Parameters
+    ----------
+    partition_rows : int
+        Positive; passed to ``row_ranges``.
+    open_file : callable ``() -> handle``
+        Opens (or parses) the file once; formats that re-open it per range return the path.
+    row_ranges : callable ``(handle, partition_rows) -> list[(start, stop)]``
+    read_rows : callable ``(handle, start, stop) -> DataFrame``
+    """
+    if partition_rows < 1:
+        raise ValueError(f"partition_rows must be positive, got {partition_rows}")
+    handle = open_file()
+    for start, stop in row_ranges(handle, partition_rows):
+        yield read_rows(handle, start, stop)
+
+
+# ---------------------------------------------------------------------------------------------
 # Numbers written as text
 
 _NUMBER = r"(?i)^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|nan|inf|infinity)$"
@@ -567,3 +701,54 @@ def first_fields(buf: bytes, start: int) -> list[str]:
     end = buf.find(b"\n", start)
     line = buf[start:end if end >= 0 else len(buf)].decode("utf-8", errors="replace").strip()
     return [f.strip().strip('"').strip() for f in re.split(r",", line)] if line else []
+
+
+def read_text_columns(path: str | Path, data, names: Sequence[str], *, lines_before: int,
+                      delimiter: str = ",", check_utf8: bool = True,
+                      block_size: int | None = None, what: str = "CSV") -> pa.Table:
+    """Every column of a CSV text as non-null strings, parsed in bulk by Arrow (the text readers'
+    common step; numbers are parsed afterwards, column by column).
+
+    Parameters
+    ----------
+    path : str or Path
+        For error messages.
+    data : pyarrow.Buffer or bytes
+        The text from the column-name line on.
+    names : sequence of str
+        The column names (those of the first line).
+    lines_before : int
+        Lines of the file before the column-name line, so that errors name the file's lines.
+    delimiter, check_utf8, block_size
+        Passed to ``pyarrow.csv`` (``block_size`` None: Arrow's default).
+    what : str
+        What the text is, for the malformed-text message.
+
+    Raises
+    ------
+    ReaderError
+        Malformed text, or a row with the wrong number of fields (naming its line).
+    """
+    invalid = []
+
+    def on_invalid(row):
+        invalid.append(row)
+        return "skip"
+
+    read_options = pv.ReadOptions(use_threads=False) if block_size is None else \
+        pv.ReadOptions(use_threads=False, block_size=block_size)
+    try:
+        table = pv.read_csv(
+            data, read_options=read_options,
+            parse_options=pv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
+            convert_options=pv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, null_values=[],
+                check_utf8=check_utf8, strings_can_be_null=False,
+                quoted_strings_can_be_null=False))
+    except pa.ArrowInvalid as exc:
+        raise ReaderError(path, f"malformed {what} ({exc})") from exc
+    if invalid:
+        r = invalid[0]
+        raise ReaderError(path, f"expected {r.expected_columns} fields, found {r.actual_columns}",
+                          line=None if r.number is None else lines_before + r.number)
+    return table

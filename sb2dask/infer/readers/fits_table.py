@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 
 from .base import (
-    DEFAULT_PARTITION_ROWS, EPOCH_COLUMNS, RVS_WAVE, TRUE_PREFIX, CatalogueFormat, ReaderError,
-    ReadFlag, build_partition, duplicate_mask, fit_to_grids, read_head, spectrum_flags,
-    wave_to_air_angstrom,
+    DEFAULT_PARTITION_ROWS, EPOCH_COLUMNS, RVS_WAVE, TRUE_PREFIX, CatalogueFormat, RaggedColumn,
+    ReaderError, consecutive_ranges, duplicate_flags, read_head, read_in_ranges,
+    spectra_partition, wave_to_air_angstrom,
 )
 
 __all__ = ["NAME", "FORMAT", "identify", "read", "read_rows", "row_ranges", "passthrough"]
@@ -102,7 +102,7 @@ def row_ranges(path: str | Path, partition_rows: int = DEFAULT_PARTITION_ROWS
     path = Path(path)
     with _open(path) as hdul:
         n = int(_table(path, hdul)[0].header["NAXIS2"])
-    return [(a, min(n, a + partition_rows)) for a in range(0, n, partition_rows)]
+    return consecutive_ranges(n, partition_rows)
 
 
 def _ids(path: Path, values: np.ndarray, name: str, first_row: int) -> np.ndarray:
@@ -118,14 +118,13 @@ def _ids(path: Path, values: np.ndarray, name: str, first_row: int) -> np.ndarra
     raise ReaderError(path, f"column {name!r} holds {values.dtype}; expected integers")
 
 
-def _vectors(values: np.ndarray):
-    """(values float32, offsets) of a fixed-width or variable-length vector column."""
+def _vectors(values: np.ndarray) -> RaggedColumn:
+    """A fixed-width or variable-length vector column as float32 rows."""
     if values.dtype == object:
         rows = [np.asarray(v, dtype=np.float32).ravel() for v in values]
         offsets = np.concatenate([[0], np.cumsum([r.size for r in rows])]).astype(np.int64)
-        return (np.concatenate(rows) if rows else np.empty(0, np.float32)), offsets
-    block = values.reshape(len(values), -1).astype(np.float32)
-    return block.ravel(), np.arange(len(values) + 1, dtype=np.int64) * block.shape[1]
+        return RaggedColumn(np.concatenate(rows) if rows else np.empty(0, np.float32), offsets)
+    return RaggedColumn.from_matrix(values.reshape(len(values), -1).astype(np.float32))
 
 
 def _medium(*headers) -> str | None:
@@ -142,7 +141,8 @@ def _wave(path: Path, hdul, hdu, names, data, n_pix: int | None, first_row: int)
     medium = _medium(hdu.header, primary)
     if "wave" in names:
         unit = hdu.columns[names["wave"]].unit
-        values, offsets = _vectors(np.asarray(data.field(names["wave"])))
+        col = _vectors(np.asarray(data.field(names["wave"])))
+        values, offsets = col.values, col.offsets
         values = wave_to_air_angstrom(values.astype(np.float64), unit, medium, path=path,
                                       where="WAVE column: ")
         shared: dict[bytes, np.ndarray] = {}
@@ -189,12 +189,11 @@ def read_rows(path: str | Path, start: int, stop: int) -> pd.DataFrame:
             eid_all = _ids(path, np.asarray(table.field(epoch)), epoch, 0) if epoch else \
                 np.full(len(sid_all), -1, np.int64)
             data = table[start:stop]
-            flux_v, flux_o = _vectors(np.asarray(data.field(names["flux"])))
-            err = None
-            if "flux_error" in names:
-                err_v, err_o = _vectors(np.asarray(data.field(names["flux_error"])))
+            flux = _vectors(np.asarray(data.field(names["flux"])))
+            err = _vectors(np.asarray(data.field(names["flux_error"]))) \
+                if "flux_error" in names else None
             fixed = np.asarray(data.field(names["flux"])).dtype != object
-            width = int(flux_o[1] - flux_o[0]) if fixed and stop > start else None
+            width = int(flux.offsets[1] - flux.offsets[0]) if fixed and stop > start else None
             wave = _wave(path, hdul, hdu, names, data, width, start)
             extra = {}
             for low, actual in _passthrough_columns(hdu, names).items():
@@ -209,26 +208,11 @@ def read_rows(path: str | Path, start: int, stop: int) -> pd.DataFrame:
                 raise
             raise ReaderError(path, f"truncated or corrupt FITS table ({exc})") from exc
 
-    n = stop - start
-    flags = np.where(duplicate_mask(sid_all, eid_all)[start:stop], ReadFlag.DUPLICATE_ID, 0
-                     ).astype(np.int32)
-    if isinstance(wave, list):
-        lengths = [w.size for w in wave]
-        flags |= np.where([np.any(np.diff(w) <= 0) for w in wave], ReadFlag.UNSORTED_WAVE, 0
-                          ).astype(np.int32)
-    else:
-        lengths = [wave.size] * n
-        if np.any(np.diff(wave) <= 0):
-            flags |= np.int32(ReadFlag.UNSORTED_WAVE)
-    flux, wrong = fit_to_grids(flux_v, flux_o, lengths)
-    if "flux_error" in names:
-        err, wrong_e = fit_to_grids(err_v, err_o, lengths)
-        wrong |= wrong_e
-    flags |= np.where(wrong, ReadFlag.WRONG_LENGTH, 0).astype(np.int32)
-    flags |= spectrum_flags(flux, err)
-    return build_partition(source_id=sid_all[start:stop], epoch_id=eid_all[start:stop],
-                           wave=wave, flux=flux, flux_error=err, file=path,
-                           row=np.arange(start, stop), read_flags=flags, passthrough=extra)
+    return spectra_partition(source_id=sid_all[start:stop], epoch_id=eid_all[start:stop],
+                             wave=wave, flux=flux, flux_error=err, file=path,
+                             row=np.arange(start, stop),
+                             read_flags=duplicate_flags(sid_all, eid_all)[start:stop],
+                             passthrough=extra)
 
 
 def read(path: str | Path, *, partition_rows: int = DEFAULT_PARTITION_ROWS
@@ -241,10 +225,7 @@ def read(path: str | Path, *, partition_rows: int = DEFAULT_PARTITION_ROWS
         Not FITS or truncated, no table with FLUX and SOURCE_ID, non-integer ids, an unusable
         wavelength description.
     """
-    if partition_rows < 1:
-        raise ValueError(f"partition_rows must be positive, got {partition_rows}")
-    for start, stop in row_ranges(path, partition_rows):
-        yield read_rows(path, start, stop)
+    return read_in_ranges(partition_rows, lambda: path, row_ranges, read_rows)
 
 
 FORMAT = CatalogueFormat(NAME, identify, read, passthrough, row_ranges, read_rows)

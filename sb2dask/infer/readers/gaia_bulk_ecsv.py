@@ -39,15 +39,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pv
 import yaml
 
 from ...gaia import HEALPIX_LEVEL8_SHIFT
 from .base import (
-    DEFAULT_PARTITION_ROWS, EPOCH_COLUMNS, RVS_N_PIX, RVS_WAVE, TRUE_PREFIX, CatalogueFormat,
-    ReaderError, ReadFlag, build_partition, duplicate_mask, first_fields, fit_rows,
+    DEFAULT_PARTITION_ROWS, EPOCH_COLUMNS, RVS_WAVE, TRUE_PREFIX, CatalogueFormat, RaggedColumn,
+    ReaderError, ReadFlag, consecutive_ranges, duplicate_flags, first_fields,
     leading_comment_lines, parse_float_strings, parse_int_strings, read_bytes, read_head,
-    spectrum_flags,
+    read_in_ranges, read_text_columns, spectra_partition,
 )
 
 __all__ = ["NAME", "FORMAT", "identify", "read", "passthrough", "EcsvColumn", "EcsvHeader",
@@ -316,28 +315,10 @@ def _read_text_table(path: Path) -> tuple[EcsvHeader, pa.Table, int]:
     if found != names:
         raise ReaderError(path, f"column names {found} differ from the ECSV header's {names}",
                           line=header_line)
-    invalid = []
-
-    def on_invalid(row):
-        invalid.append(row)
-        return "skip"
-
-    try:
-        table = pv.read_csv(
-            pa.py_buffer(buf).slice(pos, end - pos),
-            read_options=pv.ReadOptions(use_threads=False, block_size=1 << 24),
-            parse_options=pv.ParseOptions(delimiter=header.delimiter,
-                                          invalid_row_handler=on_invalid),
-            # No UTF-8 check: the fields are numbers, and the number parser rejects bad bytes.
-            convert_options=pv.ConvertOptions(
-                column_types={n: pa.string() for n in names}, null_values=[], check_utf8=False,
-                strings_can_be_null=False, quoted_strings_can_be_null=False))
-    except pa.ArrowInvalid as exc:
-        raise ReaderError(path, f"malformed CSV body ({exc})") from exc
-    if invalid:
-        r = invalid[0]
-        raise ReaderError(path, f"expected {r.expected_columns} fields, found {r.actual_columns}",
-                          line=None if r.number is None else header.n_lines + r.number)
+    # No UTF-8 check: the fields are numbers, and the number parser rejects bad bytes.
+    table = read_text_columns(path, pa.py_buffer(buf).slice(pos, end - pos), names,
+                              lines_before=header.n_lines, delimiter=header.delimiter,
+                              check_utf8=False, block_size=1 << 24, what="CSV body")
     return header, table, header_line + 1
 
 
@@ -395,7 +376,7 @@ def _open(path: str | Path) -> _BulkFile:
     epoch_name = next((c for c in EPOCH_COLUMNS if c in names), None)
     epoch_id = _int_column(path, table, epoch_name, first_line) if epoch_name else \
         np.full(len(source_id), -1, np.int64)
-    flags = np.where(duplicate_mask(source_id, epoch_id), ReadFlag.DUPLICATE_ID, 0)
+    flags = duplicate_flags(source_id, epoch_id)
     rng = healpix_range(path)
     if rng is not None:
         hp = source_id >> HEALPIX_LEVEL8_SHIFT
@@ -407,24 +388,23 @@ def _open(path: str | Path) -> _BulkFile:
 
 
 def _array(f: _BulkFile, name: str, start: int, stop: int):
-    """(matrix (k, 2401) or None, wrong_length, not_numeric) of one array column."""
+    """(rows of one array column or None, rows whose length differs from the declared one)."""
     if name not in f.table.column_names:
-        return None, np.zeros(stop - start, bool), np.zeros(stop - start, bool)
+        return None, np.zeros(stop - start, bool)
     parsed = parse_array_strings(f.table[name].slice(start, stop - start))
-    matrix, wrong = fit_rows(parsed.values, parsed.offsets, RVS_N_PIX, parsed.null_field)
     declared = f.header.column(name).declared_length
-    if declared is not None:
-        wrong |= (parsed.lengths != declared) & ~parsed.null_field
-    return matrix, wrong, parsed.not_numeric
+    wrong = np.zeros(stop - start, bool) if declared is None else \
+        (parsed.lengths != declared) & ~parsed.null_field
+    return RaggedColumn(parsed.values, parsed.offsets, parsed.null_field,
+                        parsed.not_numeric), wrong
 
 
 def _partition(f: _BulkFile, start: int, stop: int) -> pd.DataFrame:
-    flux, wrong, text = _array(f, "flux", start, stop)
-    err, wrong_e, text_e = _array(f, "flux_error", start, stop)
-    flags = spectrum_flags(flux, err) | f.flags[start:stop]
-    flags |= np.where(wrong | wrong_e, ReadFlag.WRONG_LENGTH, 0).astype(np.int32)
-    flags |= np.where(text | text_e, ReadFlag.NOT_NUMERIC, 0).astype(np.int32)
-    return build_partition(
+    flux, wrong = _array(f, "flux", start, stop)
+    err, wrong_e = _array(f, "flux_error", start, stop)
+    flags = f.flags[start:stop] | np.where(wrong | wrong_e, ReadFlag.WRONG_LENGTH, 0
+                                           ).astype(np.int32)
+    return spectra_partition(
         source_id=f.source_id[start:stop], epoch_id=f.epoch_id[start:stop], wave=RVS_WAVE,
         flux=flux, flux_error=err, file=f.path, row=np.arange(start, stop), read_flags=flags,
         passthrough={k: v[start:stop] for k, v in f.passthrough.items()})
@@ -443,12 +423,8 @@ def read(path: str | Path, *, partition_rows: int = DEFAULT_PARTITION_ROWS
         Unreadable or truncated gzip, empty file, malformed ECSV header, missing ``source_id`` or
         ``flux``, a row with the wrong number of fields, a non-integer id.
     """
-    if partition_rows < 1:
-        raise ValueError(f"partition_rows must be positive, got {partition_rows}")
-    f = _open(path)
-    n = f.table.num_rows
-    for start in range(0, n, partition_rows):
-        yield _partition(f, start, min(n, start + partition_rows))
+    return read_in_ranges(partition_rows, lambda: _open(path),
+                          lambda f, k: consecutive_ranges(f.table.num_rows, k), _partition)
 
 
 def passthrough(path: str | Path) -> dict[str, np.dtype]:

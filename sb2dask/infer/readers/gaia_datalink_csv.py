@@ -18,18 +18,18 @@ with other than 2401 pixels is flagged ``WRONG_LENGTH``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pv
 
 from .base import (
     DEFAULT_PARTITION_ROWS, EPOCH_COLUMNS, RVS_N_PIX, RVS_WAVE, RVS_WAVE_VAC_NM, CatalogueFormat,
-    ReaderError, ReadFlag, build_partition, duplicate_mask, first_fields, leading_comment_lines,
-    parse_float_strings, parse_int_strings, read_bytes, read_head, spectrum_flags,
-    wave_to_air_angstrom,
+    RaggedColumn, ReaderError, ReadFlag, consecutive_ranges, duplicate_flags, first_fields,
+    leading_comment_lines, parse_float_strings, parse_int_strings, read_bytes, read_head,
+    read_in_ranges, read_text_columns, spectra_partition, wave_to_air_angstrom,
 )
 
 __all__ = ["NAME", "FORMAT", "identify", "read", "passthrough", "REQUIRED_COLUMNS"]
@@ -68,26 +68,8 @@ def _table(path: Path) -> tuple[pa.Table, int]:
     if missing:
         raise ReaderError(path, f"missing required column(s) {missing}; found {names}",
                           line=len(lines) + 1)
-    invalid = []
-
-    def on_invalid(row):
-        invalid.append(row)
-        return "skip"
-
-    try:
-        table = pv.read_csv(
-            pa.py_buffer(buf).slice(pos),
-            read_options=pv.ReadOptions(use_threads=False),
-            parse_options=pv.ParseOptions(invalid_row_handler=on_invalid),
-            convert_options=pv.ConvertOptions(
-                column_types={n: pa.string() for n in names}, null_values=[],
-                strings_can_be_null=False, quoted_strings_can_be_null=False))
-    except pa.ArrowInvalid as exc:
-        raise ReaderError(path, f"malformed CSV ({exc})") from exc
-    if invalid:
-        r = invalid[0]
-        raise ReaderError(path, f"expected {r.expected_columns} fields, found {r.actual_columns}",
-                          line=None if r.number is None else len(lines) + r.number)
+    table = read_text_columns(path, pa.py_buffer(buf).slice(pos), names,
+                              lines_before=len(lines))
     return table, len(lines) + 2
 
 
@@ -99,23 +81,25 @@ def _ints(path, table, name, first_line) -> np.ndarray:
     return values
 
 
-def read(path: str | Path, *, partition_rows: int = DEFAULT_PARTITION_ROWS
-         ) -> Iterator[pd.DataFrame]:
-    """Spectra of a DataLink CSV file (normally one), in partitions of ``partition_rows``.
+@dataclass(frozen=True, slots=True)
+class _Spectra:
+    """The spectra of one file: pixels grouped per spectrum and sorted by wavelength."""
 
-    Raises
-    ------
-    ReaderError
-        Empty file, missing columns, a line with the wrong number of fields, a non-integer id,
-        or a wavelength that is not a number in nm; the message names the line.
-    """
-    if partition_rows < 1:
-        raise ValueError(f"partition_rows must be positive, got {partition_rows}")
+    path: Path
+    source_id: np.ndarray  # (n_spectra,)
+    epoch_id: np.ndarray
+    row: np.ndarray  # data row of each spectrum's first pixel
+    wave: list  # air grid [Å] per spectrum; RVS_WAVE itself for spectra on the Gaia grid
+    flux: RaggedColumn
+    flux_error: RaggedColumn | None
+    flags: np.ndarray  # int32: unsorted input, wrong length, duplicates
+
+
+def _spectra(path: str | Path) -> _Spectra:
+    """Parse a DataLink file and group its pixels into spectra."""
     path = Path(path)
     table, first_line = _table(path)
     n = table.num_rows
-    if n == 0:
-        return
     source_id = _ints(path, table, "source_id", first_line)
     epoch_name = next((c for c in EPOCH_COLUMNS if c in table.column_names), None)
     epoch_id = _ints(path, table, epoch_name, first_line) if epoch_name else \
@@ -128,43 +112,54 @@ def read(path: str | Path, *, partition_rows: int = DEFAULT_PARTITION_ROWS
         raise ReaderError(path, f"wavelength {table['wavelength'][i].as_py()!r} is not a "
                           f"wavelength in nm (expected {_NM_RANGE[0]:g}-{_NM_RANGE[1]:g})",
                           line=first_line + i)
-    flux, flux_text = parse_float_strings(table["flux"])
+    flux, text = parse_float_strings(table["flux"])
+    err = None
     if "flux_error" in table.column_names:
         err, err_text = parse_float_strings(table["flux_error"])
-    else:
-        err, err_text = None, np.zeros(n, bool)
+        text |= err_text
 
-    starts = np.flatnonzero(np.r_[True, (source_id[1:] != source_id[:-1])
+    starts = np.flatnonzero(np.r_[n > 0, (source_id[1:] != source_id[:-1])
                                   | (epoch_id[1:] != epoch_id[:-1])])
     bounds = np.r_[starts, n]
-    waves, fluxes, errs, flags = [], [], [], []
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    order, waves, flags = np.arange(n), [], np.zeros(len(starts), np.int32)
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         w = wave_nm[a:b]
-        order = np.argsort(w, kind="stable")
-        unsorted = bool(np.any(np.diff(w) <= 0))
-        w = w[order]
-        f = flux[a:b][order]
-        e = None if err is None else err[a:b][order]
-        flag = ReadFlag.UNSORTED_WAVE if unsorted else ReadFlag.NONE
-        if flux_text[a:b].any() or err_text[a:b].any():
-            flag |= ReadFlag.NOT_NUMERIC
+        if np.any(np.diff(w) <= 0):  # sorted by wavelength; equal ones keep the file order
+            order[a:b] = a + np.argsort(w, kind="stable")
+            w = wave_nm[order[a:b]]
+            flags[i] |= ReadFlag.UNSORTED_WAVE
         if w.size == RVS_N_PIX and np.allclose(w, RVS_WAVE_VAC_NM, rtol=0, atol=1e-6):
             waves.append(RVS_WAVE)
         else:
             waves.append(wave_to_air_angstrom(w, "nm", "vacuum", path=path))
             if w.size != RVS_N_PIX:
-                flag |= ReadFlag.WRONG_LENGTH
-        fluxes.append(f)
-        errs.append(e)
-        flags.append(int(flag))
-    sid, eid = source_id[starts], epoch_id[starts]
-    flags = np.asarray(flags, np.int32) | spectrum_flags(fluxes, None if err is None else errs)
-    flags |= np.where(duplicate_mask(sid, eid), ReadFlag.DUPLICATE_ID, 0).astype(np.int32)
-    for a in range(0, len(starts), partition_rows):
-        b = min(len(starts), a + partition_rows)
-        yield build_partition(source_id=sid[a:b], epoch_id=eid[a:b], wave=waves[a:b],
-                              flux=fluxes[a:b], flux_error=None if err is None else errs[a:b],
-                              file=path, row=starts[a:b], read_flags=flags[a:b])
+                flags[i] |= ReadFlag.WRONG_LENGTH
+    flags |= duplicate_flags(source_id[starts], epoch_id[starts])
+    not_numeric = np.logical_or.reduceat(text, starts)
+    return _Spectra(path, source_id[starts], epoch_id[starts], starts, waves,
+                    RaggedColumn(flux[order], bounds, not_numeric=not_numeric),
+                    None if err is None else RaggedColumn(err[order], bounds), flags)
+
+
+def _partition(s: _Spectra, a: int, b: int) -> pd.DataFrame:
+    return spectra_partition(
+        source_id=s.source_id[a:b], epoch_id=s.epoch_id[a:b], wave=s.wave[a:b],
+        flux=s.flux.rows(a, b), flux_error=None if s.flux_error is None else
+        s.flux_error.rows(a, b), file=s.path, row=s.row[a:b], read_flags=s.flags[a:b])
+
+
+def read(path: str | Path, *, partition_rows: int = DEFAULT_PARTITION_ROWS
+         ) -> Iterator[pd.DataFrame]:
+    """Spectra of a DataLink CSV file (normally one), in partitions of ``partition_rows``.
+
+    Raises
+    ------
+    ReaderError
+        Empty file, missing columns, a line with the wrong number of fields, a non-integer id,
+        or a wavelength that is not a number in nm; the message names the line.
+    """
+    return read_in_ranges(partition_rows, lambda: _spectra(path),
+                          lambda s, k: consecutive_ranges(len(s.source_id), k), _partition)
 
 
 FORMAT = CatalogueFormat(NAME, identify, read, passthrough)

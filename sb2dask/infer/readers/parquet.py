@@ -34,9 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .base import (
-    DEFAULT_PARTITION_ROWS, EPOCH_COLUMNS, RVS_WAVE, TRUE_PREFIX, CatalogueFormat, ReaderError,
-    ReadFlag, build_partition, duplicate_mask, fit_to_grids, parse_float_strings,
-    parse_int_strings, read_head, spectrum_flags, wave_to_air_angstrom,
+    DEFAULT_PARTITION_ROWS, EPOCH_COLUMNS, RVS_WAVE, TRUE_PREFIX, CatalogueFormat, RaggedColumn,
+    ReaderError, duplicate_flags, parse_float_strings, parse_int_strings, read_head,
+    read_in_ranges, spectra_partition, wave_to_air_angstrom,
 )
 
 __all__ = ["NAME", "FORMAT", "identify", "read", "read_rows", "row_ranges", "passthrough",
@@ -109,8 +109,8 @@ def row_ranges(path: str | Path, partition_rows: int = DEFAULT_PARTITION_ROWS
     return ranges
 
 
-def _list_parts(path: Path, col: pa.ChunkedArray, name: str, first_row: int):
-    """(values float32, offsets, null_rows, not_numeric) of a list-of-numbers column."""
+def _list_parts(path: Path, col: pa.ChunkedArray, name: str, first_row: int) -> RaggedColumn:
+    """A list-of-numbers column as float32 rows (null lists and numeric text marked)."""
     arr = col.combine_chunks()
     n = len(arr)
     null_rows = arr.is_null().to_numpy(zero_copy_only=False)
@@ -135,7 +135,7 @@ def _list_parts(path: Path, col: pa.ChunkedArray, name: str, first_row: int):
         vals = pc.cast(values, pa.float32()).to_numpy(zero_copy_only=False)
     else:
         raise ReaderError(path, f"column {name!r} holds {vtype}; expected numbers", row=first_row)
-    return np.asarray(vals, dtype=np.float32), offsets, null_rows, not_numeric
+    return RaggedColumn(np.asarray(vals, dtype=np.float32), offsets, null_rows, not_numeric)
 
 
 def _ids(path: Path, col: pa.ChunkedArray, name: str, first_row: int) -> np.ndarray:
@@ -204,7 +204,6 @@ def read_rows(path: str | Path, start: int, stop: int) -> pd.DataFrame:
     pf = _open(path)
     cols = _columns(path, pf)
     sid_all, eid_all = _read_ids(path, pf, cols)
-    dup = duplicate_mask(sid_all, eid_all)[start:stop]
     sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     groups = [i for i in range(len(sizes)) if bounds[i] < stop and bounds[i + 1] > start]
@@ -213,32 +212,16 @@ def read_rows(path: str | Path, start: int, stop: int) -> pd.DataFrame:
     table = _read_slice(pf, groups, int(bounds[groups[0]]) if groups else 0, start, stop,
                         wanted)
 
-    flux_v, flux_o, flux_null, flux_text = _list_parts(path, table[cols["flux"]], "flux", start)
-    err_parts = _list_parts(path, table[cols["flux_error"]], "flux_error", start) \
+    flux = _list_parts(path, table[cols["flux"]], "flux", start)
+    err = _list_parts(path, table[cols["flux_error"]], "flux_error", start) \
         if "flux_error" in cols else None
 
     wave_file, unit, medium = _wave_metadata(path, pf)
-    flags = np.where(dup, ReadFlag.DUPLICATE_ID, 0).astype(np.int32)
-    flags |= np.where(flux_text, ReadFlag.NOT_NUMERIC, 0).astype(np.int32)
     if "wave" in cols:
-        waves, n_pix = _row_waves(path, table[cols["wave"]], unit, medium, start)
-        flags |= np.where([np.any(np.diff(w) <= 0) for w in waves], ReadFlag.UNSORTED_WAVE, 0
-                          ).astype(np.int32)
+        waves = _row_waves(path, table[cols["wave"]], unit, medium, start)
     else:
-        wave = RVS_WAVE if wave_file is None else \
+        waves = RVS_WAVE if wave_file is None else \
             wave_to_air_angstrom(wave_file, unit, medium, path=path, where="metadata: ")
-        if np.any(np.diff(wave) <= 0):
-            flags |= np.int32(ReadFlag.UNSORTED_WAVE)
-        waves, n_pix = wave, np.full(stop - start, wave.size)
-
-    flux, wrong = fit_to_grids(flux_v, flux_o, n_pix, flux_null)
-    err = None
-    if err_parts is not None:
-        err, wrong_e = fit_to_grids(err_parts[0], err_parts[1], n_pix, err_parts[2])
-        wrong |= wrong_e
-        flags |= np.where(err_parts[3], ReadFlag.NOT_NUMERIC, 0).astype(np.int32)
-    flags |= np.where(wrong, ReadFlag.WRONG_LENGTH, 0).astype(np.int32)
-    flags |= spectrum_flags(flux, err)
     extra = {}
     for name, f in _passthrough_fields(pf):
         col = table[f.name].combine_chunks()
@@ -248,24 +231,27 @@ def read_rows(path: str | Path, start: int, stop: int) -> pd.DataFrame:
                 extra[f"{name}_{k + 1}"] = block[:, k]
         else:
             extra[name] = col.to_numpy(zero_copy_only=False)
-    return build_partition(source_id=sid_all[start:stop], epoch_id=eid_all[start:stop],
-                           wave=waves, flux=flux, flux_error=err, file=path,
-                           row=np.arange(start, stop), read_flags=flags, passthrough=extra)
+    return spectra_partition(source_id=sid_all[start:stop], epoch_id=eid_all[start:stop],
+                             wave=waves, flux=flux, flux_error=err, file=path,
+                             row=np.arange(start, stop),
+                             read_flags=duplicate_flags(sid_all, eid_all)[start:stop],
+                             passthrough=extra)
 
 
-def _row_waves(path, col, unit, medium, first_row):
+def _row_waves(path, col, unit, medium, first_row) -> list[np.ndarray]:
     """Per-row air wavelength grids [Å], rows with equal grids sharing one array object."""
-    values, offsets, null_rows, text = _list_parts(path, col, "wave", first_row)
-    if null_rows.any() or text.any():
-        bad = int(np.flatnonzero(null_rows | text)[0])
+    parts = _list_parts(path, col, "wave", first_row)
+    if parts.null_rows.any() or parts.not_numeric.any():
+        bad = int(np.flatnonzero(parts.null_rows | parts.not_numeric)[0])
         raise ReaderError(path, "wave is null or not numeric", row=first_row + bad)
-    values = wave_to_air_angstrom(values.astype(np.float64), unit, medium, path=path)
+    values = wave_to_air_angstrom(parts.values.astype(np.float64), unit, medium, path=path)
+    offsets = parts.offsets
     shared: dict[bytes, np.ndarray] = {}
     waves = []
     for i in range(len(offsets) - 1):
         w = values[offsets[i]:offsets[i + 1]]
         waves.append(shared.setdefault(w.tobytes(), w))
-    return waves, np.diff(offsets)
+    return waves
 
 
 def read(path: str | Path, *, partition_rows: int = DEFAULT_PARTITION_ROWS
@@ -278,10 +264,7 @@ def read(path: str | Path, *, partition_rows: int = DEFAULT_PARTITION_ROWS
         Not Parquet, missing ``source_id``/``flux``, null or non-integer ids, array columns of
         the wrong type, malformed wavelength metadata.
     """
-    if partition_rows < 1:
-        raise ValueError(f"partition_rows must be positive, got {partition_rows}")
-    for start, stop in row_ranges(path, partition_rows):
-        yield read_rows(path, start, stop)
+    return read_in_ranges(partition_rows, lambda: path, row_ranges, read_rows)
 
 
 FORMAT = CatalogueFormat(NAME, identify, read, passthrough, row_ranges, read_rows)

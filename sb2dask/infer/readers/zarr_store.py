@@ -28,8 +28,8 @@ import pandas as pd
 
 from ...completion import finished_chunks
 from .base import (
-    DEFAULT_PARTITION_ROWS, TRUE_PREFIX, CatalogueFormat, ReaderError, ReadFlag, build_partition,
-    duplicate_mask, spectrum_flags, wave_to_air_angstrom,
+    DEFAULT_PARTITION_ROWS, TRUE_PREFIX, CatalogueFormat, RaggedColumn, ReaderError,
+    duplicate_flags, read_in_ranges, spectra_partition, wave_to_air_angstrom,
 )
 
 __all__ = ["NAME", "FORMAT", "identify", "read", "read_rows", "row_ranges", "passthrough"]
@@ -130,14 +130,10 @@ def read_rows(path: str | Path, start: int, stop: int) -> pd.DataFrame:
     ids = {k: np.asarray(labels[k][:], dtype=np.int64) for k in _ID_LABELS if k in labels}
     sid_all = ids.get("source_id", np.arange(n, dtype=np.int64))
     eid_all = ids.get("epoch_id", np.full(n, -1, np.int64))
-    flags = spectrum_flags(flux, err)
-    if ids:  # the row index is unique by construction; stored ids need checking
-        flags |= np.where(duplicate_mask(sid_all, eid_all)[start:stop], ReadFlag.DUPLICATE_ID, 0
-                          ).astype(np.int32)
+    # the row index is unique by construction; stored ids need checking
+    flags = duplicate_flags(sid_all, eid_all)[start:stop] if ids else None
     if flux.shape[1] != wave.size:
         raise ReaderError(path, f"'flux' has {flux.shape[1]} pixels but 'wave' {wave.size}")
-    if np.any(np.diff(wave) <= 0):
-        flags |= np.int32(ReadFlag.UNSORTED_WAVE)
     extra = {}
     for name, arr in labels.items():
         if name in _ID_LABELS:
@@ -149,9 +145,11 @@ def read_rows(path: str | Path, start: int, stop: int) -> pd.DataFrame:
             values = values.reshape(len(values), -1)
             extra.update({f"{TRUE_PREFIX}{name}_{k + 1}": values[:, k]
                           for k in range(values.shape[1])})
-    return build_partition(source_id=sid_all[start:stop], epoch_id=eid_all[start:stop],
-                           wave=wave, flux=flux, flux_error=err, file=path,
-                           row=np.arange(start, stop), read_flags=flags, passthrough=extra)
+    return spectra_partition(source_id=sid_all[start:stop], epoch_id=eid_all[start:stop],
+                             wave=wave, flux=RaggedColumn.from_matrix(flux),
+                             flux_error=None if err is None else RaggedColumn.from_matrix(err),
+                             file=path, row=np.arange(start, stop), read_flags=flags,
+                             passthrough=extra)
 
 
 def read(path: str | Path, *, partition_rows: int = DEFAULT_PARTITION_ROWS
@@ -163,10 +161,7 @@ def read(path: str | Path, *, partition_rows: int = DEFAULT_PARTITION_ROWS
     ReaderError
         No ``flux``/``wave`` array, mismatched shapes, or chunks not yet written.
     """
-    if partition_rows < 1:
-        raise ValueError(f"partition_rows must be positive, got {partition_rows}")
-    for start, stop in row_ranges(path, partition_rows):
-        yield read_rows(path, start, stop)
+    return read_in_ranges(partition_rows, lambda: path, row_ranges, read_rows)
 
 
 FORMAT = CatalogueFormat(NAME, identify, read, passthrough, row_ranges, read_rows)
