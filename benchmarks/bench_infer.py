@@ -36,7 +36,7 @@ def stage_breakdown(files: list[str], model_dir, precision: str, threads: int,
 
     from sb2dask.infer.config import InferenceConfig
     from sb2dask.infer.predict import ModelSet, PARAMETERS, predict_partition
-    from sb2dask.infer.preprocess import preprocess
+    from sb2dask.observe.preprocess import preprocess
     from sb2dask.infer.readers import read_catalogue
     from sb2dask.infer.run import write_parquet_atomic
     from sb2dask.infer.schema import arrow_schema

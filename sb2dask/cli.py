@@ -234,7 +234,12 @@ def _cmd_library_fetch_phoenix(args) -> int:
 def _simulation_config(args):
     from .simulate.config import SimulationConfig
 
-    cfg = SimulationConfig.from_yaml(args.config) if args.config else SimulationConfig()
+    if args.config:
+        cfg = SimulationConfig.from_yaml(args.config)
+        if args.recipe == "paper":
+            cfg = cfg.replace(realism=SimulationConfig.paper(resolution=cfg.resolution).realism)
+    else:
+        cfg = SimulationConfig.paper() if args.recipe == "paper" else SimulationConfig()
     changes = {k: v for k, v in dict(
         library=args.library, seed=args.seed, binary_fraction=args.binary_fraction,
         output_grid=args.output_grid, resolution=args.resolution).items() if v is not None}
@@ -291,7 +296,8 @@ def _cmd_infer(args) -> int:
     changes = {k: v for k, v in dict(
         model_dir=args.models, device=args.device, precision=args.precision,
         batch_size=args.batch_size, members=args.members,
-        partition_rows=args.partition_rows).items() if v is not None}
+        partition_rows=args.partition_rows, rest_frame=args.rest_frame).items()
+        if v is not None}
     config = config.replace(**changes) if changes else config
     # inputs, --out and the models are checked before any worker starts (seconds, not minutes)
     inputs = check_run(args.inputs, args.out, config, overwrite=args.overwrite)
@@ -316,6 +322,22 @@ def _cmd_mock(args) -> int:
                        binary_fraction=args.binary_fraction, n_files=args.files, config=cfg,
                        seed=args.seed)
     print(json.dumps(r, indent=1))
+    return 0
+
+
+def _cmd_real_sky(args) -> int:
+    from .evaluate.real_sky import build_cases, run_suite, summarise, write_report
+    from .infer.config import InferenceConfig
+
+    for name in ("gaia_dir", "phoenix_dir"):
+        if not Path(getattr(args, name)).is_dir():
+            print(f"sb2dask real-sky: note: {getattr(args, name)} is not a directory; its cases "
+                  "are left out", file=sys.stderr)
+    config = InferenceConfig(model_dir=args.models, rest_frame=args.rest_frame)
+    results = run_suite(build_cases(args.gaia_dir, args.phoenix_dir), config)
+    summary = summarise(results)
+    md = write_report(results, summary, args.out, models=args.models or "shipped")
+    print(md.read_text())
     return 0
 
 
@@ -385,15 +407,22 @@ def _add_simulation_options(p: argparse.ArgumentParser, seed: int | None = None,
                            "1.0: the paper's all-SB2 training set)"))
     g.add_argument("--snr", type=_positive_float, nargs=2, metavar=("MIN", "MAX"), default=None,
                    help="continuum S/N range (default 30 350)")
-    g.add_argument("--output-grid", choices=["rvs903", "gaia_dr3", "gaia_dr3_903"], default=None,
-                   help="output pixels (see docs/simulation.md; the shipped models read "
-                        "gaia_dr3_903)")
+    from .simulate.config import DEFAULT_OUTPUT_GRID, OUTPUT_GRIDS
+
+    g.add_argument("--output-grid", choices=sorted(OUTPUT_GRIDS), default=None,
+                   help=f"output pixels (default {DEFAULT_OUTPUT_GRID}, the shipped models' "
+                        "grid; see docs/simulation.md)")
     g.add_argument("--resolution", type=_positive_float, default=None,
-                   help="spectral resolution R (default 11500)")
+                   help="spectral resolution R of the paper's recipe (default 11500; the "
+                        "realistic recipe draws R per spectrum)")
+    g.add_argument("--recipe", choices=["realistic", "paper"], default=None,
+                   help="realistic (default): stars at any systemic velocity with Gaia's "
+                        "nuisances drawn per spectrum (docs/simulation.md); paper: Binnenfeld "
+                        "et al.'s recipe, every star at rest")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .infer.config import PRECISIONS  # no torch, no Dask: --help stays fast
+    from .infer.config import PRECISIONS, REST_FRAME_MODES  # no torch, no Dask: --help is fast
 
     # --debug is accepted before or after the subcommand; SUPPRESS keeps a subcommand's unset
     # option from overwriting the top-level one
@@ -510,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", type=_positive_int, default=None,
                    help="ensemble members per network to use (default: all; 1 is fastest and "
                         "leaves the per-epoch _err columns NaN)")
+    p.add_argument("--rest-frame", choices=REST_FRAME_MODES, default=None,
+                   help="measure and remove each spectrum's bulk radial velocity (rv_bulk) "
+                        "before the networks: auto (default) as the models were trained, on, off")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute everything, replacing what --out holds (default: continue "
                         "an earlier run with the same inputs and settings)")
@@ -540,6 +572,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test", type=_positive_int, default=None)
     p.add_argument("--permutations", type=_positive_int, default=1000)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = command(sub, "real-sky", help="the real-sky validation: real Gaia spectra at any shift, "
+                                      "PHOENIX singles and SB2s rendered independently, noise")
+    p.add_argument("--models", default=None, help="model directory (default: the shipped models)")
+    p.add_argument("--out", default="real-sky-report", help="report directory")
+    p.add_argument("--gaia-dir", default="../shared/data/gaia_rvs",
+                   help="real Gaia DR3 DataLink CSV spectra (default ../shared/data/gaia_rvs)")
+    p.add_argument("--phoenix-dir", default="../shared/data/phoenix",
+                   help="PHOENIX log-λ FITS files (default ../shared/data/phoenix)")
+    p.add_argument("--rest-frame", choices=REST_FRAME_MODES, default="auto",
+                   help="as for infer (default auto)")
+    p.set_defaults(func=_cmd_real_sky)
 
     p = command(sub, "demo", help="the main job on the embedded defaults: mock catalogue "
                                    "(+ real spectra if present) -> shipped models -> Parquet")

@@ -18,7 +18,7 @@ from sb2dask.devices import resolve_device
 from sb2dask.infer.flags import QualityFlag
 from sb2dask.infer.config import InferenceConfig
 from sb2dask.infer.predict import get_model_set, predict_partition
-from sb2dask.infer.preprocess import CONTINUUM_REGIONS, preprocess
+from sb2dask.observe.preprocess import CONTINUUM_REGIONS, preprocess
 from sb2dask.infer.readers import read_catalogue
 from sb2dask.infer.readers.base import RVS_WAVE
 from sb2dask.infer.schema import arrow_schema, empty_frame, load_schema

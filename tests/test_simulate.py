@@ -17,7 +17,7 @@ from sb2dask.simulate.systems import draw_systems
 
 @pytest.fixture(scope="module")
 def cfg():
-    return SimulationConfig(seed=123)
+    return SimulationConfig.paper(seed=123)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from ..provenance import package_versions, utc_now
 from ..simulate.config import SimulationConfig
 from ..simulate.simulator import simulator_for
 
-__all__ = ["FORMAT_VERSION", "SplitSpec", "generate", "simulate_chunk", "chunk_status",
+__all__ = ["measure_rv_bulk", "FORMAT_VERSION", "SplitSpec", "generate", "simulate_chunk", "chunk_status",
            "store_metadata"]
 
 #: 2: completion records in the ``chunk_sha256`` array (1: files in ``.sb2dask-done/``).
@@ -62,7 +62,23 @@ def simulate_chunk(config: SimulationConfig, start: int, stop: int) -> tuple[np.
 
     lib, sampler, renderer = simulator_for(config)
     labels, interp, noise = draw_systems(lib, config, np.arange(start, stop), sampler=sampler)
-    return renderer.render(labels, interp, noise), labels
+    flux = renderer.render(labels, interp, noise)
+    if not config.realism.is_paper:
+        labels["rv_bulk"] = measure_rv_bulk(config.wave, flux)
+    return flux, labels
+
+
+def measure_rv_bulk(wave: np.ndarray, flux: np.ndarray) -> np.ndarray:
+    """The bulk velocities [km/s] inference will measure on these observed spectra (the same
+    preprocessing and estimator), float32 (n,); NaN for spectra inference would not use."""
+    from ..observe.preprocess import preprocess
+    from ..observe.rv_bulk import estimate_rv
+
+    pre = preprocess([wave] * len(flux), list(flux), None, wave)
+    rv = np.full(len(flux), np.nan, dtype=np.float32)
+    if pre.usable.any():
+        rv[pre.usable] = estimate_rv(wave, pre.flux[pre.usable]).rv
+    return rv
 
 
 def _write_chunk(out: str, config_dict: dict, c: int, chunk: int, n: int) -> dict:

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SplitData", "load_split", "split_indices", "store_fingerprint"]
+__all__ = ["SplitData", "FRAMES", "load_split", "network_inputs", "split_indices", "store_frame",
+           "store_fingerprint"]
+
+#: How spectra are framed for the networks: ``rest`` as stored (the paper's stars sit at rest),
+#: ``rv_bulk`` resampled into the frame of the bulk velocity that inference measures.
+FRAMES = ("rest", "rv_bulk")
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,7 @@ class SplitData:
     labels: dict  # name -> (n,) or (n, 2)
     index: np.ndarray  # global row indices
     wave: np.ndarray
+    frame: str = "rest"  # one of FRAMES: how ``flux`` was prepared
 
 
 def split_indices(store: str | Path, split: str, member: int = 0,
@@ -48,10 +54,42 @@ def split_indices(store: str | Path, split: str, member: int = 0,
     return pooled[in_val] if split == "validation" else pooled[~in_val]
 
 
-def load_split(store: str | Path, index: np.ndarray, fields=None) -> SplitData:
-    """Read rows ``index`` (sorted) of a store: flux and the requested label fields."""
+def store_frame(store: str | Path) -> str:
+    """The frame a store's spectra are meant to be seen in: ``rv_bulk`` for stores simulated with
+    survey realism (stars at any systemic velocity; the factory recorded ``rv_bulk``), ``rest``
+    for the paper's recipe."""
+    from ..simulate.config import SimulationConfig
+    from .factory import store_metadata
+
+    cfg = SimulationConfig.from_dict(store_metadata(store)["config"])
+    return "rest" if cfg.realism.is_paper else "rv_bulk"
+
+
+def network_inputs(flux: np.ndarray, wave: np.ndarray, rv_bulk: np.ndarray | None = None,
+                   batch: int = 4096) -> np.ndarray:
+    """Stored spectra as the networks see them at inference: missing pixels filled and, with
+    ``rv_bulk`` (n,) [km/s], resampled into that frame (:func:`sb2dask.observe.preprocess`).
+    float32 (n, n_pix)."""
+    from ..observe.preprocess import preprocess
+
+    out = np.empty(flux.shape, dtype=np.float32)
+    for s in range(0, len(flux), batch):
+        rows = flux[s:s + batch]
+        rv = None if rv_bulk is None else np.nan_to_num(rv_bulk[s:s + batch])
+        out[s:s + len(rows)] = preprocess([wave] * len(rows), list(rows), None, wave,
+                                          rv_kms=rv).flux
+    return out
+
+
+def load_split(store: str | Path, index: np.ndarray, fields=None,
+               frame: str | None = None) -> SplitData:
+    """Read rows ``index`` (sorted) of a store: the networks' inputs in ``frame`` (one of
+    :data:`FRAMES`; default: :func:`store_frame`) and the requested label fields."""
     import zarr
 
+    frame = frame or store_frame(store)
+    if frame not in FRAMES:
+        raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
     root = zarr.open_group(str(store), mode="r")
     index = np.asarray(index, dtype=np.int64)
     if index.size and np.all(np.diff(index) == 1):
@@ -63,8 +101,26 @@ def load_split(store: str | Path, index: np.ndarray, fields=None) -> SplitData:
         flux = root["flux"][lo:hi][index - lo]
         labels = {k: root["labels"][k][lo:hi][index - lo]
                   for k in (fields or root["labels"].array_keys())}
-    return SplitData(flux=np.ascontiguousarray(flux, dtype=np.float32), labels=labels,
-                     index=index, wave=root["wave"][...])
+    wave = root["wave"][...]
+    flux = np.ascontiguousarray(flux, dtype=np.float32)
+    if frame == "rv_bulk":
+        if "rv_bulk" in labels:
+            rv = labels["rv_bulk"]
+        elif "rv_bulk" in root["labels"]:
+            rv = _rows_of(root["labels"]["rv_bulk"], index)
+        else:  # a store of the paper's recipe: measure as inference would
+            from .factory import measure_rv_bulk
+
+            rv = measure_rv_bulk(wave, flux)
+        flux = network_inputs(flux, wave, rv)
+    elif not np.isfinite(flux).all():
+        flux = network_inputs(flux, wave)
+    return SplitData(flux=flux, labels=labels, index=index, wave=wave, frame=frame)
+
+
+def _rows_of(array, index: np.ndarray) -> np.ndarray:
+    lo, hi = int(index.min()), int(index.max()) + 1
+    return array[lo:hi][index - lo]
 
 
 def store_fingerprint(store: str | Path) -> dict:

@@ -28,8 +28,9 @@ def _predict_split(store, model_dir, split: str, max_n: int | None, fields):
     idx = split_indices(store, split)
     if max_n:
         idx = idx[:max_n]
-    data = load_split(store, idx, fields)
     models = get_model_set(InferenceConfig(model_dir=model_dir))
+    # the spectra as inference would hand them to these models (rest frame or rv_bulk frame)
+    data = load_split(store, idx, fields, frame=models.frame)
     if not np.allclose(models.wave, data.wave):
         raise ValueError(f"{store}: its pixel grid differs from the models' grid")
     t0 = time.perf_counter()

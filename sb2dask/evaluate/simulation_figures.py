@@ -62,7 +62,7 @@ def rv_curves(config: SimulationConfig, index: int | None = None, n_epochs: int 
     rng = np.random.default_rng([config.seed, int(lab["seed"] % 2 ** 32), 1])
     t = np.sort(rng.uniform(0.0, baseline_days, n_epochs))
     phase = (float(lab["phase"]) + t / float(lab["period"])) % 1.0
-    rv1, rv2 = radial_velocities(lab["k"][0], lab["k"][1], phase, config.gamma)
+    rv1, rv2 = radial_velocities(lab["k"][0], lab["k"][1], phase, float(lab["gamma"]))
     return dict(t=t, phase=phase, rv=np.stack([rv1, rv2], axis=1), labels=lab)
 
 

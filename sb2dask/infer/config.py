@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..config import ConfigMixin
 
-__all__ = ["InferenceConfig", "PRECISIONS"]
+__all__ = ["InferenceConfig", "PRECISIONS", "REST_FRAME_MODES"]
 
 #: Arithmetic of the forward passes. ``fp32`` reproduces the evaluation in docs/models.md;
 #: ``bf16`` (autocast: convolutions and matrix products in bfloat16, accumulation and the label
@@ -24,6 +24,10 @@ __all__ = ["InferenceConfig", "PRECISIONS"]
 #: AMX (docs/inference.md) and moves predictions by far less than their errors
 #: (benchmarks/bench_infer.py).
 PRECISIONS = ("fp32", "bf16")
+
+#: Whether each spectrum's bulk radial velocity is measured and removed before the networks:
+#: ``auto`` does what the models were trained for (their manifests' ``training.frame``).
+REST_FRAME_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,11 @@ class InferenceConfig(ConfigMixin):
     max_nan_fraction : float
         A spectrum with more than this fraction of its model-grid pixels missing is unusable
         (``QualityFlag.TOO_MANY_NAN``).
+    rest_frame : str
+        One of :data:`REST_FRAME_MODES`. ``on`` measures each spectrum's bulk radial velocity
+        (:func:`sb2dask.observe.rv_bulk.estimate_rv`, the ``rv_bulk`` column) and resamples the
+        spectrum into that frame; ``off`` takes spectra as in their rest frame; ``auto`` follows
+        the models (on for models trained in that frame, off for the paper's, trained at rest).
     """
 
     model_dir: str | None = None
@@ -60,6 +69,7 @@ class InferenceConfig(ConfigMixin):
     members: int | None = None
     partition_rows: int | None = None
     max_nan_fraction: float = 0.2
+    rest_frame: str = "auto"
 
     def __post_init__(self):
         if self.model_dir is not None:
@@ -74,5 +84,8 @@ class InferenceConfig(ConfigMixin):
             if isinstance(v, bool) or not isinstance(v, Integral) or v < 1:
                 raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
             object.__setattr__(self, name, int(v))
+        if self.rest_frame not in REST_FRAME_MODES:
+            raise ValueError(f"rest_frame must be one of {REST_FRAME_MODES}, got "
+                             f"{self.rest_frame!r}")
         if not 0.0 <= self.max_nan_fraction <= 1.0:
             raise ValueError(f"max_nan_fraction must lie in [0, 1], got {self.max_nan_fraction}")

@@ -20,9 +20,11 @@ from ..devices import resolve_device
 from ..models.io import ModelFileError, load_feature_statistics, load_model, mahalanobis
 from ..models.predict import sort_pairs
 from ..runtime import tune_process
+from ..observe.flags import QualityFlag
+from ..observe.preprocess import preprocess
+from ..observe.rv_bulk import estimate_rv
 from .config import PRECISIONS, InferenceConfig
-from .flags import BoundaryFlag, QualityFlag
-from .preprocess import preprocess
+from .flags import BoundaryFlag
 from .schema import empty_frame
 
 __all__ = ["PARAMETERS", "PRECISIONS", "DEFAULT_MODEL_DIR", "ModelSet", "get_model_set",
@@ -91,6 +93,12 @@ class ModelSet:
         first = self.members["teff"][0][1]
         self.wave = np.asarray(first.wave)
         self.training = first.training
+        frames = {m.training.get("frame", "rest") for ms in self.members.values() for _, m in ms}
+        if len(frames) != 1:
+            raise ModelFileError(f"{self.directory}: models trained in different frames "
+                                 f"{sorted(frames)}; a model set must share one")
+        #: how the models' training spectra were framed: "rest" or "rv_bulk"
+        self.frame = frames.pop()
         self.feature_stats = load_feature_statistics(first, self.directory)
         self.manifests = {t: [m.to_dict() for _, m in ms] for t, ms in self.members.items()}
         self.lock = threading.Lock()  # one forward pass at a time per process (torch threads)
@@ -106,6 +114,11 @@ class ModelSet:
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
+
+    def uses_rest_frame(self, mode: str = "auto") -> bool:
+        """Whether inference removes each spectrum's bulk velocity (``mode`` one of
+        :data:`~sb2dask.infer.config.REST_FRAME_MODES`; ``auto``: as the models were trained)."""
+        return mode == "on" or (mode == "auto" and self.frame == "rv_bulk")
 
     def predict(self, flux: np.ndarray, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Ensemble predictions for spectra on :attr:`wave` (float32 ``(n, n_pix)``).
@@ -209,6 +222,11 @@ def get_model_set(config: InferenceConfig | None = None) -> ModelSet:
 def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -> pd.DataFrame:
     """One output row per input spectrum: the pure core that ``map_partitions`` maps.
 
+    With ``config.rest_frame`` on (``auto``: when the models were trained so) each spectrum's bulk
+    radial velocity is measured (:func:`sb2dask.observe.rv_bulk.estimate_rv`, reported as
+    ``rv_bulk``) and removed before the networks see it; off, spectra are taken to be in their
+    rest frame already.
+
     ``df`` has the reader schema (source_id, epoch_id, wave, flux, flux_error, file, row,
     read_flags); the result has the schema of ``catalogs/epoch_parameters.yaml``. ``config``
     names the models and how they run (default: the shipped models, ``InferenceConfig()``).
@@ -219,8 +237,15 @@ def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -
         return out
     models = get_model_set(config)
     errors = list(df["flux_error"]) if "flux_error" in df else None
-    pre = preprocess(list(df["wave"]), list(df["flux"]), errors, models.wave,
-                     config.max_nan_fraction)
+    waves, fluxes = list(df["wave"]), list(df["flux"])
+    pre = preprocess(waves, fluxes, errors, models.wave, config.max_nan_fraction)
+    rv_bulk = np.full(len(df), np.nan)
+    if models.uses_rest_frame(config.rest_frame) and pre.usable.any():
+        # measure each spectrum's bulk velocity, then resample it again, into that frame, from
+        # the observed pixels (one interpolation, not two)
+        rv_bulk[pre.usable] = estimate_rv(models.wave, pre.flux[pre.usable]).rv
+        pre = preprocess(waves, fluxes, errors, models.wave, config.max_nan_fraction,
+                         rv_kms=np.nan_to_num(rv_bulk))
     qflags = pre.quality_flags.copy()
     read_flags = df["read_flags"].to_numpy(np.int32) if "read_flags" in df else np.zeros(len(df),
                                                                                            np.int32)
@@ -247,6 +272,7 @@ def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -
         for c in (0, 1):
             out[f"{k}_{c + 1}"] = pred[k][:, c].astype(np.float32)
             out[f"{k}_{c + 1}_err"] = pred[f"{k}_err"][:, c].astype(np.float32)
+    out["rv_bulk"] = rv_bulk.astype(np.float32)
     out["snr_estimate"] = pre.snr_estimate
     out["nan_fraction"] = pre.nan_fraction
     out["ood_distance"] = pred["ood_distance"].astype(np.float32)

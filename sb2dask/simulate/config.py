@@ -10,6 +10,7 @@ from ..config import ConfigMixin
 from ..gaia import RVS_N_PIX, RVS_WAVE_END_NM, RVS_WAVE_START_NM
 from ..labels import TABLE1_RANGES
 from ..library.base import RVS_WINDOW
+from .realism import Realism
 
 __all__ = ["SimulationConfig", "OUTPUT_GRIDS", "DEFAULT_OUTPUT_GRID", "output_wave"]
 
@@ -78,6 +79,14 @@ class SimulationConfig(ConfigMixin):
         runs past the red end of Gaia DR3 spectra.
     working_dv : float
         Velocity step [km/s] of the internal ln(λ) grid on which broadening and shifts are applied.
+    gamma : float
+        A constant systemic velocity [km/s] added to every spectrum (on top of
+        ``realism.systemic_velocity``).
+    realism : Realism
+        Survey and astrophysical nuisances drawn per spectrum (:mod:`sb2dask.simulate.realism`):
+        systemic velocity, resolving power, continuum errors, line-depth and Ca II scaling,
+        correlated Gaia-like noise, gaps. The default randomises them as measured on real Gaia
+        spectra; :meth:`paper` gives the paper's recipe (everything fixed, stars at rest).
     """
 
     library: str = "embedded"
@@ -95,6 +104,7 @@ class SimulationConfig(ConfigMixin):
     working_dv: float = 1.0
     binary_fraction: float = 1.0
     seed: int = 20250717
+    realism: Realism = Realism()
 
     def __post_init__(self):
         for f in fields(self):
@@ -110,6 +120,38 @@ class SimulationConfig(ConfigMixin):
         if self.vsini_range[0] < 0 or self.k_sum_range[0] < 0:
             raise ValueError("vsini_range and k_sum_range must be non-negative")
         output_wave(self.output_grid)
+        if isinstance(self.realism, dict):
+            object.__setattr__(self, "realism", Realism.from_dict(self.realism))
+        if not isinstance(self.realism, Realism):
+            raise ValueError(f"realism must be a Realism or a dict, got {self.realism!r}")
+        # The renderer shifts spectra on a circular ln-λ grid that spans the library: a shift
+        # must stay inside the margin between the library's and the output's blue edges.
+        v_max = (abs(self.gamma) + max(abs(v) for v in self.realism.systemic_velocity)
+                 + self.k_sum_range[1])
+        if v_max > 600.0:
+            raise ValueError(f"|gamma| + systemic_velocity + K1+K2 reach {v_max:.0f} km/s; the "
+                             "renderer supports radial velocities up to 600 km/s")
+
+    @classmethod
+    def paper(cls, **changes) -> SimulationConfig:
+        """The recipe of Binnenfeld et al. (2025): every star at rest (γ = 0), one resolving
+        power, white sqrt(flux) noise, the library's line strengths and continuum."""
+        res = changes.get("resolution", cls.__dataclass_fields__["resolution"].default)
+        return cls(**{"realism": Realism.paper(res), **changes})
+
+    def to_dict(self) -> dict:
+        d = ConfigMixin.to_dict(self)
+        d["realism"] = self.realism.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SimulationConfig:
+        d = dict(d)
+        # stores written before the realism settings existed used the paper's recipe
+        d["realism"] = (Realism.from_dict(d["realism"]) if "realism" in d
+                        else Realism.paper(d.get("resolution",
+                                                 cls.__dataclass_fields__["resolution"].default)))
+        return ConfigMixin.from_dict.__func__(cls, d)
 
     @property
     def wave(self) -> np.ndarray:

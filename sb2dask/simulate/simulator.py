@@ -10,7 +10,7 @@ __all__ = ["simulator_for"]
 #: The SimulationConfig fields the library, sampler and renderer are built from; the others
 #: (seed, binary fraction, orbit and S/N ranges, gamma) are only read when drawing systems.
 _BUILD_FIELDS = ("library", "teff_range", "logg_range", "feh_range", "vsini_range",
-                 "working_dv", "resolution", "output_grid", "limb_darkening")
+                 "working_dv", "resolution", "output_grid", "limb_darkening", "realism")
 
 _CACHE: dict = {}
 

@@ -19,6 +19,8 @@ from ..library.base import SpectralLibrary
 from ..constants import C_KMS
 from .broadening import doppler_shift_ft, gaussian_lsf_ft, rotation_kernel_ft
 from .config import SimulationConfig
+from .realism import (NUISANCE_FIELDS, continuum_factor, correlated_unit_noise, gap_mask,
+                      noise_sigma, scale_line_depths)
 
 __all__ = ["SpectrumRenderer"]
 
@@ -41,10 +43,12 @@ class SpectrumRenderer:
         self.x = x0 + self.dv * np.arange(self.n_work)
         self.wave_work = np.exp(self.x / C_KMS)
         freq = np.fft.rfftfreq(self.n_work, d=self.dv)
-        lsf = gaussian_lsf_ft(freq, config.resolution)
-        self.n_freq = int(np.flatnonzero(lsf > 1e-12)[-1]) + 1
+        # the sharpest LSF a spectrum may get decides which frequencies carry anything
+        r_max = max(config.resolution, config.realism.resolution[1])
+        self.n_freq = int(np.flatnonzero(gaussian_lsf_ft(freq, r_max) > 1e-12)[-1]) + 1
         self.freq = freq[: self.n_freq]
-        self.lsf = lsf[: self.n_freq]
+        self.lsf = gaussian_lsf_ft(self.freq, config.resolution)
+        self.out_wave = np.asarray(config.wave, dtype=np.float64)
 
         out_wave = config.wave
         if out_wave[0] < self.wave_work[0] or out_wave[-1] > self.wave_work[-1]:
@@ -76,6 +80,7 @@ class SpectrumRenderer:
         vsini = np.nan_to_num(labels["vsini"].astype(np.float64))
         rv = np.nan_to_num(labels["rv"].astype(np.float64))
         eps = self.config.limb_darkening
+        paper = self.config.realism.is_paper
         for s in range(0, n, batch):
             e = min(n, s + batch)
             ft = np.zeros((e - s, self.n_freq), dtype=np.complex128)
@@ -88,11 +93,34 @@ class SpectrumRenderer:
                 comp *= rotation_kernel_ft(self.freq, vsini[s:e, c], eps)
                 comp *= doppler_shift_ft(self.freq, rv[s:e, c])
                 ft += frac[s:e, c, None] * comp
-            ft *= self.lsf
+            if paper:
+                ft *= self.lsf
+            else:
+                ft *= gaussian_lsf_ft(self.freq, labels["resolution"][s:e, None].astype(
+                    np.float64))
             depth = np.fft.irfft(ft, n=self.n_work, axis=-1)
             obs = 1.0 - ((1.0 - self._f) * depth[:, self._i0] + self._f * depth[:, self._i0 + 1])
-            if noise is not None:
-                snr = labels["snr"][s:e, None].astype(np.float64)
-                obs = obs + noise[s:e] * np.sqrt(np.clip(obs, 0.0, None)) / snr
+            snr = labels["snr"][s:e, None].astype(np.float64)
+            if paper:
+                if noise is not None:
+                    obs = obs + noise[s:e] * np.sqrt(np.clip(obs, 0.0, None)) / snr
+            else:
+                obs = self._nuisances(obs, labels, s, e, rv, frac,
+                                      None if noise is None else noise[s:e])
             out[s:e] = obs
         return out
+
+    def _nuisances(self, obs, labels, s, e, rv, frac, noise):
+        """Line-depth and Ca II scaling, continuum error, correlated noise and gaps
+        (:mod:`sb2dask.simulate.realism`) for rows ``s:e``."""
+        lab = {k: labels[k][s:e] for k in NUISANCE_FIELDS}
+        centre = (rv[s:e] * frac[s:e]).sum(axis=1) / np.maximum(frac[s:e].sum(axis=1), 1e-12)
+        obs = scale_line_depths(obs, self.out_wave, lab["weak_line_scale"], lab["ca_ii_scale"],
+                                rv=centre)
+        obs = obs * continuum_factor(self.out_wave, lab["continuum_offset"],
+                                     lab["continuum_c1"], lab["continuum_c2"])
+        if noise is not None:
+            sigma = noise_sigma(obs, labels["snr"][s:e], lab["noise_exponent"])
+            obs = obs + sigma * correlated_unit_noise(noise, lab["noise_correlation"])
+        missing = gap_mask(obs.shape[1], lab["gap_start"], lab["gap_width"])
+        return np.where(missing, np.nan, obs)

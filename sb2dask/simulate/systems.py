@@ -15,6 +15,7 @@ from ..labels import DESCRIPTIONS, PARAMETERS, UNITS
 from ..library.base import CONTINUUM_REFERENCE_WAVE, SpectralLibrary
 from .config import SimulationConfig
 from .orbits import k_sum_max, radial_velocities, semi_amplitudes
+from .realism import NUISANCE_FIELDS, draw_realism
 
 __all__ = ["LABEL_FIELDS", "GridSampler", "spectrum_seed", "draw_systems"]
 
@@ -41,6 +42,9 @@ LABEL_FIELDS = {
     "snr": ((), "f4", "", "continuum signal-to-noise ratio per pixel"),
     "is_binary": ((), "?", "", "True for SB2 systems, False for single stars"),
     "seed": ((), "u8", "", "per-spectrum random seed"),
+    **{k: ((), dt, unit, desc) for k, (dt, unit, desc) in NUISANCE_FIELDS.items()},
+    "rv_bulk": ((), "f4", "km/s", "bulk radial velocity measured by the inference estimator "
+                "(sb2dask.observe.rv_bulk) on the observed spectrum; NaN if not measured"),
 }
 
 
@@ -150,6 +154,14 @@ def draw_systems(library: SpectralLibrary, config: SimulationConfig, index: np.n
     noise = np.empty((n, n_out), dtype=np.float32)
     for r, seed in enumerate(seeds):
         rng = np.random.default_rng(int(seed))
+        # the nuisances come from a second stream of the same seed, so the paper's draws (and
+        # its spectra) are unchanged by them
+        nuisance = draw_realism(np.random.default_rng([int(seed), 1]), config.realism, n_out)
+        if config.realism.is_paper:  # rendered with config.resolution, so recorded as such
+            nuisance["resolution"] = config.resolution
+        gamma = config.gamma + nuisance["gamma"]
+        for key, val in nuisance.items():
+            out[key][r] = gamma if key == "gamma" else val
         binary = bool(rng.random() < config.binary_fraction)
         stars = [sampler.draw_star(rng) for _ in range(2 if binary else 1)]
         vsini = [rng.uniform(*config.vsini_range) for _ in stars]
@@ -170,13 +182,13 @@ def draw_systems(library: SpectralLibrary, config: SimulationConfig, index: np.n
                 raise RuntimeError(f"no period in {config.period_range} d reaches K1+K2={k_sum}")
             phase = rng.random()
             k1, k2 = semi_amplitudes(k_sum, masses[0], masses[1])
-            rv1, rv2 = radial_velocities(k1, k2, phase, config.gamma)
+            rv1, rv2 = radial_velocities(k1, k2, phase, gamma)
             rvs, ks = [float(rv1), float(rv2)], [float(k1), float(k2)]
             out["k_sum"][r], out["period"][r] = k_sum, period
             out["inclination"][r] = np.degrees(np.arcsin(sin_i))
             out["phase"][r], out["rv_separation"][r] = phase, abs(rv1 - rv2)
         else:
-            rvs, ks = [config.gamma], [0.0]
+            rvs, ks = [gamma], [0.0]
         out["snr"][r] = rng.uniform(*config.snr_range)
         noise[r] = rng.standard_normal(n_out)
         order = sorted(range(len(stars)), key=lambda c: (stars[c].teff, c))

@@ -140,7 +140,7 @@ def temperature_inputs(manifests: list[str | Path], flux: np.ndarray, device,
 
 def _rows(data: SplitData, keep: np.ndarray) -> SplitData:
     return SplitData(data.flux[keep], {k: v[keep] for k, v in data.labels.items()},
-                     data.index[keep], data.wave)
+                     data.index[keep], data.wave, data.frame)
 
 
 def load_data(cfg: TrainConfig, store: str | Path) -> tuple[SplitData, SplitData]:
@@ -430,7 +430,7 @@ def build_manifest(cfg: TrainConfig, store: str | Path, data: FitData,
         wave=tuple(train.wave), scaling=data.scaling,
         temperature_scaling=data.temperature_scaling if data.t_train is not None else None,
         member=cfg.member, seed=cfg.seed, training_set=store_fingerprint(store),
-        training=dict(config=cfg.to_dict(), n_train=len(data.y_train),
+        training=dict(config=cfg.to_dict(), frame=data.train.frame, n_train=len(data.y_train),
                       n_validation=len(data.y_val),
                       temperature_models=[str(p) for p in temperature_models],
                       label_limits=label_limits(train.labels),

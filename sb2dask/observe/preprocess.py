@@ -45,8 +45,10 @@ def _continuum_mask(wave: np.ndarray) -> np.ndarray:
 
 
 def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
-              model_wave: np.ndarray, max_nan_fraction: float):
-    """Preprocess rows that share one input grid ``wave``."""
+              model_wave: np.ndarray, max_nan_fraction: float,
+              factor: np.ndarray | None = None):
+    """Preprocess rows that share one input grid ``wave``; ``factor`` (n,) are Doppler factors
+    λ_obs / λ_rest to undo while resampling (None: no shift)."""
     n = flux.shape[0]
     flags = np.zeros(n, dtype=np.int32)
     out = np.ones((n, len(model_wave)), dtype=np.float32)
@@ -60,12 +62,15 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
     if wave[0] > model_wave[0] + 1e-6 or wave[-1] < model_wave[-1] - 1e-6:
         flags |= int(QualityFlag.WAVE_COVERAGE)
         return out, flags, nan_frac, snr
-    # only pixels that matter for the model window (plus one neighbour each side)
-    lo = max(0, int(np.searchsorted(wave, model_wave[0])) - 1)
-    hi = min(len(wave), int(np.searchsorted(wave, model_wave[-1], side="right")) + 1)
+    # only pixels that matter for the model window (plus one neighbour each side); the missing-
+    # pixel statistics refer to the model window itself
+    d_lo, d_hi = (1.0, 1.0) if factor is None else (min(1.0, factor.min()), max(1.0, factor.max()))
+    lo = max(0, int(np.searchsorted(wave, model_wave[0] * d_lo)) - 1)
+    hi = min(len(wave), int(np.searchsorted(wave, model_wave[-1] * d_hi, side="right")) + 1)
     w, f = wave[lo:hi], flux[:, lo:hi].astype(np.float64)
     bad = ~np.isfinite(f)
-    nan_frac = bad.mean(axis=1).astype(np.float32)
+    in_window = (w >= model_wave[0]) & (w <= model_wave[-1])
+    nan_frac = bad[:, in_window].mean(axis=1).astype(np.float32)
     f = np.where(bad, np.nan, f)
     all_null = bad.all(axis=1)
     flags[all_null] |= int(QualityFlag.ALL_NULL)
@@ -83,11 +88,26 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
     f = np.where(bad, q3[:, None], f)
     flags[np.nanmin(np.where(bad, np.inf, f), axis=1) < -0.05] |= int(QualityFlag.NEGATIVE_FLUX)
     flags[np.isfinite(cmed) & (np.abs(cmed - 1.0) > 0.1)] |= int(QualityFlag.NOT_NORMALISED)
-    # Linear interpolation as a gather, shared by all rows of this grid.
-    pos = np.interp(model_wave, w, np.arange(len(w), dtype=np.float64))
-    i0 = np.clip(np.floor(pos).astype(np.int64), 0, len(w) - 2)
-    t = pos - i0
-    out[:] = (1.0 - t) * f[:, i0] + t * f[:, i0 + 1]
+    if factor is None:
+        # Linear interpolation as a gather, shared by all rows of this grid.
+        pos = np.interp(model_wave, w, np.arange(len(w), dtype=np.float64))
+        i0 = np.clip(np.floor(pos).astype(np.int64), 0, len(w) - 2)
+        t = pos - i0
+        out[:] = (1.0 - t) * f[:, i0] + t * f[:, i0 + 1]
+    else:
+        # The rest-frame spectrum at λ is the observed one at λ·D; what falls off the observed
+        # grid is filled like a missing pixel (the continuum's Q3).
+        x = model_wave[None, :] * factor[:, None]
+        pos = np.interp(x.ravel(), w, np.arange(len(w), dtype=np.float64)).reshape(x.shape)
+        i0 = np.clip(np.floor(pos).astype(np.int64), 0, len(w) - 2)
+        t = pos - i0
+        rows = np.arange(n)[:, None]
+        shifted = (1.0 - t) * f[rows, i0] + t * f[rows, i0 + 1]
+        outside = (x < w[0]) | (x > w[-1])
+        out[:] = np.where(outside, q3[:, None], shifted)
+        edge = outside.any(axis=1)
+        flags[edge] |= int(QualityFlag.NAN_FILLED)
+        nan_frac = np.maximum(nan_frac, outside.mean(axis=1).astype(np.float32))
     if err is not None:
         e = err[:, lo:hi].astype(np.float64)
         with np.errstate(all="ignore"):
@@ -103,7 +123,8 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
 
 
 def preprocess(waves: list[np.ndarray], fluxes: list[np.ndarray], errors: list | None,
-               model_wave: np.ndarray, max_nan_fraction: float = 0.2) -> Preprocessed:
+               model_wave: np.ndarray, max_nan_fraction: float = 0.2,
+               rv_kms: np.ndarray | None = None) -> Preprocessed:
     """Bring spectra onto ``model_wave``.
 
     Parameters
@@ -113,6 +134,9 @@ def preprocess(waves: list[np.ndarray], fluxes: list[np.ndarray], errors: list |
     errors : list of 1-D arrays or None (per row or overall)
     model_wave : the model's input grid [Å]
     max_nan_fraction : above this fraction of missing pixels a spectrum is unusable
+    rv_kms : (n,) radial velocities [km/s] to remove, optional
+        Each spectrum is resampled into the frame moving at its velocity (its rest frame when
+        the velocity is the star's); pixels that then fall off the observed grid are filled.
     """
     n = len(fluxes)
     model_wave = np.asarray(model_wave, dtype=np.float64)
@@ -136,7 +160,12 @@ def preprocess(waves: list[np.ndarray], fluxes: list[np.ndarray], errors: list |
             errs = [errors[i] for i in rows]
             if all(x is not None and len(x) == f.shape[1] for x in errs):
                 e = np.stack([np.asarray(x, dtype=np.float64) for x in errs])
+        factor = None
+        if rv_kms is not None:
+            from .rv_bulk import velocity_to_factor
+
+            factor = velocity_to_factor(np.nan_to_num(np.asarray(rv_kms, float)[rows]))
         o, fl, nf, s = _one_grid(np.asarray(w, dtype=np.float64), f, e, model_wave,
-                                 max_nan_fraction)
+                                 max_nan_fraction, factor)
         flux_out[rows], flags[rows], nan_frac[rows], snr[rows] = o, fl, nf, s
     return Preprocessed(flux_out, flags, nan_frac, snr)

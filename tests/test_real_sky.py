@@ -1,0 +1,108 @@
+"""The real-sky suite's independent rendering path and its report, on small inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sb2dask.constants import C_KMS
+from sb2dask.evaluate import real_sky as rs
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PHOENIX = SHARED / "phoenix"
+GAIA = SHARED / "gaia_rvs"
+
+
+def _line(wave, centre, depth=0.5, width=0.3):
+    return 1.0 - depth * np.exp(-0.5 * ((wave - centre) / width) ** 2)
+
+
+def test_shift_moves_a_line_by_the_doppler_factor_and_blanks_the_edge():
+    wave = np.linspace(8460.0, 8700.0, 2401)
+    flux = _line(wave, 8542.09)
+    moved, _ = rs.shift_on_fixed_grid(wave, flux, 100.0)
+    got = wave[np.nanargmin(moved)]
+    want = 8542.09 * rs.doppler_factor_rel(100.0)
+    assert abs(got - want) < 0.1 and abs(want - 8542.09 - 8542.09 * 100 / C_KMS) < 0.01
+    assert np.isnan(moved[:5]).all() and np.isfinite(moved[-5:]).all()  # redshift: blue edge
+
+
+def test_gaussian_lsf_gives_the_resolving_power():
+    ln_w = np.log(8500.0) + 1e-5 * np.arange(4001)
+    flux = np.ones_like(ln_w)
+    flux[2000] = 0.0  # a delta-function line: the output is the kernel itself
+    out = 1.0 - rs.gaussian_lsf(ln_w, flux, 11_500.0)
+    assert out.sum() == pytest.approx(1.0, rel=1e-6)
+    half = np.where(out >= out.max() / 2)[0]
+    fwhm_ln = (half[-1] - half[0] + 1) * 1e-5
+    assert fwhm_ln == pytest.approx(1 / 11_500.0, rel=0.08)
+
+
+def test_upper_envelope_recovers_a_tilted_continuum_under_lines():
+    wave = np.linspace(8460.0, 8700.0, 2401)
+    cont = 1.0 + 0.1 * (wave - 8580.0) / 120.0
+    lines = np.ones_like(wave)
+    for c in (8498.0, 8542.1, 8662.1):
+        lines *= _line(wave, c, depth=0.7, width=1.5)
+    rng = np.random.default_rng(1)
+    for c in rng.uniform(8465, 8695, 60):
+        lines *= _line(wave, c, depth=0.2, width=0.15)
+    env = rs.upper_envelope(wave, cont * lines)
+    assert np.max(np.abs(env / cont - 1.0)) < 0.01
+
+
+@pytest.mark.skipif(not PHOENIX.is_dir(), reason=f"PHOENIX files not found in {PHOENIX}")
+def test_phoenix_rendering_puts_ca_ii_at_its_air_wavelength_on_a_unit_continuum():
+    path = sorted(PHOENIX.glob("lte05800*.fits"))[0]
+    wave, flux, header = rs.read_phoenix_vacuum(path)
+    assert header["PHXTEFF"] == 5800.0 and wave[0] >= 8400.0
+    f, e = rs.render_phoenix([(wave, flux, 1.0, 0.0)], np.random.default_rng(0), snr=1e6)
+    air = rs._gaia_air()
+    core = (air > 8535) & (air < 8550)
+    assert abs(air[core][np.argmin(f[core])] - 8542.09) < 0.15  # Ca II 8542 in air
+    top = np.percentile(f, 95)
+    assert 0.98 < top < 1.02 and np.all(e == pytest.approx(1e-6))
+
+
+def test_suite_gives_one_row_per_case_and_judges_its_targets(tmp_path):
+    from model_fixtures import random_model_set
+
+    models = random_model_set(tmp_path / "models")
+    rng = np.random.default_rng(3)
+    air = rs._gaia_air()
+    wave = air.astype(float)
+    star = _line(wave, 8542.09) * _line(wave, 8662.14)
+    cases = [rs.RealSkyCase("fake Kepler-93 +0 km/s", "real", wave, star.astype(np.float32),
+                            None, dict(star="Kepler-93", shift_kms=0.0,
+                                       **rs.REAL_REFERENCES["Kepler-93"]))]
+    cases += rs._noise_cases(rng, n=2)
+    from sb2dask.infer.config import InferenceConfig
+
+    res = rs.run_suite(cases, InferenceConfig(model_dir=models))
+    assert list(res["case"]) == [c.case for c in cases] and len(res) == 4
+    s = rs.summarise(res)
+    assert set(s["counts"]) == {"real", "noise", "flat"}
+    t = s["targets"]["real singles: p_binary < 0.2 at every shift"]
+    assert t["value"] == pytest.approx(float(res.loc[0, "p_binary"]))
+    assert t["passed"] == (t["value"] < 0.2)
+    assert "Kepler-93 labels within 300 K / 0.3 / 0.3 dex" in s["targets"]
+    md = rs.write_report(res, s, tmp_path / "report", models="random")
+    assert "fake Kepler-93" in md.read_text()
+    assert json.loads((tmp_path / "report" / "real_sky.json").read_text())["n_cases"] == 4
+    assert (tmp_path / "report" / "real_sky.png").stat().st_size > 1000
+
+
+@pytest.mark.skipif(not GAIA.is_dir(), reason=f"real Gaia spectra not found in {GAIA}")
+def test_real_cases_cover_every_star_and_shift():
+    cases = rs._real_cases(GAIA)
+    stars = {c.truth["star"] for c in cases}
+    assert stars == {"Kepler-93", "KOI-001", "HD176650"}
+    assert len(cases) == 3 * len(rs.SHIFTS_KMS)
+    rest = [c for c in cases if c.truth["shift_kms"] == 0.0]
+    moved = [c for c in cases if c.truth["shift_kms"] == 300.0]
+    # the rest-frame case is the reader's spectrum itself; +300 km/s blanks the blue edge
+    assert all(np.isfinite(c.flux[100:-100]).all() for c in rest)
+    assert all(np.isnan(c.flux[:50]).all() for c in moved)

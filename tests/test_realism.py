@@ -1,0 +1,129 @@
+"""Domain-randomisation effects: each pure function against what it promises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sb2dask.simulate.realism import (CA_II_AIR, NUISANCE_FIELDS, Realism, continuum_factor,
+                                      correlated_unit_noise, draw_realism, gap_mask, noise_sigma,
+                                      scale_line_depths)
+
+WAVE = np.linspace(8457.7, 8697.6, 903)
+
+
+def test_paper_recipe_draws_nothing():
+    r = Realism.paper()
+    d = draw_realism(np.random.default_rng(0), r, WAVE.size)
+    assert set(d) == set(NUISANCE_FIELDS)
+    assert d["gamma"] == 0.0 and d["resolution"] == 11_500.0 and d["gap_start"] == -1
+    assert d["weak_line_scale"] == d["ca_ii_scale"] == 1.0 and d["noise_exponent"] == 0.5
+    assert r.is_paper and not Realism().is_paper
+    assert Realism.from_dict(r.to_dict()) == r
+
+
+def test_draws_stay_inside_their_ranges_and_depend_only_on_the_generator():
+    r = Realism()
+    draws = [draw_realism(np.random.default_rng(i), r, WAVE.size) for i in range(400)]
+    g = np.array([d["gamma"] for d in draws])
+    assert g.min() >= -300 and g.max() <= 300 and g.std() > 100
+    assert all(10_500 <= d["resolution"] <= 13_000 for d in draws)
+    active = np.mean([d["ca_ii_scale"] < 0.85 for d in draws])
+    assert 0.04 < active < 0.18  # active_fraction 0.1
+    gaps = [d for d in draws if d["gap_start"] >= 0]
+    assert 0.01 < len(gaps) / 400 < 0.1 and all(d["gap_start"] + d["gap_width"] <= WAVE.size
+                                                 for d in gaps)
+    assert draw_realism(np.random.default_rng(7), r, 903) == draw_realism(
+        np.random.default_rng(7), r, 903)
+
+
+def test_continuum_factor_is_smooth_and_has_the_requested_terms():
+    f = continuum_factor(WAVE, [0.01, 0.0], [0.0, 0.02], [0.0, 0.0])
+    assert np.allclose(f[0], 1.01)
+    assert f[1, 0] == pytest.approx(0.98) and f[1, -1] == pytest.approx(1.02)
+
+
+def test_line_depth_scaling_treats_ca_ii_cores_apart_from_weak_lines():
+    flux = np.full((1, WAVE.size), 0.8)
+    out = scale_line_depths(flux, WAVE, weak_scale=0.9, ca_ii_scale=0.5)
+    core = np.argmin(np.abs(WAVE - CA_II_AIR[1]))
+    far = np.argmin(np.abs(WAVE - 8600.0))
+    assert out[0, far] == pytest.approx(1 - 0.2 * 0.9)
+    assert out[0, core] == pytest.approx(1 - 0.2 * 0.5, abs=0.01)
+    moved = scale_line_depths(flux, WAVE, 0.9, 0.5, rv=np.array([100.0]))
+    shifted_core = np.argmin(np.abs(WAVE - CA_II_AIR[1] * (1 + 100 / 299792.458)))
+    assert moved[0, shifted_core] == pytest.approx(1 - 0.2 * 0.5, abs=0.01)
+    assert moved[0, core] > 0.95 * out[0, far]  # the rest-frame window is no longer scaled
+
+
+@pytest.mark.parametrize("length", [0.0, 0.5, 1.2])
+def test_correlated_noise_keeps_unit_variance_and_correlates_neighbours(length):
+    white = np.random.default_rng(1).standard_normal((1, 50_000))
+    x = correlated_unit_noise(white, length)[0]
+    assert x.std() == pytest.approx(1.0, rel=0.03)
+    lag1 = np.corrcoef(x[:-1], x[1:])[0, 1]
+    assert (abs(lag1) < 0.03) if length == 0 else (lag1 > 0.15)
+
+
+def test_noise_sigma_and_gaps():
+    flux = np.array([[1.0, 0.25]])
+    assert np.allclose(noise_sigma(flux, 50.0, 0.5), [[0.02, 0.01]])
+    assert np.allclose(noise_sigma(flux, 50.0, 0.0), [[0.02, 0.02]])
+    m = gap_mask(10, [2, -1], [3, 5])
+    assert m[0].tolist() == [False, False, True, True, True] + [False] * 5 and not m[1].any()
+
+
+def _render(cfg, n=6, noise=False):
+    from sb2dask.simulate.simulator import simulator_for
+    from sb2dask.simulate.systems import draw_systems
+
+    lib, sampler, renderer = simulator_for(cfg)
+    labels, interp, white = draw_systems(lib, cfg, np.arange(n), sampler=sampler)
+    return renderer.render(labels, interp, white if noise else None), labels
+
+
+def _neutral(**changes) -> Realism:
+    from dataclasses import replace
+
+    return replace(Realism.paper(), **changes)
+
+
+def test_the_randomised_path_with_neutral_nuisances_reproduces_the_paper_recipe():
+    from sb2dask.simulate.config import SimulationConfig
+
+    paper, lab_p = _render(SimulationConfig.paper(seed=5, binary_fraction=0.5), noise=True)
+    # a degenerate (fixed) systemic velocity range of 0 takes the randomised code path
+    same, lab_s = _render(SimulationConfig(seed=5, binary_fraction=0.5, realism=_neutral(
+        continuum_tilt=1e-300)), noise=True)
+    assert not _neutral(continuum_tilt=1e-300).is_paper
+    np.testing.assert_allclose(same, paper, atol=2e-6)
+    assert np.array_equal(lab_p["teff"], lab_s["teff"], equal_nan=True)
+
+
+def test_systemic_velocity_moves_every_component_and_the_lines():
+    from sb2dask.constants import C_KMS
+    from sb2dask.simulate.config import SimulationConfig
+
+    rest, lab0 = _render(SimulationConfig.paper(seed=8, binary_fraction=0.0), n=3)
+    moved, lab1 = _render(SimulationConfig(seed=8, binary_fraction=0.0, realism=_neutral(
+        systemic_velocity=(120.0, 120.0))), n=3)
+    assert np.allclose(lab1["gamma"], 120.0) and np.allclose(lab1["rv"][:, 0], 120.0)
+    wave = SimulationConfig().wave
+    core = (wave > 8530) & (wave < 8560)
+    w_rest = wave[core][np.argmin(rest[:, core], axis=1)]
+    w_moved = wave[core][np.argmin(moved[:, core], axis=1)]
+    assert np.allclose(w_moved - w_rest, 8542.1 * 120.0 / C_KMS, atol=0.3)
+
+
+def test_default_recipe_records_its_nuisances_and_leaves_gaps_missing():
+    from sb2dask.simulate.config import SimulationConfig
+
+    cfg = SimulationConfig(seed=3, binary_fraction=0.5)
+    flux, lab = _render(cfg, n=60, noise=True)
+    assert np.nanstd(lab["gamma"]) > 50 and (lab["resolution"] >= 10_500).all()
+    missing = gap_mask(flux.shape[1], lab["gap_start"], lab["gap_width"])
+    assert np.array_equal(np.isnan(flux), missing)
+    old = SimulationConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "realism"})
+    assert old.realism.is_paper  # stores written before realism existed used the paper recipe
+    assert SimulationConfig.from_dict(cfg.to_dict()) == cfg
+    assert SimulationConfig.from_yaml(cfg.to_yaml()) == cfg

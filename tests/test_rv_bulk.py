@@ -1,0 +1,80 @@
+"""Bulk radial velocities and the rest-frame resampling that inference applies before the networks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sb2dask.evaluate.real_sky import shift_on_fixed_grid
+from sb2dask.observe.preprocess import preprocess
+from sb2dask.observe.rv_bulk import estimate_rv, template_bank, velocity_to_factor
+from sb2dask.simulate.config import output_wave
+
+GAIA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gaia_rvs"
+MODEL_WAVE = output_wave("gaia_dr3_903")
+
+
+def _template_star(rv: float) -> tuple[np.ndarray, np.ndarray]:
+    """The 5500 K template itself (R = 11 500) on a fine air grid, moved by ``rv``."""
+    from sb2dask.library import load_library
+
+    lib = load_library("embedded")
+    wave = np.linspace(8440.0, 8720.0, 2801)
+    flux = np.interp(wave / velocity_to_factor(rv), lib.wave, lib.flux(5500.0, 4.5, 0.0))
+    return wave, flux
+
+
+@pytest.mark.parametrize("rv", [-280.0, -31.5, 0.0, 2.0, 97.3])
+def test_a_known_shift_is_recovered(rv):
+    wave, flux = _template_star(rv)
+    pre = preprocess([wave], [flux], None, MODEL_WAVE)
+    est = estimate_rv(MODEL_WAVE, pre.flux)
+    # the template at R = ∞ against the bank's R = 11 500 version of itself: only the peak
+    # interpolation on the 2 km/s lag grid limits the precision
+    assert est.rv[0] == pytest.approx(rv, abs=0.5)
+    assert est.template[0] == 2 and est.peak[0] > 0.9
+
+
+def test_flat_spectra_and_noise_give_no_confident_peak():
+    rng = np.random.default_rng(0)
+    flux = np.vstack([np.ones(MODEL_WAVE.size), 1 + rng.normal(0, 0.01, MODEL_WAVE.size)])
+    est = estimate_rv(MODEL_WAVE, flux)
+    assert np.isnan(est.rv[0]) or est.peak[0] < 0.3
+    assert est.peak[1] < 0.3
+
+
+@pytest.mark.skipif(not GAIA.is_dir(), reason=f"real Gaia spectra not found in {GAIA}")
+def test_real_spectrum_moved_on_its_grid_gives_the_same_rest_frame():
+    from sb2dask.infer.readers import read_catalogue
+
+    df = pd.concat(list(read_catalogue(GAIA / "Kepler-93.csv")))
+    wave, flux = np.asarray(df["wave"].iloc[0], float), np.asarray(df["flux"].iloc[0], float)
+    rest = preprocess([wave], [flux], None, MODEL_WAVE)
+    v0 = estimate_rv(MODEL_WAVE, rest.flux).rv[0]
+    for shift in (-300.0, -30.0, 3.0, 100.0):
+        moved, _ = shift_on_fixed_grid(wave, flux, shift)
+        pre = preprocess([wave], [moved], None, MODEL_WAVE)
+        v = estimate_rv(MODEL_WAVE, pre.flux).rv[0]
+        assert v - v0 == pytest.approx(shift, abs=0.6)
+        back = preprocess([wave], [moved], None, MODEL_WAVE, rv_kms=np.array([v - v0]))
+        inner = slice(40, -40)  # the edges lost off the grid are filled with the continuum
+        assert np.max(np.abs(back.flux[0, inner] - rest.flux[0, inner])) < 0.02
+
+
+def test_resampling_fills_what_falls_off_the_grid_and_says_so():
+    wave, flux = _template_star(0.0)
+    cut = (wave > 8457.0) & (wave < 8700.0)  # barely covers the model grid
+    pre = preprocess([wave[cut]], [flux[cut]], None, MODEL_WAVE, rv_kms=np.array([300.0]))
+    assert pre.usable[0] and pre.nan_fraction[0] > 0.02
+    assert pre.quality_flags[0] & 2  # NAN_FILLED
+    assert np.isfinite(pre.flux).all()
+
+
+def test_template_bank_is_built_once_per_grid():
+    a = template_bank(float(MODEL_WAVE[0]), float(MODEL_WAVE[-1]))
+    b = template_bank(float(MODEL_WAVE[0]), float(MODEL_WAVE[-1]))
+    assert a is b
+    assert np.allclose(np.sqrt((a.depth ** 2).sum(axis=1)), 1.0)
