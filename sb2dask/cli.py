@@ -238,8 +238,10 @@ def _simulation_config(args):
         cfg = SimulationConfig.from_yaml(args.config)
         if args.recipe == "paper":
             cfg = cfg.replace(realism=SimulationConfig.paper(resolution=cfg.resolution).realism)
+        elif args.recipe == "realistic":
+            cfg = cfg.replace(realism=SimulationConfig.realistic().realism)
     else:
-        cfg = SimulationConfig.paper() if args.recipe == "paper" else SimulationConfig()
+        cfg = SimulationConfig.realistic() if args.recipe == "realistic" else SimulationConfig()
     changes = {k: v for k, v in dict(
         library=args.library, seed=args.seed, binary_fraction=args.binary_fraction,
         output_grid=args.output_grid, resolution=args.resolution).items() if v is not None}
@@ -416,9 +418,9 @@ def _add_simulation_options(p: argparse.ArgumentParser, seed: int | None = None,
                    help="spectral resolution R of the paper's recipe (default 11500; the "
                         "realistic recipe draws R per spectrum)")
     g.add_argument("--recipe", choices=["realistic", "paper"], default=None,
-                   help="realistic (default): stars at any systemic velocity with Gaia's "
-                        "nuisances drawn per spectrum (docs/simulation.md); paper: Binnenfeld "
-                        "et al.'s recipe, every star at rest")
+                   help="paper (default, what the shipped models were trained on): Binnenfeld "
+                        "et al.'s recipe, every star at rest; realistic: stars at any systemic "
+                        "velocity with Gaia's nuisances drawn per spectrum (docs/simulation.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ from sb2dask.simulate.config import SimulationConfig
 pytestmark = pytest.mark.integration
 
 N, CHUNK = 600, 200
-CFG = SimulationConfig(seed=7)
+CFG = SimulationConfig.realistic(seed=7)  # survey nuisances and gaps: the hardest bytes
 
 
 @pytest.fixture(scope="module")

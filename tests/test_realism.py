@@ -115,10 +115,10 @@ def test_systemic_velocity_moves_every_component_and_the_lines():
     assert np.allclose(w_moved - w_rest, 8542.1 * 120.0 / C_KMS, atol=0.3)
 
 
-def test_default_recipe_records_its_nuisances_and_leaves_gaps_missing():
+def test_realistic_recipe_records_its_nuisances_and_leaves_gaps_missing():
     from sb2dask.simulate.config import SimulationConfig
 
-    cfg = SimulationConfig(seed=3, binary_fraction=0.5)
+    cfg = SimulationConfig.realistic(seed=3, binary_fraction=0.5)
     flux, lab = _render(cfg, n=60, noise=True)
     assert np.nanstd(lab["gamma"]) > 50 and (lab["resolution"] >= 10_500).all()
     missing = gap_mask(flux.shape[1], lab["gap_start"], lab["gap_width"])

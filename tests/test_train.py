@@ -194,7 +194,7 @@ def test_pool_trains_temperature_then_parameters(store, tmp_path, client):
 def realistic_store(tmp_path_factory, client):
     """Stars at any systemic velocity with the survey nuisances (the default recipe)."""
     out = tmp_path_factory.mktemp("train") / "realistic.zarr"
-    generate(out, SimulationConfig(seed=12, binary_fraction=0.5), 240, 120, client=client,
+    generate(out, SimulationConfig.realistic(seed=12, binary_fraction=0.5), 240, 120, client=client,
              split=SplitSpec(0.5, 0.25, 0.25), progress=False)
     return out
 
