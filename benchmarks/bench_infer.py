@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sb2dask.infer.predict import DEFAULT_MODEL_DIR
-
 from _results import write_results  # benchmarks/ is on sys.path when run as a script
+from sb2dask.infer.predict import DEFAULT_MODEL_DIR
 
 
 def stage_breakdown(files: list[str], model_dir, precision: str, threads: int,
@@ -35,11 +34,11 @@ def stage_breakdown(files: list[str], model_dir, precision: str, threads: int,
     import torch
 
     from sb2dask.infer.config import InferenceConfig
-    from sb2dask.infer.predict import ModelSet, PARAMETERS, predict_partition
-    from sb2dask.observe.preprocess import preprocess
+    from sb2dask.infer.predict import PARAMETERS, ModelSet, predict_partition
     from sb2dask.infer.readers import read_catalogue
     from sb2dask.infer.run import write_parquet_atomic
     from sb2dask.infer.schema import arrow_schema
+    from sb2dask.observe.preprocess import preprocess
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()

@@ -57,7 +57,8 @@ def bench_broadening(repeats: int = 3) -> list[dict]:
         ours_w = np.interp(wave, w_log, ours)
         rows.append(dict(vsini=vsini, rotBroad_ms=t_rot * 1e3, fastRotBroad_ms=t_fast * 1e3,
                          ours_batched_ms=t_ours * 1e3,
-                         maxdiff_ours_vs_rotBroad_fine=float(np.abs(ours_w - ref_fine)[interior].max()),
+                         maxdiff_ours_vs_rotBroad_fine=float(
+                             np.abs(ours_w - ref_fine)[interior].max()),
                          maxdiff_rotBroad_005A_vs_fine=float(
                              np.abs(ref_coarse - ref_fine)[interior].max())))
     return rows
@@ -96,7 +97,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     broad = bench_broadening()
     factory = bench_factory(args.n, args.chunk, args.workers)
-    print("\nRotational broadening (5000 K node, 0.05 Å grid; ours: batched FFT on a 1 km/s ln λ grid)")
+    print("\nRotational broadening (5000 K node, 0.05 Å grid; "
+          "ours: batched FFT on a 1 km/s ln λ grid)")
     print(f"{'vsini':>6} {'rotBroad ms':>12} {'fastRotBroad ms':>16} {'ours ms':>8} "
           f"{'|ours-ref|':>11} {'|rotBroad(0.05Å)-ref|':>22}")
     for r in broad:
@@ -107,7 +109,8 @@ def main(argv=None) -> int:
     print(f"\nFactory to Zarr: n = {args.n}, chunk = {args.chunk}")
     print(f"{'workers':>8} {'wall s':>8} {'spectra/s':>10} {'store MB':>9}")
     for r in factory:
-        print(f"{r['workers']:8d} {r['wall_s']:8.1f} {r['spectra_per_s']:10.0f} {r['store_mb']:9.1f}")
+        print(f"{r['workers']:8d} {r['wall_s']:8.1f} {r['spectra_per_s']:10.0f} "
+              f"{r['store_mb']:9.1f}")
     if len(factory) > 1:
         print(f"  speed-up {factory[-1]['workers']} vs {factory[0]['workers']} workers: "
               f"{factory[-1]['spectra_per_s'] / factory[0]['spectra_per_s']:.2f}x")

@@ -8,8 +8,13 @@ import torch
 
 from sb2dask.models.densenet import ParameterNet, TemperatureNet
 from sb2dask.models.detector import BinaryDetector
-from sb2dask.models.io import (LabelScaling, ModelManifest, feature_statistics,
-                              save_feature_statistics, save_model)
+from sb2dask.models.io import (
+    LabelScaling,
+    ModelManifest,
+    feature_statistics,
+    save_feature_statistics,
+    save_model,
+)
 from sb2dask.simulate.config import output_wave
 
 RANGES = {"teff": (3500.0, 6500.0, "K"), "logg": (3.0, 6.0, "dex"), "feh": (-4.0, 1.0, "dex"),

@@ -14,11 +14,23 @@ from distributed import Client, LocalCluster
 from sb2dask import stats
 from sb2dask.dataset.factory import SplitSpec, generate
 from sb2dask.evaluate import metrics
-from sb2dask.evaluate.library_validation import (CA_BANDS, compare_libraries,
-                                                 equivalent_width, observe, write_report)
-from sb2dask.evaluate.metrics import (PAPER_TABLE4, PAPER_TABLE5, binned_errors,
-                                      interval_coverage, precision_at, randomization_test,
-                                      rmse_mae, roc_auc)
+from sb2dask.evaluate.library_validation import (
+    CA_BANDS,
+    compare_libraries,
+    equivalent_width,
+    observe,
+    write_report,
+)
+from sb2dask.evaluate.metrics import (
+    PAPER_TABLE4,
+    PAPER_TABLE5,
+    binned_errors,
+    interval_coverage,
+    precision_at,
+    randomization_test,
+    rmse_mae,
+    roc_auc,
+)
 from sb2dask.evaluate.report import evaluate
 from sb2dask.infer.predict import DEFAULT_MODEL_DIR, get_model_set
 from sb2dask.labels import PARAMETERS, UNITS

@@ -11,8 +11,7 @@ import pytest
 import zarr
 
 from sb2dask.cluster import get_client
-from sb2dask.completion import (LEGACY_RECORDS_DIR, RECORDS_ARRAY, finished_chunks,
-                                records_sha256)
+from sb2dask.completion import LEGACY_RECORDS_DIR, RECORDS_ARRAY, finished_chunks, records_sha256
 from sb2dask.dataset.factory import SplitSpec, chunk_status, generate, store_metadata
 from sb2dask.infer.readers import ReaderError, read_catalogue
 from sb2dask.simulate.config import SimulationConfig
@@ -126,7 +125,7 @@ def test_plain_zarr_opens_and_reads_a_store_without_warnings(reference):
         warnings.simplefilter("error")
         root = zarr.open_group(str(reference), mode="r")
         members = dict(root.members(max_depth=None))
-        for name, node in members.items():
+        for node in members.values():
             if isinstance(node, zarr.Array):
                 node[...]
     assert {"flux", "wave", "split", "labels/teff", RECORDS_ARRAY} <= set(members)

@@ -45,7 +45,6 @@ def test_temperature_cache_written_by_concurrent_training_tasks(tmp_path):
     # The race of issue 17: the logg/feh/vsini tasks of one worker all cache the same predicted
     # temperatures; with pid-only temporary names np.save and os.replace collided.
     from model_fixtures import random_model_set
-
     from sb2dask.models.io import LabelScaling
     from sb2dask.train.fit import temperature_inputs
 

@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 
 from model_fixtures import random_model_set
 from sb2dask.devices import resolve_device
-from sb2dask.infer.flags import QualityFlag
 from sb2dask.infer.config import InferenceConfig
+from sb2dask.infer.flags import QualityFlag
 from sb2dask.infer.predict import get_model_set, predict_partition
-from sb2dask.observe.preprocess import CONTINUUM_REGIONS, preprocess
 from sb2dask.infer.readers import read_catalogue
 from sb2dask.infer.readers.base import RVS_WAVE
 from sb2dask.infer.schema import arrow_schema, empty_frame, load_schema
 from sb2dask.labels import PARAMETERS
+from sb2dask.observe.preprocess import CONTINUUM_REGIONS, preprocess
 from sb2dask.simulate.config import output_wave
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gaia_rvs"

@@ -10,13 +10,17 @@ import numpy as np
 import pytest
 
 from sb2dask.library import MissingNodeError, SpectralLibrary, load_library
-from sb2dask.library.build import GridSpec, STATUS, assemble_grid, build_nodes, node_key
+from sb2dask.library.build import STATUS, GridSpec, assemble_grid, build_nodes, node_key
 from sb2dask.library.embedded import EmbeddedLibrary
 from sb2dask.library.linelist import load_window_linelist, paschen_lines, read_turbospectrum
-from sb2dask.library.mainsequence import (mass_from_teff, radius_from_logg,
-                                          read_mass_teff_relation)
-from sb2dask.library.synthesis import (NodeRefused, SynthesisSettings, blackbody_flux,
-                                       check_atmosphere_hull, check_node_physics)
+from sb2dask.library.mainsequence import mass_from_teff, radius_from_logg, read_mass_teff_relation
+from sb2dask.library.synthesis import (
+    NodeRefused,
+    SynthesisSettings,
+    blackbody_flux,
+    check_atmosphere_hull,
+    check_node_physics,
+)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CA_II_AIR = (8498.02, 8542.09, 8662.14)

@@ -12,17 +12,36 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from phoenix_fixtures import (CA_II_AIR, CA_II_VAC, FIXTURE_FEH, FIXTURE_LOGG, FIXTURE_TEFF,
-                              fixture_mass, fixture_radius, surface_continuum, truncate_file,
-                              write_hires_file, write_hires_grid, write_loglam_file,
-                              write_loglam_grid, write_wave_file)
 
+from phoenix_fixtures import (
+    CA_II_AIR,
+    CA_II_VAC,
+    FIXTURE_FEH,
+    FIXTURE_LOGG,
+    FIXTURE_TEFF,
+    fixture_mass,
+    fixture_radius,
+    surface_continuum,
+    truncate_file,
+    write_hires_file,
+    write_hires_grid,
+    write_loglam_file,
+    write_loglam_grid,
+    write_wave_file,
+)
+from sb2dask.constants import C_KMS
 from sb2dask.library.base import MissingNodeError, SpectralLibrary
 from sb2dask.library.continuum import pseudo_continuum
-from sb2dask.library.phoenix import (PRODUCT_HIRES, PRODUCT_LOGLAM, WAVE_FILENAME, PhoenixFileError,
-                                     PhoenixLibrary, fetch_phoenix, parse_phoenix_filename,
-                                     phoenix_filename)
-from sb2dask.constants import C_KMS
+from sb2dask.library.phoenix import (
+    PRODUCT_HIRES,
+    PRODUCT_LOGLAM,
+    WAVE_FILENAME,
+    PhoenixFileError,
+    PhoenixLibrary,
+    fetch_phoenix,
+    parse_phoenix_filename,
+    phoenix_filename,
+)
 from sb2dask.library.wavelength import air_to_vac, log_lambda_grid, vac_to_air
 
 REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "phoenix"
@@ -225,7 +244,7 @@ def test_unreadable_header_names_file(tmp_path):
     path = write_loglam_file(tmp_path, 5000, 4.5, 0.0)
     path.write_bytes(b"not a FITS file" * 10)
     with pytest.raises(PhoenixFileError, match=path.name):
-        PhoenixLibrary(tmp_path).wave
+        _ = PhoenixLibrary(tmp_path).wave
 
 
 @pytest.mark.parametrize("writer", [write_loglam_file, write_hires_file])

@@ -20,15 +20,40 @@ import pytest
 from astropy.io import fits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reader_fixtures import (BULK_NAME, DATALINK_HEADER, SMALL_WAVE, gzip_text, rewrite_gzip_text,
-                             source_ids, spectra_frame, write_datalink_csv, write_fits,
-                             write_parquet, write_zarr_store)
 
+from reader_fixtures import (
+    BULK_NAME,
+    DATALINK_HEADER,
+    SMALL_WAVE,
+    gzip_text,
+    rewrite_gzip_text,
+    source_ids,
+    spectra_frame,
+    write_datalink_csv,
+    write_fits,
+    write_parquet,
+    write_zarr_store,
+)
 from sb2dask.dataset.gaia_ecsv import format_array_strings, write_bulk_ecsv
-from sb2dask.infer.readers import (INFORMATIONAL_FLAGS, READERS, RVS_N_PIX, RVS_WAVE,
-                                   RVS_WAVE_VAC_NM, SPECTRUM_COLUMNS, SPECTRUM_META, ReaderError,
-                                   ReadFlag, identify_format, read_catalogue, to_dask)
-from sb2dask.infer.readers import fits_table, gaia_bulk_ecsv, gaia_datalink_csv, parquet, zarr_store
+from sb2dask.infer.readers import (
+    INFORMATIONAL_FLAGS,
+    READERS,
+    RVS_N_PIX,
+    RVS_WAVE,
+    RVS_WAVE_VAC_NM,
+    SPECTRUM_COLUMNS,
+    SPECTRUM_META,
+    ReaderError,
+    ReadFlag,
+    fits_table,
+    gaia_bulk_ecsv,
+    gaia_datalink_csv,
+    identify_format,
+    parquet,
+    read_catalogue,
+    to_dask,
+    zarr_store,
+)
 from sb2dask.infer.readers.base import SPECTRUM_SCHEMA, parse_float_strings
 from sb2dask.infer.readers.gaia_bulk_ecsv import parse_array_strings
 from sb2dask.library.wavelength import vac_to_air

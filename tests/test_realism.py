@@ -5,9 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sb2dask.simulate.realism import (CA_II_AIR, NUISANCE_FIELDS, Realism, continuum_factor,
-                                      correlated_unit_noise, draw_realism, gap_mask, noise_sigma,
-                                      scale_line_depths)
+from sb2dask.simulate.realism import (
+    CA_II_AIR,
+    NUISANCE_FIELDS,
+    Realism,
+    continuum_factor,
+    correlated_unit_noise,
+    draw_realism,
+    gap_mask,
+    noise_sigma,
+    scale_line_depths,
+)
 
 WAVE = np.linspace(8457.7, 8697.6, 903)
 

@@ -1,4 +1,4 @@
-"""Bulk radial velocities and the rest-frame resampling that inference applies before the networks."""
+"""Bulk radial velocities, and the rest-frame resampling inference applies before the networks."""
 
 from __future__ import annotations
 

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 from sb2dask.constants import C_KMS
-from sb2dask.simulate.broadening import (gaussian_lsf_ft, rotation_kernel_ft,
-                                         rotational_broadening)
+from sb2dask.simulate.broadening import gaussian_lsf_ft, rotation_kernel_ft, rotational_broadening
 from sb2dask.simulate.config import SimulationConfig
 from sb2dask.simulate.orbits import K_CONSTANT
-from sb2dask.simulate.spectra import SpectrumRenderer
 from sb2dask.simulate.simulator import simulator_for
+from sb2dask.simulate.spectra import SpectrumRenderer
 from sb2dask.simulate.systems import draw_systems
 
 

@@ -32,8 +32,8 @@ from ..provenance import package_versions, utc_now
 from ..simulate.config import SimulationConfig
 from ..simulate.simulator import simulator_for
 
-__all__ = ["measure_rv_bulk", "FORMAT_VERSION", "SplitSpec", "generate", "simulate_chunk", "chunk_status",
-           "store_metadata"]
+__all__ = ["FORMAT_VERSION", "SplitSpec", "generate", "simulate_chunk", "measure_rv_bulk",
+           "chunk_status", "store_metadata"]
 
 #: 2: completion records in the ``chunk_sha256`` array (1: files in ``.sb2dask-done/``).
 FORMAT_VERSION = 2

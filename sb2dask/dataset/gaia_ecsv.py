@@ -174,7 +174,7 @@ def write_bulk_ecsv(path: str | Path, df: pd.DataFrame, *, array_length: int | N
         for start in range(0, n, 1024):  # batches keep Arrow's 32-bit string offsets small
             stop = min(n, start + 1024)
             texts = []
-            for _, datatype, sub, data in columns:
+            for _, _datatype, sub, data in columns:
                 if sub is None:
                     texts.append(_scalar_text(data[start:stop]))
                     continue

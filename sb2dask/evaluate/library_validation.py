@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import C_KMS
 from ..library.base import RVS_WINDOW, SpectralLibrary
 from ..library.continuum import pseudo_continuum
-from ..constants import C_KMS
 from ..simulate.broadening import gaussian_lsf_ft
 
 __all__ = ["CA_BANDS", "observe", "equivalent_width", "compare_libraries", "write_report"]
@@ -81,7 +81,8 @@ def write_report(rows: list[dict], out_dir: str | Path, test_name: str, ref_name
                  plot_nodes: tuple = ((5000.0, 4.5, 0.0), (5800.0, 4.5, 0.0), (6400.0, 4.5, 0.0)),
                  test: SpectralLibrary | None = None,
                  reference: SpectralLibrary | None = None) -> dict:
-    """Write ``validation.json``, ``validation.md`` (table) and ``validation.png`` into ``out_dir``."""
+    """Write ``validation.json``, ``validation.md`` (table) and ``validation.png`` into
+    ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     by_t = {r["teff"]: r for r in rows}

@@ -226,8 +226,8 @@ def _phoenix_cases(phoenix_dir: Path, rng: np.random.Generator) -> list[RealSkyC
             truth=dict(file=name, teff=float(h["PHXTEFF"]), logg=float(h["PHXLOGG"]),
                        feh=float(h["PHXM_H"]))))
     # SB2 pairs: every pair at least 400 K apart (cooler first), at ΔRV 30 and 60 km/s
-    for i, (n1, w1, f1, h1) in enumerate(stars):
-        for n2, w2, f2, h2 in stars[i + 1:]:
+    for i, (_, w1, f1, h1) in enumerate(stars):
+        for _, w2, f2, h2 in stars[i + 1:]:
             if abs(h2["PHXTEFF"] - h1["PHXTEFF"]) < 400:
                 continue
             for dv in (30.0, 60.0):
@@ -377,8 +377,9 @@ def _figure(results: pd.DataFrame, path: Path) -> None:
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.subplots(1, 2, gridspec_kw=dict(width_ratios=[1.2, 1]))
     real = results[results["kind"] == "real"]
-    for star in sorted({json.loads(t)["star"] for t in real["truth"]}):
-        sel = real[real["truth"].map(lambda t: json.loads(t)["star"] == star)]
+    stars = real["truth"].map(lambda t: json.loads(t)["star"])
+    for star in sorted(set(stars)):
+        sel = real[stars == star]
         rv = [json.loads(t)["shift_kms"] for t in sel["truth"]]
         order = np.argsort(rv)
         ax1.plot(np.asarray(rv)[order], sel["p_binary"].to_numpy()[order], "o-", label=star)

@@ -10,8 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import (PAPER_TABLE4, PAPER_TABLE5, binned_errors, interval_coverage,
-                      precision_at, randomization_test, rmse_mae, roc_auc)
+from .metrics import (
+    PAPER_TABLE4,
+    PAPER_TABLE5,
+    binned_errors,
+    interval_coverage,
+    precision_at,
+    randomization_test,
+    rmse_mae,
+    roc_auc,
+)
 
 __all__ = ["evaluate"]
 
@@ -21,9 +29,9 @@ LABELS = {"teff": "Teff [K]", "logg": "log g", "feh": "[Fe/H]", "vsini": "v sin 
 
 
 def _predict_split(store, model_dir, split: str, max_n: int | None, fields):
+    from ..dataset.store import load_split, split_indices
     from ..infer.config import InferenceConfig
     from ..infer.predict import get_model_set
-    from ..dataset.store import load_split, split_indices
 
     idx = split_indices(store, split)
     if max_n:

@@ -19,10 +19,10 @@ import torch
 from ..devices import resolve_device
 from ..models.io import ModelFileError, load_feature_statistics, load_model, mahalanobis
 from ..models.predict import sort_pairs
-from ..runtime import tune_process
 from ..observe.flags import QualityFlag
 from ..observe.preprocess import preprocess
 from ..observe.rv_bulk import estimate_rv
+from ..runtime import tune_process
 from .config import PRECISIONS, InferenceConfig
 from .flags import BoundaryFlag
 from .schema import empty_frame

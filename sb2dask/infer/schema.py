@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -15,7 +15,7 @@ __all__ = ["load_schema", "empty_frame", "arrow_schema", "TABLES"]
 TABLES = {"epoch": "epoch_parameters.yaml", "source": "source_parameters.yaml"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(table: str) -> dict:
     """The YAML schema of ``table`` (``"epoch"`` or ``"source"``) from ``catalogs/``."""
     import yaml

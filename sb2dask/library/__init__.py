@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (CONTINUUM_REFERENCE_WAVE, RVS_WINDOW, GridAxes, MissingNodeError,
-                   ParameterRanges, SpectralLibrary, describe_library)
+from .base import (
+    CONTINUUM_REFERENCE_WAVE,
+    RVS_WINDOW,
+    GridAxes,
+    MissingNodeError,
+    ParameterRanges,
+    SpectralLibrary,
+    describe_library,
+)
 
 __all__ = ["CONTINUUM_REFERENCE_WAVE", "RVS_WINDOW", "GridAxes", "MissingNodeError",
            "ParameterRanges", "SpectralLibrary", "describe_library", "load_library"]

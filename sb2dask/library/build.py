@@ -74,7 +74,8 @@ def compute_node(node: tuple[float, float, float], workdir: str, settings: dict)
     out = Path(workdir) / "nodes"
     t0 = time.perf_counter()
     try:
-        res = synthesize_node(teff, logg, feh, load_window_linelist(), SynthesisSettings(**settings))
+        res = synthesize_node(teff, logg, feh, load_window_linelist(),
+                              SynthesisSettings(**settings))
     except NodeRefused as exc:
         rec = dict(node=list(node), status="refused", reason=str(exc))
     except Exception as exc:  # recorded, and retried by the next run

@@ -9,8 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (CONTINUUM_REFERENCE_WAVE, GridAxes, MissingNodeError, ParameterRanges,
-                   describe_library)
+from .base import (
+    CONTINUUM_REFERENCE_WAVE,
+    GridAxes,
+    MissingNodeError,
+    ParameterRanges,
+    describe_library,
+)
 
 __all__ = ["EMBEDDED_GRID_PATH", "EmbeddedLibrary"]
 

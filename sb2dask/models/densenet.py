@@ -22,7 +22,7 @@ Table 3 (parameter model) has the same trunk (steps 3-13 there) and a temperatur
 
     2    Input (Temperatures)            (2)        (2)    Two predicted temperatures (lower first)
     14   Fully Connected (Temperatures)  (2)        (64)   Linear layer, ReLU
-    15   Fully Connected (Merged)        (512 + 64) (512)  Combined spectral and temperature features
+    15   Fully Connected (Merged)        (512 + 64) (512)  Combined spectral and temperature feat.
     16   Fully Connected 1               (512)      (512)  Linear layer, ReLU
     17   Fully Connected 2               (512)      (2)    Parameters matching sorted temperatures
 

@@ -1,8 +1,8 @@
 """Survey and astrophysical realism beyond the paper's recipe (domain randomisation).
 
 The paper's simulator renders every spectrum with one resolving power, white noise scaling as
-sqrt(flux), a perfect continuum and the library's exact line strengths, every star at rest. Real Gaia
-RVS spectra differ from that in ways measured on the shared real spectra (issue 14): per-CCD
+sqrt(flux), a perfect continuum and the library's exact line strengths, every star at rest. Real
+Gaia RVS spectra differ from that in ways measured on the shared real spectra (issue 14): per-CCD
 resolving powers 10 983-12 587; noise correlated between neighbouring pixels (the spectra are
 interpolated from ~3 CCD samples onto the survey grid; second differences 0.3-0.65 of the quoted
 errors); quoted errors scaling as flux^0.05-0.38; the upper envelope 0.3-1.6 % off the library's,

@@ -15,12 +15,18 @@ from __future__ import annotations
 import numpy as np
 from scipy.interpolate import CubicSpline
 
-from ..library.base import SpectralLibrary
 from ..constants import C_KMS
+from ..library.base import SpectralLibrary
 from .broadening import doppler_shift_ft, gaussian_lsf_ft, rotation_kernel_ft
 from .config import SimulationConfig
-from .realism import (NUISANCE_FIELDS, continuum_factor, correlated_unit_noise, gap_mask,
-                      noise_sigma, scale_line_depths)
+from .realism import (
+    NUISANCE_FIELDS,
+    continuum_factor,
+    correlated_unit_noise,
+    gap_mask,
+    noise_sigma,
+    scale_line_depths,
+)
 
 __all__ = ["SpectrumRenderer"]
 

@@ -34,8 +34,15 @@ from ..dataset.store import SplitData, load_split, split_indices, store_fingerpr
 from ..devices import resolve_device
 from ..fileio import atomic_path, atomic_write_json, file_sha256
 from ..labels import PARAMETERS, UNITS
-from ..models.io import (ARCHITECTURES, LabelScaling, ModelManifest, feature_statistics,
-                         load_model, save_feature_statistics, save_model)
+from ..models.io import (
+    ARCHITECTURES,
+    LabelScaling,
+    ModelManifest,
+    feature_statistics,
+    load_model,
+    save_feature_statistics,
+    save_model,
+)
 from ..models.layers import canonical_state_dict, load_canonical_state_dict
 from ..models.predict import predict_array, sort_pairs
 from ..stats import roc_auc

@@ -18,8 +18,17 @@ import pandas as pd
 
 from . import fits_table, gaia_bulk_ecsv, gaia_datalink_csv, parquet, zarr_store
 from .base import (
-    DEFAULT_PARTITION_ROWS, INFORMATIONAL_FLAGS, RVS_N_PIX, RVS_WAVE, RVS_WAVE_VAC_NM,
-    SPECTRUM_COLUMNS, SPECTRUM_META, SPECTRUM_SCHEMA, CatalogueFormat, ReaderError, ReadFlag,
+    DEFAULT_PARTITION_ROWS,
+    INFORMATIONAL_FLAGS,
+    RVS_N_PIX,
+    RVS_WAVE,
+    RVS_WAVE_VAC_NM,
+    SPECTRUM_COLUMNS,
+    SPECTRUM_META,
+    SPECTRUM_SCHEMA,
+    CatalogueFormat,
+    ReaderError,
+    ReadFlag,
     meta_with,
 )
 

@@ -29,9 +29,19 @@ import numpy as np
 import pandas as pd
 
 from .base import (
-    DEFAULT_PARTITION_ROWS, EPOCH_COLUMNS, RVS_WAVE, TRUE_PREFIX, CatalogueFormat, RaggedColumn,
-    ReaderError, consecutive_ranges, duplicate_flags, read_head, read_in_ranges,
-    spectra_partition, wave_to_air_angstrom,
+    DEFAULT_PARTITION_ROWS,
+    EPOCH_COLUMNS,
+    RVS_WAVE,
+    TRUE_PREFIX,
+    CatalogueFormat,
+    RaggedColumn,
+    ReaderError,
+    consecutive_ranges,
+    duplicate_flags,
+    read_head,
+    read_in_ranges,
+    spectra_partition,
+    wave_to_air_angstrom,
 )
 
 __all__ = ["NAME", "FORMAT", "identify", "read", "read_rows", "row_ranges", "passthrough"]

@@ -43,10 +43,25 @@ import yaml
 
 from ...gaia import HEALPIX_LEVEL8_SHIFT
 from .base import (
-    DEFAULT_PARTITION_ROWS, EPOCH_COLUMNS, RVS_WAVE, TRUE_PREFIX, CatalogueFormat, RaggedColumn,
-    ReaderError, ReadFlag, consecutive_ranges, duplicate_flags, first_fields,
-    leading_comment_lines, parse_float_strings, parse_int_strings, read_bytes, read_head,
-    read_in_ranges, read_text_columns, spectra_partition,
+    DEFAULT_PARTITION_ROWS,
+    EPOCH_COLUMNS,
+    RVS_WAVE,
+    TRUE_PREFIX,
+    CatalogueFormat,
+    RaggedColumn,
+    ReaderError,
+    ReadFlag,
+    consecutive_ranges,
+    duplicate_flags,
+    first_fields,
+    leading_comment_lines,
+    parse_float_strings,
+    parse_int_strings,
+    read_bytes,
+    read_head,
+    read_in_ranges,
+    read_text_columns,
+    spectra_partition,
 )
 
 __all__ = ["NAME", "FORMAT", "identify", "read", "passthrough", "EcsvColumn", "EcsvHeader",

@@ -26,10 +26,27 @@ import pandas as pd
 import pyarrow as pa
 
 from .base import (
-    DEFAULT_PARTITION_ROWS, EPOCH_COLUMNS, RVS_N_PIX, RVS_WAVE, RVS_WAVE_VAC_NM, CatalogueFormat,
-    RaggedColumn, ReaderError, ReadFlag, consecutive_ranges, duplicate_flags, first_fields,
-    leading_comment_lines, parse_float_strings, parse_int_strings, read_bytes, read_head,
-    read_in_ranges, read_text_columns, spectra_partition, wave_to_air_angstrom,
+    DEFAULT_PARTITION_ROWS,
+    EPOCH_COLUMNS,
+    RVS_N_PIX,
+    RVS_WAVE,
+    RVS_WAVE_VAC_NM,
+    CatalogueFormat,
+    RaggedColumn,
+    ReaderError,
+    ReadFlag,
+    consecutive_ranges,
+    duplicate_flags,
+    first_fields,
+    leading_comment_lines,
+    parse_float_strings,
+    parse_int_strings,
+    read_bytes,
+    read_head,
+    read_in_ranges,
+    read_text_columns,
+    spectra_partition,
+    wave_to_air_angstrom,
 )
 
 __all__ = ["NAME", "FORMAT", "identify", "read", "passthrough", "REQUIRED_COLUMNS"]

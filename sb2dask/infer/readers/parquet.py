@@ -34,9 +34,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .base import (
-    DEFAULT_PARTITION_ROWS, EPOCH_COLUMNS, RVS_WAVE, TRUE_PREFIX, CatalogueFormat, RaggedColumn,
-    ReaderError, duplicate_flags, parse_float_strings, parse_int_strings, read_head,
-    read_in_ranges, spectra_partition, wave_to_air_angstrom,
+    DEFAULT_PARTITION_ROWS,
+    EPOCH_COLUMNS,
+    RVS_WAVE,
+    TRUE_PREFIX,
+    CatalogueFormat,
+    RaggedColumn,
+    ReaderError,
+    duplicate_flags,
+    parse_float_strings,
+    parse_int_strings,
+    read_head,
+    read_in_ranges,
+    spectra_partition,
+    wave_to_air_angstrom,
 )
 
 __all__ = ["NAME", "FORMAT", "identify", "read", "read_rows", "row_ranges", "passthrough",

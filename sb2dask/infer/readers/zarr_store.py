@@ -28,8 +28,15 @@ import pandas as pd
 
 from ...completion import finished_chunks
 from .base import (
-    DEFAULT_PARTITION_ROWS, TRUE_PREFIX, CatalogueFormat, RaggedColumn, ReaderError,
-    duplicate_flags, read_in_ranges, spectra_partition, wave_to_air_angstrom,
+    DEFAULT_PARTITION_ROWS,
+    TRUE_PREFIX,
+    CatalogueFormat,
+    RaggedColumn,
+    ReaderError,
+    duplicate_flags,
+    read_in_ranges,
+    spectra_partition,
+    wave_to_air_angstrom,
 )
 
 __all__ = ["NAME", "FORMAT", "identify", "read", "read_rows", "row_ranges", "passthrough"]
