@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["main", "build_parser", "expected_errors"]
@@ -423,9 +424,11 @@ def _add_simulation_options(p: argparse.ArgumentParser, seed: int | None = None,
                         "velocity with Gaia's nuisances drawn per spectrum (docs/simulation.md)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .infer.config import PRECISIONS, REST_FRAME_MODES  # no torch, no Dask: --help is fast
+#: ``command(parent, name, **kw)``: a subcommand parser of ``parent`` that also takes --debug
+_Command = Callable[..., argparse.ArgumentParser]
 
+
+def build_parser() -> argparse.ArgumentParser:
     # --debug is accepted before or after the subcommand; SUPPRESS keeps a subcommand's unset
     # option from overwriting the top-level one
     common = argparse.ArgumentParser(add_help=False)
@@ -442,6 +445,16 @@ def build_parser() -> argparse.ArgumentParser:
     def command(parent, name: str, **kw) -> argparse.ArgumentParser:
         return parent.add_parser(name, parents=[common], **kw)
 
+    # in the order of `sb2dask --help`
+    for add in (_add_library_parsers, _add_simulate_parser, _add_train_parser, _add_infer_parser,
+                _add_mock_parser, _add_evaluate_parser, _add_real_sky_parser, _add_demo_parser,
+                _add_figures_parser):
+        add(sub, command)
+    return ap
+
+
+def _add_library_parsers(sub, command: _Command) -> None:
+    """``library`` and its subcommands: info, build, validate, fetch-phoenix."""
     lib = command(sub, "library", help="spectral libraries: info, build, validate, "
                                        "fetch-phoenix").add_subparsers(
         dest="library_command", required=True, metavar="LIBRARY_COMMAND")
@@ -479,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the URLs only")
     p.set_defaults(func=_cmd_library_fetch_phoenix)
 
+
+def _add_simulate_parser(sub, command: _Command) -> None:
+    """``simulate``: a training set into a Zarr store."""
     p = command(sub, "simulate", help="simulate a training set into a Zarr store")
     p.add_argument("--n", type=_positive_int, default=200000,
                    help="number of spectra (default 200000)")
@@ -493,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_simulate)
 
+
+def _add_train_parser(sub, command: _Command) -> None:
+    """``train``: the temperature, parameter and detector networks."""
     p = command(sub, "train", help="train the temperature, parameter and detector networks")
     p.add_argument("--store", required=True, help="simulated SB2 training set (Zarr)")
     p.add_argument("--out", default="models", help="output directory for models and checkpoints")
@@ -521,6 +540,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_train)
+
+
+def _add_infer_parser(sub, command: _Command) -> None:
+    """``infer``: parameters for catalogues of RVS spectra."""
+    from .infer.config import PRECISIONS, REST_FRAME_MODES  # no torch, no Dask: --help is fast
 
     p = command(sub, "infer", help="predict parameters for catalogues of RVS spectra")
     p.add_argument("inputs", nargs="+", help="catalogue files (Gaia CSV/ECSV.gz, Parquet, FITS, "
@@ -554,6 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_infer)
 
+
+def _add_mock_parser(sub, command: _Command) -> None:
+    """``mock-catalogue``: a simulated epoch catalogue."""
     p = command(sub, "mock-catalogue", help="write a simulated epoch catalogue (bulk ECSV)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--n-sources", type=_positive_int, default=1000,
@@ -565,6 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulation_options(p, seed=1, binary_fraction=0.5)
     p.set_defaults(func=_cmd_mock)
 
+
+def _add_evaluate_parser(sub, command: _Command) -> None:
+    """``evaluate``: the paper's tables and figures on the test split."""
     p = command(sub, "evaluate", help="the paper's Tables 4-5 and Figs. 3-6 on the test split")
     p.add_argument("--store", required=True, help="simulated SB2 store (its test split is used)")
     p.add_argument("--models", default=None, help="model directory (default: the shipped models)")
@@ -574,6 +604,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test", type=_positive_int, default=None)
     p.add_argument("--permutations", type=_positive_int, default=1000)
     p.set_defaults(func=_cmd_evaluate)
+
+
+def _add_real_sky_parser(sub, command: _Command) -> None:
+    """``real-sky``: the real-sky validation report."""
+    from .infer.config import REST_FRAME_MODES  # no torch, no Dask: --help is fast
 
     p = command(sub, "real-sky", help="the real-sky validation: real Gaia spectra at any shift, "
                                       "PHOENIX singles and SB2s rendered independently, noise")
@@ -587,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="as for infer (default auto)")
     p.set_defaults(func=_cmd_real_sky)
 
+
+def _add_demo_parser(sub, command: _Command) -> None:
+    """``demo``: the main job on the embedded defaults."""
     p = command(sub, "demo", help="the main job on the embedded defaults: mock catalogue "
                                    "(+ real spectra if present) -> shipped models -> Parquet")
     p.add_argument("--out", default="sb2dask-demo",
@@ -598,6 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_figures_parser(sub, command: _Command) -> None:
+    """``figures``: the paper's Figs. 1-2 as PNG."""
     p = command(sub, "figures", help="the paper's Figs. 1-2 from the simulator, as PNG")
     p.add_argument("--out", default="docs/figures")
     p.add_argument("--index", type=_non_negative_int, default=None,
@@ -605,7 +646,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "clearly visible)")
     _add_simulation_options(p)
     p.set_defaults(func=_cmd_figures)
-    return ap
 
 
 def _one_line(exc: BaseException) -> str:

@@ -305,8 +305,9 @@ def get_client(cluster: str | None = "local", workers: int | None = None,
     Closing the client closes a ``local`` cluster with it; a ``local-gpu`` or batch cluster is
     closed with ``client.cluster.close()`` or at interpreter exit (which cancels its jobs).
     """
+    # distributed (and its config defaults) loads before a jobqueue configuration is applied
     import dask.config
-    from distributed import Client
+    import distributed  # noqa: F401
 
     cluster = cluster or "local"
     if config is not None:
@@ -314,53 +315,90 @@ def get_client(cluster: str | None = "local", workers: int | None = None,
             raise ValueError(f"a jobqueue configuration ({config}) only applies to --cluster "
                              f"slurm or pbs, not {cluster!r}")
         dask.config.set(_config_settings(config, cluster))
-    if cluster.startswith(_ADDRESS_PREFIXES):
-        check_scheduler(cluster)
-        client = Client(cluster, **cluster_kwargs)
-        wait = 1 if min_workers is None else min_workers
-    elif cluster.endswith(".json"):
-        check_scheduler(_scheduler_file_address(cluster))
-        client = Client(scheduler_file=cluster, **cluster_kwargs)
+    if cluster.startswith(_ADDRESS_PREFIXES) or cluster.endswith(".json"):
+        client = _connect_client(cluster, cluster_kwargs)
         wait = 1 if min_workers is None else min_workers
     elif cluster == "local":
-        n = workers or (os.cpu_count() or 1)
-        _set_thread_env(worker_threads(n))
-        # Client(...) with LocalCluster keywords owns the cluster and closes it on close()
-        client = Client(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                        memory_limit=memory_limit, resources=resources,
-                        dashboard_address=":0", silence_logs=worker_log_level, **cluster_kwargs)
+        client = _local_client(workers, threads_per_worker, memory_limit, resources,
+                               worker_log_level, cluster_kwargs)
         wait = min_workers or 0
     elif cluster == "local-gpu":
-        try:
-            from dask_cuda import LocalCUDACluster
-            from dask_cuda.utils import get_n_gpus
-        except ImportError as exc:
-            raise ClusterError("--cluster local-gpu needs dask-cuda, which is not installed: "
-                               "pip install dask-cuda (with a CUDA build of PyTorch, see "
-                               "docs/deploy.md), or use --cluster local") from exc
-        n = workers or get_n_gpus()
-        _set_thread_env(worker_threads(n))
-        lc = LocalCUDACluster(n_workers=n, threads_per_worker=threads_per_worker,
-                              memory_limit=memory_limit, resources={**(resources or {}), "GPU": 1},
-                              dashboard_address=":0", silence_logs=worker_log_level,
-                              **cluster_kwargs)
-        client = Client(lc)
+        client = _local_gpu_client(workers, threads_per_worker, memory_limit, resources,
+                                   worker_log_level, cluster_kwargs)
         wait = min_workers or 0
     elif cluster in JOBQUEUE_KINDS:
-        cls = _jobqueue_class(cluster)
-        try:
-            jq = cls(**cluster_kwargs)
-        except ValueError as exc:
-            if "cores and memory" not in str(exc):
-                raise
-            raise ValueError(f"{exc}; or apply a deploy configuration: --jobqueue-config "
-                             f"{cluster}-cpu (or {cluster}-gpu), see docs/deploy.md") from exc
-        jq.scale(jobs=workers or 1)
-        client = Client(jq)
+        client = _jobqueue_client(cluster, workers, cluster_kwargs)
         wait = 1 if min_workers is None else min_workers
     else:
         raise ValueError(f"unknown cluster {cluster!r}: expected one of {CLUSTER_KINDS}, a "
                          "scheduler address tcp://host:port or a scheduler file *.json")
+    _announce_and_wait(client, cluster, wait, quiet)
+    return client
+
+
+def _connect_client(cluster: str, cluster_kwargs: dict):
+    """A client of a running scheduler: an address ``tcp://host:port`` or a scheduler file."""
+    from distributed import Client
+
+    if cluster.startswith(_ADDRESS_PREFIXES):
+        check_scheduler(cluster)
+        return Client(cluster, **cluster_kwargs)
+    check_scheduler(_scheduler_file_address(cluster))
+    return Client(scheduler_file=cluster, **cluster_kwargs)
+
+
+def _local_client(workers: int | None, threads_per_worker: int, memory_limit: str | None,
+                  resources: dict | None, worker_log_level: int, cluster_kwargs: dict):
+    """A client that owns a LocalCluster of worker processes on this machine."""
+    from distributed import Client
+
+    n = workers or (os.cpu_count() or 1)
+    _set_thread_env(worker_threads(n))
+    # Client(...) with LocalCluster keywords owns the cluster and closes it on close()
+    return Client(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                  memory_limit=memory_limit, resources=resources,
+                  dashboard_address=":0", silence_logs=worker_log_level, **cluster_kwargs)
+
+
+def _local_gpu_client(workers: int | None, threads_per_worker: int, memory_limit: str | None,
+                      resources: dict | None, worker_log_level: int, cluster_kwargs: dict):
+    """A client of a LocalCUDACluster: one worker per GPU, each advertising ``GPU: 1``."""
+    from distributed import Client
+
+    try:
+        from dask_cuda import LocalCUDACluster
+        from dask_cuda.utils import get_n_gpus
+    except ImportError as exc:
+        raise ClusterError("--cluster local-gpu needs dask-cuda, which is not installed: "
+                           "pip install dask-cuda (with a CUDA build of PyTorch, see "
+                           "docs/deploy.md), or use --cluster local") from exc
+    n = workers or get_n_gpus()
+    _set_thread_env(worker_threads(n))
+    lc = LocalCUDACluster(n_workers=n, threads_per_worker=threads_per_worker,
+                          memory_limit=memory_limit, resources={**(resources or {}), "GPU": 1},
+                          dashboard_address=":0", silence_logs=worker_log_level,
+                          **cluster_kwargs)
+    return Client(lc)
+
+
+def _jobqueue_client(cluster: str, workers: int | None, cluster_kwargs: dict):
+    """A client of a SLURM or PBS cluster scaled to ``workers`` batch jobs (default 1)."""
+    from distributed import Client
+
+    cls = _jobqueue_class(cluster)
+    try:
+        jq = cls(**cluster_kwargs)
+    except ValueError as exc:
+        if "cores and memory" not in str(exc):
+            raise
+        raise ValueError(f"{exc}; or apply a deploy configuration: --jobqueue-config "
+                         f"{cluster}-cpu (or {cluster}-gpu), see docs/deploy.md") from exc
+    jq.scale(jobs=workers or 1)
+    return Client(jq)
+
+
+def _announce_and_wait(client, cluster: str, wait: int, quiet: bool) -> None:
+    """Print the dashboard address, then wait for ``wait`` workers (none when 0)."""
     if not quiet:
         print(f"Dask dashboard: {_dashboard_link(client)}", file=sys.stderr)
     if wait:
@@ -371,7 +409,6 @@ def get_client(cluster: str | None = "local", workers: int | None = None,
             _wait_for_jobs(client, wait)
         else:
             client.wait_for_workers(wait)
-    return client
 
 
 #: Seconds after which a batch cluster none of whose jobs got a job id is declared failed.

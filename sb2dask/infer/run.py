@@ -413,16 +413,43 @@ def run_inference(inputs: list[str | Path], out: str | Path, client,
         ``spectra_per_s``, ``predict_s``, ``write_s`` of this call; ``model_wave_range`` [Å,
         air]; ``sources`` (the per-source table). :func:`check_usable` reads it.
     """
-    from distributed import as_completed
-    from tqdm.auto import tqdm
-
     from .predict import get_model_set
-    from .readers import to_dask
 
     config = InferenceConfig() if config is None else config
     out = Path(out)
     inputs = check_run(inputs, out, config, overwrite)
     models = get_model_set(config.replace(device="cpu"))  # loaded by check_run
+    ddf, record, old = _plan_partitions(inputs, out, client, config, overwrite)
+    todo, done = _prepare_out(out, old, record, overwrite)
+    provenance = dict(models=models.provenance,
+                      versions=package_versions("torch", "dask", "distributed", "pyarrow"),
+                      inputs=inputs, inference=config.replace(
+                          partition_rows=record["partition_rows"]).to_dict(), created=utc_now())
+    t0 = time.perf_counter()
+    stats = _compute_partitions(ddf, out, client, config, todo, done, provenance, progress)
+    seconds = time.perf_counter() - t0
+    agg = aggregate_sources(out, sources_path(out), models, client)
+    atomic_write_json(_record_path(out), dict(record, finished=True))
+    return _run_summary(stats, record, todo, done, seconds, models, config, agg)
+
+
+def _plan_partitions(inputs: list[str], out: Path, client, config: InferenceConfig,
+                     overwrite: bool):
+    """The partitioned inputs, the record of the run and that of an earlier run in ``out``.
+
+    Returns
+    -------
+    ddf : dask.dataframe.DataFrame
+        The inputs in partitions of ``config.partition_rows`` rows; unset, those of an earlier
+        run with the same inputs and settings (a rerun continues its partitioning), else sized
+        from the workers' memory (:func:`auto_partition_rows`).
+    record : dict
+        The run's settings, ``partition_rows`` and ``npartitions``.
+    old : dict or None
+        The record found in ``out``, if any.
+    """
+    from .readers import to_dask
+
     settings = _run_settings(inputs, config)
     old = _read_record(out)
     same_run = old is not None and all(old.get(k) == v for k, v in settings.items())
@@ -433,14 +460,17 @@ def run_inference(inputs: list[str | Path], out: str | Path, client,
         else:
             partition_rows = auto_partition_rows(client, config)
     ddf = to_dask(inputs, partition_rows=partition_rows)
-    n_parts = ddf.npartitions
-    record = dict(settings, partition_rows=partition_rows, npartitions=n_parts)
-    todo, done = _prepare_out(out, old, record, overwrite)
-    provenance = dict(models=models.provenance,
-                      versions=package_versions("torch", "dask", "distributed", "pyarrow"),
-                      inputs=inputs, inference=config.replace(partition_rows=partition_rows)
-                      .to_dict(), created=utc_now())
-    t0 = time.perf_counter()
+    record = dict(settings, partition_rows=partition_rows, npartitions=ddf.npartitions)
+    return ddf, record, old
+
+
+def _compute_partitions(ddf, out: Path, client, config: InferenceConfig, todo: list[int],
+                        done: list[int], provenance: dict, progress: bool) -> list[pd.DataFrame]:
+    """Predict and write the partitions ``todo``; the statistics of those and of the ``done``
+    ones already written (one :data:`STATS_META`-like frame per partition)."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
     stats = list(client.gather(client.map(
         _written_stats, [str(out / _part_name(i)) for i in done], done, pure=False)))
     if todo:
@@ -453,12 +483,15 @@ def run_inference(inputs: list[str | Path], out: str | Path, client,
             for fut in as_completed(futures):
                 stats.append(fut.result())
                 bar.update()
-    seconds = time.perf_counter() - t0
-    agg = aggregate_sources(out, sources_path(out), models, client)
-    atomic_write_json(_record_path(out), dict(record, finished=True))
+    return stats
+
+
+def _run_summary(stats: list[pd.DataFrame], record: dict, todo: list[int], done: list[int],
+                 seconds: float, models, config: InferenceConfig, agg: dict) -> dict:
+    """The dict :func:`run_inference` returns, from the per-partition statistics."""
     st = pd.concat(stats) if stats else STATS_META
     new = st[st["computed"]]
-    return dict(partitions=n_parts, computed=len(todo), skipped=len(done),
+    return dict(partitions=record["npartitions"], computed=len(todo), skipped=len(done),
                 rows_in=int(st["rows_in"].sum()), rows_out=int(st["rows_out"].sum()),
                 usable=int(st["usable"].sum()),
                 quality_flags={flag.name: int(st[c].sum()) for c, flag in _FLAG_COLUMNS.items()},
