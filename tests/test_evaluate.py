@@ -32,6 +32,7 @@ from sb2dask.evaluate.metrics import (
     roc_auc,
 )
 from sb2dask.evaluate.report import evaluate
+from sb2dask.infer.config import InferenceConfig
 from sb2dask.infer.predict import DEFAULT_MODEL_DIR, get_model_set
 from sb2dask.labels import PARAMETERS, UNITS
 from sb2dask.library.base import GridAxes, MissingNodeError
@@ -154,7 +155,7 @@ def evaluated(tmp_path_factory):
     fields = list(PARAMETERS) + ["is_binary", "snr", "rv_separation"]
     flux, lab = _rows(mix, lo, lo + MAX_TEST, fields)
     sflux, slab = _rows(single, 0, MAX_TEST, fields)
-    pred = get_model_set(DEFAULT_MODEL_DIR, "cpu").predict(np.concatenate([flux, sflux]))
+    pred = get_model_set(InferenceConfig(device="cpu")).predict(np.concatenate([flux, sflux]))
     return dict(res=res, out=root / "out", lab=lab, single_lab=slab,
                 pred={k: v[:MAX_TEST] for k, v in pred.items()},
                 single_pred={k: v[MAX_TEST:] for k, v in pred.items()})
