@@ -286,7 +286,7 @@ def scheduler(tmp_path_factory):
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
                  str(sched_file), "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1",
-                 "--no-dashboard", "--memory-limit", "2GiB", "--local-directory", str(d)],
+                 "--no-dashboard", "--memory-limit", "3GiB", "--local-directory", str(d)],
                 stdout=subprocess.DEVNULL, stderr=open(d / f"worker{i}.log", "w"), env=env))
         address = json.loads(sched_file.read_text())["address"]
         with Client(address, timeout=30) as c:

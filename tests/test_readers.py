@@ -75,7 +75,7 @@ def read_all(path, **kw) -> pd.DataFrame:
 def assert_schema(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> None:
     assert tuple(df.columns) == SPECTRUM_COLUMNS + extra
     for col in SPECTRUM_SCHEMA:
-        assert df[col.name].dtype == np.dtype(col.dtype), col.name
+        assert df[col.name].dtype == pd.Series([], dtype=col.dtype).dtype, col.name
     for flux, wave in zip(df["flux"], df["wave"]):
         assert flux.dtype == np.float32 and wave.dtype == np.float64
         assert flux.shape == wave.shape
