@@ -156,15 +156,18 @@ def _part_name(number: int) -> str:
     return f"part-{number:06d}.parquet"
 
 
-#: Worker memory per spectrum of a partition beyond the fixed costs: the reader's arrays, the
-#: float64 copies of preprocessing, the model-grid copy and the output row. Measured with the
-#: Parquet reader and one model per network (fp32): peak resident memory 874 MB at 500 rows and
-#: 1228 MB at 4000 rows of one partition, i.e. 101 kB per row (benchmarks/bench_memory.py checks
-#: it end to end).
-BYTES_PER_ROW = 100_000
+#: Worker memory per spectrum of a partition beyond the fixed costs: the reader's arrays and,
+#: above all, preprocessing (float64 copies of flux and errors while they are stacked: 128 kB
+#: per row at its peak, traced with tracemalloc). Measured in a worker (fp32, shipped two-member
+#: set, Parquet reader, benchmarks/bench_memory.py --partition-rows 300 / 2000): the peak grew
+#: by 146 kB per row; in one process 119 kB/row between 500 and 2000 rows and 209 kB/row between
+#: 2000 and 4000 (preprocessing's peak overtakes the forward passes'). The 100 kB used before came
+#: from one process whose untrimmed heap, left by the forward passes, absorbed part of it.
+BYTES_PER_ROW = 150_000
 
 #: Reader buffers (a Parquet column chunk, a decompressed ECSV.gz file's text) on top of the
-#: resident memory measured after a warm-up prediction.
+#: fixed cost measured by the warm-up. Measured: the first Parquet partition raised a worker's
+#: resident memory by 62-77 MB (Arrow's pool peaked at 49 MB for 2000-row row groups).
 READ_OVERHEAD = 128 << 20
 
 
@@ -173,23 +176,37 @@ class MemoryBudgetError(RuntimeError):
 
 
 def _warm_rss(config: InferenceConfig) -> int:
-    """Resident bytes of this worker after loading the models and predicting one batch (the
-    fixed cost every partition pays: weights, oneDNN caches, activations, allocator slack)."""
-    import psutil
+    """Peak resident bytes of this worker while it predicts what partitions make it predict:
+    the fixed cost every partition pays (torch, weights, oneDNN primitives, activations and the
+    heap they leave, transients included).
 
-    from .predict import get_model_set
+    After the models of ``config`` are loaded (the run's own set, which its partitions then
+    reuse), the warm-up predicts one full batch and every shape a short last batch is padded to
+    (:data:`~sb2dask.infer.predict.PAD_STEPS` shapes; 4.5 batches in all), the fragmentation of
+    which a long run would otherwise add later. The resident memory *after* one batch, which this
+    used to return, missed 0.2-0.4 GB per worker: the transient peak of a forward pass and the
+    heap grown by later batch shapes (docs/inference.md, "Memory").
+    """
+    from ..runtime import peak_rss, reset_peak_rss
+    from .predict import PAD_STEPS, get_model_set
 
-    models = get_model_set(config)  # the run's own set, which its partitions then reuse
-    models.predict(np.ones((models.batch_size, models.wave.size), np.float32))
-    return psutil.Process().memory_info().rss
+    models = get_model_set(config)
+    batch = models.batch_size
+    step = -(-batch // PAD_STEPS)
+    reset_peak_rss()
+    flux = np.ones((batch + step, models.wave.size), np.float32)
+    models.predict(flux)  # a full batch and the smallest padded shape, as in one partition
+    for k in range(2, PAD_STEPS):
+        models.predict(flux[:k * step])
+    return peak_rss()
 
 
 def auto_partition_rows(client, config: InferenceConfig | None = None, fraction: float = 0.6,
                         lo: int = 100, hi: int = 20000) -> int:
     """Rows per partition from the workers' memory limits and their measured fixed cost.
 
-    Each worker loads the models of ``config`` and predicts one batch; ``fraction`` of its memory
-    limit (Dask pauses a worker at 80 % and restarts it at 95 %) minus that resident memory minus
+    Each worker loads the models and predicts a warm-up (:func:`_warm_rss`); ``fraction`` of its
+    memory limit (Dask pauses a worker at 80 % and restarts it at 95 %) minus that peak minus
     :data:`READ_OVERHEAD` is shared by its task threads at :data:`BYTES_PER_ROW` each. The
     smallest worker decides. Raises :class:`MemoryBudgetError` when that leaves fewer than ``lo``
     rows: workers would be killed, so we say so before starting.
@@ -212,7 +229,7 @@ def auto_partition_rows(client, config: InferenceConfig | None = None, fraction:
             raise MemoryBudgetError(
                 f"worker {addr}: memory limit {limit / 2**30:.2f} GiB is too small for "
                 f"{nthreads} partition(s) of {lo}+ spectra next to the models "
-                f"({warm[addr] / 2**30:.2f} GiB resident after loading them); give workers at "
+                f"({warm[addr] / 2**30:.2f} GiB peak while predicting a warm-up); give workers at "
                 f"least {need / 2**30:.2f} GiB (--memory-limit) or fewer threads, or set "
                 "--partition-rows")
         rows = min(rows, n)
