@@ -371,3 +371,18 @@ def test_infer_against_a_scheduler_file(scheduler, cli_models, tmp_path):
     epochs = pd.read_parquet(out)
     truth = pd.read_parquet(cat["truth"])
     assert len(epochs.merge(truth, on=["source_id", "epoch_id"])) == cat["epoch_spectra"]
+
+
+def test_closing_a_batch_cluster_closes_every_job_it_created(batch_queue):
+    """dask-jobqueue's ``Job.close`` cancels the job but leaves its status ``running``;
+    ``SpecCluster.close`` then asserts on any job still referenced somewhere (a notebook's
+    namespace, a task not yet collected): the notebook's final ``cluster.close()`` failed under
+    load that way."""
+    client = get_client("slurm", workers=1, config="slurm-cpu", cores=1, memory="1GiB",
+                        interface="lo", python=sys.executable, job_script_prologue=[],
+                        local_directory=str(batch_queue),
+                        scheduler_options={"dashboard_address": ":0"}, quiet=True)
+    jobs = list(client.cluster.workers.values())  # referenced, as a user's variable would be
+    client.close()
+    client.cluster.close()
+    assert [job.status.name for job in jobs] == ["closed"]
