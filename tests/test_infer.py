@@ -16,13 +16,14 @@ from hypothesis import strategies as st
 from model_fixtures import random_model_set
 from sb2dask.devices import resolve_device
 from sb2dask.infer.config import InferenceConfig
-from sb2dask.infer.flags import QualityFlag
+from sb2dask.infer.flags import BoundaryFlag, QualityFlag
 from sb2dask.infer.predict import get_model_set, predict_partition
 from sb2dask.infer.readers import read_catalogue
 from sb2dask.infer.readers.base import RVS_WAVE
 from sb2dask.infer.schema import arrow_schema, empty_frame, load_schema
 from sb2dask.labels import PARAMETERS
 from sb2dask.observe.preprocess import CONTINUUM_REGIONS, preprocess
+from sb2dask.observe.rv_bulk import LINE_DETECTION_PEAK
 from sb2dask.simulate.config import output_wave
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gaia_rvs"
@@ -136,6 +137,31 @@ def test_real_gaia_spectra_give_one_sensible_row_each(models):
     assert (out["snr_estimate"] > 5).all()  # flux_error is present in DataLink files
     assert out["teff_1"].le(out["teff_2"]).all()
     assert np.isfinite(out[["p_binary", "teff_1", "logg_2", "ood_distance"]].to_numpy()).all()
+    # lines detected in every real star, far above what noise reaches
+    assert (out["ccf_peak"] > 2 * LINE_DETECTION_PEAK).all()
+    assert not (out["flag_boundary"] & int(BoundaryFlag.NO_LINES)).any()
+
+
+def test_noise_and_flat_spectra_are_flagged_as_having_no_lines(models):
+    """Issue 14: pure noise at S/N 100 was neither flagged nor told apart from a star."""
+    rng = np.random.default_rng(3)
+    n = 6
+    flux = np.vstack([np.ones((1, RVS_WAVE.size)),  # flat
+                      1 + rng.normal(0, 0.01, (n - 2, RVS_WAVE.size)),  # S/N 100 noise
+                      _line_spectrum(RVS_WAVE)[None] + rng.normal(0, 0.01, RVS_WAVE.size)])
+    df = pd.DataFrame({"source_id": np.arange(n, dtype=np.int64), "epoch_id": np.full(n, -1),
+                       "wave": [RVS_WAVE] * n, "flux": list(flux.astype(np.float32)),
+                       "flux_error": [None] * n, "file": ["x"] * n, "row": np.arange(n),
+                       "read_flags": np.zeros(n, np.int32)})
+    for mode in ("on", "off"):
+        out = predict_partition(df, InferenceConfig(models, "cpu", rest_frame=mode))
+        no_lines = (out["flag_boundary"] & int(BoundaryFlag.NO_LINES)) != 0
+        assert out["usable"].all()
+        assert no_lines.tolist() == [True] * (n - 1) + [False]
+        assert (out["ccf_peak"].iloc[:-1] < LINE_DETECTION_PEAK).all()
+        assert out["ccf_peak"].iloc[-1] > 0.5
+        # noise has no velocity to remove: the networks see it where it is
+        assert out["rv_bulk"].iloc[:-1].isna().all()
 
 
 def test_output_frame_follows_the_catalogue_schema(models):

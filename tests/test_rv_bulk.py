@@ -38,6 +38,21 @@ def test_a_known_shift_is_recovered(rv):
     assert est.template[0] == 2 and est.peak[0] > 0.9
 
 
+@pytest.mark.parametrize("snr", [5.0, 100.0])
+def test_noise_never_reaches_the_line_detection_peak(snr):
+    from scipy.ndimage import gaussian_filter1d
+
+    from sb2dask.observe.rv_bulk import LINE_DETECTION_PEAK
+
+    rng = np.random.default_rng(int(snr))
+    white = rng.standard_normal((300, MODEL_WAVE.size))
+    correlated = gaussian_filter1d(rng.standard_normal((300, MODEL_WAVE.size)), 0.5, axis=1)
+    correlated /= correlated.std(axis=1, keepdims=True)
+    est = estimate_rv(MODEL_WAVE, 1 + np.vstack([white, correlated]) / snr)
+    assert est.peak.max() < LINE_DETECTION_PEAK
+    assert not est.lines_detected.any() and np.isnan(est.rv_if_detected).all()
+
+
 def test_flat_spectra_and_noise_give_no_confident_peak():
     rng = np.random.default_rng(0)
     flux = np.vstack([np.ones(MODEL_WAVE.size), 1 + rng.normal(0, 0.01, MODEL_WAVE.size)])

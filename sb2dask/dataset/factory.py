@@ -70,14 +70,15 @@ def simulate_chunk(config: SimulationConfig, start: int, stop: int) -> tuple[np.
 
 def measure_rv_bulk(wave: np.ndarray, flux: np.ndarray) -> np.ndarray:
     """The bulk velocities [km/s] inference will measure on these observed spectra (the same
-    preprocessing and estimator), float32 (n,); NaN for spectra inference would not use."""
+    preprocessing, estimator and line-detection rule), float32 (n,); NaN for spectra inference
+    would not use or not shift (no lines detected)."""
     from ..observe.preprocess import preprocess
     from ..observe.rv_bulk import estimate_rv
 
     pre = preprocess([wave] * len(flux), list(flux), None, wave)
     rv = np.full(len(flux), np.nan, dtype=np.float32)
     if pre.usable.any():
-        rv[pre.usable] = estimate_rv(wave, pre.flux[pre.usable]).rv
+        rv[pre.usable] = estimate_rv(wave, pre.flux[pre.usable]).rv_if_detected
     return rv
 
 

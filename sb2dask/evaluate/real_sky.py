@@ -307,7 +307,7 @@ def _flagged(row) -> bool:
     from ..infer.flags import BoundaryFlag
 
     return (not bool(row["usable"])) or bool(int(row["flag_boundary"]) & int(
-        BoundaryFlag.TRAINING_UNLIKE))
+        BoundaryFlag.TRAINING_UNLIKE | BoundaryFlag.NO_LINES))
 
 
 def summarise(results: pd.DataFrame) -> dict:
@@ -362,7 +362,7 @@ def summarise(results: pd.DataFrame) -> dict:
         flagged = float(np.mean([_flagged(r) for _, r in junk.iterrows()]))
         targets["noise and flat spectra flagged"] = dict(
             value=flagged, passed=flagged == 1.0,
-            what="fraction unusable or TRAINING_UNLIKE")
+            what="fraction unusable, TRAINING_UNLIKE or NO_LINES")
     for t in targets.values():
         t["passed"] = bool(t["passed"])
     out["targets"] = targets

@@ -23,3 +23,4 @@ class BoundaryFlag(IntFlag):
     TRAINING_UNLIKE = 32  #: features far from the training set (ood_distance > 1)
     LARGE_SPREAD = 64  #: ensemble spread above 3x the validation RMSE
     LIKELY_SINGLE = 128  #: p_binary < 0.5: the SB2 parameters are probably meaningless
+    NO_LINES = 256  #: no stellar absorption lines detected (ccf_peak below noise level)
