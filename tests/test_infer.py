@@ -189,8 +189,16 @@ def test_source_table_combines_epochs(models, tmp_path):
         aggregate_sources(d, tmp_path / "src.parquet", ms, client)
     src = pd.read_parquet(tmp_path / "src.parquet").set_index("source_id")
     assert src.loc[1, "n_epochs"] == 2 and src.loc[2, "n_usable"] == 1
-    assert src.loc[1, "p_binary"] == pytest.approx(0.9)  # max over usable epochs
-    assert src.loc[2, "p_binary"] == pytest.approx(0.4)  # the unusable 0.99 is ignored
+    assert src.loc[1, "p_binary_max"] == pytest.approx(0.9)  # max over usable epochs
+    # both epochs' evidence (no S/N estimate: weight 1 each), tempered by 1 + (2 - 1) * 0.5
+    log_bf = (np.log(0.2 / 0.8) + np.log(0.9 / 0.1)) / 1.5
+    assert src.loc[1, "log_bayes_factor"] == pytest.approx(log_bf, rel=1e-5)
+    assert src.loc[1, "p_binary"] == pytest.approx(1 / (1 + np.exp(-log_bf)), rel=1e-5)
+    assert src.loc[1, "n_sb2_epochs"] == 1
+    # one usable epoch is its own evidence; the unusable 0.99 is ignored
+    assert src.loc[2, "p_binary"] == pytest.approx(0.4) and src.loc[2, "p_binary_max"] == \
+        pytest.approx(0.4)
+    assert "epoch_rv_1" not in src  # no per-epoch RVs in the epoch table: no lists
     floor = 1.0  # the random model set's validation RMSE
     w = 1.0 / (100.0 ** 2 + floor ** 2)
     assert src.loc[1, "teff_1"] == pytest.approx(4500.0)
