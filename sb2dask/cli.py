@@ -324,6 +324,18 @@ def _cmd_real_sky(args) -> int:
     return 0
 
 
+def _cmd_compare_dpac(args) -> int:
+    from .evaluate.dpac import compare_dpac, load_column_map
+
+    report = compare_dpac(args.results, args.dpac, args.out, load_column_map(args.columns),
+                          add_bary_corr=args.add_bary_corr)
+    print((Path(args.out) / "compare_dpac.md").read_text())
+    if report["counts"]["matched"] == 0:
+        print("sb2dask compare-dpac: note: no transit matched on (source_id, transit_id)",
+              file=sys.stderr)
+    return 0
+
+
 def _cmd_evaluate(args) -> int:
     from .evaluate.report import evaluate
 
@@ -427,8 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # in the order of `sb2dask --help`
     for add in (_add_library_parsers, _add_simulate_parser, _add_train_parser, _add_infer_parser,
-                _add_mock_parser, _add_evaluate_parser, _add_real_sky_parser, _add_demo_parser,
-                _add_figures_parser):
+                _add_mock_parser, _add_evaluate_parser, _add_real_sky_parser,
+                _add_compare_dpac_parser, _add_demo_parser, _add_figures_parser):
         add(sub, command)
     return ap
 
@@ -601,6 +613,27 @@ def _add_real_sky_parser(sub, command: _Command) -> None:
     p.add_argument("--rest-frame", choices=REST_FRAME_MODES, default="auto",
                    help="as for infer (default auto)")
     p.set_defaults(func=_cmd_real_sky)
+
+
+def _add_compare_dpac_parser(sub, command: _Command) -> None:
+    """``compare-dpac``: our per-transit results against DPAC's double-lined epoch parameters."""
+    p = command(sub, "compare-dpac",
+                help="agreement of our per-transit results with Gaia DR4's "
+                     "rvs_epoch_parameters_double (RVs, Teff, v_broad; docs/inference.md)")
+    p.add_argument("results", help="epoch table written by sb2dask infer (its --out)")
+    p.add_argument("--dpac", nargs="+", required=True, metavar="FILE",
+                   help="rvs_epoch_parameters_double file(s) from DataLink "
+                        "(EPOCH_PARAMETERS_RVS_DOUBLE): CSV, ECSV, VOTable or FITS, gzip allowed")
+    p.add_argument("--out", default="compare-dpac",
+                   help="report directory: compare_dpac.md, compare_dpac.json, matched.parquet "
+                        "(default compare-dpac)")
+    p.add_argument("--columns", default=None, metavar="FILE",
+                   help="YAML/JSON {canonical name: column} overriding the built-in names "
+                        "(sb2dask.evaluate.dpac.DPAC_COLUMNS)")
+    p.add_argument("--add-bary-corr", action="store_true",
+                   help="add rad_vel_bary_corr to DPAC's RVs (for velocities not yet "
+                        "barycentric; default: taken as barycentric, like DR4 epoch spectra)")
+    p.set_defaults(func=_cmd_compare_dpac)
 
 
 def _add_demo_parser(sub, command: _Command) -> None:

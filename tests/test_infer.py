@@ -215,14 +215,63 @@ def test_source_table_combines_epochs(models, tmp_path):
         aggregate_sources(d, tmp_path / "src.parquet", ms, client)
     src = pd.read_parquet(tmp_path / "src.parquet").set_index("source_id")
     assert src.loc[1, "n_epochs"] == 2 and src.loc[2, "n_usable"] == 1
-    assert src.loc[1, "p_binary"] == pytest.approx(0.9)  # max over usable epochs
-    assert src.loc[2, "p_binary"] == pytest.approx(0.4)  # the unusable 0.99 is ignored
+    assert src.loc[1, "p_binary_max"] == pytest.approx(0.9)  # max over usable epochs
+    # both epochs' evidence (no S/N estimate: weight 1 each), tempered by 1 + (2 - 1) * 0.5
+    log_bf = (np.log(0.2 / 0.8) + np.log(0.9 / 0.1)) / 1.5
+    assert src.loc[1, "log_bayes_factor"] == pytest.approx(log_bf, rel=1e-5)
+    assert src.loc[1, "p_binary"] == pytest.approx(1 / (1 + np.exp(-log_bf)), rel=1e-5)
+    assert src.loc[1, "n_sb2_epochs"] == 1
+    # one usable epoch is its own evidence; the unusable 0.99 is ignored
+    assert src.loc[2, "p_binary"] == pytest.approx(0.4) and src.loc[2, "p_binary_max"] == \
+        pytest.approx(0.4)
+    assert "epoch_rv_1" not in src  # no per-epoch RVs in the epoch table: no lists
     floor = 1.0  # the random model set's validation RMSE
     w = 1.0 / (100.0 ** 2 + floor ** 2)
     assert src.loc[1, "teff_1"] == pytest.approx(4500.0)
     assert src.loc[1, "teff_1_err"] == pytest.approx(1 / np.sqrt(2 * w), rel=1e-4)
     assert src.loc[2, "teff_1"] == pytest.approx(6000.0)
     assert src.loc[1, "quality_flags"] == 2 and src.loc[2, "quality_flags"] == 5
+
+
+def test_source_table_gathers_epochs_from_many_parts(models, tmp_path):
+    """Epochs of one source in different parts meet in one row (the shuffle on source_id), with
+    the per-epoch RVs passed through as lists when the epoch table has them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from distributed import Client, LocalCluster
+
+    from sb2dask.infer.run import aggregate_sources, write_parquet_atomic
+
+    d = tmp_path / "ep.parquet"
+    d.mkdir()
+    n_parts, n_src = 20, 30
+    schema = arrow_schema("epoch").append(pa.field("rv_1", pa.float32())).append(
+        pa.field("rv_2", pa.float32()))
+    for part in range(n_parts):  # source k has an epoch in each of parts k % 20, (k + 1) % 20
+        src = [k for k in range(n_src) if part in (k % n_parts, (k + 1) % n_parts)]
+        ep = empty_frame("epoch", len(src))
+        ep["source_id"] = np.array(src, np.int64)
+        ep["epoch_id"] = np.array(src, np.int64) * 100 + part
+        ep["usable"] = True
+        ep["p_binary"] = np.float32(0.7)
+        ep["rv_1"], ep["rv_2"] = np.float32(part), np.float32(-part)
+        write_parquet_atomic(ep, d / f"part-{part:06d}.parquet", schema)
+    ms = get_model_set(InferenceConfig(models, "cpu"))
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as lc, \
+            Client(lc) as client:
+        summary = aggregate_sources(d, tmp_path / "src.parquet", ms, client)
+    assert summary["sources"] == n_src and summary["rule"]["snr_full"] == 30.0
+    assert len(list((tmp_path / "src.parquet").glob("part-*.parquet"))) == 2  # 20 parts / 8
+    src = pd.read_parquet(tmp_path / "src.parquet").set_index("source_id").sort_index()
+    assert src.index.tolist() == list(range(n_src)) and (src["n_epochs"] == 2).all()
+    # in epoch_id order (no obs_time_rv here): source 19 was seen in parts 19 and 0
+    assert src.loc[19, "epoch_id"].tolist() == [1900, 1919]
+    assert src.loc[19, "epoch_rv_1"].tolist() == [0.0, 19.0]
+    assert src.loc[19, "epoch_rv_2"].tolist() == [0.0, -19.0]
+    assert src.loc[19, "epoch_p_binary"].tolist() == pytest.approx([0.7, 0.7])
+    meta = pq.read_schema(next((tmp_path / "src.parquet").glob("part-*.parquet")))
+    assert meta.field("epoch_rv_1").metadata[b"unit"] == b"km / s"
+    assert json.loads(meta.metadata[b"sb2dask.evidence_rule"])["correlation"] == 0.5
 
 
 def _simulated_partition(n=40):

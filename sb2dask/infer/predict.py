@@ -158,15 +158,29 @@ class ModelSet:
         res = self._predict_batch(np.concatenate([flux, np.repeat(flux[-1:], padded - n, 0)]))
         return {k: v[:n] for k, v in res.items()}
 
+    def detect(self, flux: np.ndarray, batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """The detector ensemble alone on spectra on :attr:`wave` (float32 ``(n, n_pix)``):
+        ``p_binary`` and ``p_binary_err`` (n,), as :meth:`predict` gives them, at a fraction of
+        its cost (for studies of p_binary, e.g. ``benchmarks/bench_source_evidence.py``)."""
+        batch_size = batch_size or self.batch_size
+        with self.lock, torch.inference_mode(), self._autocast():
+            parts = [self._detect_batch(torch.from_numpy(np.ascontiguousarray(
+                flux[s:s + batch_size], dtype=np.float32)).to(self.device))
+                for s in range(0, len(flux), batch_size)]
+        return {k: np.concatenate([p[k] for p in parts]) if parts else np.empty(0)
+                for k in ("p_binary", "p_binary_err")}
+
+    def _detect_batch(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        if not self.members["p_binary"]:
+            nan = np.full(len(x), np.nan, np.float32)
+            return {"p_binary": nan, "p_binary_err": nan}
+        p = np.stack([torch.sigmoid(m(x).float()).cpu().numpy()
+                      for m, _ in self.members["p_binary"]])
+        return {"p_binary": p.mean(0), "p_binary_err": _spread(p)}
+
     def _predict_batch(self, flux: np.ndarray) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(flux, dtype=np.float32)).to(self.device)
-        res = {}
-        if self.members["p_binary"]:
-            p = np.stack([torch.sigmoid(m(x).float()).cpu().numpy()
-                          for m, _ in self.members["p_binary"]])
-            res["p_binary"], res["p_binary_err"] = p.mean(0), _spread(p)
-        else:
-            res["p_binary"] = res["p_binary_err"] = np.full(len(flux), np.nan, np.float32)
+        res = self._detect_batch(x)
         temps = []
         for i, (model, man) in enumerate(self.members["teff"]):
             feats = model.trunk(x)

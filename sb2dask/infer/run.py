@@ -36,7 +36,14 @@ from ..labels import PARAMETERS
 from ..provenance import package_versions, utc_now
 from .config import InferenceConfig
 from .flags import QualityFlag
-from .schema import arrow_schema, empty_frame
+from .schema import arrow_schema
+from .sources import (
+    EPOCH_COLUMNS_NEEDED,
+    EvidenceRule,
+    combine_sources,
+    epoch_list_columns,
+    source_arrow_schema,
+)
 
 __all__ = ["STATS_META", "BYTES_PER_ROW", "READ_OVERHEAD", "MAX_UNUSABLE_FRACTION",
            "MemoryBudgetError", "UnusableRunError", "auto_partition_rows", "check_inputs",
@@ -558,37 +565,21 @@ def _prepare_out(out: Path, old: dict | None, record: dict,
     return todo, sorted(written)
 
 
-def _source_partials(df: pd.DataFrame, floors: dict) -> pd.DataFrame:
-    """Per-row terms whose group sums give the inverse-variance weighted means."""
-    u = df["usable"].to_numpy(bool)
-    out = pd.DataFrame({"source_id": df["source_id"].to_numpy(np.int64),
-                        "n_epochs": np.ones(len(df), np.int64),
-                        "n_usable": u.astype(np.int64),
-                        "p_max": np.where(u, df["p_binary"], -np.inf),
-                        "p_sum": np.where(u, df["p_binary"], 0.0),
-                        "flag_boundary": np.where(u, df["flag_boundary"], 0).astype(np.int64),
-                        "quality_flags": df["quality_flags"].to_numpy(np.int64)})
-    for p in PARAMETERS:
-        for c in (1, 2):
-            x = df[f"{p}_{c}"].to_numpy(np.float64)
-            e = df[f"{p}_{c}_err"].to_numpy(np.float64)
-            var = np.nan_to_num(e, nan=0.0) ** 2 + floors.get(p, 0.0) ** 2
-            ok = u & np.isfinite(x) & (var > 0)
-            w = np.where(ok, 1.0 / np.where(var > 0, var, 1.0), 0.0)
-            out[f"w_{p}_{c}"] = w
-            out[f"wx_{p}_{c}"] = np.where(ok, w * np.nan_to_num(x), 0.0)
-    return out
+def aggregate_sources(epoch_dir: Path, out_dir: Path, models, client,
+                      rule: EvidenceRule | None = None) -> dict:
+    """Combine the epochs of each source into the per-source table ``out_dir``.
 
-
-def _bitwise_or(s):
-    return s.agg(lambda v: np.bitwise_or.reduce(v.to_numpy()))
-
-
-def aggregate_sources(epoch_dir: Path, out_dir: Path, models, client) -> dict:
-    """Combine epochs per source (p_binary = max over usable epochs; parameters by inverse-variance
-    weighting with the ensemble spread plus a floor of the models' validation RMSE)."""
+    The thin Dask shell of :func:`sb2dask.infer.sources.combine_sources` (the rule is in its
+    module docstring): the epoch table's needed columns are shuffled on ``source_id`` so that
+    every source's epochs meet in one partition, combined there and written as
+    ``part-NNNNNN.parquet``. ``rule`` defaults to ``EvidenceRule()`` with the S/N floor of
+    ``models``; the parameters' uncertainty floors are the models' validation RMSE. Both are
+    recorded in the files' metadata and returned (``sources``, ``floors``, ``rule``).
+    """
     import dask.dataframe as dd
+    import pyarrow.parquet as pq
 
+    rule = (EvidenceRule() if rule is None else rule).for_models(models)
     floors = {}
     for p in PARAMETERS:
         rmse = [m["metrics"].get("rmse") for m in models.manifests[p]
@@ -598,39 +589,22 @@ def aggregate_sources(epoch_dir: Path, out_dir: Path, models, client) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("part-*.parquet"):
         old.unlink()
+    summary = dict(sources=0, floors=floors, rule=rule.to_dict())
     if not files:
-        return dict(sources=0, floors=floors)
-    ddf = dd.read_parquet([str(f) for f in files])
-    partial_meta = _source_partials(empty_frame("epoch"), floors)
-    parts = ddf.map_partitions(_source_partials, floors, meta=partial_meta)
-    bor = dd.Aggregation("bor", chunk=_bitwise_or, agg=_bitwise_or)
-    spec = {c: "sum" for c in partial_meta.columns if c not in ("source_id", "p_max",
-                                                                 "flag_boundary", "quality_flags")}
-    spec.update(p_max="max", flag_boundary=bor, quality_flags=bor)
-    grouped = parts.groupby("source_id").agg(spec, split_out=max(1, ddf.npartitions // 8))
-    schema = arrow_schema("source", dict(models=models.provenance, uncertainty_floors=floors))
+        return summary
+    available = pq.read_schema(files[0]).names
+    lists = epoch_list_columns(available)
+    columns = list(dict.fromkeys([*EPOCH_COLUMNS_NEEDED, *lists]))
+    ddf = dd.read_parquet([str(f) for f in files], columns=columns)
+    if ddf.npartitions > 1:
+        ddf = ddf.shuffle(on="source_id", npartitions=max(1, ddf.npartitions // 8))
+    meta = combine_sources(ddf._meta, rule, floors)
+    combined = ddf.map_partitions(combine_sources, rule, floors, meta=meta)
+    schema = source_arrow_schema(dict(models=models.provenance, uncertainty_floors=floors,
+                                      evidence_rule=rule.to_dict()), lists)
     n = 0
-    for i, part in enumerate(client.compute(grouped.to_delayed())):
-        g = part.result().reset_index()
-        res = empty_frame("source", len(g))
-        res["source_id"] = g["source_id"].to_numpy(np.int64)
-        res["n_epochs"] = g["n_epochs"].to_numpy(np.int32)
-        res["n_usable"] = g["n_usable"].to_numpy(np.int32)
-        has = g["n_usable"].to_numpy() > 0
-        res["p_binary"] = np.where(has, g["p_max"], np.nan).astype(np.float32)
-        res["p_binary_mean"] = np.where(has, g["p_sum"] / np.maximum(g["n_usable"], 1),
-                                        np.nan).astype(np.float32)
-        for p in PARAMETERS:
-            for c in (1, 2):
-                w = g[f"w_{p}_{c}"].to_numpy()
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    res[f"{p}_{c}"] = np.where(w > 0, g[f"wx_{p}_{c}"] / w, np.nan).astype(
-                        np.float32)
-                    res[f"{p}_{c}_err"] = np.where(w > 0, 1.0 / np.sqrt(w), np.nan).astype(
-                        np.float32)
-        res["flag_boundary"] = g["flag_boundary"].to_numpy(np.int32)
-        res["quality_flags"] = g["quality_flags"].to_numpy(np.int32)
-        res = res.sort_values("source_id")
+    for i, fut in enumerate(client.compute(combined.to_delayed())):
+        res = fut.result()
         write_parquet_atomic(res, out_dir / f"part-{i:06d}.parquet", schema)
         n += len(res)
-    return dict(sources=n, floors=floors)
+    return dict(summary, sources=n)
