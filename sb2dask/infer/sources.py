@@ -284,12 +284,17 @@ def _add_epoch_lists(res: pd.DataFrame, epochs: pd.DataFrame, usable: np.ndarray
     sub = epochs.loc[usable, ["source_id"] + lists]
     order = ["source_id", "obs_time_rv" if "obs_time_rv" in lists else "epoch_id", "epoch_id"]
     sub = sub.sort_values(order, kind="stable")
-    grouped = sub.groupby("source_id", sort=True)
+    # split the sorted rows at source boundaries with numpy: pandas 2's groupby.agg refuses a
+    # function that returns an array ("Must produce aggregated value"), pandas 3's accepts it
+    ids = sub["source_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.empty(0, int)
+    where = dict(zip(ids[starts].tolist(), range(len(starts)), strict=True))
+    row_of = [where.get(int(sid)) for sid in res["source_id"].to_numpy()]
     for c in lists:
         dtype = np.dtype(EPOCH_LIST_COLUMNS[c][0])
-        col = grouped[c].agg(lambda s, dt=dtype: s.to_numpy(dt))
-        res[_list_name(c)] = res["source_id"].map(col).map(
-            lambda v, dt=dtype: v if isinstance(v, np.ndarray) else np.empty(0, dt))
+        parts = np.split(sub[c].to_numpy(dtype), starts[1:])
+        res[_list_name(c)] = [parts[i] if i is not None else np.empty(0, dtype)
+                              for i in row_of]
     return res
 
 
