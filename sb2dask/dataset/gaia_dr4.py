@@ -34,7 +34,7 @@ from ..fileio import atomic_path
 from ..gaia import DR4_EPOCH_N_PIX, DR4_EPOCH_WAVE_VAC_NM
 
 __all__ = ["STRUCTURES", "FORMATS", "EXTENSIONS", "SCALAR_COLUMNS", "write_dr4_epoch",
-           "dr4_file_name"]
+           "dr4_file_name", "resample_to_dr4"]
 
 #: astroquery's ``data_structure`` values: one row per pixel, or arrays per row.
 STRUCTURES = ("DATAMODEL_STANDARD", "DATAMODEL_GAIA")
@@ -60,6 +60,54 @@ _DESCRIPTIONS = {
     "combined_ccds": "Number of combined CCD spectra",
     "deblended_ccds": "Number of deblended CCD spectra",
 }
+
+
+def resample_to_dr4(wave_vac_nm: np.ndarray, flux: np.ndarray,
+                    flux_error: np.ndarray | None = None, rv_kms=0.0
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Spectra on any vacuum grid onto the DR4 epoch grid, optionally Doppler-shifted.
+
+    Linear interpolation of the flux and of the squared errors (their root is returned), as
+    DPAC combines CCD spectra onto the grid; the pixel at λ sees the input at λ / D(v), so a
+    rest-frame spectrum comes out as observed at velocity ``rv_kms`` (e.g. a real DR3 mean
+    spectrum placed in DR4's barycentric frame). Pixels outside the input grid, or next to a
+    NaN input pixel, are NaN.
+
+    Parameters
+    ----------
+    wave_vac_nm : ndarray (n_in,)
+        Increasing vacuum wavelengths [nm] of the input (e.g. the DR3 grid).
+    flux : ndarray (n, n_in) or (n_in,)
+    flux_error : like ``flux``, optional
+    rv_kms : float or ndarray (n,)
+        Radial velocity [km/s] to put each spectrum at (relativistic Doppler factor).
+
+    Returns
+    -------
+    flux, flux_error : float32 ndarrays (n, 961) (flux_error None when not given)
+    """
+    from ..observe.rv_bulk import velocity_to_factor
+
+    wave = np.asarray(wave_vac_nm, dtype=np.float64)
+    flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
+    n = flux.shape[0]
+    factor = velocity_to_factor(np.broadcast_to(np.asarray(rv_kms, dtype=np.float64), (n,)))
+    x = DR4_EPOCH_WAVE_VAC_NM[None, :] / factor[:, None]
+    pos = np.interp(x.ravel(), wave, np.arange(wave.size, dtype=np.float64)).reshape(x.shape)
+    i0 = np.clip(np.floor(pos).astype(np.int64), 0, wave.size - 2)
+    t = pos - i0
+    rows = np.arange(n)[:, None]
+    outside = (x < wave[0]) | (x > wave[-1])
+
+    def interp(values):
+        out = (1.0 - t) * values[rows, i0] + t * values[rows, i0 + 1]
+        return np.where(outside, np.nan, out)
+
+    err = None
+    if flux_error is not None:
+        e = np.atleast_2d(np.asarray(flux_error, dtype=np.float64))
+        err = np.sqrt(interp(e ** 2)).astype(np.float32)
+    return interp(flux).astype(np.float32), err
 
 
 def dr4_file_name(structure: str, fmt: str, key: str | int) -> str:
@@ -135,7 +183,9 @@ def _cell_text(values: np.ndarray) -> np.ndarray:
     """Numbers as CSV text, NaN as an empty field (the DataLink CSV's missing value)."""
     values = np.asarray(values)
     if values.dtype.kind == "f":
-        out = np.char.mod("%.9g", values).astype(object)
+        # as many digits as the type holds: obs_time_rv needs float64's
+        out = np.char.mod("%.17g" if values.dtype == np.float64 else "%.9g", values
+                          ).astype(object)
         out[np.isnan(values)] = ""
         return out
     return values.astype(str).astype(object)
