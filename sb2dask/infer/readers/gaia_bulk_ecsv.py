@@ -344,19 +344,24 @@ def _array(f: _BulkFile, key: str, start: int, stop: int):
 
 def _grids(f: _BulkFile, flux: RaggedColumn, start: int, stop: int):
     """The rows' air grids [Å]: from a ``wavelength`` array column, else by array length."""
-    waves, _ = _array(f, "wavelength", start, stop)
-    if waves is None:
+    name = f.columns["wavelength"]
+    if name is None:
         declared = f.header.column(f.columns["flux"]).declared_length
         default = gaia_grid(n_pix=declared) if declared else None
         lengths = np.where(flux.null_rows, declared or 0, np.diff(flux.offsets)) \
             if flux.null_rows is not None else np.diff(flux.offsets)
         return grids_for_lengths(lengths, RVS_WAVE if default is None else default[0])
-    if waves.null_rows.any() or waves.not_numeric.any():
-        bad = int(np.flatnonzero(waves.null_rows | waves.not_numeric)[0])
-        raise ReaderError(f.path, f"{f.columns['wavelength']} is null or not numeric",
-                          line=f.first_line + start + bad)
-    unit = f.header.column(f.columns["wavelength"]).unit or "nm"
-    return match_grids(f.path, waves.values, waves.offsets, unit, "vacuum")[0]
+    # rows normally repeat one wavelength text: parse each distinct text once
+    coded = f.table[name].slice(start, stop - start).combine_chunks().dictionary_encode()
+    waves = parse_array_strings(coded.dictionary)
+    index = coded.indices.to_numpy(zero_copy_only=False)
+    bad = (waves.null_field | waves.not_numeric)[index]
+    if bad.any():
+        raise ReaderError(f.path, f"{name} is null or not numeric",
+                          line=f.first_line + start + int(np.flatnonzero(bad)[0]))
+    unit = f.header.column(name).unit or "nm"
+    grids, _ = match_grids(f.path, waves.values, waves.offsets, unit, "vacuum")
+    return grids if isinstance(grids, np.ndarray) else [grids[i] for i in index]
 
 
 def _partition(f: _BulkFile, start: int, stop: int) -> pd.DataFrame:
