@@ -295,15 +295,21 @@ def _cmd_infer(args) -> int:
 
 
 def _cmd_mock(args) -> int:
-    from .dataset.mock_catalogue import mock_catalogue
+    from .dataset.mock_catalogue import mock_catalogue, mock_catalogue_dr4
 
     lo, hi = args.epochs
     if lo > hi:
         raise ValueError(f"--epochs MIN MAX: MIN ({lo}) is larger than MAX ({hi})")
     cfg = _simulation_config(args)
-    r = mock_catalogue(args.out, n_sources=args.n_sources, epochs=(lo, hi),
-                       binary_fraction=args.binary_fraction, n_files=args.files, config=cfg,
-                       seed=args.seed)
+    if args.layout == "dr4":
+        r = mock_catalogue_dr4(args.out, n_sources=args.n_sources, epochs=(lo, hi),
+                               binary_fraction=args.binary_fraction, n_files=args.files,
+                               formats=tuple(args.formats), structures=tuple(args.structures),
+                               config=cfg, seed=args.seed)
+    else:
+        r = mock_catalogue(args.out, n_sources=args.n_sources, epochs=(lo, hi),
+                           binary_fraction=args.binary_fraction, n_files=args.files, config=cfg,
+                           seed=args.seed)
     print(json.dumps(r, indent=1))
     return 0
 
@@ -573,14 +579,28 @@ def _add_infer_parser(sub, command: _Command) -> None:
 
 def _add_mock_parser(sub, command: _Command) -> None:
     """``mock-catalogue``: a simulated epoch catalogue."""
-    p = command(sub, "mock-catalogue", help="write a simulated epoch catalogue (bulk ECSV)")
+    from .dataset.gaia_dr4 import FORMATS, STRUCTURES
+
+    p = command(sub, "mock-catalogue", help="write a simulated epoch catalogue (bulk ECSV, or "
+                "Gaia DR4 epoch spectra as DataLink delivers them)")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--layout", choices=["bulk", "dr4"], default="bulk",
+                   help="bulk (default): Gaia bulk ECSV.gz files on the DR3 grid, stars at rest; "
+                        "dr4: Gaia DR4 RVS epoch spectra (961-pixel grid, barycentric frame, "
+                        "obs_time_rv, normalisation_method 0/3/4) in the archive's DataLink "
+                        "structures and formats, under OUT/STRUCTURE/FORMAT/ (docs/dr4.md)")
+    p.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS),
+                   help="--layout dr4: file formats (default: all)")
+    p.add_argument("--structures", nargs="+", choices=STRUCTURES, default=list(STRUCTURES),
+                   help="--layout dr4: DATAMODEL_STANDARD (one row per pixel, one file per "
+                        "source) and/or DATAMODEL_GAIA (arrays per row); default both")
     p.add_argument("--n-sources", type=_positive_int, default=1000,
                    help="number of sources (default 1000)")
     p.add_argument("--epochs", type=_positive_int, nargs=2, default=[1, 5],
                    metavar=("MIN", "MAX"), help="epochs per source (default 1 5)")
     p.add_argument("--files", type=_positive_int, default=4,
-                   help="number of ECSV files (default 4)")
+                   help="number of ECSV files (--layout dr4: DATAMODEL_GAIA files per format) "
+                        "(default 4)")
     _add_simulation_options(p, seed=1, binary_fraction=0.5)
     p.set_defaults(func=_cmd_mock)
 

@@ -1,5 +1,6 @@
-"""Facts about the Gaia RVS data products that more than one stage uses: the published pixel grid
-and the HEALPix index inside source identifiers.
+"""Facts about the Gaia RVS data products that more than one stage uses: the published pixel grids
+(DR3 mean spectra, DR4 epoch spectra), the DR4 epoch-spectrum conventions, and the HEALPix index
+inside source identifiers.
 
 RVS spectra are published on a vacuum grid in nm, 846-870 nm in steps of 0.01 nm, 2401 pixels
 (Gaia DR3 documentation, datamodel section 20.12.1 ``rvs_mean_spectrum``; the medium was checked
@@ -14,7 +15,10 @@ import numpy as np
 from .library.wavelength import vac_to_air
 
 __all__ = ["RVS_N_PIX", "RVS_WAVE_START_NM", "RVS_WAVE_END_NM", "RVS_WAVE_STEP_NM",
-           "RVS_WAVE_VAC_NM", "RVS_WAVE", "HEALPIX_LEVEL8_SHIFT", "N_HEALPIX_LEVEL8"]
+           "RVS_WAVE_VAC_NM", "RVS_WAVE", "HEALPIX_LEVEL8_SHIFT", "N_HEALPIX_LEVEL8",
+           "DR4_EPOCH_N_PIX", "DR4_EPOCH_WAVE_STEP_NM", "DR4_EPOCH_WAVE_VAC_NM", "DR4_EPOCH_WAVE",
+           "OBS_TIME_RV_ZERO_BJD", "OBS_TIME_RV_UNIT", "DR4_NORMALISATION_METHODS",
+           "FRAME_REST", "FRAME_BARYCENTRIC", "FRAME_UNKNOWN", "FRAMES", "gaia_grid"]
 
 #: Gaia RVS grid as published: 846-870 nm in steps of 0.01 nm, vacuum.
 RVS_N_PIX = 2401
@@ -27,6 +31,73 @@ RVS_WAVE_VAC_NM = np.round(RVS_WAVE_START_NM + RVS_WAVE_STEP_NM * np.arange(RVS_
 RVS_WAVE = vac_to_air(RVS_WAVE_VAC_NM * 10.0)
 RVS_WAVE_VAC_NM.setflags(write=False)
 RVS_WAVE.setflags(write=False)
+
+#: Gaia DR4 RVS epoch spectra (``rvs_epoch_spectrum``, DataLink ``EPOCH_SPECTRUM_RVS``; pre-release
+#: data model, to be checked on release): 961 pixels, ``846.0 + 0.025 i`` nm, vacuum, in the solar
+#: barycentric frame. Fluxes and squared errors of the CCD spectra of a transit are linearly
+#: interpolated onto this grid and averaged, so neighbouring pixels are correlated.
+DR4_EPOCH_N_PIX = 961
+DR4_EPOCH_WAVE_STEP_NM = 0.025
+# Rounded to three decimals, the precision of the grid's definition.
+DR4_EPOCH_WAVE_VAC_NM = np.round(RVS_WAVE_START_NM + DR4_EPOCH_WAVE_STEP_NM
+                                 * np.arange(DR4_EPOCH_N_PIX), 3)
+#: The DR4 epoch grid in air [Å] (one shared object, like :data:`RVS_WAVE`).
+DR4_EPOCH_WAVE = vac_to_air(DR4_EPOCH_WAVE_VAC_NM * 10.0)
+DR4_EPOCH_WAVE_VAC_NM.setflags(write=False)
+DR4_EPOCH_WAVE.setflags(write=False)
+
+#: ``obs_time_rv`` of DR4 epoch products is BJD(TCB) − 2455197.5 d (Gaia's time origin,
+#: 2010-01-01T00:00:00 TCB at the solar-system barycentre).
+OBS_TIME_RV_ZERO_BJD = 2455197.5
+OBS_TIME_RV_UNIT = "d"
+
+#: ``normalisation_method`` of DR4 epoch spectra (pre-release data model): what each code
+#: means. Codes outside this table are kept and flagged by the readers
+#: (``ReadFlag.UNKNOWN_NORMALISATION``).
+DR4_NORMALISATION_METHODS = {
+    0: "double-lined transit: not normalised (raw flux scale)",
+    3: "flux and flux_error divided by the median of the combined spectrum",
+    4: "negative median: not normalised, poor quality",
+}
+
+#: Reference frames of input spectra (the readers' ``frame`` column): the stellar rest frame
+#: (DR3 mean spectra, to about a km/s), the solar barycentric frame (DR4 epoch spectra), or not
+#: known from the file (inference then follows the models' own frame).
+FRAME_REST = "rest"
+FRAME_BARYCENTRIC = "barycentric"
+FRAME_UNKNOWN = "unknown"
+FRAMES = (FRAME_REST, FRAME_BARYCENTRIC, FRAME_UNKNOWN)
+
+
+def gaia_grid(wave_nm: np.ndarray | None = None, n_pix: int | None = None
+              ) -> tuple[np.ndarray, str] | None:
+    """The published Gaia RVS grid that wavelengths (or a pixel count) identify.
+
+    Parameters
+    ----------
+    wave_nm : ndarray, optional
+        Vacuum wavelengths [nm] of one spectrum, sorted; matched to within 10⁻⁴ nm (1 % of a
+        pixel, 0.04 km/s), so that wavelengths stored as float32 still match.
+    n_pix : int, optional
+        A pixel count alone (formats without a wavelength column): 2401 is the DR3 mean-spectrum
+        grid, 961 the DR4 epoch grid.
+
+    Returns
+    -------
+    (air grid [Å], frame) or None
+        :data:`RVS_WAVE` with :data:`FRAME_REST`, :data:`DR4_EPOCH_WAVE` with
+        :data:`FRAME_BARYCENTRIC`; None when neither grid matches.
+    """
+    grids = ((RVS_WAVE_VAC_NM, RVS_WAVE, FRAME_REST),
+             (DR4_EPOCH_WAVE_VAC_NM, DR4_EPOCH_WAVE, FRAME_BARYCENTRIC))
+    for vac, air, frame in grids:
+        if wave_nm is not None:
+            if wave_nm.size == vac.size and np.allclose(wave_nm, vac, rtol=0, atol=1e-4):
+                return air, frame
+        elif n_pix == vac.size:
+            return air, frame
+    return None
+
 
 #: ``source_id >> 43`` is the HEALPix level-8 (nested) index of a Gaia source; bulk files are
 #: split by it.

@@ -17,18 +17,37 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..fileio import atomic_path
-from ..gaia import RVS_N_PIX, RVS_WAVE, RVS_WAVE_END_NM, RVS_WAVE_START_NM, RVS_WAVE_STEP_NM
+from ..gaia import (
+    DR4_EPOCH_N_PIX,
+    DR4_EPOCH_WAVE,
+    DR4_EPOCH_WAVE_STEP_NM,
+    RVS_N_PIX,
+    RVS_WAVE,
+    RVS_WAVE_END_NM,
+    RVS_WAVE_START_NM,
+    RVS_WAVE_STEP_NM,
+)
 from ..labels import TRUE_PREFIX
 
 __all__ = ["write_bulk_ecsv", "format_array_strings"]
 
 _GRID_TEXT = (f"{RVS_WAVE_START_NM:g}-{RVS_WAVE_END_NM:g} nm, step {RVS_WAVE_STEP_NM:g} nm, "
               f"{RVS_N_PIX} pixels, vacuum")
+_DR4_GRID_TEXT = (f"{RVS_WAVE_START_NM:g}-{RVS_WAVE_END_NM:g} nm, step "
+                  f"{DR4_EPOCH_WAVE_STEP_NM:g} nm, {DR4_EPOCH_N_PIX} pixels, vacuum, solar "
+                  "barycentric frame")
+#: Per-transit columns of DR4 epoch spectra written when a frame has them (ECSV datatypes).
+_TRANSIT_DATATYPES = {"obs_time_rv": "float64", "normalisation_method": "int16",
+                      "combined_ccds": "int16", "deblended_ccds": "int16"}
 _DESCRIPTIONS = {
     "source_id": "Unique source identifier (unique within a particular Data Release)",
     "transit_id": "Transit unique identifier",
     "flux": f"Normalised RVS flux ({_GRID_TEXT})",
     "flux_error": "Uncertainty of the normalised RVS flux",
+    "obs_time_rv": "Observing time of the transit (BJD(TCB) - 2455197.5 d)",
+    "normalisation_method": "Normalisation method of the epoch spectrum",
+    "combined_ccds": "Number of combined CCD spectra",
+    "deblended_ccds": "Number of deblended CCD spectra",
 }
 
 
@@ -113,9 +132,11 @@ def write_bulk_ecsv(path: str | Path, df: pd.DataFrame, *, array_length: int | N
                     compresslevel: int = 6) -> Path:
     """Write spectra in the Gaia bulk layout: gzipped ECSV, arrays as quoted JSON text.
 
-    Columns written: ``source_id``; ``transit_id`` when any ``epoch_id`` is not -1; ``flux``;
-    ``flux_error`` unless every row's is None; then every ``true_*`` column. NaN pixels are
-    written ``null``; a None ``flux_error`` is an empty field.
+    Columns written: ``source_id``; ``transit_id`` when any ``epoch_id`` is not -1; the DR4
+    per-transit columns (``obs_time_rv``, ``normalisation_method``, ``combined_ccds``,
+    ``deblended_ccds``) that hold any value other than their absent marker (NaN, -1);
+    ``flux``; ``flux_error`` unless every row's is None; then every ``true_*`` column. NaN
+    pixels are written ``null``; a None ``flux_error`` is an empty field.
 
     Parameters
     ----------
@@ -123,8 +144,10 @@ def write_bulk_ecsv(path: str | Path, df: pd.DataFrame, *, array_length: int | N
         Output file; gzip-compressed whatever its name.
     df : pandas.DataFrame
         Spectra in the reader schema (:data:`sb2dask.infer.readers.base.SPECTRUM_SCHEMA`);
-        ``wave``, when present, must be the Gaia RVS grid (:data:`sb2dask.gaia.RVS_WAVE`), the
-        only grid this layout can hold.
+        ``wave``, when present, must be one Gaia grid for all rows: the DR3 grid
+        (:data:`sb2dask.gaia.RVS_WAVE`) or the DR4 epoch grid
+        (:data:`sb2dask.gaia.DR4_EPOCH_WAVE`), the grids this layout can hold (readers know
+        them by the array length).
         Arrays may have any length (to make malformed fixtures).
     array_length : int, optional
         Declared array length in the header subtype (``float32[2401]``); None writes the
@@ -140,12 +163,15 @@ def write_bulk_ecsv(path: str | Path, df: pd.DataFrame, *, array_length: int | N
     for name in ("source_id", "flux"):
         if name not in df.columns:
             raise ValueError(f"write_bulk_ecsv: the DataFrame has no {name!r} column")
-    if "wave" in df.columns:
+    grid = RVS_WAVE
+    if "wave" in df.columns and len(df):
+        first = df["wave"].iloc[0]
+        grid = DR4_EPOCH_WAVE if np.shape(first) == DR4_EPOCH_WAVE.shape else RVS_WAVE
         for i, w in enumerate(df["wave"]):
-            if w is not RVS_WAVE and not (np.shape(w) == RVS_WAVE.shape
-                                          and np.allclose(w, RVS_WAVE, rtol=0, atol=1e-6)):
-                raise ValueError(f"write_bulk_ecsv: row {i} is not on the Gaia RVS grid; the "
-                                 "bulk layout has no wavelength column")
+            if w is not grid and not (np.shape(w) == grid.shape
+                                      and np.allclose(w, grid, rtol=0, atol=1e-6)):
+                raise ValueError(f"write_bulk_ecsv: row {i} is not on the Gaia RVS grid of row 0 "
+                                 "(DR3 or DR4 epoch); the bulk layout has no wavelength column")
     n = len(df)
     subtype = f"float32[{'null' if array_length is None else int(array_length)}]"
     epoch = df["epoch_id"].to_numpy(np.int64) if "epoch_id" in df.columns else None
@@ -153,6 +179,11 @@ def write_bulk_ecsv(path: str | Path, df: pd.DataFrame, *, array_length: int | N
                                                            df["source_id"].to_numpy(np.int64))]
     if epoch is not None and (epoch != -1).any():
         columns.append(("transit_id", "int64", None, epoch))
+    for name, datatype in _TRANSIT_DATATYPES.items():
+        if name in df.columns:
+            values = df[name].to_numpy(np.float64)
+            if np.any(np.isfinite(values) & (values != -1)):
+                columns.append((name, datatype, None, df[name].to_numpy(datatype)))
     columns.append(("flux", "string", subtype, _ragged(list(df["flux"]))))
     if "flux_error" in df.columns and df["flux_error"].notna().any():
         columns.append(("flux_error", "string", subtype, _ragged(list(df["flux_error"]))))
@@ -164,7 +195,8 @@ def write_bulk_ecsv(path: str | Path, df: pd.DataFrame, *, array_length: int | N
     head = ["# %ECSV 1.0", "# ---", "# delimiter: ','", "# datatype:"]
     for name, datatype, sub, _ in columns:
         head += _yaml_entry(name, datatype, sub, _DESCRIPTIONS.get(name))
-    head += ["# meta:", f"#   written_by: {__name__}", f"#   wavelength_grid: {_GRID_TEXT}"]
+    grid_text = _DR4_GRID_TEXT if grid is DR4_EPOCH_WAVE else _GRID_TEXT
+    head += ["# meta:", f"#   written_by: {__name__}", f"#   wavelength_grid: {grid_text}"]
     head.append(",".join(c[0] for c in columns))
     # the gzip header names the file: its final name, not the temporary one (reproducible bytes)
     with atomic_path(path) as tmp, open(tmp, "wb") as raw, \

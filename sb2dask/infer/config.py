@@ -26,7 +26,9 @@ __all__ = ["InferenceConfig", "PRECISIONS", "REST_FRAME_MODES"]
 PRECISIONS = ("fp32", "bf16")
 
 #: Whether each spectrum's bulk radial velocity is measured and removed before the networks:
-#: ``auto`` does what the models were trained for (their manifests' ``training.frame``).
+#: ``auto`` does what the models were trained for (their manifests' ``training.frame``), and
+#: always removes it from spectra in the barycentric frame (Gaia DR4 epoch spectra, the readers'
+#: ``frame`` column).
 REST_FRAME_MODES = ("auto", "on", "off")
 
 
@@ -59,7 +61,10 @@ class InferenceConfig(ConfigMixin):
         One of :data:`REST_FRAME_MODES`. ``on`` measures each spectrum's bulk radial velocity
         (:func:`sb2dask.observe.rv_bulk.estimate_rv`, the ``rv_bulk`` column) and resamples the
         spectrum into that frame; ``off`` takes spectra as in their rest frame; ``auto`` follows
-        the models (on for models trained in that frame, off for the paper's, trained at rest).
+        the models (on for models trained in that frame, off for the paper's, trained at rest)
+        and is on for every spectrum whose ``frame`` is ``"barycentric"`` (Gaia DR4 epoch
+        spectra, which carry the star's full radial velocity;
+        :meth:`~sb2dask.infer.predict.ModelSet.uses_rest_frame`).
     """
 
     model_dir: str | None = None

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from ..devices import resolve_device
+from ..gaia import FRAME_BARYCENTRIC, FRAME_UNKNOWN
 from ..models.io import ModelFileError, load_feature_statistics, load_model, mahalanobis
 from ..models.predict import sort_pairs
 from ..observe.flags import QualityFlag
@@ -25,6 +26,7 @@ from ..observe.rv_bulk import LINE_DETECTION_PEAK, estimate_rv
 from ..runtime import release_free_memory, tune_process
 from .config import PRECISIONS, InferenceConfig
 from .flags import BoundaryFlag
+from .readers.base import TRANSIT_COLUMNS
 from .schema import empty_frame
 
 __all__ = ["PARAMETERS", "PRECISIONS", "DEFAULT_MODEL_DIR", "BATCH_SIZE", "PAD_STEPS", "ModelSet",
@@ -126,10 +128,27 @@ class ModelSet:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def uses_rest_frame(self, mode: str = "auto") -> bool:
-        """Whether inference removes each spectrum's bulk velocity (``mode`` one of
-        :data:`~sb2dask.infer.config.REST_FRAME_MODES`; ``auto``: as the models were trained)."""
-        return mode == "on" or (mode == "auto" and self.frame == "rv_bulk")
+    def uses_rest_frame(self, mode: str = "auto", frames=None):
+        """Whether inference removes each spectrum's bulk velocity.
+
+        Parameters
+        ----------
+        mode : one of :data:`~sb2dask.infer.config.REST_FRAME_MODES`
+            ``on``: always; ``off``: never; ``auto``: as the models were trained, and always for
+            spectra not in a stellar rest frame (``frames`` ``"barycentric"``: Gaia DR4 epoch
+            spectra, which carry the star's full radial velocity).
+        frames : array_like of str (n,), optional
+            The input frame of each spectrum (the readers' ``frame`` column).
+
+        Returns
+        -------
+        bool, or ndarray of bool (n,) when ``frames`` is given
+        """
+        models = mode == "on" or (mode == "auto" and self.frame == "rv_bulk")
+        if frames is None:
+            return models
+        frames = np.asarray(frames, dtype=object)
+        return np.full(len(frames), models) | ((mode == "auto") & (frames == FRAME_BARYCENTRIC))
 
     def predict(self, flux: np.ndarray, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Ensemble predictions for spectra on :attr:`wave` (float32 ``(n, n_pix)``).
@@ -259,14 +278,16 @@ def get_model_set(config: InferenceConfig | None = None) -> ModelSet:
 def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -> pd.DataFrame:
     """One output row per input spectrum: the pure core that ``map_partitions`` maps.
 
-    With ``config.rest_frame`` on (``auto``: when the models were trained so) each spectrum's bulk
-    radial velocity is measured (:func:`sb2dask.observe.rv_bulk.estimate_rv`, reported as
+    With ``config.rest_frame`` on (``auto``: when the models were trained so, and for every
+    spectrum whose ``frame`` is ``"barycentric"``, i.e. Gaia DR4 epoch spectra) each spectrum's
+    bulk radial velocity is measured (:func:`sb2dask.observe.rv_bulk.estimate_rv`, reported as
     ``rv_bulk``) and removed before the networks see it; off, spectra are taken to be in their
     rest frame already.
 
     ``df`` has the reader schema (source_id, epoch_id, wave, flux, flux_error, file, row,
-    read_flags); the result has the schema of ``catalogs/epoch_parameters.yaml``. ``config``
-    names the models and how they run (default: the shipped models, ``InferenceConfig()``).
+    read_flags, and the per-transit columns and ``frame``, which default to absent/unknown when
+    missing); the result has the schema of ``catalogs/epoch_parameters.yaml``. ``config`` names
+    the models and how they run (default: the shipped models, ``InferenceConfig()``).
     """
     config = InferenceConfig() if config is None else config
     out = empty_frame("epoch", len(df))
@@ -278,14 +299,18 @@ def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -
     pre = preprocess(waves, fluxes, errors, models.wave, config.max_nan_fraction)
     rv_bulk = np.full(len(df), np.nan)
     ccf_peak = np.full(len(df), np.nan)
+    frames = df["frame"].to_numpy(object) if "frame" in df else \
+        np.full(len(df), FRAME_UNKNOWN, dtype=object)
     if pre.usable.any():  # cheap next to the networks (~1700 spectra/s per core)
         est = estimate_rv(models.wave, pre.flux[pre.usable])
         ccf_peak[pre.usable] = est.peak
-        if models.uses_rest_frame(config.rest_frame):
+        shift = models.uses_rest_frame(config.rest_frame, frames) & pre.usable
+        if shift.any():
             # remove each spectrum's bulk velocity (none where no lines were detected: that
             # velocity is noise) by resampling again, into that frame, from the observed pixels
-            # (one interpolation, not two)
+            # (one interpolation, not two); the others keep velocity 0
             rv_bulk[pre.usable] = est.rv_if_detected
+            rv_bulk[~shift] = np.nan
             pre = preprocess(waves, fluxes, errors, models.wave, config.max_nan_fraction,
                              rv_kms=np.nan_to_num(rv_bulk))
     qflags = pre.quality_flags.copy()
@@ -327,5 +352,8 @@ def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -
     out["usable"] = usable
     out["file"] = df["file"].astype(str).to_numpy()
     out["row"] = df["row"].to_numpy(np.int64)
+    for name, (dtype, missing) in TRANSIT_COLUMNS.items():
+        out[name] = df[name].to_numpy(dtype) if name in df else np.full(len(df), missing, dtype)
+    out["frame"] = frames.astype(str)
     out.index = df.index
     return out

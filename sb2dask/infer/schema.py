@@ -48,7 +48,7 @@ def arrow_schema(table: str, metadata: dict | None = None):
     import pyarrow as pa
 
     s = load_schema(table)
-    types = {"int64": pa.int64(), "int32": pa.int32(), "float32": pa.float32(),
+    types = {"int64": pa.int64(), "int32": pa.int32(), "int16": pa.int16(), "float32": pa.float32(),
              "float64": pa.float64(), "bool": pa.bool_(), "string": pa.string()}
     fields = [pa.field(c["name"], types[c["dtype"]],
                        metadata={"unit": c["unit"], "description": c["description"]})

@@ -4,8 +4,10 @@ Steps per spectrum: non-finite pixels are treated as missing; the upper quartile
 three continuum regions (8475-8495, 8561-8582, 8627-8648 Å; Guiglion et al. 2024, Sect. 2.1)
 replaces them; the spectrum is linearly interpolated onto the model grid (both are sampled at
 R ≈ 11 500, so this is point sampling of a well-sampled spectrum, as in the simulator); the
-continuum-region median is checked against 1 (Gaia RVS spectra are delivered normalised); and an
-S/N estimate is taken from the flux errors. Problems are recorded as :class:`QualityFlag` bits, and
+continuum-region median (:func:`continuum_level`) is checked against 1 (Gaia RVS spectra are
+delivered normalised; the one exception, DR4 epoch spectra of double-lined transits on their raw
+flux scale, is divided by that same level when read: :func:`normalise_to_continuum`); and an S/N
+estimate is taken from the flux errors. Problems are recorded as :class:`QualityFlag` bits, and
 every input row yields an output row.
 """
 
@@ -17,7 +19,8 @@ import numpy as np
 
 from .flags import UNUSABLE, QualityFlag
 
-__all__ = ["CONTINUUM_REGIONS", "Preprocessed", "preprocess"]
+__all__ = ["CONTINUUM_REGIONS", "Preprocessed", "preprocess", "continuum_level",
+           "normalise_to_continuum"]
 
 #: Continuum regions [Å] of Guiglion et al. (2024) used for the Q3 fill and the normalisation check.
 CONTINUUM_REGIONS = ((8475.0, 8495.0), (8561.0, 8582.0), (8627.0, 8648.0))
@@ -42,6 +45,62 @@ def _continuum_mask(wave: np.ndarray) -> np.ndarray:
     for lo, hi in CONTINUUM_REGIONS:
         m |= (wave >= lo) & (wave <= hi)
     return m
+
+
+def continuum_level(wave: np.ndarray, flux: np.ndarray) -> np.ndarray:
+    """Median flux over the continuum regions (:data:`CONTINUUM_REGIONS`), NaN pixels ignored.
+
+    The level that preprocessing checks against 1 (``QualityFlag.NOT_NORMALISED``): the training
+    spectra are continuum-normalised, so a normalised input has a level within a few per cent
+    of 1 (weak lines and noise in the regions move it slightly).
+
+    Parameters
+    ----------
+    wave : ndarray (n_pix,)
+        Air wavelengths [Å], shared by the rows.
+    flux : ndarray (n, n_pix)
+
+    Returns
+    -------
+    ndarray of float64, shape (n,); NaN where a row has no finite continuum pixel
+    """
+    cmask = _continuum_mask(np.asarray(wave, dtype=np.float64))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN, flagged elsewhere
+        return np.nanmedian(np.asarray(flux, dtype=np.float64)[:, cmask], axis=1)
+
+
+def normalise_to_continuum(wave: np.ndarray, flux: np.ndarray, flux_error: np.ndarray | None
+                           = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Spectra on any flux scale divided by their :func:`continuum_level`, errors likewise.
+
+    Brings spectra delivered on a raw flux scale to the scale the training spectra and the
+    normalisation check of :func:`preprocess` use.
+
+    Parameters
+    ----------
+    wave : ndarray (n_pix,)
+        Air wavelengths [Å].
+    flux : ndarray (n, n_pix)
+    flux_error : ndarray (n, n_pix) or None
+
+    Returns
+    -------
+    flux, flux_error : float32 ndarrays (n, n_pix) (flux_error None when given None)
+        New arrays; rows whose level is not finite and positive are returned unchanged.
+    level : ndarray of float64 (n,)
+        The divisor; NaN where it could not be measured (those rows are unchanged).
+    """
+    level = continuum_level(wave, flux)
+    ok = np.isfinite(level) & (level > 0)
+    level = np.where(ok, level, np.nan)
+    scale = np.where(ok, level, 1.0)[:, None]
+    out = (np.asarray(flux, dtype=np.float64) / scale).astype(np.float32)
+    err = None if flux_error is None else \
+        (np.asarray(flux_error, dtype=np.float64) / scale).astype(np.float32)
+    return out, err, level
 
 
 def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
@@ -83,7 +142,7 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows are flagged already
             q3 = np.nanpercentile(f[:, cmask], 75, axis=1)
-            cmed = np.nanmedian(f[:, cmask], axis=1)
+    cmed = continuum_level(w, f)
     q3 = np.where(np.isfinite(q3), q3, 1.0)
     f = np.where(bad, q3[:, None], f)
     flags[np.nanmin(np.where(bad, np.inf, f), axis=1) < -0.05] |= int(QualityFlag.NEGATIVE_FLUX)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import fits_table, gaia_bulk_ecsv, gaia_datalink_csv, parquet, zarr_store
+from . import fits_table, gaia_bulk_ecsv, gaia_datalink_csv, parquet, votable, zarr_store
 from .base import (
     DEFAULT_PARTITION_ROWS,
     INFORMATIONAL_FLAGS,
@@ -40,12 +40,14 @@ __all__ = [
 ]
 
 #: The registered formats, tried in this order by :func:`identify_format`. The tests are
-#: disjoint (a directory, Parquet magic, FITS magic, ECSV with array columns, per-pixel CSV), so
-#: the order only decides which test runs first.
+#: disjoint (a directory, Parquet magic, FITS magic, a VOTable element, CSV/ECSV text with one
+#: spectrum per row, CSV/ECSV text with one row per pixel: :func:`.base.text_layout` decides
+#: between the last two), so the order only decides which test runs first.
 READERS: list[CatalogueFormat] = [
     zarr_store.FORMAT,
     parquet.FORMAT,
     fits_table.FORMAT,
+    votable.FORMAT,
     gaia_bulk_ecsv.FORMAT,
     gaia_datalink_csv.FORMAT,
 ]
@@ -74,7 +76,8 @@ def identify_format(path: str | Path) -> str:
         if fmt.identify(path):
             return fmt.name
     raise ReaderError(path, "no reader recognises this file (tried "
-                      f"{', '.join(f.name for f in READERS)}); expected a Gaia DataLink CSV, a "
+                      f"{', '.join(f.name for f in READERS)}); expected Gaia DataLink "
+                      "CSV/ECSV/VOTable/FITS (one row per pixel or one spectrum per row), a "
                       "Gaia bulk ECSV (.csv.gz), Parquet, a FITS binary table or an sb2dask "
                       "Zarr store")
 

@@ -25,6 +25,21 @@ in ``shared/data/gaia_rvs``: their Ca II triplet cores sit at the vacuum wavelen
 8544.44, 8664.52 Å) to within 0.07 Å and 2.4 Å (24 pixels) away from the air ones. Readers of
 Gaia products therefore convert ``λ_air = vac_to_air(10 λ_vac[nm])`` (IAU standard, Morton 2000;
 :func:`sb2dask.library.wavelength.vac_to_air`) and the grid they emit is :data:`RVS_WAVE`.
+
+Gaia DR4 epoch spectra
+----------------------
+DR4 publishes RVS **epoch** spectra (``rvs_epoch_spectrum``; pre-release data model, see
+``docs/dr4.md``) on a grid of their own, 961 pixels at ``846.0 + 0.025 i`` nm in vacuum, in the
+solar barycentric frame (:data:`sb2dask.gaia.DR4_EPOCH_WAVE`), one spectrum per transit. Spectra
+are recognised by content: wavelengths on that grid (or, in formats without a wavelength column,
+961-pixel arrays) get the shared :data:`~sb2dask.gaia.DR4_EPOCH_WAVE` object and ``frame =
+"barycentric"``; the DR3 grid gives ``"rest"``, any other ``"unknown"``. The per-transit columns
+:data:`TRANSIT_COLUMNS` (``obs_time_rv``, ``normalisation_method``, ``combined_ccds``,
+``deblended_ccds``) are passed on when a file has them, in any letter case.
+:func:`spectra_partition` applies the DR4 rules in one place: a pixel whose ``flux_error`` is NaN
+on the DR4 grid (every CCD masked) becomes a missing pixel; ``normalisation_method`` 0 (raw flux)
+is divided by its continuum level (:func:`sb2dask.observe.preprocess.normalise_to_continuum`); 4
+and unknown codes are kept as delivered and flagged.
 """
 
 from __future__ import annotations
@@ -34,7 +49,7 @@ import gzip
 import re
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +57,31 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
+import yaml
 
-from ...gaia import RVS_N_PIX, RVS_WAVE, RVS_WAVE_START_NM, RVS_WAVE_STEP_NM, RVS_WAVE_VAC_NM
+from ...gaia import (
+    DR4_EPOCH_WAVE,
+    DR4_NORMALISATION_METHODS,
+    FRAME_BARYCENTRIC,
+    FRAME_REST,
+    FRAME_UNKNOWN,
+    RVS_N_PIX,
+    RVS_WAVE,
+    RVS_WAVE_START_NM,
+    RVS_WAVE_STEP_NM,
+    RVS_WAVE_VAC_NM,
+    gaia_grid,
+)
 from ...labels import TRUE_PREFIX
 from ...library.wavelength import vac_to_air
+from ...observe.preprocess import normalise_to_continuum
 
 __all__ = [
     "SchemaColumn", "SPECTRUM_SCHEMA", "SPECTRUM_COLUMNS", "SPECTRUM_META", "TRUE_PREFIX",
-    "EPOCH_COLUMNS",
+    "EPOCH_COLUMNS", "TRANSIT_COLUMNS", "find_column", "frame_of_grid", "transit_columns",
+    "EcsvColumn", "EcsvHeader", "parse_ecsv_header", "PixelSpectra", "group_pixels",
+    "pixel_partition", "gaia_grid", "grids_for_lengths", "match_grids",
+    "text_layout", "text_integers", "text_numbers", "integer_ids", "pixel_table", "group_tables",
     "ReadFlag", "INFORMATIONAL_FLAGS", "ReaderError", "CatalogueFormat",
     "DEFAULT_PARTITION_ROWS",
     "RVS_N_PIX", "RVS_WAVE_START_NM", "RVS_WAVE_STEP_NM", "RVS_WAVE_VAC_NM", "RVS_WAVE",
@@ -64,6 +96,14 @@ __all__ = [
 DEFAULT_PARTITION_ROWS = 5000
 #: Input columns read as ``epoch_id``, first match wins (Gaia epoch products call it transit_id).
 EPOCH_COLUMNS = ("epoch_id", "transit_id")
+#: Per-transit scalar columns of Gaia DR4 epoch spectra passed on to the output when a file has
+#: them: name -> (dtype, the value that stands for absent or null).
+TRANSIT_COLUMNS: dict[str, tuple[str, float]] = {
+    "obs_time_rv": ("float64", np.nan),
+    "normalisation_method": ("int16", -1),
+    "combined_ccds": ("int16", -1),
+    "deblended_ccds": ("int16", -1),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +130,16 @@ SPECTRUM_SCHEMA: tuple[SchemaColumn, ...] = (
     SchemaColumn("row", "int64", "0-based row of the spectrum in that file (DataLink CSV: the data "
                  "row of its first pixel)"),
     SchemaColumn("read_flags", "int32", "ReadFlag bits for problems found while reading"),
+    SchemaColumn("obs_time_rv", "float64", "Gaia DR4 epoch spectra: time of the transit, "
+                 "BJD(TCB) − 2455197.5 [d]; NaN when the input has none (mean spectra)"),
+    SchemaColumn("normalisation_method", "int16", "Gaia DR4 epoch spectra: how DPAC normalised "
+                 "the flux (sb2dask.gaia.DR4_NORMALISATION_METHODS); -1 when absent or null"),
+    SchemaColumn("combined_ccds", "int16", "number of CCD spectra combined; -1 when absent"),
+    SchemaColumn("deblended_ccds", "int16", "number of deblended CCD spectra combined; -1 when "
+                 "absent"),
+    SchemaColumn("frame", "str", "reference frame of the wavelengths, known from the grid: "
+                 "'rest' (Gaia DR3 mean spectra), 'barycentric' (Gaia DR4 epoch spectra), "
+                 "'unknown'"),
 )
 SPECTRUM_COLUMNS: tuple[str, ...] = tuple(c.name for c in SPECTRUM_SCHEMA)
 
@@ -123,7 +173,8 @@ class ReadFlag(enum.IntFlag):
     NONE = 0
     #: Every flux pixel is NaN (null, NaN or unparseable in the input, or the whole array null).
     ALL_NULL = 1 << 0
-    #: Some (not all) flux pixels are NaN: null or NaN in the input, or unparseable text.
+    #: Some (not all) flux pixels are NaN: null or NaN in the input, unparseable text, or (Gaia
+    #: DR4 epoch grid) a NaN flux_error, which DR4 gives where every CCD was masked.
     NULL_PIXELS = 1 << 1
     #: The input array length differed from the header's declared length or from the wavelength
     #: grid; flux (and flux_error) were truncated or NaN-padded to ``len(wave)``.
@@ -146,11 +197,24 @@ class ReadFlag(enum.IntFlag):
     #: The input wavelengths were not strictly increasing (DataLink CSV pixels are sorted by
     #: wavelength; a duplicated wavelength stays).
     UNSORTED_WAVE = 1 << 9
+    #: Gaia DR4 ``normalisation_method`` 0 (a double-lined transit delivered on its raw flux
+    #: scale): flux and flux_error were divided by the continuum level that preprocessing checks
+    #: and the training spectra have (:func:`sb2dask.observe.preprocess.normalise_to_continuum`).
+    RENORMALISED = 1 << 10
+    #: The flux is on no normalised scale and was kept as delivered: ``normalisation_method`` 4
+    #: (negative median, poor quality), or 0 without a measurable continuum level (no positive
+    #: continuum-region median).
+    NOT_NORMALISED = 1 << 11
+    #: ``normalisation_method`` is null or a code outside
+    #: :data:`sb2dask.gaia.DR4_NORMALISATION_METHODS`; the flux was kept as delivered.
+    UNKNOWN_NORMALISATION = 1 << 12
 
 
-#: Bits that describe a usable spectrum (NaN pixels to mask, negative noise, a sorted grid):
-#: ``read_flags & ~INFORMATIONAL_FLAGS == 0`` means nothing was wrong with the row.
-INFORMATIONAL_FLAGS = ReadFlag.NULL_PIXELS | ReadFlag.NEGATIVE_FLUX | ReadFlag.UNSORTED_WAVE
+#: Bits that describe a usable spectrum (NaN pixels to mask, negative noise, a sorted grid, a
+#: raw-flux transit brought to the normalised scale): ``read_flags & ~INFORMATIONAL_FLAGS == 0``
+#: means nothing was wrong with the row.
+INFORMATIONAL_FLAGS = (ReadFlag.NULL_PIXELS | ReadFlag.NEGATIVE_FLUX | ReadFlag.UNSORTED_WAVE
+                       | ReadFlag.RENORMALISED)
 
 
 def _rebuild_reader_error(path, message, line, row):
@@ -240,24 +304,66 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     return view
 
 
+def frame_of_grid(wave: np.ndarray) -> str:
+    """The reference frame a grid object stands for: ``"rest"`` for :data:`RVS_WAVE` (DR3 mean
+    spectra), ``"barycentric"`` for :data:`~sb2dask.gaia.DR4_EPOCH_WAVE` (DR4 epoch spectra),
+    ``"unknown"`` for any other array (readers map the Gaia grids to those shared objects)."""
+    if wave is RVS_WAVE:
+        return FRAME_REST
+    if wave is DR4_EPOCH_WAVE:
+        return FRAME_BARYCENTRIC
+    return FRAME_UNKNOWN
+
+
+def _row_frames(wave, n: int) -> np.ndarray:
+    """``frame_of_grid`` of every row (object array of str, shape (n,))."""
+    if isinstance(wave, np.ndarray) and wave.dtype != object:
+        return np.full(n, frame_of_grid(wave), dtype=object)
+    return np.array([frame_of_grid(w) for w in wave], dtype=object)
+
+
+def transit_columns(transit: Mapping[str, np.ndarray] | None, n: int) -> dict[str, np.ndarray]:
+    """The :data:`TRANSIT_COLUMNS` of ``n`` rows in their schema dtypes.
+
+    Parameters
+    ----------
+    transit : mapping of str to array_like (n,), optional
+        The columns a file had, as numbers with NaN for null; absent ones get their default
+        (NaN or -1), as do null entries of integer columns.
+    """
+    out = {}
+    for name, (dtype, missing) in TRANSIT_COLUMNS.items():
+        values = None if transit is None else transit.get(name)
+        if values is None:
+            out[name] = np.full(n, missing, dtype=dtype)
+            continue
+        values = np.asarray(values, dtype=np.float64)
+        out[name] = np.where(np.isfinite(values), values, missing).astype(dtype)
+    return out
+
+
 def build_partition(*, source_id, epoch_id, wave, flux, flux_error, file: str | Path, row,
-                    read_flags, passthrough: Mapping[str, np.ndarray] | None = None
-                    ) -> pd.DataFrame:
+                    read_flags, passthrough: Mapping[str, np.ndarray] | None = None,
+                    transit: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Assemble one partition in the schema's column order and dtypes.
 
     Parameters
     ----------
     source_id, epoch_id, row : array_like of int, shape (n,)
     wave : ndarray (n_pix,) or sequence of n ndarrays
-        One grid shared by every row (stored as the same object in each row), or one per row.
+        One grid shared by every row (stored as the same object in each row), or one per row;
+        the ``frame`` column follows from it (:func:`frame_of_grid`).
     flux : ndarray (n, n_pix) or sequence of n float32 ndarrays
     flux_error : like ``flux``, or None when the format has none
     file : str or Path
     read_flags : array_like of int, shape (n,)
     passthrough : mapping of str to ndarray (n,), optional
         ``true_*`` columns, appended in the order given.
+    transit : mapping of str to ndarray (n,), optional
+        Any of :data:`TRANSIT_COLUMNS` (numbers, NaN for null; :func:`transit_columns`).
     """
     n = len(source_id)
+    frames = _row_frames(wave, n)
     if isinstance(wave, np.ndarray) and wave.dtype != object:
         waves = object_column([_read_only(wave)] * n)
     else:
@@ -274,6 +380,8 @@ def build_partition(*, source_id, epoch_id, wave, flux, flux_error, file: str | 
         "file": pd.Series([path] * n, dtype="str"),
         "row": np.asarray(row, dtype=np.int64),
         "read_flags": np.asarray(read_flags, dtype=np.int32),
+        **transit_columns(transit, n),
+        "frame": pd.Series(frames, dtype="str"),
     }
     for name, values in (passthrough or {}).items():
         cols[name] = np.asarray(values)
@@ -434,13 +542,16 @@ def duplicate_flags(source_id: np.ndarray, epoch_id: np.ndarray) -> np.ndarray:
 
 def spectra_partition(*, source_id, epoch_id, row, wave, flux: RaggedColumn,
                       flux_error: RaggedColumn | None, file: str | Path, read_flags=None,
-                      passthrough: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
+                      passthrough: Mapping[str, np.ndarray] | None = None,
+                      transit: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
     """One partition from spectra held columnar: the core of every reader.
 
     Each row's flux (and flux_error) is fitted to the length of its grid (truncated or
     NaN-padded: ``WRONG_LENGTH``); ``NOT_NUMERIC`` comes from the columns, ``UNSORTED_WAVE``
-    from the grid(s), the pixel-level bits from :func:`spectrum_flags`, all on top of the
-    ``read_flags`` the format found itself; :func:`build_partition` assembles the rows.
+    from the grid(s); the Gaia DR4 rules apply (:func:`_dr4_rules`: masked pixels, the
+    ``normalisation_method`` codes); the pixel-level bits come from :func:`spectrum_flags`, all
+    on top of the ``read_flags`` the format found itself; :func:`build_partition` assembles the
+    rows.
 
     Parameters
     ----------
@@ -455,6 +566,8 @@ def spectra_partition(*, source_id, epoch_id, row, wave, flux: RaggedColumn,
         range, a declared array length, unsorted input pixels, ...).
     passthrough : mapping of str to ndarray (n,), optional
         ``true_*`` columns, appended in the order given.
+    transit : mapping of str to ndarray (n,), optional
+        Any of :data:`TRANSIT_COLUMNS` the file has (numbers, NaN for null).
     """
     n = len(row)
     flags = np.zeros(n, np.int32) if read_flags is None else np.array(read_flags, np.int32)
@@ -463,8 +576,12 @@ def spectra_partition(*, source_id, epoch_id, row, wave, flux: RaggedColumn,
         if np.any(np.diff(wave) <= 0):
             flags |= np.int32(ReadFlag.UNSORTED_WAVE)
     else:
-        lengths = [w.size for w in wave]
-        flags |= np.where([np.any(np.diff(w) <= 0) for w in wave], ReadFlag.UNSORTED_WAVE, 0
+        seen: dict[int, tuple[int, bool]] = {}  # rows share grid objects: test each once
+        for w in wave:
+            if id(w) not in seen:
+                seen[id(w)] = (w.size, bool(np.any(np.diff(w) <= 0)))
+        lengths = [seen[id(w)][0] for w in wave]
+        flags |= np.where([seen[id(w)][1] for w in wave], ReadFlag.UNSORTED_WAVE, 0
                           ).astype(np.int32)
     columns = [c for c in (flux, flux_error) if c is not None]
     fitted = [fit_to_grids(c.values, c.offsets, lengths, c.null_rows) for c in columns]
@@ -474,10 +591,76 @@ def spectra_partition(*, source_id, epoch_id, row, wave, flux: RaggedColumn,
             flags |= np.where(c.not_numeric, ReadFlag.NOT_NUMERIC, 0).astype(np.int32)
     flux_rows = fitted[0][0]
     error_rows = fitted[1][0] if flux_error is not None else None
+    flux_rows, error_rows = _dr4_rules(wave, flux_rows, error_rows, transit, flags)
     flags |= spectrum_flags(flux_rows, error_rows)
     return build_partition(source_id=source_id, epoch_id=epoch_id, wave=wave, flux=flux_rows,
                            flux_error=error_rows, file=file, row=row, read_flags=flags,
-                           passthrough=passthrough)
+                           passthrough=passthrough, transit=transit)
+
+
+def _dr4_rules(wave, flux, error, transit, flags: np.ndarray):
+    """The Gaia DR4 epoch-spectrum conventions, applied to fitted rows (``flags`` updated in
+    place; new arrays where something changes, the input is never written to).
+
+    * On the DR4 grid a NaN ``flux_error`` marks a pixel where every CCD was masked: its flux
+      becomes NaN too (a missing pixel, ``NULL_PIXELS``), not a bad error.
+    * ``normalisation_method`` 0: flux and flux_error divided by the continuum level
+      (``RENORMALISED``; ``NOT_NORMALISED`` when no positive level can be measured); 4:
+      ``NOT_NORMALISED``; null or any code outside
+      :data:`~sb2dask.gaia.DR4_NORMALISATION_METHODS`: ``UNKNOWN_NORMALISATION``. Every row is
+      kept.
+
+    Returns
+    -------
+    flux, flux_error : like the input (an (n, n_pix) matrix or a list of rows)
+    """
+    n = len(flags)
+    shared = isinstance(wave, np.ndarray) and wave.dtype != object
+    matrix = isinstance(flux, np.ndarray) and flux.ndim == 2
+    dr4 = np.flatnonzero(_row_frames(wave, n) == FRAME_BARYCENTRIC)
+    if error is not None and dr4.size:
+        if matrix:
+            masked = np.isnan(error[dr4]) & ~np.isnan(flux[dr4])
+            if masked.any():
+                flux = np.array(flux)  # a copy: the rows may view a read-only buffer
+                flux[dr4] = np.where(masked, np.nan, flux[dr4])
+        else:
+            flux = list(flux)
+            for i in dr4:
+                masked = np.isnan(error[i]) & ~np.isnan(flux[i])
+                if masked.any():
+                    flux[i] = np.where(masked, np.float32(np.nan), flux[i])
+    method = None if transit is None else transit.get("normalisation_method")
+    if method is None:
+        return flux, error
+    method = np.asarray(method, dtype=np.float64)
+    known = np.isin(method, list(DR4_NORMALISATION_METHODS))
+    flags |= np.where(known, 0, ReadFlag.UNKNOWN_NORMALISATION).astype(np.int32)
+    flags |= np.where(method == 4, ReadFlag.NOT_NORMALISED, 0).astype(np.int32)
+    raw = np.flatnonzero(method == 0)
+    if raw.size == 0:
+        return flux, error
+    flux = np.array(flux) if matrix else list(flux)
+    error = None if error is None else (np.array(error) if matrix else list(error))
+    if shared and matrix:
+        f, e, level = normalise_to_continuum(wave, flux[raw],
+                                             None if error is None else error[raw])
+        flux[raw] = f
+        if error is not None:
+            error[raw] = e
+    else:
+        level = np.empty(raw.size)
+        for k, i in enumerate(raw):
+            w = wave if shared else wave[i]
+            f, e, lv = normalise_to_continuum(w, flux[i][None, :], None if error is None
+                                              else error[i][None, :])
+            flux[i], level[k] = f[0], lv[0]
+            if error is not None:
+                error[i] = e[0]
+    ok = np.isfinite(level)
+    flags[raw[ok]] |= np.int32(ReadFlag.RENORMALISED)
+    flags[raw[~ok]] |= np.int32(ReadFlag.NOT_NORMALISED)
+    return flux, error
 
 
 def consecutive_ranges(n: int, partition_rows: int) -> list[tuple[int, int]]:
@@ -507,6 +690,259 @@ def read_in_ranges(partition_rows: int, open_file: Callable[[], object],
     handle = open_file()
     for start, stop in row_ranges(handle, partition_rows):
         yield read_rows(handle, start, stop)
+
+
+def find_column(names, *wanted: str) -> str | None:
+    """The name among ``names`` that equals one of ``wanted`` ignoring letter case (the first
+    of ``wanted`` that is there wins), or None. Data models in prerelease spell columns in
+    either case (``SOURCE_ID``, ``source_id``); readers look every column up through this."""
+    lower: dict[str, str] = {}
+    for name in names:
+        lower.setdefault(str(name).lower(), str(name))
+    for w in wanted:
+        if w.lower() in lower:
+            return lower[w.lower()]
+    return None
+
+
+def grids_for_lengths(lengths, default: np.ndarray = RVS_WAVE):
+    """Gaia grids of array rows in formats without a wavelength column, known by length.
+
+    Rows of 2401 pixels are on the DR3 grid (:data:`RVS_WAVE`), rows of 961 on the DR4 epoch
+    grid; any other length is fitted (and flagged ``WRONG_LENGTH``) to ``default``.
+
+    Returns
+    -------
+    ndarray (one grid shared by all rows) or list of n grids (shared objects)
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    grids, rows = {}, []
+    for k in np.unique(lengths):
+        match = gaia_grid(n_pix=int(k))
+        grids[int(k)] = default if match is None else match[0]
+    if len({id(g) for g in grids.values()}) <= 1:
+        return next(iter(grids.values()), default)
+    rows = [grids[int(k)] for k in lengths]
+    return rows
+
+
+def match_grids(path, values: np.ndarray, offsets: np.ndarray, unit: str | None = "nm",
+                medium: str | None = "vacuum") -> tuple[object, np.ndarray]:
+    """Per-row wavelength arrays as air grids [Å]: rows on a Gaia grid get its shared object.
+
+    Parameters
+    ----------
+    path : str or Path
+        For error messages.
+    values, offsets : the rows, concatenated, and their offsets (like :class:`RaggedColumn`)
+    unit, medium : of the input wavelengths (Gaia: nm, vacuum; None: Å, air)
+
+    Returns
+    -------
+    grids : ndarray (one grid shared by all rows) or list of n grids; equal rows share objects
+    unsorted : ndarray of bool (n,), rows whose wavelengths are not increasing
+    """
+    n = len(offsets) - 1
+    shared: dict[bytes, np.ndarray] = {}
+    rows, unsorted = [], np.zeros(n, bool)
+    for i in range(n):
+        w = np.asarray(values[offsets[i]:offsets[i + 1]], dtype=np.float64)
+        key = w.tobytes()
+        if key not in shared:
+            in_nm = wave_to_air_angstrom(w, unit, "air", path=path) / 10.0  # units only
+            match = gaia_grid(in_nm) if str(medium).lower() in ("vac", "vacuum") else None
+            shared[key] = match[0] if match else wave_to_air_angstrom(w, unit, medium,
+                                                                      path=path)
+        rows.append(shared[key])
+        unsorted[i] = np.any(np.diff(w) <= 0)
+    if len(shared) == 1 and n:
+        return rows[0], unsorted
+    return rows, unsorted
+
+
+@dataclass(frozen=True, slots=True)
+class PixelSpectra:
+    """Spectra grouped from a one-row-per-pixel table (the Gaia DataLink layout).
+
+    Attributes
+    ----------
+    path : Path
+    source_id, epoch_id : ndarray of int64 (n,)
+    row : ndarray of int64 (n,), the data row of each spectrum's first pixel
+    wave : list of n air grids [Å]; the Gaia grids' shared objects for spectra on them
+    flux, flux_error : RaggedColumn of n rows (flux_error None when the file has none)
+    flags : ndarray of int32 (n,), unsorted input, wrong length, duplicates
+    transit : dict of str to ndarray (n,), the :data:`TRANSIT_COLUMNS` the file has
+    """
+
+    path: Path
+    source_id: np.ndarray
+    epoch_id: np.ndarray
+    row: np.ndarray
+    wave: list
+    flux: RaggedColumn
+    flux_error: RaggedColumn | None
+    flags: np.ndarray
+    transit: dict
+
+
+def group_pixels(path: str | Path, *, source_id: np.ndarray, epoch_id: np.ndarray,
+                 wave_nm: np.ndarray, flux: np.ndarray, flux_error: np.ndarray | None = None,
+                 not_numeric: np.ndarray | None = None,
+                 transit: Mapping[str, np.ndarray] | None = None,
+                 row: np.ndarray | None = None) -> PixelSpectra:
+    """Group the pixels of a one-row-per-pixel table into spectra, sorted by wavelength.
+
+    Consecutive pixels sharing (``source_id``, ``epoch_id``) form one spectrum (so a file may
+    hold several; a pair repeated in a later block is flagged ``DUPLICATE_ID``). Pixels are
+    sorted by wavelength (``UNSORTED_WAVE`` records that the input was not); a spectrum on a
+    Gaia grid (DR3 mean, DR4 epoch; :func:`sb2dask.gaia.gaia_grid`) gets its shared air grid,
+    any other its own, flagged ``WRONG_LENGTH`` unless it has 2401 or 961 pixels.
+
+    Parameters
+    ----------
+    path : str or Path
+    source_id, epoch_id : ndarray of int64 (n_pix_total,)
+    wave_nm : ndarray of float64 (n_pix_total,), vacuum wavelengths [nm]
+    flux, flux_error : ndarray of float32 (n_pix_total,)
+    not_numeric : ndarray of bool (n_pix_total,), optional
+        Pixels whose text was not a number.
+    transit : mapping of str to ndarray (n_pix_total,), optional
+        Per-pixel values of :data:`TRANSIT_COLUMNS`; each spectrum takes its first pixel's.
+    row : ndarray of int64 (n_pix_total,), optional
+        The data row of each pixel (default 0, 1, ...).
+    """
+    path = Path(path)
+    n = len(source_id)
+    row = np.arange(n, dtype=np.int64) if row is None else np.asarray(row, np.int64)
+    starts = np.flatnonzero(np.r_[n > 0, (source_id[1:] != source_id[:-1])
+                                  | (epoch_id[1:] != epoch_id[:-1])])
+    bounds = np.r_[starts, n]
+    order, waves, flags = np.arange(n), [], np.zeros(len(starts), np.int32)
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        w = wave_nm[a:b]
+        if np.any(np.diff(w) <= 0):  # sorted by wavelength; equal ones keep the file order
+            order[a:b] = a + np.argsort(w, kind="stable")
+            w = wave_nm[order[a:b]]
+            flags[i] |= ReadFlag.UNSORTED_WAVE
+        match = gaia_grid(w)
+        if match is not None:
+            waves.append(match[0])
+        else:
+            waves.append(wave_to_air_angstrom(w, "nm", "vacuum", path=path))
+            if gaia_grid(n_pix=w.size) is None:
+                flags[i] |= ReadFlag.WRONG_LENGTH
+    flags |= duplicate_flags(source_id[starts], epoch_id[starts])
+    text = np.zeros(n, bool) if not_numeric is None else np.asarray(not_numeric, bool)
+    not_numeric = np.logical_or.reduceat(text, starts) if n else np.zeros(0, bool)
+    return PixelSpectra(path, source_id[starts], epoch_id[starts], row[starts], waves,
+                        RaggedColumn(flux[order], bounds, not_numeric=not_numeric),
+                        None if flux_error is None else RaggedColumn(flux_error[order], bounds),
+                        flags, {k: np.asarray(v)[starts] for k, v in (transit or {}).items()})
+
+
+def pixel_partition(s: PixelSpectra, a: int, b: int) -> pd.DataFrame:
+    """Spectra ``a..b-1`` of grouped pixels as one partition (:func:`spectra_partition`)."""
+    return spectra_partition(
+        source_id=s.source_id[a:b], epoch_id=s.epoch_id[a:b], wave=s.wave[a:b],
+        flux=s.flux.rows(a, b), flux_error=None if s.flux_error is None else
+        s.flux_error.rows(a, b), file=s.path, row=s.row[a:b], read_flags=s.flags[a:b],
+        transit={k: v[a:b] for k, v in s.transit.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# ECSV headers (the Gaia archive's ECSV, bulk and DataLink)
+
+_SUBTYPE = re.compile(r"^\s*(\w+)\s*\[\s*(null|\d+)\s*\]\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class EcsvColumn:
+    """One entry of an ECSV header's ``datatype`` list."""
+
+    name: str
+    datatype: str
+    subtype: str | None = None
+    unit: str | None = None
+    description: str | None = None
+
+    @property
+    def element_type(self) -> str | None:
+        """Element type of an array column (``"float32"`` for ``float32[null]``), else None."""
+        m = _SUBTYPE.match(self.subtype or "")
+        return m.group(1) if m else None
+
+    @property
+    def declared_length(self) -> int | None:
+        """Declared array length (``float32[2401]`` -> 2401); None if variable or not an array."""
+        m = _SUBTYPE.match(self.subtype or "")
+        return int(m.group(2)) if m and m.group(2) != "null" else None
+
+
+@dataclass(frozen=True, slots=True)
+class EcsvHeader:
+    """A parsed ECSV header: columns, delimiter, table meta, and how many ``#`` lines it took."""
+
+    columns: tuple[EcsvColumn, ...]
+    delimiter: str = ","
+    meta: Mapping = field(default_factory=dict)
+    n_lines: int = 0
+
+    def column(self, name: str) -> EcsvColumn | None:
+        """The column called ``name``, or None."""
+        return next((c for c in self.columns if c.name == name), None)
+
+
+def parse_ecsv_header(path: str | Path, lines: list[str]) -> EcsvHeader:
+    """Parse the ``#`` lines at the top of an ECSV file.
+
+    Parameters
+    ----------
+    path : str or Path
+        For error messages.
+    lines : list of str
+        The header lines, each starting with ``#``, first line ``# %ECSV <version>``.
+
+    Raises
+    ------
+    ReaderError
+        Not an ECSV header, malformed YAML, or no ``datatype`` list; names the line.
+    """
+    if not lines or not re.match(r"#\s*%ECSV\s+\d", lines[0]):
+        raise ReaderError(path, "expected an ECSV header starting '# %ECSV 1.0'", line=1)
+    body = []
+    for i, line in enumerate(lines[1:], start=2):
+        if line.startswith("# "):
+            body.append(line[2:])
+        elif line.rstrip() == "#":
+            body.append("")
+        else:
+            raise ReaderError(path, f"ECSV header lines must start with '# ', got {line[:40]!r}",
+                              line=i)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        doc = yaml.load("\n".join(body), Loader=loader)  # noqa: S506 (a safe loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ReaderError(path, f"malformed ECSV YAML header: {problem} (where the YAML parser "
+                          "stopped; the fault may be a line above)",
+                          line=None if mark is None else mark.line + 2) from exc
+    entries = doc.get("datatype") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ReaderError(path, "malformed ECSV header: no 'datatype' list of columns")
+    columns = []
+    for k, e in enumerate(entries):
+        if not isinstance(e, dict) or not isinstance(e.get("name"), str) \
+                or not isinstance(e.get("datatype"), str):
+            raise ReaderError(path, f"malformed ECSV header: datatype entry {k + 1} needs a "
+                              f"'name' and a 'datatype', got {e!r}")
+        columns.append(EcsvColumn(e["name"], e["datatype"], e.get("subtype"), e.get("unit"),
+                                  e.get("description")))
+    delimiter = doc.get("delimiter", " ")
+    if delimiter not in (",", " "):
+        raise ReaderError(path, f"ECSV delimiter must be ',' or ' ', got {delimiter!r}")
+    return EcsvHeader(tuple(columns), delimiter, doc.get("meta") or {}, len(lines))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -605,6 +1041,28 @@ def parse_int_strings(texts) -> tuple[np.ndarray, int | None]:
     for i in np.flatnonzero(ok & (pc.binary_length(texts).to_numpy(zero_copy_only=False) >= 19)):
         ok[i] = -2 ** 63 <= int(texts[i].as_py()) < 2 ** 63  # 19 digits may overflow int64
     return np.zeros(len(texts), np.int64), int(np.flatnonzero(~ok)[0])
+
+
+def text_integers(path, table: pa.Table, name: str, first_line: int) -> np.ndarray:
+    """A text column of a CSV table holding integers, as int64; anything else is an error
+    naming the file's line (``first_line`` is the line of data row 0)."""
+    values, bad = parse_int_strings(table[name])
+    if bad is not None:
+        raise ReaderError(path, f"{name} {table[name][bad].as_py()!r} is not an integer",
+                          line=first_line + bad)
+    return values
+
+
+def text_numbers(path, table: pa.Table, name: str, first_line: int, dtype=np.float64
+                 ) -> np.ndarray:
+    """A text column of a CSV table holding numbers (null or empty → NaN); text that is not a
+    number is an error naming the file's line."""
+    values, bad = parse_float_strings(table[name], dtype=dtype)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ReaderError(path, f"{name} {table[name][i].as_py()!r} is not a number",
+                          line=first_line + i)
+    return values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -753,3 +1211,167 @@ def read_text_columns(path: str | Path, data, names: Sequence[str], *, lines_bef
         raise ReaderError(path, f"expected {r.expected_columns} fields, found {r.actual_columns}",
                           line=None if r.number is None else lines_before + r.number)
     return table
+
+
+def _data_fields(buf: bytes, start: int, delimiter: str) -> list[str]:
+    """The fields of the line starting at ``start`` (CSV quoting honoured; a line cut off by a
+    short head keeps its partial last field)."""
+    import csv
+
+    end = buf.find(b"\n", start)
+    line = buf[start:end if end >= 0 else len(buf)].decode("utf-8", errors="replace")
+    if delimiter == " ":
+        return line.split()
+    try:
+        return next(csv.reader([line], delimiter=delimiter, strict=False), [])
+    except csv.Error:
+        return line.split(delimiter)
+
+
+def text_layout(head: bytes) -> tuple[str, EcsvHeader | None] | None:
+    """Which text layout the start of a CSV/ECSV file has: ``"pixels"`` (one row per pixel,
+    scalar ``wavelength`` and ``flux``: the DataLink layout), ``"arrays"`` (one spectrum per row,
+    ``flux`` an array: the Gaia bulk and ``DATAMODEL_GAIA`` layout) or None (neither), with the
+    parsed ECSV header if there is one. One decision for both text readers, so their
+    ``identify`` tests are disjoint. Column names are matched in any letter case."""
+    lines, pos = leading_comment_lines(head)
+    header = None
+    if lines and re.match(r"#\s*%ECSV", lines[0]):
+        try:
+            header = parse_ecsv_header("<head>", lines)
+        except ReaderError:
+            return None
+        if pos >= len(head):  # the header runs past the head: decide from it alone
+            names = [c.name for c in header.columns]
+        else:
+            names = _data_fields(head, pos, header.delimiter)
+        flux = find_column(names, "flux")
+        col = header.column(flux) if flux else None
+        if col is None:
+            return None
+        if col.element_type is not None:
+            return "arrays", header
+        return ("pixels", header) if find_column(names, "wavelength") else None
+    names = first_fields(head, pos)
+    flux = find_column(names, "flux")
+    if flux is None or find_column(names, "source_id") is None:
+        return None
+    nl = head.find(b"\n", pos)
+    first = _data_fields(head, nl + 1, ",") if nl >= 0 else []
+    k = names.index(flux)
+    if not lines and k < len(first) and first[k].strip()[:1] in ("[", "("):
+        return "arrays", None
+    return ("pixels", None) if find_column(names, "wavelength") else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-pixel tables whose identifiers may be table metadata (ECSV meta, VOTable PARAMs, FITS
+# header keywords): the archive's DATAMODEL_STANDARD layout outside CSV
+
+
+def integer_ids(path: str | Path, values, name: str, first_row: int = 0) -> np.ndarray:
+    """An identifier column as int64: integers as they are, text holding integers parsed;
+    anything else (text, null) is an error naming the row."""
+    values = np.ma.filled(values, 0) if np.ma.isMaskedArray(values) and not np.ma.getmaskarray(
+        values).any() else values
+    if np.ma.isMaskedArray(values):
+        bad = int(np.flatnonzero(np.ma.getmaskarray(values))[0])
+        raise ReaderError(path, f"{name} is null", row=first_row + bad)
+    values = np.asarray(values)
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    if values.dtype.kind in "SUO":
+        parsed, bad = parse_int_strings(pa.array([str(v).strip() for v in values], pa.string()))
+        if bad is not None:
+            raise ReaderError(path, f"{name} {values[bad]!r} is not an integer",
+                              row=first_row + bad)
+        return parsed
+    raise ReaderError(path, f"column {name!r} holds {values.dtype}; expected integers")
+
+
+def _numbers(values) -> np.ndarray:
+    """A numeric column as float64 with NaN for masked entries."""
+    if np.ma.isMaskedArray(values):
+        return np.ma.filled(values.astype(np.float64), np.nan)
+    return np.asarray(values, dtype=np.float64)
+
+
+def pixel_table(path: str | Path, columns: Mapping[str, np.ndarray],
+                scalars: Mapping[str, object], *, wave_unit: str | None, where: str,
+                first_row: int = 0) -> dict[str, np.ndarray]:
+    """The pixels of one per-pixel table, with identifiers from a column or else the table's
+    metadata (a spectrum per table).
+
+    Parameters
+    ----------
+    path : str or Path
+    columns : mapping of name to ndarray (n,)
+        The table's columns (names in any case; masked arrays allowed): ``wavelength`` (or
+        ``wave``), ``flux``, optional ``flux_error``, ``source_id``, ``transit_id``/``epoch_id``
+        and :data:`TRANSIT_COLUMNS`.
+    scalars : mapping of name to value
+        Table-level values under the same names (VOTable PARAMs, ECSV meta, FITS keywords).
+    wave_unit : str or None
+        Unit of the wavelength column (None: nm, Gaia's).
+    where : str
+        Which table, for error messages (e.g. ``"HDU 2 ('SPECTRUM')"``).
+    first_row : int
+        The file-wide row number of the table's first row.
+
+    Returns
+    -------
+    dict with ``source_id``, ``epoch_id`` (int64), ``wave_nm`` (float64, vacuum nm as far as the
+    unit goes), ``flux``, optionally ``flux_error`` (float32) and every TRANSIT_COLUMNS name
+    (float64, NaN where the table has no value)
+    """
+    n = len(columns[find_column(columns, "flux")])
+
+    def scalar_or(field, wanted, default, kind):
+        col = find_column(columns, *wanted)
+        if col is not None:
+            values = columns[col]
+            return integer_ids(path, values, col, first_row) if kind is int else \
+                _numbers(values)
+        key = find_column(scalars, *wanted)
+        value = None if key is None else scalars[key]
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if default is None:
+                raise ReaderError(path, f"{where}: no {field} column and no {field} in its "
+                                  "metadata")
+            value = default
+        try:
+            value = int(str(value).strip()) if kind is int else float(value)
+        except (TypeError, ValueError):
+            raise ReaderError(path, f"{where}: {field} = {value!r} in the metadata is not "
+                              f"{'an integer' if kind is int else 'a number'}") from None
+        return np.full(n, value, np.int64 if kind is int else np.float64)
+
+    wave_col = find_column(columns, "wavelength", "wave")
+    wave = _numbers(columns[wave_col])
+    # units converted, the medium kept: Gaia's grids are matched in vacuum nm
+    wave_nm = wave_to_air_angstrom(wave, wave_unit or "nm", "air", path=path,
+                                   where=f"{where}: ") / 10.0
+    out = {"source_id": scalar_or("source_id", ("source_id",), None, int),
+           "epoch_id": scalar_or("transit_id", EPOCH_COLUMNS, -1, int),
+           "wave_nm": wave_nm,
+           "flux": _numbers(columns[find_column(columns, "flux")]).astype(np.float32)}
+    err = find_column(columns, "flux_error")
+    if err is not None:
+        out["flux_error"] = _numbers(columns[err]).astype(np.float32)
+    for name in TRANSIT_COLUMNS:
+        out[name] = scalar_or(name, (name,), np.nan, float)
+    return out
+
+
+def group_tables(path: str | Path, tables: Sequence[Mapping[str, np.ndarray]]) -> PixelSpectra:
+    """The pixels of a file's per-pixel tables (:func:`pixel_table`), grouped into spectra."""
+    if not tables:
+        raise ReaderError(path, "no table with wavelength and flux columns")
+    with_err = ["flux_error" in t for t in tables]
+    if any(with_err) and not all(with_err):
+        raise ReaderError(path, "some per-pixel tables have flux_error and others not")
+    cat = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+    transit = {k: cat[k] for k in TRANSIT_COLUMNS if not np.isnan(cat[k]).all()}
+    return group_pixels(path, source_id=cat["source_id"], epoch_id=cat["epoch_id"],
+                        wave_nm=cat["wave_nm"], flux=cat["flux"],
+                        flux_error=cat.get("flux_error"), transit=transit)

@@ -1,7 +1,7 @@
-"""FITS binary tables of spectra: one spectrum per table row (astropy.io.fits).
+"""FITS binary tables of spectra (astropy.io.fits): one spectrum per row, or one row per pixel.
 
-The first binary-table HDU with a ``FLUX`` column is read; column names are matched
-case-insensitively:
+**Arrays per row** (simulated sets, the Gaia ``DATAMODEL_GAIA`` layout): the first binary-table
+HDU with a ``FLUX`` column is read; column names are matched case-insensitively:
 
 ``SOURCE_ID`` (required)
     integer, or text holding an integer.
@@ -9,15 +9,29 @@ case-insensitively:
     fixed-width vector columns (``2401E``), or variable-length (``PE()``) ones.
 ``EPOCH_ID`` or ``TRANSIT_ID`` (optional)
     integer; -1 when absent.
+``OBS_TIME_RV``, ``NORMALISATION_METHOD``, ``COMBINED_CCDS``, ``DEBLENDED_CCDS`` (optional)
+    the per-transit columns of Gaia DR4 epoch spectra (:data:`.base.TRANSIT_COLUMNS`).
 ``TRUE_*``
     scalar or vector columns passed through as ``true_*`` (vectors as ``true_<name>_1``, ...).
 
-The wavelength grid is, in this order: a ``WAVE`` column (per row); a 1-d image extension named
-``WAVE``; a linear grid ``CRVAL1 + CDELT1 (i + 1 - CRPIX1)`` (``CD1_1`` for ``CDELT1``,
-``CRPIX1`` defaulting to 1) from keywords of the table header or else the primary header; the
-Gaia RVS grid. Units come from ``TUNITn`` / ``BUNIT`` / ``CUNIT1`` (default Å). The medium is the
-``AIRORVAC`` keyword (``air``/``vac``) if present, else ``CTYPE1`` (``AWAV`` air, ``WAVE``
-vacuum, FITS WCS paper III), else air; the Gaia default grid is vacuum nm.
+The wavelength grid is, in this order: a ``WAVE`` column (per row; a ``WAVELENGTH`` column, the
+Gaia name, is vacuum nm unless ``TUNITn``/``AIRORVAC`` say otherwise); a 1-d image extension
+named ``WAVE``; a linear grid ``CRVAL1 + CDELT1 (i + 1 - CRPIX1)`` (``CD1_1`` for ``CDELT1``,
+``CRPIX1`` defaulting to 1) from keywords of the table header or else the primary header; a Gaia
+RVS grid known by the array length (2401: DR3, 961: DR4 epoch; vacuum nm). Units come from
+``TUNITn`` / ``BUNIT`` / ``CUNIT1`` (default Å). The medium is the ``AIRORVAC`` keyword
+(``air``/``vac``) if present, else ``CTYPE1`` (``AWAV`` air, ``WAVE`` vacuum, FITS WCS paper
+III), else air.
+
+**One row per pixel** (the Gaia DataLink ``DATAMODEL_STANDARD`` layout, as the archive writes it
+for DR3 spectra: scalar ``wavelength`` [nm], ``flux``, ``flux_error`` columns; checked on DR3
+DataLink FITS products in astroquery's test data): every binary table with a scalar ``FLUX`` and
+a ``WAVELENGTH`` column is read and its pixels grouped into spectra
+(:func:`.base.group_pixels`). ``source_id``, ``transit_id`` and the per-transit values come from
+columns when there are, else from the table's (then the primary) header keywords, full names or
+``HIERARCH`` (``SOURCE_ID``, ``SOURCEID`` as the archive truncates it, ``TRANSIT_ID``,
+``OBS_TIME_RV``, ...), so a file with one table per transit reads as one spectrum per table. Such
+files are read whole (one partition per file).
 """
 
 from __future__ import annotations
@@ -31,22 +45,39 @@ import pandas as pd
 from .base import (
     DEFAULT_PARTITION_ROWS,
     EPOCH_COLUMNS,
-    RVS_WAVE,
+    TRANSIT_COLUMNS,
     TRUE_PREFIX,
     CatalogueFormat,
+    PixelSpectra,
     RaggedColumn,
     ReaderError,
     consecutive_ranges,
     duplicate_flags,
+    grids_for_lengths,
+    group_tables,
+    match_grids,
+    pixel_partition,
+    pixel_table,
     read_head,
     read_in_ranges,
     spectra_partition,
     wave_to_air_angstrom,
 )
 
-__all__ = ["NAME", "FORMAT", "identify", "read", "read_rows", "row_ranges", "passthrough"]
+__all__ = ["NAME", "FORMAT", "identify", "read", "read_rows", "row_ranges", "passthrough",
+           "HEADER_KEYWORDS"]
 
 NAME = "fits_table"
+#: Header keywords read for per-pixel tables without the column, in order of preference
+#: (astropy matches them in any case and finds ``HIERARCH`` cards by their full name).
+HEADER_KEYWORDS = {
+    "source_id": ("SOURCE_ID", "SOURCEID"),
+    "epoch_id": ("EPOCH_ID", "TRANSIT_ID", "TRANSITI", "TRANSIT"),
+    "obs_time_rv": ("OBS_TIME_RV", "OBSTIMER"),
+    "normalisation_method": ("NORMALISATION_METHOD", "NORMALIS"),
+    "combined_ccds": ("COMBINED_CCDS",),
+    "deblended_ccds": ("DEBLENDED_CCDS", "DEBLENDE"),
+}
 
 
 def identify(path: str | Path) -> bool:
@@ -64,22 +95,41 @@ def _open(path: Path):
         raise ReaderError(path, f"not a readable FITS file ({exc})") from exc
 
 
-def _table(path: Path, hdul):
-    """(table HDU, lower-case name -> column name) of the first table with a FLUX column."""
+def _tables(path: Path, hdul) -> list:
+    """(table HDU, lower-case name -> column name) of every binary table with a FLUX column."""
     from astropy.io import fits
 
+    out = []
     try:
         for hdu in hdul:
             if isinstance(hdu, fits.BinTableHDU):
                 names = {c.name.lower(): c.name for c in hdu.columns}
                 if "flux" in names:
-                    if "source_id" not in names:
-                        raise ReaderError(path, f"HDU {hdu.name!r} has FLUX but no SOURCE_ID "
-                                          f"column; found {list(names.values())}")
-                    return hdu, names
+                    out.append((hdu, names))
     except (OSError, ValueError) as exc:
         raise ReaderError(path, f"truncated or corrupt FITS file ({exc})") from exc
-    raise ReaderError(path, "no binary table with a FLUX column")
+    if not out:
+        raise ReaderError(path, "no binary table with a FLUX column")
+    return out
+
+
+def _per_pixel(hdu, names) -> bool:
+    """A table with scalar FLUX and WAVELENGTH (or WAVE) columns: one row per pixel."""
+    wave = names.get("wavelength", names.get("wave"))
+    if wave is None:
+        return False
+    fmt = hdu.columns[names["flux"]].format
+    return fmt.repeat == 1 and "P" not in str(fmt) and "Q" not in str(fmt)
+
+
+def _table(path: Path, hdul):
+    """(table HDU, lower-case name -> column name) of the first table with a FLUX column,
+    checked to have a SOURCE_ID column unless it is a per-pixel table."""
+    hdu, names = _tables(path, hdul)[0]
+    if "source_id" not in names and not _per_pixel(hdu, names):
+        raise ReaderError(path, f"HDU {hdu.name!r} has FLUX but no SOURCE_ID "
+                          f"column; found {list(names.values())}")
+    return hdu, names
 
 
 def _native(a: np.ndarray) -> np.ndarray:
@@ -107,11 +157,15 @@ def passthrough(path: str | Path) -> dict[str, np.dtype]:
 
 
 def row_ranges(path: str | Path, partition_rows: int = DEFAULT_PARTITION_ROWS
-               ) -> list[tuple[int, int]]:
-    """Consecutive row ranges of at most ``partition_rows`` rows (from ``NAXIS2``)."""
+               ) -> list[tuple[int | None, int | None]]:
+    """Consecutive row ranges of at most ``partition_rows`` rows (from ``NAXIS2``); a per-pixel
+    file is one range ``(None, None)``, read whole by :func:`read`."""
     path = Path(path)
     with _open(path) as hdul:
-        n = int(_table(path, hdul)[0].header["NAXIS2"])
+        hdu, names = _table(path, hdul)
+        if _per_pixel(hdu, names):
+            return [(None, None)]
+        n = int(hdu.header["NAXIS2"])
     return consecutive_ranges(n, partition_rows)
 
 
@@ -149,15 +203,13 @@ def _wave(path: Path, hdul, hdu, names, data, n_pix: int | None, first_row: int)
     """(grid shared by every row, or one per row) in air Å."""
     primary = hdul[0].header
     medium = _medium(hdu.header, primary)
-    if "wave" in names:
-        unit = hdu.columns[names["wave"]].unit
-        col = _vectors(np.asarray(data.field(names["wave"])))
-        values, offsets = col.values, col.offsets
-        values = wave_to_air_angstrom(values.astype(np.float64), unit, medium, path=path,
-                                      where="WAVE column: ")
-        shared: dict[bytes, np.ndarray] = {}
-        return [shared.setdefault(w.tobytes(), w)
-                for w in (values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1))]
+    key = "wave" if "wave" in names else "wavelength" if "wavelength" in names else None
+    if key is not None:
+        unit = hdu.columns[names[key]].unit
+        if key == "wavelength":  # the Gaia column: vacuum nm unless the file says otherwise
+            unit, medium = unit or "nm", medium or "vacuum"
+        col = _vectors(np.asarray(data.field(names[key])))
+        return match_grids(path, col.values.astype(np.float64), col.offsets, unit, medium)[0]
     try:
         ext = hdul["WAVE"]
     except KeyError:
@@ -184,7 +236,7 @@ def _wave(path: Path, hdul, hdu, names, data, n_pix: int | None, first_row: int)
         medium = medium or {"AWAV": "air", "WAVE": "vacuum"}.get(ctype)
         return wave_to_air_angstrom(wave, header.get("CUNIT1"), medium, path=path,
                                     where="CRVAL1 grid: ")
-    return RVS_WAVE
+    return None  # no description in the file: a Gaia grid known by the row lengths
 
 
 def read_rows(path: str | Path, start: int, stop: int) -> pd.DataFrame:
@@ -205,6 +257,10 @@ def read_rows(path: str | Path, start: int, stop: int) -> pd.DataFrame:
             fixed = np.asarray(data.field(names["flux"])).dtype != object
             width = int(flux.offsets[1] - flux.offsets[0]) if fixed and stop > start else None
             wave = _wave(path, hdul, hdu, names, data, width, start)
+            if wave is None:
+                wave = grids_for_lengths(np.diff(flux.offsets))
+            transit = {k: np.asarray(data.field(names[k]), dtype=np.float64)
+                       for k in TRANSIT_COLUMNS if k in names}
             extra = {}
             for low, actual in _passthrough_columns(hdu, names).items():
                 values = _native(np.array(data.field(actual)))  # a copy, not a memory map
@@ -222,19 +278,70 @@ def read_rows(path: str | Path, start: int, stop: int) -> pd.DataFrame:
                              wave=wave, flux=flux, flux_error=err, file=path,
                              row=np.arange(start, stop),
                              read_flags=duplicate_flags(sid_all, eid_all)[start:stop],
-                             passthrough=extra)
+                             passthrough=extra, transit=transit)
+
+
+def _header_scalars(headers) -> dict[str, object]:
+    """Per-pixel table metadata from header keywords (:data:`HEADER_KEYWORDS`), first found."""
+    out: dict[str, object] = {}
+    for field, keys in HEADER_KEYWORDS.items():
+        for header in headers:
+            key = next((k for k in keys if k in header), None)
+            if key is not None:
+                out[field] = header[key]
+                break
+    return out
+
+
+def _pixel_spectra(path: str | Path) -> PixelSpectra:
+    """Every per-pixel table of the file, its pixels grouped into spectra."""
+    path = Path(path)
+    tables, first_row = [], 0
+    with _open(path) as hdul:
+        try:
+            for k, (hdu, names) in enumerate(_tables(path, hdul), start=1):
+                where = f"HDU {k} ({hdu.name!r})"
+                if not _per_pixel(hdu, names):
+                    raise ReaderError(path, f"{where} has array columns but the first table "
+                                      "is per-pixel; expected one layout")
+                data = hdu.data
+                n = 0 if data is None else len(data)
+                columns = {c.name: (np.array(data.field(c.name)) if n else np.empty(0))
+                           for c in hdu.columns}
+                wave = names.get("wavelength", names.get("wave"))
+                tables.append(pixel_table(
+                    path, columns, _header_scalars((hdu.header, hdul[0].header)),
+                    wave_unit=hdu.columns[wave].unit, where=where, first_row=first_row))
+                first_row += n
+        except (OSError, ValueError, TypeError) as exc:
+            if isinstance(exc, ReaderError):
+                raise
+            raise ReaderError(path, f"truncated or corrupt FITS table ({exc})") from exc
+    return group_tables(path, tables)
+
+
+def _layout(path: Path) -> bool:
+    """True when the file's first FLUX table is a per-pixel one."""
+    with _open(path) as hdul:
+        hdu, names = _table(path, hdul)
+        return _per_pixel(hdu, names)
 
 
 def read(path: str | Path, *, partition_rows: int = DEFAULT_PARTITION_ROWS
          ) -> Iterator[pd.DataFrame]:
-    """Spectra of a FITS binary table, in partitions of at most ``partition_rows`` rows.
+    """Spectra of a FITS file, in partitions of at most ``partition_rows`` rows.
 
     Raises
     ------
     ReaderError
-        Not FITS or truncated, no table with FLUX and SOURCE_ID, non-integer ids, an unusable
-        wavelength description.
+        Not FITS or truncated, no table with FLUX and SOURCE_ID (column, or header keyword of a
+        per-pixel table), non-integer ids, an unusable wavelength description.
     """
+    path = Path(path)
+    if _layout(path):
+        return read_in_ranges(partition_rows, lambda: _pixel_spectra(path),
+                              lambda s, k: consecutive_ranges(len(s.source_id), k),
+                              pixel_partition)
     return read_in_ranges(partition_rows, lambda: path, row_ranges, read_rows)
 
 

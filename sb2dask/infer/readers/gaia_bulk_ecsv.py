@@ -19,9 +19,17 @@ What was verified (Gaia DR3 documentation and public code that reads these files
   ``dec``, ``flux``, ``flux_error``, ``combined_transits``, ``combined_ccds``,
   ``deblended_ccds``; the grid is 846-870 nm step 0.01 nm, vacuum (see :mod:`.base`).
 
-What is assumed: every spectrum is on that RVS grid (the format has no wavelength column); DR4
-epoch files carry a ``transit_id`` (or ``epoch_id``) column; masked scalars are written empty or
-``null``; the first column-name line has no quoting beyond optional double quotes.
+DR4 epoch spectra in the archive's array layout (``DATAMODEL_GAIA``; pre-release data model)
+are read by the same code: one row per transit with ``transit_id`` (read as ``epoch_id``) and the
+per-transit columns of :data:`.base.TRANSIT_COLUMNS`, arrays of 961 pixels on the DR4 grid. A
+plain CSV of that layout (no ECSV header; arrays as ``"[...]"`` or ``"(...)"``) is read too.
+Column names are matched in any letter case; columns the reader does not use are ignored.
+
+What is assumed: without a ``wavelength`` array column a row's grid follows from its length
+(2401: DR3 mean spectra; 961: DR4 epoch spectra; any other length is fitted to the declared
+length's grid, else the DR3 one, and flagged); a ``wavelength`` array column is vacuum nm unless
+its ECSV ``unit`` says otherwise; masked scalars are written empty or ``null``; the first
+column-name line has no quoting beyond optional double quotes.
 
 Parsing is vectorised with Arrow: the table is read with ``pyarrow.csv`` as strings, each array
 column is stripped of its brackets, split on commas, flattened and cast to float32 in one call;
@@ -31,37 +39,46 @@ row lengths come from the list offsets.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
 
 from ...gaia import HEALPIX_LEVEL8_SHIFT
 from .base import (
     DEFAULT_PARTITION_ROWS,
     EPOCH_COLUMNS,
     RVS_WAVE,
+    TRANSIT_COLUMNS,
     TRUE_PREFIX,
     CatalogueFormat,
+    EcsvColumn,
+    EcsvHeader,
     RaggedColumn,
     ReaderError,
     ReadFlag,
     consecutive_ranges,
     duplicate_flags,
+    find_column,
     first_fields,
+    gaia_grid,
+    grids_for_lengths,
     leading_comment_lines,
+    match_grids,
+    parse_ecsv_header,
     parse_float_strings,
-    parse_int_strings,
     read_bytes,
     read_head,
     read_in_ranges,
     read_text_columns,
     spectra_partition,
+    text_integers,
+    text_layout,
+    text_numbers,
 )
 
 __all__ = ["NAME", "FORMAT", "identify", "read", "passthrough", "EcsvColumn", "EcsvHeader",
@@ -70,7 +87,6 @@ __all__ = ["NAME", "FORMAT", "identify", "read", "passthrough", "EcsvColumn", "E
 
 NAME = "gaia_bulk_ecsv"
 _FILE_RANGE = re.compile(r"_(\d+)-(\d+)\.[^/\\]*$")
-_SUBTYPE = re.compile(r"^\s*(\w+)\s*\[\s*(null|\d+)\s*\]\s*$")
 _ARRAY_COLUMNS = ("flux", "flux_error")
 _NULL_FIELD = pa.array(["", "null", "NULL"])
 #: ECSV datatype -> numpy dtype of the scalar columns we pass through.
@@ -78,95 +94,6 @@ _ECSV_DTYPES = {"bool": "bool", "int8": "int8", "int16": "int16", "int32": "int3
                 "int64": "int64", "uint8": "uint8", "uint16": "uint16", "uint32": "uint32",
                 "uint64": "uint64", "float16": "float16", "float32": "float32",
                 "float64": "float64", "string": "object"}
-
-
-@dataclass(frozen=True, slots=True)
-class EcsvColumn:
-    """One entry of an ECSV header's ``datatype`` list."""
-
-    name: str
-    datatype: str
-    subtype: str | None = None
-    unit: str | None = None
-    description: str | None = None
-
-    @property
-    def element_type(self) -> str | None:
-        """Element type of an array column (``"float32"`` for ``float32[null]``), else None."""
-        m = _SUBTYPE.match(self.subtype or "")
-        return m.group(1) if m else None
-
-    @property
-    def declared_length(self) -> int | None:
-        """Declared array length (``float32[2401]`` -> 2401); None if variable or not an array."""
-        m = _SUBTYPE.match(self.subtype or "")
-        return int(m.group(2)) if m and m.group(2) != "null" else None
-
-
-@dataclass(frozen=True, slots=True)
-class EcsvHeader:
-    """A parsed ECSV header: columns, delimiter, table meta, and how many ``#`` lines it took."""
-
-    columns: tuple[EcsvColumn, ...]
-    delimiter: str = ","
-    meta: Mapping = field(default_factory=dict)
-    n_lines: int = 0
-
-    def column(self, name: str) -> EcsvColumn | None:
-        """The column called ``name``, or None."""
-        return next((c for c in self.columns if c.name == name), None)
-
-
-def parse_ecsv_header(path: str | Path, lines: list[str]) -> EcsvHeader:
-    """Parse the ``#`` lines at the top of an ECSV file.
-
-    Parameters
-    ----------
-    path : str or Path
-        For error messages.
-    lines : list of str
-        The header lines, each starting with ``#``, first line ``# %ECSV <version>``.
-
-    Raises
-    ------
-    ReaderError
-        Not an ECSV header, malformed YAML, or no ``datatype`` list; names the line.
-    """
-    if not lines or not re.match(r"#\s*%ECSV\s+\d", lines[0]):
-        raise ReaderError(path, "expected an ECSV header starting '# %ECSV 1.0'", line=1)
-    body = []
-    for i, line in enumerate(lines[1:], start=2):
-        if line.startswith("# "):
-            body.append(line[2:])
-        elif line.rstrip() == "#":
-            body.append("")
-        else:
-            raise ReaderError(path, f"ECSV header lines must start with '# ', got {line[:40]!r}",
-                              line=i)
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        doc = yaml.load("\n".join(body), Loader=loader)  # noqa: S506 (a safe loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ReaderError(path, f"malformed ECSV YAML header: {problem} (where the YAML parser "
-                          "stopped; the fault may be a line above)",
-                          line=None if mark is None else mark.line + 2) from exc
-    entries = doc.get("datatype") if isinstance(doc, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise ReaderError(path, "malformed ECSV header: no 'datatype' list of columns")
-    columns = []
-    for k, e in enumerate(entries):
-        if not isinstance(e, dict) or not isinstance(e.get("name"), str) \
-                or not isinstance(e.get("datatype"), str):
-            raise ReaderError(path, f"malformed ECSV header: datatype entry {k + 1} needs a "
-                              f"'name' and a 'datatype', got {e!r}")
-        columns.append(EcsvColumn(e["name"], e["datatype"], e.get("subtype"), e.get("unit"),
-                                  e.get("description")))
-    delimiter = doc.get("delimiter", " ")
-    if delimiter not in (",", " "):
-        raise ReaderError(path, f"ECSV delimiter must be ',' or ' ', got {delimiter!r}")
-    return EcsvHeader(tuple(columns), delimiter, doc.get("meta") or {}, len(lines))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +129,9 @@ class ParsedArrays:
 
 def _bracketed(arr: pa.Array) -> np.ndarray:
     both = pc.and_(pc.starts_with(arr, "["), pc.ends_with(arr, "]"))
-    return pc.fill_null(both, False).to_numpy(zero_copy_only=False)
+    # "(1.0, 2.0)": how some table writers put arrays in plain CSV
+    paren = pc.and_(pc.starts_with(arr, "("), pc.ends_with(arr, ")"))
+    return pc.fill_null(pc.or_(both, paren), False).to_numpy(zero_copy_only=False)
 
 
 def _parse_array_chunk(arr: pa.Array) -> ParsedArrays:
@@ -277,17 +206,13 @@ def healpix_range(path: str | Path) -> tuple[int, int] | None:
 
 
 def identify(path: str | Path) -> bool:
-    """True for a (gzipped) ECSV file whose header declares an array column ``flux``."""
+    """True for a (gzipped) CSV/ECSV text file with one spectrum per row: an ECSV header that
+    declares ``flux`` an array, or a plain CSV whose first ``flux`` field is ``[...]``."""
     path = Path(path)
     if not path.is_file():
         return False
-    head = read_head(path)
-    if not head.startswith(b"# %ECSV"):
-        return False
-    text = "\n".join(leading_comment_lines(head)[0])
-    return bool(re.search(r"name:\s*['\"]?flux['\"]?\s*[,}\n]", text + "\n")
-                and "subtype" in text
-                and not re.search(r"name:\s*['\"]?wavelength\b", text))
+    layout = text_layout(read_head(path))
+    return layout is not None and layout[0] == "arrays"
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,15 +225,27 @@ class _BulkFile:
     epoch_id: np.ndarray
     flags: np.ndarray  # file-level flags per row (duplicates, HEALPix range)
     passthrough: dict
+    columns: dict  # "source_id", "flux", "flux_error", "wavelength" -> the file's name or None
+    transit: dict  # TRANSIT_COLUMNS the file has, float64 with NaN for null
 
 
 def _header_of(path: Path, buf: bytes) -> tuple[EcsvHeader, int]:
+    """The ECSV header, or for a plain CSV (no ``#`` lines at all) one made from its
+    column-name line (``flux``, ``flux_error`` and ``wavelength`` as variable-length arrays, the
+    rest as text)."""
     if re.match(rb"\s*\Z", buf[:4096]) and len(buf) <= 4096:
         raise ReaderError(path, "empty file")
     lines, pos = leading_comment_lines(buf)
-    if not lines:
-        raise ReaderError(path, "expected an ECSV header starting '# %ECSV 1.0'", line=1)
-    return parse_ecsv_header(path, lines), pos
+    if lines:  # comment lines make a header, and the only header read here is ECSV's
+        return parse_ecsv_header(path, lines), pos
+    names = first_fields(buf, pos)
+    if not names or find_column(names, "flux") is None:
+        raise ReaderError(path, "expected an ECSV header starting '# %ECSV 1.0' or a CSV "
+                          "column-name line with a flux column", line=len(lines) + 1)
+    arrays = {find_column(names, a) for a in _ARRAY_COLUMNS + ("wavelength",)}
+    cols = tuple(EcsvColumn(n, "string", "float32[null]" if n in arrays else None)
+                 for n in names)
+    return EcsvHeader(cols, ",", {}, len(lines)), pos
 
 
 def _read_text_table(path: Path) -> tuple[EcsvHeader, pa.Table, int]:
@@ -337,14 +274,6 @@ def _read_text_table(path: Path) -> tuple[EcsvHeader, pa.Table, int]:
     return header, table, header_line + 1
 
 
-def _int_column(path, table, name, first_line) -> np.ndarray:
-    values, bad = parse_int_strings(table[name])
-    if bad is not None:
-        text = table[name][bad].as_py()
-        raise ReaderError(path, f"{name} {text!r} is not an integer", line=first_line + bad)
-    return values
-
-
 def _scalar_column(path, table, col: EcsvColumn, first_line) -> np.ndarray:
     dtype = _ECSV_DTYPES.get(col.datatype)
     if dtype is None or col.subtype:
@@ -363,34 +292,32 @@ def _scalar_column(path, table, col: EcsvColumn, first_line) -> np.ndarray:
                               line=first_line + bad)
         return np.isin(low, ["true", "1"])
     if dtype.startswith("float"):
-        values, bad = parse_float_strings(texts)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ReaderError(path, f"{col.name} {texts[i].as_py()!r} is not a number",
-                              line=first_line + i)
-        return values.astype(dtype)
-    return _int_column(path, table, col.name, first_line).astype(dtype)
+        return text_numbers(path, table, col.name, first_line, np.float32).astype(dtype)
+    return text_integers(path, table, col.name, first_line).astype(dtype)
 
 
 def _open(path: str | Path) -> _BulkFile:
     path = Path(path)
     header, table, first_line = _read_text_table(path)
-    names = set(table.column_names)
-    missing = [c for c in ("source_id", "flux") if c not in names]
+    names = table.column_names
+    cols = {k: find_column(names, k) for k in ("source_id", "flux", "flux_error", "wavelength")}
+    missing = [c for c in ("source_id", "flux") if cols[c] is None]
     if missing:
         raise ReaderError(path, f"missing required column(s) {missing}; found "
                           f"{table.column_names}", line=header.n_lines + 1)
-    for name in _ARRAY_COLUMNS:
-        col = header.column(name)
+    for key in _ARRAY_COLUMNS + ("wavelength",):
+        col = header.column(cols[key]) if cols[key] else None
         if col is not None and (col.datatype != "string" or col.element_type is None
                                 or not col.element_type.startswith("float")):
-            raise ReaderError(path, f"column {name!r} is declared datatype={col.datatype!r} "
-                              f"subtype={col.subtype!r}; expected datatype 'string' with an "
-                              f"array subtype such as 'float32[null]'")
-    source_id = _int_column(path, table, "source_id", first_line)
-    epoch_name = next((c for c in EPOCH_COLUMNS if c in names), None)
-    epoch_id = _int_column(path, table, epoch_name, first_line) if epoch_name else \
+            raise ReaderError(path, f"column {col.name!r} is declared datatype="
+                              f"{col.datatype!r} subtype={col.subtype!r}; expected datatype "
+                              f"'string' with an array subtype such as 'float32[null]'")
+    source_id = text_integers(path, table, cols["source_id"], first_line)
+    epoch_name = find_column(names, *EPOCH_COLUMNS)
+    epoch_id = text_integers(path, table, epoch_name, first_line) if epoch_name else \
         np.full(len(source_id), -1, np.int64)
+    transit = {k: text_numbers(path, table, find_column(names, k), first_line)
+               for k in TRANSIT_COLUMNS if find_column(names, k)}
     flags = duplicate_flags(source_id, epoch_id)
     rng = healpix_range(path)
     if rng is not None:
@@ -399,12 +326,13 @@ def _open(path: str | Path) -> _BulkFile:
     extra = {c.name: _scalar_column(path, table, c, first_line)
              for c in header.columns if c.name.startswith(TRUE_PREFIX)}
     return _BulkFile(path, header, table, first_line, source_id, epoch_id,
-                     flags.astype(np.int32), extra)
+                     flags.astype(np.int32), extra, cols, transit)
 
 
-def _array(f: _BulkFile, name: str, start: int, stop: int):
+def _array(f: _BulkFile, key: str, start: int, stop: int):
     """(rows of one array column or None, rows whose length differs from the declared one)."""
-    if name not in f.table.column_names:
+    name = f.columns[key]
+    if name is None:
         return None, np.zeros(stop - start, bool)
     parsed = parse_array_strings(f.table[name].slice(start, stop - start))
     declared = f.header.column(name).declared_length
@@ -414,15 +342,39 @@ def _array(f: _BulkFile, name: str, start: int, stop: int):
                         parsed.not_numeric), wrong
 
 
+def _grids(f: _BulkFile, flux: RaggedColumn, start: int, stop: int):
+    """The rows' air grids [Å]: from a ``wavelength`` array column, else by array length."""
+    name = f.columns["wavelength"]
+    if name is None:
+        declared = f.header.column(f.columns["flux"]).declared_length
+        default = gaia_grid(n_pix=declared) if declared else None
+        lengths = np.where(flux.null_rows, declared or 0, np.diff(flux.offsets)) \
+            if flux.null_rows is not None else np.diff(flux.offsets)
+        return grids_for_lengths(lengths, RVS_WAVE if default is None else default[0])
+    # rows normally repeat one wavelength text: parse each distinct text once
+    coded = f.table[name].slice(start, stop - start).combine_chunks().dictionary_encode()
+    waves = parse_array_strings(coded.dictionary)
+    index = coded.indices.to_numpy(zero_copy_only=False)
+    bad = (waves.null_field | waves.not_numeric)[index]
+    if bad.any():
+        raise ReaderError(f.path, f"{name} is null or not numeric",
+                          line=f.first_line + start + int(np.flatnonzero(bad)[0]))
+    unit = f.header.column(name).unit or "nm"
+    grids, _ = match_grids(f.path, waves.values, waves.offsets, unit, "vacuum")
+    return grids if isinstance(grids, np.ndarray) else [grids[i] for i in index]
+
+
 def _partition(f: _BulkFile, start: int, stop: int) -> pd.DataFrame:
     flux, wrong = _array(f, "flux", start, stop)
     err, wrong_e = _array(f, "flux_error", start, stop)
     flags = f.flags[start:stop] | np.where(wrong | wrong_e, ReadFlag.WRONG_LENGTH, 0
                                            ).astype(np.int32)
     return spectra_partition(
-        source_id=f.source_id[start:stop], epoch_id=f.epoch_id[start:stop], wave=RVS_WAVE,
-        flux=flux, flux_error=err, file=f.path, row=np.arange(start, stop), read_flags=flags,
-        passthrough={k: v[start:stop] for k, v in f.passthrough.items()})
+        source_id=f.source_id[start:stop], epoch_id=f.epoch_id[start:stop],
+        wave=_grids(f, flux, start, stop), flux=flux, flux_error=err, file=f.path,
+        row=np.arange(start, stop), read_flags=flags,
+        passthrough={k: v[start:stop] for k, v in f.passthrough.items()},
+        transit={k: v[start:stop] for k, v in f.transit.items()})
 
 
 def read(path: str | Path, *, partition_rows: int = DEFAULT_PARTITION_ROWS

@@ -9,9 +9,13 @@ Columns (names matched case-insensitively):
     the ECSV arrays); a null list is an all-NaN spectrum.
 ``wave`` (optional)
     a per-row list of wavelengths. Without it the grid is the file's key-value metadata entry
-    ``sb2dask.wave`` (a JSON list), and without that the Gaia RVS grid.
+    ``sb2dask.wave`` (a JSON list), and without that a Gaia RVS grid known by the array length
+    (2401 pixels: DR3 mean spectra; 961: DR4 epoch spectra; others are fitted to the DR3 grid
+    and flagged). A ``wavelength`` list column (the Gaia name) is vacuum nm.
 ``epoch_id`` or ``transit_id`` (optional)
     integer; -1 when absent.
+``obs_time_rv``, ``normalisation_method``, ``combined_ccds``, ``deblended_ccds`` (optional)
+    the per-transit columns of Gaia DR4 epoch spectra (:data:`.base.TRANSIT_COLUMNS`), numbers.
 ``true_*``
     scalar columns passed through; fixed-size-list ones become ``true_<name>_1``, ``_2``...
 
@@ -36,12 +40,14 @@ import pyarrow.parquet as pq
 from .base import (
     DEFAULT_PARTITION_ROWS,
     EPOCH_COLUMNS,
-    RVS_WAVE,
+    TRANSIT_COLUMNS,
     TRUE_PREFIX,
     CatalogueFormat,
     RaggedColumn,
     ReaderError,
     duplicate_flags,
+    grids_for_lengths,
+    match_grids,
     parse_float_strings,
     parse_int_strings,
     read_head,
@@ -218,7 +224,8 @@ def read_rows(path: str | Path, start: int, stop: int) -> pd.DataFrame:
     sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     groups = [i for i in range(len(sizes)) if bounds[i] < stop and bounds[i + 1] > start]
-    wanted = [cols[c] for c in ("flux", "flux_error", "wave") if c in cols]
+    wanted = [cols[c] for c in ("flux", "flux_error", "wave", "wavelength") if c in cols]
+    wanted += [cols[c] for c in TRANSIT_COLUMNS if c in cols]
     wanted += [f.name for _, f in _passthrough_fields(pf)]
     table = _read_slice(pf, groups, int(bounds[groups[0]]) if groups else 0, start, stop,
                         wanted)
@@ -230,9 +237,16 @@ def read_rows(path: str | Path, start: int, stop: int) -> pd.DataFrame:
     wave_file, unit, medium = _wave_metadata(path, pf)
     if "wave" in cols:
         waves = _row_waves(path, table[cols["wave"]], unit, medium, start)
+    elif "wavelength" in cols:
+        waves = _row_waves(path, table[cols["wavelength"]], unit or "nm", medium or "vacuum",
+                           start)
+    elif wave_file is not None:
+        waves = wave_to_air_angstrom(wave_file, unit, medium, path=path, where="metadata: ")
     else:
-        waves = RVS_WAVE if wave_file is None else \
-            wave_to_air_angstrom(wave_file, unit, medium, path=path, where="metadata: ")
+        lengths = np.diff(flux.offsets)
+        waves = grids_for_lengths(np.where(flux.null_rows, lengths.max(initial=0), lengths))
+    transit = {c: table[cols[c]].combine_chunks().cast(pa.float64()).to_numpy(
+        zero_copy_only=False) for c in TRANSIT_COLUMNS if c in cols}
     extra = {}
     for name, f in _passthrough_fields(pf):
         col = table[f.name].combine_chunks()
@@ -246,22 +260,17 @@ def read_rows(path: str | Path, start: int, stop: int) -> pd.DataFrame:
                              wave=waves, flux=flux, flux_error=err, file=path,
                              row=np.arange(start, stop),
                              read_flags=duplicate_flags(sid_all, eid_all)[start:stop],
-                             passthrough=extra)
+                             passthrough=extra, transit=transit)
 
 
-def _row_waves(path, col, unit, medium, first_row) -> list[np.ndarray]:
-    """Per-row air wavelength grids [Å], rows with equal grids sharing one array object."""
+def _row_waves(path, col, unit, medium, first_row):
+    """Per-row air wavelength grids [Å], rows with equal grids sharing one array object (the
+    Gaia grids' shared objects for rows on them: :func:`.base.match_grids`)."""
     parts = _list_parts(path, col, "wave", first_row)
     if parts.null_rows.any() or parts.not_numeric.any():
         bad = int(np.flatnonzero(parts.null_rows | parts.not_numeric)[0])
         raise ReaderError(path, "wave is null or not numeric", row=first_row + bad)
-    values = wave_to_air_angstrom(parts.values.astype(np.float64), unit, medium, path=path)
-    offsets = parts.offsets
-    shared: dict[bytes, np.ndarray] = {}
-    waves = []
-    for i in range(len(offsets) - 1):
-        w = values[offsets[i]:offsets[i + 1]]
-        waves.append(shared.setdefault(w.tobytes(), w))
+    waves, _ = match_grids(path, parts.values.astype(np.float64), parts.offsets, unit, medium)
     return waves
 
 
