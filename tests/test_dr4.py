@@ -427,3 +427,17 @@ def test_preprocess_sees_a_renormalised_raw_transit_as_normalised():
     pre = preprocess(list(read["wave"]), list(read["flux"]), list(read["flux_error"]),
                      output_wave("gaia_dr3_903"))
     assert pre.quality_flags[0] == 0 and pre.snr_estimate[0] == pytest.approx(100, rel=0.1)
+
+
+def test_bulk_mock_keeps_each_sources_systemic_velocity(tmp_path):
+    """The realistic recipe draws a systemic velocity per source; the bulk mock recomputed the
+    epoch RVs around the configuration's single gamma and lost it (every single star at 0)."""
+    from sb2dask.dataset.mock_catalogue import mock_catalogue
+    from sb2dask.simulate.config import SimulationConfig
+
+    res = mock_catalogue(tmp_path, n_sources=12, epochs=(2, 2), binary_fraction=0.0, n_files=1,
+                         config=SimulationConfig.realistic())
+    truth = pd.read_parquet(res["truth"] if "truth" in res else tmp_path / "truth.parquet")
+    rv = truth.groupby("source_id")["rv_1"]
+    assert (rv.nunique() == 1).all()  # a single star keeps its velocity at every epoch
+    assert rv.first().abs().max() > 5.0 and rv.first().nunique() == 12

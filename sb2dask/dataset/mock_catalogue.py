@@ -116,7 +116,8 @@ def mock_catalogue(out_dir: str | Path, n_sources: int = 1000, epochs: tuple[int
     renderer, lab, itp, source_id, hp, rep, rng = _draw(n_sources, epochs, cfg, seed)
     n_spec = len(rep)
     # a new orbital phase and a new S/N at every epoch (same stars, same orbit)
-    _epoch_rvs(lab, rng.random(n_spec), cfg.gamma)
+    # each source at its own systemic velocity where the recipe draws one (realistic: ±300 km/s)
+    _epoch_rvs(lab, rng.random(n_spec), lab["gamma"] if "gamma" in lab else cfg.gamma)
     flux, err = _render(renderer, lab, itp, cfg, rng)
     # the RVS pipeline leaves NaN at the spectrum edges of some spectra
     for i in np.flatnonzero(rng.random(n_spec) < 0.1):
