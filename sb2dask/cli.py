@@ -545,8 +545,8 @@ def _add_infer_parser(sub, command: _Command) -> None:
     from .infer.config import PRECISIONS, REST_FRAME_MODES  # no torch, no Dask: --help is fast
 
     p = command(sub, "infer", help="predict parameters for catalogues of RVS spectra")
-    p.add_argument("inputs", nargs="+", help="catalogue files (Gaia CSV/ECSV.gz, Parquet, FITS, "
-                                             "Zarr)")
+    p.add_argument("inputs", nargs="+", help="catalogue files (Gaia CSV/ECSV(.gz), VOTable, "
+                                             "Parquet, FITS, Zarr)")
     p.add_argument("--out", required=True, help="output Parquet dataset (directory)")
     p.add_argument("--config", default=None,
                    help="YAML file of InferenceConfig fields (the options below override it)")
@@ -565,7 +565,8 @@ def _add_infer_parser(sub, command: _Command) -> None:
                         "leaves the per-epoch _err columns NaN)")
     p.add_argument("--rest-frame", choices=REST_FRAME_MODES, default=None,
                    help="measure and remove each spectrum's bulk radial velocity (rv_bulk) "
-                        "before the networks: auto (default) as the models were trained, on, off")
+                        "before the networks: auto (default) as the models were trained, and "
+                        "always for barycentric (Gaia DR4 epoch) spectra; on; off")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute everything, replacing what --out holds (default: continue "
                         "an earlier run with the same inputs and settings)")
