@@ -245,3 +245,20 @@ def test_inference_resamples_961_pixel_barycentric_spectra_and_removes_rv_bulk_w
     # are: DR4 spectra need `--rest-frame on` with them (or models trained in the rv_bulk frame)
     auto = predict_partition(df, InferenceConfig(device="cpu"))
     assert models.frame == "rest" and auto["rv_bulk"].isna().all()
+
+
+def test_simulate_recipe_dr4_on_the_command_line(tmp_path):
+    from sb2dask.cli import _simulation_config, build_parser
+
+    def config(*extra):
+        return _simulation_config(build_parser().parse_args(
+            ["simulate", "--n", "10", "--out", str(tmp_path / "s.zarr"), *extra]))
+
+    assert config("--recipe", "dr4") == SimulationConfig.dr4()
+    assert config("--recipe", "dr4", "--snr", "10", "20").snr_range == (10.0, 20.0)
+    # a configuration file keeps its labels and orbits; the recipe sets what makes it DR4
+    path = tmp_path / "mine.yaml"
+    SimulationConfig(k_sum_range=(20.0, 40.0)).to_yaml(path)
+    cfg = config("--config", str(path), "--recipe", "dr4")
+    assert cfg.k_sum_range == (20.0, 40.0) and cfg.output_grid == "gaia_dr4_961"
+    assert cfg.realism == SimulationConfig.dr4().realism and cfg.snr_range == (5.0, 150.0)
