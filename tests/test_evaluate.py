@@ -280,6 +280,10 @@ def test_report_resamples_a_dr4_store_and_removes_rv_bulk_on_request(tmp_path):
     assert res["frame"] == "rv_bulk" and res["rest_frame"] == "on"
     assert res["detector"]["n"] == 8 and sum(r["n"] for r in res["by_snr"]) == 8
     assert sum(r["n_sb2"] for r in res["by_snr"]) == res["n_test"]
+    # Fig. 5 bins by the DR4 edges below the paper's floor of 30, every SB2 in one of them
+    fig5 = res["binned"]["snr"]["teff"]
+    assert fig5["edges"][:5] == [5.0, 10.0, 20.0, 50.0, 130.0]
+    assert sum(fig5["n"]) == 2 * res["n_test"]
 
 
 def test_report_files(evaluated):

@@ -162,8 +162,13 @@ def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
                                 paper_mae=PAPER_TABLE5[p][1])
         res["calibration"][p] = interval_coverage(pred[p], pred[f"{p}_err"], lab[p])
     feh_mean = np.nanmean(lab["feh"], axis=1)
+    # Fig. 5 in the paper's S/N bins, or in the DR4 bins for stores that reach below its floor
+    snr_edges = np.array([30.0, 90.0, 150.0, 210.0, 270.0, 350.0])
+    if lab["snr"].size and np.nanmin(lab["snr"]) < snr_edges[0]:
+        top = np.nextafter(max(SNR_BINS[-2], float(np.nanmax(lab["snr"]))), np.inf)
+        snr_edges = np.array([*SNR_BINS[:-1], top])
     binnings = {"feh": (feh_mean, np.array([-4.0, -3.0, -2.0, -1.0, 0.0, 1.0])),
-                "snr": (lab["snr"], np.array([30.0, 90.0, 150.0, 210.0, 270.0, 350.0])),
+                "snr": (lab["snr"], snr_edges),
                 "rv_separation": (lab["rv_separation"], np.linspace(0.0, 90.0, 7))}
     for key, (x, edges) in binnings.items():
         res["binned"][key] = {p: binned_errors(pred[p] - lab[p], x, edges) for p in PARAMS}
