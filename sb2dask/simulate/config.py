@@ -74,7 +74,9 @@ class SimulationConfig(ConfigMixin):
         K1 + K2 [km/s], drawn uniformly; the period is drawn log-uniformly in ``period_range`` and
         the inclination then follows from K1 + K2 (redrawing the period if sin i would exceed 1).
     snr_range : tuple
-        Continuum S/N per output pixel, uniform; noise is Gaussian with σ = sqrt(flux)/S/N.
+        Continuum S/N per output pixel, uniform; noise is Gaussian with σ = sqrt(flux)/S/N. The
+        DR4 recipe draws it from G_RVS inside this range instead (``realism.grvs_range``), and
+        its S/N is that of the combined CCD spectra on the output grid (:mod:`.transits`).
     binary_fraction : float
         Fraction of SB2 systems; the rest are single stars (1.0 for the paper's training set).
     output_grid : str
