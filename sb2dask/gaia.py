@@ -2,10 +2,13 @@
 (DR3 mean spectra, DR4 epoch spectra), the DR4 epoch-spectrum conventions, and the HEALPix index
 inside source identifiers.
 
-RVS spectra are published on a vacuum grid in nm, 846-870 nm in steps of 0.01 nm, 2401 pixels
+DR3 mean spectra are published on a vacuum grid in nm, 846-870 nm in steps of 0.01 nm, 2401 pixels
 (Gaia DR3 documentation, datamodel section 20.12.1 ``rvs_mean_spectrum``; the medium was checked
-on real spectra, see :mod:`sb2dask.infer.readers.base`). sb2dask works in air Å, so
-:data:`RVS_WAVE` is that grid converted with :func:`sb2dask.library.wavelength.vac_to_air`.
+on real spectra, see :mod:`sb2dask.infer.readers.base`). DR4 epoch spectra (``rvs_epoch_spectrum``,
+one per transit) use 961 pixels, ``846.0 + 0.025·i`` nm in vacuum, in the solar barycentric frame
+(DR4 pre-release data model, as quoted in issue 11; to be verified on release). sb2dask works in
+air Å, so :data:`RVS_WAVE` and :data:`DR4_EPOCH_WAVE` are those grids converted with
+:func:`sb2dask.library.wavelength.vac_to_air`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ __all__ = ["RVS_N_PIX", "RVS_WAVE_START_NM", "RVS_WAVE_END_NM", "RVS_WAVE_STEP_N
            "RVS_WAVE_VAC_NM", "RVS_WAVE", "HEALPIX_LEVEL8_SHIFT", "N_HEALPIX_LEVEL8",
            "DR4_EPOCH_N_PIX", "DR4_EPOCH_WAVE_STEP_NM", "DR4_EPOCH_WAVE_VAC_NM", "DR4_EPOCH_WAVE",
            "OBS_TIME_RV_ZERO_BJD", "OBS_TIME_RV_UNIT", "DR4_NORMALISATION_METHODS",
-           "FRAME_REST", "FRAME_BARYCENTRIC", "FRAME_UNKNOWN", "FRAMES", "gaia_grid"]
+           "FRAME_REST", "FRAME_BARYCENTRIC", "FRAME_UNKNOWN", "FRAMES", "gaia_grid",
+           "median_normalise"]
 
 #: Gaia RVS grid as published: 846-870 nm in steps of 0.01 nm, vacuum.
 RVS_N_PIX = 2401
@@ -98,6 +102,36 @@ def gaia_grid(wave_nm: np.ndarray | None = None, n_pix: int | None = None
             return air, frame
     return None
 
+
+def median_normalise(flux: np.ndarray, error: np.ndarray | None = None):
+    """DR4 ``normalisation_method`` 3: flux (and error) divided by the median of the combined
+    spectrum, per row, ignoring missing pixels.
+
+    DPAC median-normalises transits of faint (G_RVS > 12) and very cool stars instead of fitting a
+    pseudo-continuum, so their continuum sits above 1 by the lines' share of the spectrum. The
+    simulator applies this to the spectra it draws for that path; a reader renormalising raw-flux
+    transits (method 0) the same way gives the networks what they were trained on.
+
+    Parameters
+    ----------
+    flux : ndarray, shape (n, n_pix) or (n_pix,)
+    error : ndarray of the same shape, optional
+
+    Returns
+    -------
+    flux, or (flux, error) when ``error`` is given; rows whose median is not positive and finite
+    are returned unchanged (DR4 keeps them as method 4, not normalised).
+    """
+    import warnings
+
+    f = np.asarray(flux, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: left unchanged
+        med = np.nanmedian(f, axis=-1, keepdims=True)
+    med = np.where(np.isfinite(med) & (med > 0), med, 1.0)
+    if error is None:
+        return f / med
+    return f / med, np.asarray(error, dtype=np.float64) / med
 
 #: ``source_id >> 43`` is the HEALPix level-8 (nested) index of a Gaia source; bulk files are
 #: split by it.

@@ -31,7 +31,7 @@ from sb2dask.evaluate.metrics import (
     rmse_mae,
     roc_auc,
 )
-from sb2dask.evaluate.report import evaluate
+from sb2dask.evaluate.report import evaluate, snr_table
 from sb2dask.infer.config import InferenceConfig
 from sb2dask.infer.predict import DEFAULT_MODEL_DIR, get_model_set
 from sb2dask.labels import PARAMETERS, UNITS
@@ -116,6 +116,32 @@ def test_roc_auc_hand_values_and_ties():
     # pairs (binary, single): 0.4>0.1, 0.4=0.4 (half), 0.8>0.1, 0.8>0.4 -> 3.5 of 4
     assert roc_auc(y, [0.1, 0.4, 0.4, 0.8]) == pytest.approx(0.875)
     assert np.isnan(roc_auc(np.ones(3), [0.1, 0.2, 0.3]))
+
+
+def test_snr_table_bins_the_detector_and_the_labels_by_snr():
+    snr = np.array([4.0, 6.0, 8.0, 12.0, 15.0, 30.0, 40.0, 45.0, 200.0, 140.0])
+    y = np.array([1, 1, 0, 1, 0, 1, 0, 1, 1, 0], bool)
+    pb = np.array([0.9, 0.6, 0.7, 0.8, 0.1, 0.3, 0.2, 0.9, 0.95, 0.05])
+    rows = snr_table(detector=(snr, y, pb))
+    assert [(r["snr_lo"], r["snr_hi"]) for r in rows] == [
+        (5.0, 10.0), (10.0, 20.0), (20.0, 50.0), (50.0, 130.0), (130.0, np.inf)]
+    assert [r["n"] for r in rows] == [2, 2, 3, 0, 2]  # S/N 4 lies below the first bin
+    b = rows[0]  # S/N 6 (SB2, 0.6) and 8 (single, 0.7): the single star ranks higher
+    assert b["roc_auc"] == 0.0 and b["recall"] == 1.0 and b["false_positive_rate"] == 1.0
+    assert rows[2]["roc_auc"] == pytest.approx(stats.roc_auc(y[5:8], pb[5:8]))
+    assert rows[2]["recall"] == 0.5 and rows[2]["precision"] == pytest.approx(
+        precision_at(y[5:8], pb[5:8], 0.5))
+    assert np.isnan(rows[3]["roc_auc"]) and np.isnan(rows[3]["recall"])
+    assert rows[1]["auc_target"] == 0.90 and rows[2]["auc_target"] == 0.97
+    assert "auc_target" not in rows[0]
+    # labels: RMSE over both components of the SB2s in each bin
+    truth = {p: np.zeros((3, 2)) for p in PARAMETERS}
+    pred = {p: np.array([[1.0, -1.0], [2.0, 2.0], [3.0, np.nan]]) for p in PARAMETERS}
+    rows = snr_table(sb2=(np.array([7.0, 9.0, 60.0]), pred, truth))
+    assert [r["n_sb2"] for r in rows] == [2, 0, 0, 1, 0]
+    assert rows[0]["teff_rmse"] == pytest.approx(np.sqrt((1 + 1 + 4 + 4) / 4))
+    assert rows[3]["vsini_rmse"] == pytest.approx(3.0) and np.isnan(rows[1]["logg_rmse"])
+    assert "n" not in rows[0]  # no detector set given
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,6 +248,42 @@ def test_report_single_star_and_detector_sections(evaluated):
         np.testing.assert_allclose(d[key], want, rtol=1e-12)
     assert d["recall_at_0_5"] == pytest.approx(np.mean(pb[y] > 0.5))
     assert d["singles_below_0_2"] == pytest.approx(np.mean(pb[~y] < 0.2))
+
+
+def test_report_per_snr_section_recomputes_from_the_predictions(evaluated):
+    res, lab, pred = evaluated["res"], evaluated["lab"], evaluated["pred"]
+    rows = res["by_snr"]
+    y, pb, snr = lab["is_binary"], pred["p_binary"], lab["snr"]
+    assert sum(r["n"] for r in rows) == MAX_TEST  # the paper's S/N 30-350 fall in the bins
+    b = y & (snr >= 20) & (snr < 50)
+    for r in rows:
+        sel = (snr >= r["snr_lo"]) & (snr < r["snr_hi"])
+        assert r["n"] == sel.sum() and r["n_sb2"] == (sel & y).sum()
+        if (sel & y).any() and (sel & ~y).any():
+            assert r["roc_auc"] == pytest.approx(stats.roc_auc(y[sel], pb[sel]))
+    if b.any():
+        want = _rmse_mae(pred["teff"][b] - lab["teff"][b])[0]
+        assert rows[2]["teff_rmse"] == pytest.approx(want, rel=1e-6)
+    md = (evaluated["out"] / "evaluation.md").read_text()
+    assert "## Per S/N bin (rest frame: auto" in md and "| 10-20 | " in md and "| > 130 |" in md
+    assert "Issue 11's targets: S/N 10-20: ROC AUC" in md
+
+
+def test_report_resamples_a_dr4_store_and_removes_rv_bulk_on_request(tmp_path):
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
+                      dashboard_address=":0") as lc, Client(lc) as client:
+        store = tmp_path / "dr4.zarr"
+        generate(store, SimulationConfig.dr4(seed=23, binary_fraction=0.5), 8, 8, client=client,
+                 split=SplitSpec(0.0, 0.0, 1.0), progress=False)
+    res = evaluate(store, DEFAULT_MODEL_DIR, tmp_path / "out", detector_store=store, n_perm=5,
+                   rest_frame="on")
+    assert res["frame"] == "rv_bulk" and res["rest_frame"] == "on"
+    assert res["detector"]["n"] == 8 and sum(r["n"] for r in res["by_snr"]) == 8
+    assert sum(r["n_sb2"] for r in res["by_snr"]) == res["n_test"]
+    # Fig. 5 bins by the DR4 edges below the paper's floor of 30, every SB2 in one of them
+    fig5 = res["binned"]["snr"]["teff"]
+    assert fig5["edges"][:5] == [5.0, 10.0, 20.0, 50.0, 130.0]
+    assert sum(fig5["n"]) == 2 * res["n_test"]
 
 
 def test_report_files(evaluated):

@@ -66,31 +66,43 @@ def store_frame(store: str | Path) -> str:
 
 
 def network_inputs(flux: np.ndarray, wave: np.ndarray, rv_bulk: np.ndarray | None = None,
-                   batch: int = 4096) -> np.ndarray:
-    """Stored spectra as the networks see them at inference: missing pixels filled and, with
-    ``rv_bulk`` (n,) [km/s], resampled into that frame (:func:`sb2dask.observe.preprocess`).
-    float32 (n, n_pix)."""
+                   batch: int = 4096, model_wave: np.ndarray | None = None) -> np.ndarray:
+    """Stored spectra as the networks see them at inference: missing pixels filled, resampled
+    onto ``model_wave`` (default: the stored grid ``wave``) and, with ``rv_bulk`` (n,) [km/s],
+    into that frame (:func:`sb2dask.observe.preprocess`). float32 (n, n_model)."""
     from ..observe.preprocess import preprocess
 
-    out = np.empty(flux.shape, dtype=np.float32)
+    model_wave = wave if model_wave is None else model_wave
+    out = np.empty((len(flux), len(model_wave)), dtype=np.float32)
     for s in range(0, len(flux), batch):
         rows = flux[s:s + batch]
         rv = None if rv_bulk is None else np.nan_to_num(rv_bulk[s:s + batch])
-        out[s:s + len(rows)] = preprocess([wave] * len(rows), list(rows), None, wave,
+        out[s:s + len(rows)] = preprocess([wave] * len(rows), list(rows), None, model_wave,
                                           rv_kms=rv).flux
     return out
 
 
 def load_split(store: str | Path, index: np.ndarray, fields=None,
-               frame: str | None = None) -> SplitData:
+               frame: str | None = None, wave: np.ndarray | None = None) -> SplitData:
     """Read rows ``index`` (sorted) of a store: the networks' inputs in ``frame`` (one of
-    :data:`FRAMES`; default: :func:`store_frame`) and the requested label fields."""
+    :data:`FRAMES`; default: :func:`store_frame`) and the requested label fields.
+
+    ``wave`` [Å, air] resamples the spectra onto another pixel grid, as inference does for
+    models trained on another layout (a DR4 961-pixel store read by models of the 903-pixel
+    grid); the stored grid must cover it.
+    """
     import zarr
 
     frame = frame or store_frame(store)
     if frame not in FRAMES:
         raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
     root = zarr.open_group(str(store), mode="r")
+    stored = root["wave"][...]
+    regrid = wave is not None and (len(wave) != len(stored) or not np.allclose(wave, stored))
+    if regrid and (stored[0] > wave[0] + 1e-6 or stored[-1] < wave[-1] - 1e-6):
+        raise ValueError(f"{store}: its pixel grid differs from the requested one and does not "
+                         f"cover it ({stored[0]:.2f}-{stored[-1]:.2f} Å, {len(stored)} pixels; "
+                         f"requested {wave[0]:.2f}-{wave[-1]:.2f} Å, {len(wave)} pixels)")
     index = np.asarray(index, dtype=np.int64)
     if index.size and np.all(np.diff(index) == 1):
         sl = slice(int(index[0]), int(index[-1]) + 1)
@@ -101,8 +113,8 @@ def load_split(store: str | Path, index: np.ndarray, fields=None,
         flux = root["flux"][lo:hi][index - lo]
         labels = {k: root["labels"][k][lo:hi][index - lo]
                   for k in (fields or root["labels"].array_keys())}
-    wave = root["wave"][...]
     flux = np.ascontiguousarray(flux, dtype=np.float32)
+    out_wave = wave if regrid else stored
     if frame == "rv_bulk":
         if "rv_bulk" in labels:
             rv = labels["rv_bulk"]
@@ -111,11 +123,11 @@ def load_split(store: str | Path, index: np.ndarray, fields=None,
         else:  # a store of the paper's recipe: measure as inference would
             from .factory import measure_rv_bulk
 
-            rv = measure_rv_bulk(wave, flux)
-        flux = network_inputs(flux, wave, rv)
-    elif not np.isfinite(flux).all():
-        flux = network_inputs(flux, wave)
-    return SplitData(flux=flux, labels=labels, index=index, wave=wave, frame=frame)
+            rv = measure_rv_bulk(stored, flux)
+        flux = network_inputs(flux, stored, rv, model_wave=out_wave)
+    elif regrid or not np.isfinite(flux).all():
+        flux = network_inputs(flux, stored, model_wave=out_wave)
+    return SplitData(flux=flux, labels=labels, index=index, wave=out_wave, frame=frame)
 
 
 def _rows_of(array, index: np.ndarray) -> np.ndarray:

@@ -7,8 +7,9 @@ import numpy as np
 
 from ..stats import roc_auc
 
-__all__ = ["PAPER_TABLE4", "PAPER_TABLE5", "rmse_mae", "binned_errors", "randomization_test",
-           "roc_auc", "precision_at", "interval_coverage"]
+__all__ = ["PAPER_TABLE4", "PAPER_TABLE5", "SNR_BINS", "DR4_AUC_TARGETS", "rmse_mae",
+           "binned_errors", "randomization_test", "roc_auc", "precision_at", "detector_metrics",
+           "interval_coverage"]
 
 #: Table 4 of the paper: (RMSE, MAE) per parameter.
 PAPER_TABLE4 = {"teff": (393.9, 283.3), "logg": (0.48, 0.32), "feh": (0.79, 0.48),
@@ -16,6 +17,13 @@ PAPER_TABLE4 = {"teff": (393.9, 283.3), "logg": (0.48, 0.32), "feh": (0.79, 0.48
 #: Table 5: (RMSE, MAE) of the difference between the components.
 PAPER_TABLE5 = {"teff": (678.1, 536.2), "logg": (0.79, 0.54), "feh": (1.73, 1.29),
                 "vsini": (35.5, 27.3)}
+
+#: Edges of the per-S/N evaluation (issue 11: DR4 transits sit at S/N 5-130, the paper's
+#: training floor is 30).
+SNR_BINS = (5.0, 10.0, 20.0, 50.0, 130.0, float("inf"))
+
+#: Issue 11's detector targets for the paper's SB2 population: (S/N low, high) -> ROC AUC.
+DR4_AUC_TARGETS = {(10.0, 20.0): 0.90, (20.0, 50.0): 0.97}
 
 
 def rmse_mae(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
@@ -76,6 +84,22 @@ def precision_at(is_binary: np.ndarray, p_binary: np.ndarray, threshold: float,
         return float("nan")
     denom = tp + fp * (nb / ns) / prior_ratio
     return tp / denom if denom > 0 else float("nan")
+
+
+def detector_metrics(is_binary: np.ndarray, p_binary: np.ndarray, threshold: float = 0.5,
+                     prior_ratio: float = 0.5) -> dict:
+    """The detector at one operating ``threshold``: counts, ROC AUC, recall of SB2s
+    (p_binary > threshold), precision re-weighted to the binary:single ``prior_ratio``
+    (:func:`precision_at`) and the false-positive rate of single stars; NaN where a class is
+    absent."""
+    y = np.asarray(is_binary, bool).ravel()
+    pb = np.asarray(p_binary, float).ravel()
+    sel = pb > threshold
+    return dict(n=int(y.size), n_binary=int(y.sum()), roc_auc=roc_auc(y, pb),
+                recall=float(np.mean(sel[y])) if y.any() else float("nan"),
+                precision=precision_at(y, pb, threshold, prior_ratio),
+                false_positive_rate=float(np.mean(sel[~y])) if (~y).any() else float("nan"),
+                threshold=float(threshold))
 
 
 def interval_coverage(pred: np.ndarray, sigma: np.ndarray, true: np.ndarray) -> dict:

@@ -1,6 +1,6 @@
 """``sb2dask evaluate``: the paper's Tables 4-5 and Figs. 3-6 on the test split, the single-star
-test (Sect. 4.4), ensemble calibration and the detector's ROC/precision, as JSON, Markdown and
-PNG figures."""
+test (Sect. 4.4), ensemble calibration, the detector's ROC/precision and the detector and label
+quality per S/N bin (issue 11's DR4 bins), as JSON, Markdown and PNG figures."""
 
 from __future__ import annotations
 
@@ -11,24 +11,26 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import (
+    DR4_AUC_TARGETS,
     PAPER_TABLE4,
     PAPER_TABLE5,
+    SNR_BINS,
     binned_errors,
+    detector_metrics,
     interval_coverage,
-    precision_at,
     randomization_test,
     rmse_mae,
-    roc_auc,
 )
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "snr_table"]
 
 PARAMS = ("teff", "logg", "feh", "vsini")
 UNITS = {"teff": "K", "logg": "dex", "feh": "dex", "vsini": "km/s"}
 LABELS = {"teff": "Teff [K]", "logg": "log g", "feh": "[Fe/H]", "vsini": "v sin i [km/s]"}
 
 
-def _predict_split(store, model_dir, split: str, max_n: int | None, fields):
+def _predict_split(store, model_dir, split: str, max_n: int | None, fields,
+                   rest_frame: str = "auto"):
     from ..dataset.store import load_split, split_indices
     from ..infer.config import InferenceConfig
     from ..infer.predict import get_model_set
@@ -36,11 +38,11 @@ def _predict_split(store, model_dir, split: str, max_n: int | None, fields):
     idx = split_indices(store, split)
     if max_n:
         idx = idx[:max_n]
-    models = get_model_set(InferenceConfig(model_dir=model_dir))
-    # the spectra as inference would hand them to these models (rest frame or rv_bulk frame)
-    data = load_split(store, idx, fields, frame=models.frame)
-    if not np.allclose(models.wave, data.wave):
-        raise ValueError(f"{store}: its pixel grid differs from the models' grid")
+    models = get_model_set(InferenceConfig(model_dir=model_dir, rest_frame=rest_frame))
+    # the spectra as inference would hand them to these models: resampled onto their grid, in
+    # the rest frame or the rv_bulk frame (rest_frame as for `sb2dask infer`)
+    frame = "rv_bulk" if models.uses_rest_frame(rest_frame) else "rest"
+    data = load_split(store, idx, fields, frame=frame, wave=models.wave)
     t0 = time.perf_counter()
     pred = models.predict(data.flux)
     return data, pred, models, time.perf_counter() - t0
@@ -80,20 +82,73 @@ def _binned_fig(binned: dict, xlabel: str, path):
     fig.savefig(path, dpi=110)
 
 
+def snr_table(edges=SNR_BINS, detector: tuple | None = None, sb2: tuple | None = None,
+              threshold: float = 0.5) -> list[dict]:
+    """Detector and label quality per S/N bin ``[lo, hi)``.
+
+    Parameters
+    ----------
+    edges : sequence of float
+        Bin edges (default :data:`~.metrics.SNR_BINS`); spectra outside them are left out.
+    detector : (snr, is_binary, p_binary), each (n,), optional
+        A mixed test set: :func:`~.metrics.detector_metrics` per bin at ``threshold``.
+    sb2 : (snr (m,), pred, truth), optional
+        SB2 test spectra with predicted and true labels (dicts of (m, 2) arrays): the RMSE of
+        each of :data:`PARAMS`, both components pooled as in Table 4, per bin.
+
+    Returns
+    -------
+    list of dict
+        One row per bin: ``snr_lo``, ``snr_hi``, the detector's metrics (``n``, ``n_binary``,
+        ``roc_auc``, ``recall``, ``precision``, ``false_positive_rate``), ``n_sb2`` and
+        ``<param>_rmse``, and ``auc_target`` where issue 11 sets one.
+    """
+    edges = np.asarray(edges, dtype=float)
+    rows = [dict(snr_lo=float(lo), snr_hi=float(hi)) for lo, hi in zip(edges[:-1], edges[1:])]
+    if detector is not None:
+        snr, y, pb = (np.asarray(a) for a in detector)
+        k = np.digitize(snr, edges) - 1
+        for i, row in enumerate(rows):
+            row.update(detector_metrics(y[k == i], pb[k == i], threshold))
+    if sb2 is not None:
+        snr, pred, truth = sb2
+        n = binned_errors(np.zeros(len(snr)), snr, edges)["n"]
+        for p in PARAMS:
+            rmse = binned_errors(pred[p] - truth[p], snr, edges)["rmse"]
+            for row, r in zip(rows, rmse):
+                row[f"{p}_rmse"] = r
+        for row, m in zip(rows, n):
+            row["n_sb2"] = m
+    for row in rows:
+        target = DR4_AUC_TARGETS.get((row["snr_lo"], row["snr_hi"]))
+        if target is not None:
+            row["auc_target"] = target
+    return rows
+
+
 def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
              single_store: str | Path | None = None, detector_store: str | Path | None = None,
-             max_test: int | None = None, n_perm: int = 1000) -> dict:
+             max_test: int | None = None, n_perm: int = 1000, rest_frame: str = "auto") -> dict:
     """Evaluate the models of ``model_dir`` on the test split of ``store``; returns the summary
-    written to ``OUT/evaluation.json`` (also ``evaluation.md`` and ``fig3..fig6*.png``)."""
+    written to ``OUT/evaluation.json`` (also ``evaluation.md`` and ``fig3..fig6*.png``).
+
+    Stores on another pixel grid than the models' (a DR4 961-pixel store) are resampled onto it
+    as inference would; ``rest_frame`` is that of ``sb2dask infer`` (``auto``: as the models were
+    trained; ``on``: each spectrum's measured bulk velocity removed first). ``detector_store`` may
+    be ``store`` itself (a mixed store): its predictions are then reused.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fields = list(PARAMS) + ["snr", "rv_separation", "is_binary"]
-    data, pred, models, secs = _predict_split(store, model_dir, "test", max_test, fields)
+    data, pred, models, secs = _predict_split(store, model_dir, "test", max_test, fields,
+                                              rest_frame)
+    all_lab, all_pred = data.labels, pred
     lab = data.labels
     b = lab["is_binary"]
     lab = {k: v[b] for k, v in lab.items()}
     pred = {k: v[b] for k, v in pred.items()}
     res = dict(store=str(store), model_dir=str(models.directory), n_test=int(b.sum()),
+               rest_frame=rest_frame, frame=data.frame,
                predict_spectra_per_s=float(len(data.flux) / secs), table4={}, table5={},
                calibration={}, binned={})
     for p in PARAMS:
@@ -107,8 +162,13 @@ def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
                                 paper_mae=PAPER_TABLE5[p][1])
         res["calibration"][p] = interval_coverage(pred[p], pred[f"{p}_err"], lab[p])
     feh_mean = np.nanmean(lab["feh"], axis=1)
+    # Fig. 5 in the paper's S/N bins, or in the DR4 bins for stores that reach below its floor
+    snr_edges = np.array([30.0, 90.0, 150.0, 210.0, 270.0, 350.0])
+    if lab["snr"].size and np.nanmin(lab["snr"]) < snr_edges[0]:
+        top = np.nextafter(max(SNR_BINS[-2], float(np.nanmax(lab["snr"]))), np.inf)
+        snr_edges = np.array([*SNR_BINS[:-1], top])
     binnings = {"feh": (feh_mean, np.array([-4.0, -3.0, -2.0, -1.0, 0.0, 1.0])),
-                "snr": (lab["snr"], np.array([30.0, 90.0, 150.0, 210.0, 270.0, 350.0])),
+                "snr": (lab["snr"], snr_edges),
                 "rv_separation": (lab["rv_separation"], np.linspace(0.0, 90.0, 7))}
     for key, (x, edges) in binnings.items():
         res["binned"][key] = {p: binned_errors(pred[p] - lab[p], x, edges) for p in PARAMS}
@@ -123,7 +183,8 @@ def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
         _binned_fig(res["binned"][key], xl, out / fname)
 
     if single_store is not None:
-        sdata, spred, _, _ = _predict_split(single_store, model_dir, "test", max_test, fields)
+        sdata, spred, _, _ = _predict_split(single_store, model_dir, "test", max_test, fields,
+                                            rest_frame)
         sl = sdata.labels
         single = {}
         for p in PARAMS:
@@ -139,19 +200,27 @@ def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
             single["median_p_binary"] = float(np.nanmedian(spred["p_binary"]))
         res["single_star_test"] = dict(store=str(single_store), n=len(sdata.flux), **single)
 
+    det = None
     if detector_store is not None:
-        ddata, dpred, _, _ = _predict_split(detector_store, model_dir, "test", max_test,
-                                            ["is_binary"])
-        y = ddata.labels["is_binary"].astype(bool)
+        if Path(detector_store).resolve() == Path(store).resolve():
+            dlab, dpred = all_lab, all_pred
+        else:
+            ddata, dpred, _, _ = _predict_split(detector_store, model_dir, "test", max_test,
+                                                ["is_binary", "snr"], rest_frame)
+            dlab = ddata.labels
+        y = dlab["is_binary"].astype(bool)
         pb = dpred["p_binary"]
+        det = (dlab["snr"], y, pb)
+        m5, m8 = detector_metrics(y, pb, 0.5), detector_metrics(y, pb, 0.8)
         res["detector"] = dict(
-            store=str(detector_store), n=int(len(y)), n_binary=int(y.sum()),
-            roc_auc=roc_auc(y, pb),
-            precision_at_0_5=precision_at(y, pb, 0.5), precision_at_0_8=precision_at(y, pb, 0.8),
+            store=str(detector_store), n=m5["n"], n_binary=m5["n_binary"],
+            roc_auc=m5["roc_auc"],
+            precision_at_0_5=m5["precision"], precision_at_0_8=m8["precision"],
             prior="binary:single = 1:2",
-            recall_at_0_5=float(np.mean(pb[y] > 0.5)), recall_at_0_8=float(np.mean(pb[y] > 0.8)),
+            recall_at_0_5=m5["recall"], recall_at_0_8=m8["recall"],
             singles_below_0_2=float(np.mean(pb[~y] < 0.2)),
             paper=dict(roc_auc=0.949, precision_at_0_5=0.79, precision_at_0_8=0.89))
+    res["by_snr"] = snr_table(SNR_BINS, detector=det, sb2=(lab["snr"], pred, lab))
     res["models"] = models.provenance  # names, weight hashes, training sets, metrics
     (out / "evaluation.json").write_text(json.dumps(res, indent=1, default=float))
     (out / "evaluation.md").write_text(_markdown(res))
@@ -194,6 +263,45 @@ def _markdown(res: dict) -> str:
                   f"ROC AUC {d['roc_auc']:.3f} (LAMOST paper 0.949); precision at p_b > 0.5: "
                   f"{d['precision_at_0_5']:.3f} (0.79), at p_b > 0.8: {d['precision_at_0_8']:.3f} "
                   f"(0.89), for a {d['prior']} prior; recall at 0.5: {d['recall_at_0_5']:.3f}."]
+    lines += _snr_markdown(res)
     lines += ["", f"Inference speed in this run: {res['predict_spectra_per_s']:.0f} spectra/s "
               "for the full model set.", ""]
     return "\n".join(lines)
+
+
+def _fmt(v, spec: str) -> str:
+    return "—" if v is None or not np.isfinite(v) else format(v, spec)
+
+
+def _snr_markdown(res: dict) -> list[str]:
+    """The per-S/N table, with issue 11's AUC targets stated as met or as the gap."""
+    rows = res.get("by_snr") or []
+    det = "detector" in res
+    head = "| S/N | SB2 test spectra |"
+    rule = "|---|---|"
+    if det:
+        head += " detector set (SB2) | ROC AUC | recall p_b > 0.5 | precision p_b > 0.5 |"
+        rule += "---|---|---|---|"
+    head += " Teff RMSE [K] | logg RMSE | [Fe/H] RMSE | v sin i RMSE [km/s] |"
+    rule += "---|---|---|---|"
+    lines = ["", f"## Per S/N bin (rest frame: {res.get('rest_frame', 'auto')}, networks' frame "
+             f"{res.get('frame', 'rest')})", "", head, rule]
+    notes = []
+    for r in rows:
+        hi = "" if not np.isfinite(r["snr_hi"]) else f"{r['snr_hi']:g}"
+        rng = f"> {r['snr_lo']:g}" if not hi else f"{r['snr_lo']:g}-{hi}"
+        line = f"| {rng} | {r.get('n_sb2', 0)} |"
+        if det:
+            line += (f" {r['n']} ({r['n_binary']}) | {_fmt(r['roc_auc'], '.3f')} | "
+                     f"{_fmt(r['recall'], '.3f')} | {_fmt(r['precision'], '.3f')} |")
+        line += " " + " | ".join(_fmt(r.get(f"{p}_rmse"), ".3g") for p in PARAMS) + " |"
+        lines.append(line)
+        if det and "auc_target" in r:
+            auc, t = r["roc_auc"], r["auc_target"]
+            verdict = ("no spectra" if not np.isfinite(auc) else "met" if auc >= t
+                       else f"gap {t - auc:.3f}")
+            notes.append(f"S/N {rng}: ROC AUC {_fmt(auc, '.3f')} against the target ≥ {t:g}: "
+                         f"{verdict}.")
+    if notes:
+        lines += ["", "Issue 11's targets: " + " ".join(notes)]
+    return lines

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ..config import ConfigMixin
-from ..gaia import RVS_N_PIX, RVS_WAVE_END_NM, RVS_WAVE_START_NM
+from ..gaia import DR4_EPOCH_N_PIX, RVS_N_PIX, RVS_WAVE_END_NM, RVS_WAVE_START_NM
 from ..labels import TABLE1_RANGES
 from ..library.base import RVS_WINDOW
 from .realism import Realism
@@ -17,8 +17,9 @@ __all__ = ["SimulationConfig", "OUTPUT_GRIDS", "DEFAULT_OUTPUT_GRID", "output_wa
 _GAIA_RANGE = (10.0 * RVS_WAVE_START_NM, 10.0 * RVS_WAVE_END_NM)  # [Å], vacuum
 
 #: Output pixel layouts (low, high, pixels, medium): the paper's 903 pixels over 8470-8710 Å (air),
-#: and Gaia DR3's mean-spectrum layout, 2401 pixels at 0.01 nm over 846-870 nm in *vacuum*
-#: (measured on the real DR3 spectra: the Ca II lines sit at 8500.4, 8544.5, 8664.5 Å).
+#: Gaia DR3's mean-spectrum layout, 2401 pixels at 0.01 nm over 846-870 nm in *vacuum*
+#: (measured on the real DR3 spectra: the Ca II lines sit at 8500.4, 8544.5, 8664.5 Å), and
+#: Gaia DR4's epoch-spectrum layout, 961 pixels at 0.025 nm over the same range.
 OUTPUT_GRIDS = {
     "rvs903": (*RVS_WINDOW, 903, "air"),
     "gaia_dr3": (*_GAIA_RANGE, RVS_N_PIX, "vacuum"),
@@ -26,6 +27,9 @@ OUTPUT_GRIDS = {
     # window runs 10 Å past the red end of the DR3 spectra (8700 Å vacuum = 8697.6 Å air), so
     # models meant for real DR3/DR4 spectra (the shipped ones) are trained on this layout.
     "gaia_dr3_903": (*_GAIA_RANGE, 903, "vacuum"),
+    # Gaia DR4's epoch-spectrum layout: 961 pixels, 846.0 + 0.025·i nm in vacuum
+    # (sb2dask.gaia.DR4_EPOCH_WAVE), the output of the DR4 recipe.
+    "gaia_dr4_961": (*_GAIA_RANGE, DR4_EPOCH_N_PIX, "vacuum"),
 }
 
 #: The layout of the shipped models, so that a default simulation is what they read.
@@ -70,7 +74,9 @@ class SimulationConfig(ConfigMixin):
         K1 + K2 [km/s], drawn uniformly; the period is drawn log-uniformly in ``period_range`` and
         the inclination then follows from K1 + K2 (redrawing the period if sin i would exceed 1).
     snr_range : tuple
-        Continuum S/N per output pixel, uniform; noise is Gaussian with σ = sqrt(flux)/S/N.
+        Continuum S/N per output pixel, uniform; noise is Gaussian with σ = sqrt(flux)/S/N. The
+        DR4 recipe draws it from G_RVS inside this range instead (``realism.grvs_range``), and
+        its S/N is that of the combined CCD spectra on the output grid (:mod:`.transits`).
     binary_fraction : float
         Fraction of SB2 systems; the rest are single stars (1.0 for the paper's training set).
     output_grid : str
@@ -147,6 +153,20 @@ class SimulationConfig(ConfigMixin):
         (:class:`~.realism.Realism` defaults; docs/simulation.md)."""
         return cls(**{"realism": Realism(), **changes})
 
+    @classmethod
+    def dr4(cls, **changes) -> SimulationConfig:
+        """Spectra that look like Gaia DR4 epoch spectra (transits) of the DR4 SB2 candidates:
+        the realistic recipe's nuisances (systemic velocities of the barycentric frame included),
+        on the 961-pixel DR4 grid, each spectrum the mean of 1-3 CCD spectra interpolated onto it
+        (:mod:`~.transits`: correlated noise, DPAC's quoted errors), S/N 5-150 following G_RVS
+        5.5-12.5 (dN/dG ∝ 10^(0.25 G)), a quarter of the spectra median-normalised besides the
+        faint and cool ones (docs/simulation.md, "The DR4 recipe")."""
+        realism = Realism(noise_correlation=(0.0, 0.0), ccd_weights=(0.05, 0.10, 0.85),
+                          grvs_range=(5.5, 12.5), grvs_slope=0.25, snr_scatter=0.1,
+                          median_norm_fraction=0.25)
+        return cls(**{"realism": realism, "output_grid": "gaia_dr4_961",
+                      "snr_range": (5.0, 150.0), **changes})
+
     def to_dict(self) -> dict:
         d = ConfigMixin.to_dict(self)
         d["realism"] = self.realism.to_dict()
@@ -164,3 +184,20 @@ class SimulationConfig(ConfigMixin):
     @property
     def wave(self) -> np.ndarray:
         return output_wave(self.output_grid)
+
+    @property
+    def ccd_ratio(self) -> float:
+        """A CCD sample's step over the output grid's (0.98 for DR4's 0.0245 and 0.025 nm)."""
+        lo, hi, n, _ = OUTPUT_GRIDS[self.output_grid]
+        return 10.0 * self.realism.ccd_pixel_nm / ((hi - lo) / (n - 1))
+
+    @property
+    def n_noise(self) -> int:
+        """Standard-normal deviates per spectrum: one per output pixel, or one per sample of
+        every CCD when spectra are combined from CCD spectra."""
+        n_out = OUTPUT_GRIDS[self.output_grid][2]
+        if not self.realism.ccd_weights:
+            return n_out
+        from .transits import MAX_CCDS, n_samples
+
+        return MAX_CCDS * n_samples(self.ccd_ratio, n_out)

@@ -58,6 +58,26 @@ class Realism:
         0 is white noise.
     gap_fraction, gap_width : float, (low, high) pixels
         Fraction of spectra with one run of missing (NaN) pixels, and its width.
+    ccd_weights : tuple of 3 floats, or ()
+        Probabilities of a transit combining 1, 2 or 3 CCD spectra (DR4 ``combined_ccds``). Set,
+        the spectrum is built as DPAC builds an epoch spectrum (:mod:`sb2dask.simulate.
+        transits`): each CCD sampled at its own pixel phase, white noise per sample, linear
+        interpolation onto the output grid and the mean over the CCDs, which correlates the
+        noise (``noise_correlation`` should then be 0). Empty: noise drawn on the output pixels.
+    ccd_pixel_nm : float
+        Wavelength step of a CCD sample [nm] (RVS: 0.0245 nm per pixel).
+    grvs_range : (bright, faint) mag, or ()
+        Set, each spectrum's S/N follows a G_RVS drawn with dN/dG ∝ 10^(grvs_slope·G) in this
+        range (:func:`sb2dask.simulate.transits.draw_grvs_snr`), kept inside the configuration's
+        ``snr_range``; empty: S/N uniform in ``snr_range``.
+    grvs_slope, snr_scatter : float
+        dex per mag of the G_RVS distribution; log-normal scatter [dex] of the S/N at given G_RVS.
+    median_norm_fraction : float
+        Fraction of spectra median-normalised (:func:`sb2dask.gaia.median_normalise`) instead of
+        pseudo-continuum normalised, besides those the DPAC rule sends there (G_RVS fainter than
+        ``median_norm_grvs`` or the brighter component cooler than ``median_norm_teff`` [K]);
+        stands for the raw-flux double-lined transits (DR4 ``normalisation_method`` 0) that
+        inference renormalises by their median.
     """
 
     systemic_velocity: tuple = (-300.0, 300.0)
@@ -72,6 +92,28 @@ class Realism:
     noise_correlation: tuple = (0.0, 1.2)
     gap_fraction: float = 0.05
     gap_width: tuple = (3.0, 40.0)
+    # DR4 epoch spectra (issue 11); the defaults leave them off, so the realistic recipe's draws
+    # and spectra are unchanged
+    ccd_weights: tuple = ()
+    ccd_pixel_nm: float = 0.0245
+    grvs_range: tuple = ()
+    grvs_slope: float = 0.25
+    snr_scatter: float = 0.1
+    median_norm_fraction: float = 0.0
+    median_norm_grvs: float = 12.0
+    median_norm_teff: float = 3500.0
+
+    def __post_init__(self):
+        if self.ccd_weights and (len(self.ccd_weights) != 3 or min(self.ccd_weights) < 0
+                                 or sum(self.ccd_weights) <= 0):
+            raise ValueError("ccd_weights must be three non-negative probabilities of 1, 2 and "
+                             f"3 combined CCDs (or empty), got {self.ccd_weights!r}")
+        if self.grvs_range and (len(self.grvs_range) != 2
+                                or not self.grvs_range[0] <= self.grvs_range[1]):
+            raise ValueError(f"grvs_range must be (bright, faint) or empty, got "
+                             f"{self.grvs_range!r}")
+        if self.ccd_pixel_nm <= 0:
+            raise ValueError(f"ccd_pixel_nm must be positive, got {self.ccd_pixel_nm}")
 
     @classmethod
     def paper(cls, resolution: float = 11_500.0) -> Realism:
@@ -86,6 +128,11 @@ class Realism:
     def is_paper(self) -> bool:
         return self == Realism.paper(self.resolution[0])
 
+    @property
+    def median_path(self) -> bool:
+        """Whether some spectra are median-normalised (DPAC's path for faint and cool stars)."""
+        return bool(self.grvs_range) or self.median_norm_fraction > 0
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
@@ -99,21 +146,32 @@ class Realism:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-#: Per-spectrum nuisance labels written beside the physical labels: name -> (dtype, unit,
-#: description).
+#: Per-spectrum nuisance labels written beside the physical labels: name -> (shape suffix,
+#: dtype, unit, description), as :data:`sb2dask.simulate.systems.LABEL_FIELDS`.
 NUISANCE_FIELDS = {
-    "gamma": ("f4", "km/s", "systemic velocity added to every component"),
-    "resolution": ("f4", "", "resolving power of the spectrum's Gaussian LSF"),
-    "continuum_offset": ("f4", "", "fractional continuum placement error (constant term)"),
-    "continuum_c1": ("f4", "", "linear Legendre coefficient of the continuum error"),
-    "continuum_c2": ("f4", "", "quadratic Legendre coefficient of the continuum error"),
-    "weak_line_scale": ("f4", "", "factor on line depths outside the Ca II cores"),
-    "ca_ii_scale": ("f4", "", "factor on the Ca II core depths (< 1: shallower/infilled)"),
-    "noise_exponent": ("f4", "", "alpha of sigma proportional to flux**alpha"),
-    "noise_correlation": ("f4", "pixel", "Gaussian correlation length of the noise"),
-    "gap_start": ("i4", "pixel", "first missing pixel (-1: none)"),
-    "gap_width": ("i4", "pixel", "number of missing pixels"),
+    "gamma": ((), "f4", "km/s", "systemic velocity added to every component"),
+    "resolution": ((), "f4", "", "resolving power of the spectrum's Gaussian LSF"),
+    "continuum_offset": ((), "f4", "", "fractional continuum placement error (constant term)"),
+    "continuum_c1": ((), "f4", "", "linear Legendre coefficient of the continuum error"),
+    "continuum_c2": ((), "f4", "", "quadratic Legendre coefficient of the continuum error"),
+    "weak_line_scale": ((), "f4", "", "factor on line depths outside the Ca II cores"),
+    "ca_ii_scale": ((), "f4", "", "factor on the Ca II core depths (< 1: shallower/infilled)"),
+    "noise_exponent": ((), "f4", "", "alpha of sigma proportional to flux**alpha"),
+    "noise_correlation": ((), "f4", "pixel", "Gaussian correlation length of the noise"),
+    "gap_start": ((), "i4", "pixel", "first missing pixel (-1: none)"),
+    "gap_width": ((), "i4", "pixel", "number of missing pixels"),
+    "combined_ccds": ((), "i1", "", "CCD spectra averaged into the epoch spectrum (0: noise "
+                      "drawn on the output pixels)"),
+    "ccd_phase": ((3,), "f4", "CCD pixel", "pixel phase of each combined CCD's samples against "
+                  "the output grid (NaN: CCD not combined)"),
+    "grvs_mag": ((), "f4", "mag", "G_RVS the S/N was drawn from (NaN: S/N uniform in snr_range)"),
+    "median_normalised": ((), "?", "", "divided by its median (DR4 normalisation_method 3) "
+                          "instead of pseudo-continuum normalised"),
 }
+
+
+# one NaN object, so that two draws of the same generator compare equal as dicts
+_NAN = float("nan")
 
 
 def _uniform(rng: np.random.Generator, rng_range: tuple) -> float:
@@ -121,8 +179,14 @@ def _uniform(rng: np.random.Generator, rng_range: tuple) -> float:
     return float(lo) if hi == lo else float(rng.uniform(lo, hi))
 
 
-def draw_realism(rng: np.random.Generator, realism: Realism, n_pix: int) -> dict:
-    """One spectrum's nuisance values (the keys of :data:`NUISANCE_FIELDS`)."""
+def draw_realism(rng: np.random.Generator, realism: Realism, n_pix: int,
+                 snr_range: tuple | None = None) -> dict:
+    """One spectrum's nuisance values (the keys of :data:`NUISANCE_FIELDS`), and ``snr`` when
+    ``realism.grvs_range`` draws the S/N from G_RVS inside ``snr_range``.
+
+    The median-normalisation rule's temperature part needs the stars, so the caller completes
+    ``median_normalised`` (:func:`sb2dask.simulate.systems.draw_systems`).
+    """
     active = realism.active_fraction > 0 and rng.random() < realism.active_fraction
     out = dict(
         gamma=_uniform(rng, realism.systemic_velocity),
@@ -136,19 +200,44 @@ def draw_realism(rng: np.random.Generator, realism: Realism, n_pix: int) -> dict
         ca_ii_scale=_uniform(rng, realism.active_ca_ii_scale if active else realism.ca_ii_scale),
         noise_exponent=_uniform(rng, realism.noise_exponent),
         noise_correlation=_uniform(rng, realism.noise_correlation),
-        gap_start=-1, gap_width=0)
+        gap_start=-1, gap_width=0, combined_ccds=0, ccd_phase=(_NAN,) * 3,
+        grvs_mag=_NAN, median_normalised=False)
     if realism.gap_fraction > 0 and rng.random() < realism.gap_fraction:
         width = int(round(_uniform(rng, realism.gap_width)))
         if width > 0:
             out["gap_width"] = width
             out["gap_start"] = int(rng.integers(0, max(1, n_pix - width)))
+    # DR4 draws come last and only when enabled, so the other recipes' streams are unchanged
+    if realism.ccd_weights:
+        p = np.asarray(realism.ccd_weights, dtype=np.float64)
+        n_ccd = 1 + int(np.searchsorted(np.cumsum(p) / p.sum(), rng.random(), side="right"))
+        phase = rng.random(3)
+        n_ccd = min(n_ccd, 3)
+        out["combined_ccds"] = n_ccd
+        out["ccd_phase"] = tuple(float(p) if i < n_ccd else _NAN for i, p in enumerate(phase))
+    if realism.grvs_range:
+        from .transits import MAX_CCDS, draw_grvs_snr
+
+        if snr_range is None:
+            raise ValueError("realism.grvs_range draws the S/N: pass snr_range")
+        out["grvs_mag"], out["snr"] = draw_grvs_snr(
+            rng, realism.grvs_range, realism.grvs_slope, realism.snr_scatter,
+            out["combined_ccds"] or MAX_CCDS, snr_range)
+    if realism.median_path:
+        u = rng.random()
+        out["median_normalised"] = bool(u < realism.median_norm_fraction
+                                        or out["grvs_mag"] > realism.median_norm_grvs)
     return out
 
 
-def continuum_factor(wave: np.ndarray, offset, c1, c2) -> np.ndarray:
-    """Multiplicative continuum error 1 + offset + c1·P1(x) + c2·P2(x), x ∈ [-1, 1] over ``wave``;
-    arguments are scalars or (n,) arrays (result (n, n_pix))."""
-    x = (2.0 * (wave - wave[0]) / (wave[-1] - wave[0]) - 1.0)[None, :]
+def continuum_factor(wave: np.ndarray, offset, c1, c2, span: tuple | None = None) -> np.ndarray:
+    """Multiplicative continuum error 1 + offset + c1·P1(x) + c2·P2(x), x ∈ [-1, 1] over ``span``
+    (default: ``wave[0]``-``wave[-1]``); ``wave`` is (n_pix,) or per spectrum (n, n_pix), the
+    other arguments scalars or (n,) arrays (result (n, n_pix))."""
+    wave = np.asarray(wave, dtype=np.float64)
+    lo, hi = span if span is not None else (wave[0], wave[-1])
+    x = 2.0 * (wave - lo) / (hi - lo) - 1.0
+    x = x[None, :] if x.ndim == 1 else x
     p2 = 0.5 * (3.0 * x ** 2 - 1.0)
     col = lambda v: np.atleast_1d(np.asarray(v, np.float64))[:, None]  # noqa: E731
     return 1.0 + col(offset) + col(c1) * x + col(c2) * p2
@@ -169,8 +258,9 @@ def scale_line_depths(flux: np.ndarray, wave: np.ndarray, weak_scale, ca_ii_scal
     """Spectra with their line depths (1 - flux) multiplied by ``weak_scale`` everywhere and by
     ``ca_ii_scale`` instead within ~1 Å of the Ca II cores.
 
-    ``rv`` (n,) [km/s] moves the Ca II windows with each spectrum's lines (the light-weighted
-    centre is good enough for a window of ±1.2 Å). Arguments are scalars or (n,) arrays.
+    ``wave`` is (n_pix,) or per spectrum (n, n_pix). ``rv`` (n,) [km/s] moves the Ca II windows
+    with each spectrum's lines (the light-weighted centre is good enough for a window of
+    ±1.2 Å). Arguments are scalars or (n,) arrays.
     """
     from ..constants import C_KMS
 
@@ -179,9 +269,11 @@ def scale_line_depths(flux: np.ndarray, wave: np.ndarray, weak_scale, ca_ii_scal
     weak = np.broadcast_to(np.asarray(weak_scale, np.float64), (n,))[:, None]
     ca = np.broadcast_to(np.asarray(ca_ii_scale, np.float64), (n,))[:, None]
     if rv is None:
-        w = np.broadcast_to(_ca_ii_weight(wave), flux.shape)
+        w = np.broadcast_to(_ca_ii_weight(np.asarray(wave, np.float64)), flux.shape)
     else:
-        w = np.stack([_ca_ii_weight(wave / (1.0 + v / C_KMS)) for v in np.atleast_1d(rv)])
+        # elementwise the same arithmetic as one row at a time, so spectra are unchanged by it
+        v = np.atleast_1d(rv)[:, None]
+        w = _ca_ii_weight(np.asarray(wave, np.float64) / (1.0 + v / C_KMS))
     factor = weak * (1.0 - w) + ca * w
     return 1.0 - (1.0 - flux) * factor
 

@@ -7,7 +7,9 @@ with the transform), multiplied by the rotation kernel, the Doppler phase of its
 instrument's Gaussian LSF; the blend is the light-weighted sum of both components, and one inverse
 FFT per spectrum gives the observed flux, which is resampled to the output pixels and given noise.
 Frequencies where the LSF transform is below 1e-12 are dropped: they carry nothing after the
-instrument.
+instrument. With CCD sampling (the DR4 recipe) the inverse FFT is sampled at each CCD's pixels
+instead, and the CCD spectra are combined onto the output pixels as DPAC does
+(:mod:`.transits`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 
 from ..constants import C_KMS
+from ..gaia import median_normalise
 from ..library.base import SpectralLibrary
+from ..library.wavelength import vac_to_air
+from . import transits
 from .broadening import doppler_shift_ft, gaussian_lsf_ft, rotation_kernel_ft
-from .config import SimulationConfig
+from .config import OUTPUT_GRIDS, SimulationConfig
 from .realism import (
     NUISANCE_FIELDS,
     continuum_factor,
@@ -63,6 +68,11 @@ class SpectrumRenderer:
         pos = (C_KMS * np.log(out_wave) - x0) / self.dv
         self._i0 = np.floor(pos).astype(np.int64)
         self._f = (pos - self._i0)[None, :]
+        self._x0 = x0
+        # output pixels in the layout's own medium, from which CCD sample wavelengths follow
+        lo, hi, n, native = OUTPUT_GRIDS[config.output_grid]
+        self._native = (lo, (hi - lo) / (n - 1), native)
+        self._ccd = bool(config.realism.ccd_weights)
 
         avail = library.available
         shape = avail.shape
@@ -105,6 +115,10 @@ class SpectrumRenderer:
                 ft *= gaussian_lsf_ft(self.freq, labels["resolution"][s:e, None].astype(
                     np.float64))
             depth = np.fft.irfft(ft, n=self.n_work, axis=-1)
+            if self._ccd:
+                out[s:e] = self._transit(depth, labels, s, e, rv, frac,
+                                         None if noise is None else noise[s:e])
+                continue
             obs = 1.0 - ((1.0 - self._f) * depth[:, self._i0] + self._f * depth[:, self._i0 + 1])
             snr = labels["snr"][s:e, None].astype(np.float64)
             if paper:
@@ -117,16 +131,61 @@ class SpectrumRenderer:
         return out
 
     def _nuisances(self, obs, labels, s, e, rv, frac, noise):
-        """Line-depth and Ca II scaling, continuum error, correlated noise and gaps
-        (:mod:`sb2dask.simulate.realism`) for rows ``s:e``."""
+        """Line-depth and Ca II scaling, continuum error, correlated noise, normalisation and
+        gaps (:mod:`sb2dask.simulate.realism`) for rows ``s:e``."""
         lab = {k: labels[k][s:e] for k in NUISANCE_FIELDS}
-        centre = (rv[s:e] * frac[s:e]).sum(axis=1) / np.maximum(frac[s:e].sum(axis=1), 1e-12)
-        obs = scale_line_depths(obs, self.out_wave, lab["weak_line_scale"], lab["ca_ii_scale"],
-                                rv=centre)
-        obs = obs * continuum_factor(self.out_wave, lab["continuum_offset"],
-                                     lab["continuum_c1"], lab["continuum_c2"])
+        obs = self._shape(obs, self.out_wave, lab, rv[s:e], frac[s:e])
         if noise is not None:
             sigma = noise_sigma(obs, labels["snr"][s:e], lab["noise_exponent"])
             obs = obs + sigma * correlated_unit_noise(noise, lab["noise_correlation"])
-        missing = gap_mask(obs.shape[1], lab["gap_start"], lab["gap_width"])
-        return np.where(missing, np.nan, obs)
+        return self._finish(obs, lab)
+
+    def _shape(self, flux, wave, lab, rv, frac):
+        """Line-depth and Ca II scaling and the continuum error of spectra ``flux`` (n, m)
+        sampled at ``wave`` [Å, air] ((m,) or (n, m)); the continuum polynomial spans the output
+        grid."""
+        centre = (rv * frac).sum(axis=1) / np.maximum(frac.sum(axis=1), 1e-12)
+        flux = scale_line_depths(flux, wave, lab["weak_line_scale"], lab["ca_ii_scale"],
+                                 rv=centre)
+        return flux * continuum_factor(wave, lab["continuum_offset"], lab["continuum_c1"],
+                                       lab["continuum_c2"],
+                                       span=(self.out_wave[0], self.out_wave[-1]))
+
+    @staticmethod
+    def _finish(obs, lab):
+        """Missing pixels (NaN) and DPAC's median normalisation of the rows it applies to."""
+        obs = np.where(gap_mask(obs.shape[1], lab["gap_start"], lab["gap_width"]), np.nan, obs)
+        rows = np.asarray(lab["median_normalised"], dtype=bool)
+        if rows.any():
+            obs[rows] = median_normalise(obs[rows])
+        return obs
+
+    def _transit(self, depth, labels, s, e, rv, frac, noise):
+        """Rows ``s:e`` as DR4 epoch spectra: the observed line depth ``depth`` (b, n_work)
+        sampled at each CCD's pixels, the nuisances applied there, white noise per sample, and
+        the CCD spectra combined onto the output pixels (:func:`.transits.combine_transit`)."""
+        lab = {k: labels[k][s:e] for k in NUISANCE_FIELDS}
+        b, n_out = e - s, len(self.out_wave)
+        n_ccd = lab["combined_ccds"].astype(np.int64)
+        phase = lab["ccd_phase"].astype(np.float64)
+        ratio = self.config.ccd_ratio
+        pos = transits.sample_positions(np.nan_to_num(phase), ratio, n_out)  # (b, 3, n_s)
+        lo, step, native = self._native
+        wave = lo + step * pos.reshape(b, -1)
+        wave = vac_to_air(wave) if native == "vacuum" else wave
+        x = (C_KMS * np.log(wave) - self._x0) / self.dv
+        i0 = np.clip(np.floor(x).astype(np.int64), 0, self.n_work - 2)
+        f = x - i0
+        samples = 1.0 - ((1.0 - f) * np.take_along_axis(depth, i0, axis=1)
+                         + f * np.take_along_axis(depth, i0 + 1, axis=1))
+        samples = self._shape(samples, wave, lab, rv[s:e], frac[s:e]).reshape(pos.shape)
+        if noise is None:
+            sigma, white = np.zeros_like(samples), None
+        else:
+            c = transits.continuum_sample_sigma(phase, n_ccd, ratio, n_out,
+                                                labels["snr"][s:e].astype(np.float64))
+            alpha = lab["noise_exponent"].astype(np.float64)[:, None, None]
+            sigma = c[:, None, None] * np.clip(samples, 0.0, None) ** alpha
+            white = noise.reshape(pos.shape).astype(np.float64)
+        obs, _ = transits.combine_transit(samples, sigma, white, phase, n_ccd, ratio, n_out)
+        return self._finish(obs, lab)

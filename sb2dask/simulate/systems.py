@@ -42,7 +42,7 @@ LABEL_FIELDS = {
     "snr": ((), "f4", "", "continuum signal-to-noise ratio per pixel"),
     "is_binary": ((), "?", "", "True for SB2 systems, False for single stars"),
     "seed": ((), "u8", "", "per-spectrum random seed"),
-    **{k: ((), dt, unit, desc) for k, (dt, unit, desc) in NUISANCE_FIELDS.items()},
+    **NUISANCE_FIELDS,
     "rv_bulk": ((), "f4", "km/s", "bulk radial velocity measured by the inference estimator "
                 "(sb2dask.observe.rv_bulk) on the observed spectrum; NaN if not measured"),
 }
@@ -139,25 +139,29 @@ def draw_systems(library: SpectralLibrary, config: SimulationConfig, index: np.n
     interp : dict of ndarray
         Grid nodes and weights per component, ordered like the labels: ``lo``, ``hi`` (n, 2, 3)
         int node indices, ``w`` (n, 2) weights of ``hi``.
-    noise : ndarray, shape (n, n_out)
-        Standard-normal deviates for the output pixels, from each spectrum's own generator.
+    noise : ndarray, shape (n, config.n_noise)
+        Standard-normal deviates from each spectrum's own generator: one per output pixel, or one
+        per CCD sample when the spectra are combined from CCD spectra (DR4 recipe).
     """
     sampler = sampler or GridSampler(library, config)
     index = np.asarray(index, dtype=np.int64)
     n, n_out = len(index), len(config.wave)
+    realism = config.realism
     seeds = spectrum_seed(config.seed, index)
     out = {k: np.full((n,) + shape, np.nan if np.dtype(dt).kind == "f" else 0, dtype=dt)
            for k, (shape, dt, _, _) in LABEL_FIELDS.items()}
     lo = np.zeros((n, 2, 3), dtype=np.int16)
     hi = np.zeros((n, 2, 3), dtype=np.int16)
     w = np.zeros((n, 2), dtype=np.float64)
-    noise = np.empty((n, n_out), dtype=np.float32)
+    noise = np.empty((n, config.n_noise), dtype=np.float32)
     for r, seed in enumerate(seeds):
         rng = np.random.default_rng(int(seed))
         # the nuisances come from a second stream of the same seed, so the paper's draws (and
         # its spectra) are unchanged by them
-        nuisance = draw_realism(np.random.default_rng([int(seed), 1]), config.realism, n_out)
-        if config.realism.is_paper:  # rendered with config.resolution, so recorded as such
+        nuisance = draw_realism(np.random.default_rng([int(seed), 1]), realism, n_out,
+                                config.snr_range)
+        snr_from_grvs = nuisance.pop("snr", None)
+        if realism.is_paper:  # rendered with config.resolution, so recorded as such
             nuisance["resolution"] = config.resolution
         gamma = config.gamma + nuisance["gamma"]
         for key, val in nuisance.items():
@@ -189,8 +193,13 @@ def draw_systems(library: SpectralLibrary, config: SimulationConfig, index: np.n
             out["phase"][r], out["rv_separation"][r] = phase, abs(rv1 - rv2)
         else:
             rvs, ks = [gamma], [0.0]
-        out["snr"][r] = rng.uniform(*config.snr_range)
-        noise[r] = rng.standard_normal(n_out)
+        out["snr"][r] = rng.uniform(*config.snr_range)  # drawn always: the stream stays put
+        if snr_from_grvs is not None:
+            out["snr"][r] = snr_from_grvs
+        noise[r] = rng.standard_normal(config.n_noise)
+        if realism.median_path:  # DPAC median-normalises very cool stars (the template's Teff)
+            brighter = stars[int(np.argmax(frac))]
+            out["median_normalised"][r] |= brighter.teff < realism.median_norm_teff
         order = sorted(range(len(stars)), key=lambda c: (stars[c].teff, c))
         if binary and order[0] == 1:
             # The orbit gave +K·cos(2πφ) to the star drawn first; it is stored second, and
