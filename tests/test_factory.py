@@ -95,7 +95,10 @@ def test_dr4_recipe_is_worker_count_and_chunk_size_independent(tmp_path, client2
     for k in a:
         assert a[k].tobytes() == b[k].tobytes(), k
     assert (a["labels/combined_ccds"] >= 1).all() and (a["labels/snr"] >= 5).all()
-    assert np.isfinite(a["labels/rv_bulk"]).mean() > 0.9  # measured as inference would
+    # measured as inference would: NaN where no lines are detected (NO_LINES), i.e. at low S/N
+    measured = np.isfinite(a["labels/rv_bulk"])
+    assert measured.mean() > 0.6
+    assert np.median(a["labels/snr"][~measured]) < np.median(a["labels/snr"][measured])
 
 
 def test_restart_recomputes_only_missing_chunks(reference, tmp_path, client2):
