@@ -175,3 +175,26 @@ def test_fit_partition_rows_threshold_and_frame(sim):
     assert abs(out["rv_1"].iloc[0] - (labels["rv"][0, 0] + 100.0)) < 2.0
     with pytest.raises(ValueError, match="one spectrum per prediction row"):
         fit_partition(df.iloc[:2], spectra)
+
+
+def test_infer_fit_hook_fills_the_evidence_columns(sim):
+    from sb2dask.infer.config import InferenceConfig
+    from sb2dask.infer.predict import predict_partition
+    from sb2dask.infer.readers.base import build_partition
+
+    lab = sim["labels"]
+    rows = _pick(lab, 2)
+    labels, interp = _take(lab, rows), _take(sim["interp"], rows)
+    flux = sim["renderer"].render(labels, interp, sim["noise"][rows]).astype(np.float32)
+    df = build_partition(source_id=np.arange(2), epoch_id=np.zeros(2, np.int64),
+                         wave=sim["cfg"].wave, flux=flux, flux_error=None, file="sim",
+                         row=np.arange(2), read_flags=np.zeros(2, np.int32))
+    plain = predict_partition(df, InferenceConfig(members=1))
+    assert plain["delta_bic"].isna().all() and (plain["sb2_class"] == "").all()
+    out = predict_partition(df, InferenceConfig(members=1, fit=True))
+    assert out["delta_bic"].notna().all() and out["n_fit_pixels"].gt(800).all()
+    assert set(out["sb2_class"]) <= {"SB2", "single", "uncertain"}
+    # the networks' columns are untouched by the fit
+    np.testing.assert_array_equal(out["p_binary"], plain["p_binary"])
+    with pytest.raises(ValueError, match="fit_threshold"):
+        InferenceConfig(fit=True, fit_threshold=1.5)
