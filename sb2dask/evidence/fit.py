@@ -95,6 +95,8 @@ class FitConfig(ConfigMixin):
     scan_step : step [km/s] of the RV correlation scan
     continuum_degree : degree of the Legendre continuum correction
     iterations : Levenberg-Marquardt iterations per fit
+    swap_start : also start the two-star fit from the scan's velocity pair swapped between the
+        stars (costs one more two-star fit)
     batch_size : spectra per batched fit
     p_threshold : :func:`fit_partition` fits only rows with ``p_binary >= p_threshold`` (0: all)
     bic_threshold : ΔBIC at or above which the fit evidence favours two stars (10: "very strong"
@@ -117,7 +119,8 @@ class FitConfig(ConfigMixin):
     rv_max: float = 150.0
     scan_step: float = 4.0
     continuum_degree: int = 2
-    iterations: int = 12
+    iterations: int = 20
+    swap_start: bool = True
     batch_size: int = 64
     p_threshold: float = 0.0
     bic_threshold: float = 10.0
@@ -314,7 +317,10 @@ def _fit_batch(model, flux, weight, start, basis, grid, config) -> dict:
     # two-star start 1: the networks' labels at the scan's velocity pair
     feh0 = 0.5 * (lab1[:, 2] + lab2[:, 2])
     start_b = torch.cat([lab1[:, :2], lab2[:, :2], feh0[:, None], vsini, rv12], 1)
-    th_b, chi2_b, cov_b = _best_of(binary, [start_b], lo_b, hi_b, **fits)
+    starts = [start_b]
+    if config.swap_start:  # and the pair the other way round: the scan confuses the two stars
+        starts.append(torch.cat([start_b[:, :7], rv12.flip(1)], 1))  # when the labels are off
+    th_b, chi2_b, cov_b = _best_of(binary, starts, lo_b, hi_b, **fits)
     # one star, from the networks' mean labels at the scan's velocity, and from the brighter
     # star of the two-star fit (a wrong start otherwise leaves χ²_single too high: a false SB2)
     with torch.no_grad():
