@@ -110,6 +110,8 @@ def run_sim(args) -> dict:
                rv_abs_err_not_stuck=_stats(np.concatenate([e1[~stuck], e2[~stuck]])),
                frac_rv_within_1kms=round(float(np.mean((e1 <= 1) & (e2 <= 1))), 3),
                frac_delta_bic_ge_10=round(float(np.mean(res["delta_bic"] >= 10)), 3),
+               frac_delta_bic_ge_threshold=round(float(np.mean(
+                   res["delta_bic"] >= fc.bic_threshold)), 3),
                delta_bic=_stats(res["delta_bic"]), delta_bic_free=_stats(res["delta_bic_free"]),
                chi2_red=_stats(chi2_red),
                p_binary_ge_0_5=round(float(np.mean(pred["p_binary"] >= 0.5)), 3),
