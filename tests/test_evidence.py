@@ -198,3 +198,18 @@ def test_infer_fit_hook_fills_the_evidence_columns(sim):
     np.testing.assert_array_equal(out["p_binary"], plain["p_binary"])
     with pytest.raises(ValueError, match="fit_threshold"):
         InferenceConfig(fit=True, fit_threshold=1.5)
+
+
+def test_cli_infer_fit_options(capsys, tmp_path):
+    from sb2dask.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["infer", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--fit " in out and "--fit-threshold P" in out
+    with pytest.raises(SystemExit) as exc:
+        main(["infer", str(tmp_path / "x.csv"), "--out", str(tmp_path / "o"), "--fit",
+              "--fit-threshold", "1.5"])
+    assert exc.value.code == 2
+    assert "a number in [0, 1]" in capsys.readouterr().err
