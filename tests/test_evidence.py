@@ -213,3 +213,24 @@ def test_cli_infer_fit_options(capsys, tmp_path):
               "--fit-threshold", "1.5"])
     assert exc.value.code == 2
     assert "a number in [0, 1]" in capsys.readouterr().err
+
+
+def test_evidence_flags_report_degenerate_fits():
+    from sb2dask.evidence import EvidenceFlag, evidence_flags
+
+    cfg = FitConfig()
+    fit = dict(delta_bic=np.array([50.0, 50.0, 50.0, -5.0, np.nan]),
+               rv_1=np.array([-30.0, -3.0, -30.0, 0.0, 0.0]),
+               rv_2=np.array([30.0, 3.0, 150.0, 0.0, 0.0]),
+               light_fraction_2=np.array([0.4, 0.4, 0.02, 0.5, 0.5]),
+               fit_teff_1=np.array([5000.0, 5000.0, 5000.0, 5500.0, 0.0]),
+               fit_teff_2=np.array([6000.0, 5050.0, 6000.0, 5600.0, 0.0]),
+               fit_teff_1_err=np.full(5, 20.0), fit_teff_2_err=np.full(5, 20.0),
+               chi2_red=np.array([1.0, 1.0, 1.0, 5.0, np.nan]), rv_offset=np.zeros(5))
+    flags = evidence_flags(np.array([0.9, 0.9, 0.2, 0.9, 0.9]), fit, cfg)
+    F = EvidenceFlag
+    assert flags[0] == 0
+    assert flags[1] == F.UNRESOLVED | F.RV_ORDER_AMBIGUOUS
+    assert flags[2] == F.FAINT_COMPANION | F.DISAGREE | F.RV_AT_BOUND
+    assert flags[3] == F.UNRESOLVED | F.POOR_FIT | F.DISAGREE
+    assert flags[4] == 0  # not fitted

@@ -8,8 +8,16 @@ the batched fits and the partition-level core :func:`~.fit.fit_partition`.
 
 from __future__ import annotations
 
-from .fit import FIT_COLUMNS, FitConfig, classify, fit_partition, fit_spectra
+from .fit import (
+    FIT_COLUMNS,
+    EvidenceFlag,
+    FitConfig,
+    classify,
+    evidence_flags,
+    fit_partition,
+    fit_spectra,
+)
 from .model import ForwardModel
 
-__all__ = ["FIT_COLUMNS", "FitConfig", "ForwardModel", "classify", "fit_partition",
-           "fit_spectra"]
+__all__ = ["FIT_COLUMNS", "EvidenceFlag", "FitConfig", "ForwardModel", "classify",
+           "evidence_flags", "fit_partition", "fit_spectra"]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from enum import IntFlag
 
 import numpy as np
 import pandas as pd
@@ -46,8 +47,8 @@ from ..simulate.realism import CA_II_AIR
 from .model import ForwardModel
 from .scan import scan_binary, scan_single, velocity_grid
 
-__all__ = ["FitConfig", "FIT_COLUMNS", "SB2_CLASSES", "fit_spectra", "classify",
-           "fit_partition", "get_forward_model", "noise_weights"]
+__all__ = ["FitConfig", "FIT_COLUMNS", "SB2_CLASSES", "EvidenceFlag", "fit_spectra", "classify",
+           "evidence_flags", "fit_partition", "get_forward_model", "noise_weights"]
 
 #: Values of ``sb2_class``; "" when the spectrum was not fitted.
 SB2_CLASSES = ("SB2", "single", "uncertain")
@@ -65,8 +66,27 @@ FIT_COLUMNS = {
         "fit_vsini_single", "chi2_single", "chi2_binary", "chi2_free", "delta_bic",
         "delta_bic_free", "chi2_red")},
     "n_fit_pixels": "int32",
+    "fit_flags": "int32",
     "sb2_class": "string",
 }
+
+
+class EvidenceFlag(IntFlag):
+    """Bits of ``fit_flags``: the degenerate cases issue 12 wants reported, not hidden."""
+
+    #: |RV1 − RV2| below ``min_separation``: the pair is not resolved at this resolution
+    UNRESOLVED = 1
+    #: the fainter star gives less than ``min_light_fraction`` of the light: single-lined here
+    FAINT_COMPANION = 2
+    #: the two fitted Teffs agree within 100 K or 2σ: which star is component 1 (the cooler) is
+    #: not determined, so rv_1 and rv_2 may be swapped
+    RV_ORDER_AMBIGUOUS = 4
+    #: reduced χ² of the preferred model above ``chi2_red_max``: neither model fits
+    POOR_FIT = 8
+    #: the network (p_binary vs ``p_sb2``) and the fit (ΔBIC vs ``bic_threshold``) disagree
+    DISAGREE = 16
+    #: a fitted RV sits at the ±``rv_max`` bound: the star may lie outside the searched range
+    RV_AT_BOUND = 32
 
 _SINGLE = ("teff", "logg", "feh", "vsini", "rv")
 _BINARY = ("teff_1", "logg_1", "teff_2", "logg_2", "feh", "vsini_1", "vsini_2", "rv_1", "rv_2")
@@ -428,6 +448,35 @@ def classify(p_binary: np.ndarray, fit: dict, config: FitConfig | None = None
     return np.where(np.isnan(dbic), np.nan, chi2_red), cls
 
 
+def evidence_flags(p_binary: np.ndarray, fit: dict, config: FitConfig | None = None
+                   ) -> np.ndarray:
+    """:class:`EvidenceFlag` bits (n,) int32 of fitted spectra (0 where ``delta_bic`` is NaN);
+    ``fit`` holds the outputs of :func:`fit_spectra` plus ``chi2_red``."""
+    config = FitConfig() if config is None else config
+    f = {k: np.asarray(v, dtype=np.float64) for k, v in fit.items()}
+    p = np.asarray(p_binary, dtype=np.float64)
+    flags = np.zeros(len(f["delta_bic"]), dtype=np.int32)
+    lf2 = f["light_fraction_2"]
+    dt = np.abs(f["fit_teff_2"] - f["fit_teff_1"])
+    dt_err = 2.0 * np.hypot(np.nan_to_num(f["fit_teff_1_err"]), np.nan_to_num(f["fit_teff_2_err"]))
+    with np.errstate(invalid="ignore"):
+        for bit, hit in (
+                (EvidenceFlag.UNRESOLVED, np.abs(f["rv_1"] - f["rv_2"]) < config.min_separation),
+                (EvidenceFlag.FAINT_COMPANION,
+                 np.minimum(lf2, 1.0 - lf2) < config.min_light_fraction),
+                (EvidenceFlag.RV_ORDER_AMBIGUOUS, dt < np.maximum(100.0, dt_err)),
+                (EvidenceFlag.POOR_FIT, f["chi2_red"] > config.chi2_red_max),
+                (EvidenceFlag.DISAGREE, np.isfinite(p) & ((p >= config.p_sb2)
+                                                          != (f["delta_bic"]
+                                                              >= config.bic_threshold))),
+                (EvidenceFlag.RV_AT_BOUND, np.maximum(np.abs(f["rv_1"] - f["rv_offset"]),
+                                                      np.abs(f["rv_2"] - f["rv_offset"]))
+                 >= config.rv_max - 1e-3)):
+            flags[hit] |= int(bit)
+    flags[np.isnan(f["delta_bic"])] = 0
+    return flags
+
+
 # -- the partition-level core ----------------------------------------------------------------
 _MODELS: dict = {}
 _MODELS_LOCK = threading.Lock()
@@ -495,11 +544,12 @@ def fit_partition(df_predictions: pd.DataFrame, spectra: dict,
              for k in ("teff", "logg", "feh", "vsini") for c in (1, 2)}
     fit = fit_spectra(model, flux[rows], weight, start, config)
     offset = spectra.get("rv_offset")
-    if offset is not None:
-        off = np.nan_to_num(np.asarray(offset, dtype=np.float64)[rows])
-        for k in ("rv_1", "rv_2", "rv_single"):
-            fit[k] = fit[k] + off
+    off = np.zeros(len(rows)) if offset is None else np.nan_to_num(
+        np.asarray(offset, dtype=np.float64)[rows])
+    for k in ("rv_1", "rv_2", "rv_single"):
+        fit[k] = fit[k] + off
     fit["chi2_red"], cls = classify(p[rows], fit, config)
+    fit["fit_flags"] = evidence_flags(p[rows], dict(fit, rv_offset=off), config)
     for k, dt in FIT_COLUMNS.items():
         if k == "sb2_class":
             out.iloc[rows, out.columns.get_loc(k)] = cls.astype(str)
