@@ -234,3 +234,21 @@ def test_evidence_flags_report_degenerate_fits():
     assert flags[2] == F.FAINT_COMPANION | F.DISAGREE | F.RV_AT_BOUND
     assert flags[3] == F.UNRESOLVED | F.POOR_FIT | F.DISAGREE
     assert flags[4] == 0  # not fitted
+
+
+def test_source_lists_follow_whether_the_epochs_were_fitted(tmp_path):
+    from sb2dask.infer.run import _has_component_rvs, write_parquet_atomic
+    from sb2dask.infer.schema import arrow_schema, empty_frame
+
+    ep = empty_frame("epoch", 3)
+    files = []
+    for name, meta, rv in (("plain", None, np.nan), ("values", None, 5.0),
+                           ("fit", {"inference": {"fit": True}}, np.nan),
+                           ("nofit", {"inference": {"fit": False}}, 5.0)):
+        ep["rv_1"] = np.float32(rv)
+        f = tmp_path / f"{name}.parquet"
+        write_parquet_atomic(ep, f, arrow_schema("epoch", meta))
+        files.append(f)
+    # no run setting recorded: the values decide; recorded: the setting decides
+    assert [_has_component_rvs([f]) for f in files] == [False, True, True, False]
+    assert _has_component_rvs([files[0], files[1]])
