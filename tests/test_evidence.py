@@ -252,3 +252,20 @@ def test_source_lists_follow_whether_the_epochs_were_fitted(tmp_path):
     # no run setting recorded: the values decide; recorded: the setting decides
     assert [_has_component_rvs([f]) for f in files] == [False, True, True, False]
     assert _has_component_rvs([files[0], files[1]])
+
+
+def test_a_finished_run_without_fit_is_not_reused_for_fit(tmp_path):
+    import json
+
+    from sb2dask.infer.config import InferenceConfig
+    from sb2dask.infer.run import _run_settings, check_output
+
+    out = tmp_path / "out.parquet"
+    out.mkdir()
+    inputs = [str(tmp_path / "a.csv")]
+    old = _run_settings(inputs, InferenceConfig())
+    del old["fit"], old["fit_threshold"]  # a record written before `--fit` existed
+    (out / "_inputs.json").write_text(json.dumps(dict(old, finished=True)))
+    check_output(out, inputs, InferenceConfig())  # the same run: continued
+    with pytest.raises(ValueError, match="fit"):
+        check_output(out, inputs, InferenceConfig(fit=True))

@@ -287,13 +287,15 @@ def _read_record(out: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except ValueError:  # not ours, or a version that wrote it non-atomically and was killed
         return None
+    # records written before `infer --fit` existed are runs without it
+    return {"fit": False, "fit_threshold": 0.0, **record} if isinstance(record, dict) else None
 
 
 #: The settings of a run a rerun into the same ``--out`` must share to continue it.
-_RUN_KEYS = ("inputs", "model_dir", "precision", "members")
+_RUN_KEYS = ("inputs", "model_dir", "precision", "members", "fit", "fit_threshold")
 
 
 def check_output(out: str | Path, inputs: list[str] | None = None,
@@ -347,7 +349,8 @@ def _run_settings(inputs: list[str], config: InferenceConfig) -> dict:
 
     model_dir = DEFAULT_MODEL_DIR if config.model_dir is None else Path(config.model_dir)
     return dict(inputs=list(inputs), model_dir=str(model_dir.resolve()),
-                precision=config.precision, members=config.members)
+                precision=config.precision, members=config.members, fit=config.fit,
+                fit_threshold=config.fit_threshold)
 
 
 def check_run(inputs: list[str | Path], out: str | Path, config: InferenceConfig | None = None,
