@@ -284,7 +284,8 @@ def _cmd_infer(args) -> int:
     changes = {k: v for k, v in dict(
         model_dir=args.models, device=args.device, precision=args.precision,
         batch_size=args.batch_size, members=args.members,
-        partition_rows=args.partition_rows, rest_frame=args.rest_frame).items()
+        partition_rows=args.partition_rows, rest_frame=args.rest_frame, fit=args.fit,
+        fit_threshold=args.fit_threshold).items()
         if v is not None}
     config = config.replace(**changes) if changes else config
     # inputs, --out and the models are checked before any worker starts (seconds, not minutes)
@@ -574,6 +575,11 @@ def _add_infer_parser(sub, command: _Command) -> None:
                    help="measure and remove each spectrum's bulk radial velocity (rv_bulk) "
                         "before the networks: auto (default) as the models were trained, and "
                         "always for barycentric (Gaia DR4 epoch) spectra; on; off")
+    p.add_argument("--fit", action="store_true", default=None,
+                   help="also fit each spectrum with single- and two-star forward models: "
+                        "component RVs, delta_bic and sb2_class (slow; docs/evidence.md)")
+    p.add_argument("--fit-threshold", type=_fraction, default=None, metavar="P",
+                   help="with --fit, fit only spectra with p_binary >= P (default 0: all)")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute everything, replacing what --out holds (default: continue "
                         "an earlier run with the same inputs and settings)")

@@ -19,8 +19,12 @@ from sb2dask.infer.sources import (
 
 def _epochs(p_by_source: dict[int, list[float]], snr: float = np.nan) -> pd.DataFrame:
     """An epoch table with the given p_binary per source (usable, S/N ``snr``)."""
+    from sb2dask.evidence import FIT_COLUMNS
+
     rows = [(s, p) for s, ps in p_by_source.items() for p in ps]
-    ep = empty_frame("epoch", len(rows))
+    # an epoch table of a run without `infer --fit`: the evidence columns (rv_1, rv_2, ...) left
+    # out, so the per-epoch RV lists appear only where a test adds them
+    ep = empty_frame("epoch", len(rows)).drop(columns=list(FIT_COLUMNS))
     ep["source_id"] = np.array([s for s, _ in rows], np.int64)
     ep["epoch_id"] = np.arange(len(rows), dtype=np.int64) + 100
     ep["p_binary"] = np.array([p for _, p in rows], np.float32)

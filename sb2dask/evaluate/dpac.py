@@ -306,7 +306,10 @@ def read_ours(path: str | Path) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{files[0]}: not an sb2dask epoch table (no columns {missing})")
     cols = _OURS + [c for c in _OURS_OPTIONAL if c in names]
-    return pd.concat([pd.read_parquet(f, columns=cols) for f in files], ignore_index=True)
+    ours = pd.concat([pd.read_parquet(f, columns=cols) for f in files], ignore_index=True)
+    # the schema always has the evidence columns; a run without `infer --fit` leaves them NaN
+    empty = [c for c in _OURS_OPTIONAL if c in ours and not np.isfinite(ours[c]).any()]
+    return ours.drop(columns=empty)
 
 
 def _ordering(m: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -65,6 +65,12 @@ class InferenceConfig(ConfigMixin):
         and is on for every spectrum whose ``frame`` is ``"barycentric"`` (Gaia DR4 epoch
         spectra, which carry the star's full radial velocity;
         :meth:`~sb2dask.infer.predict.ModelSet.uses_rest_frame`).
+    fit : bool
+        Also fit every usable spectrum with the single- and two-star forward models
+        (:func:`sb2dask.evidence.fit_partition`: component RVs, ΔBIC, ``sb2_class``); slow
+        (docs/evidence.md).
+    fit_threshold : float
+        With ``fit``, fit only spectra with ``p_binary`` at or above this value (0: all).
     """
 
     model_dir: str | None = None
@@ -75,6 +81,8 @@ class InferenceConfig(ConfigMixin):
     partition_rows: int | None = None
     max_nan_fraction: float = 0.2
     rest_frame: str = "auto"
+    fit: bool = False
+    fit_threshold: float = 0.0
 
     def __post_init__(self):
         if self.model_dir is not None:
@@ -92,5 +100,7 @@ class InferenceConfig(ConfigMixin):
         if self.rest_frame not in REST_FRAME_MODES:
             raise ValueError(f"rest_frame must be one of {REST_FRAME_MODES}, got "
                              f"{self.rest_frame!r}")
+        if not 0.0 <= self.fit_threshold <= 1.0:
+            raise ValueError(f"fit_threshold must lie in [0, 1], got {self.fit_threshold}")
         if not 0.0 <= self.max_nan_fraction <= 1.0:
             raise ValueError(f"max_nan_fraction must lie in [0, 1], got {self.max_nan_fraction}")

@@ -355,5 +355,12 @@ def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -
     for name, (dtype, missing) in TRANSIT_COLUMNS.items():
         out[name] = df[name].to_numpy(dtype) if name in df else np.full(len(df), missing, dtype)
     out["frame"] = frames.astype(str)
+    if config.fit:  # the evidence fits see what the networks saw; their RVs go back to the input
+        from ..evidence import FitConfig, fit_partition
+
+        spectra = dict(wave=models.wave, flux=pre.flux, snr=pre.snr_estimate, rv_offset=rv_bulk)
+        fit = fit_partition(out, spectra, FitConfig(p_threshold=config.fit_threshold))
+        for k in fit.columns:
+            out[k] = fit[k].to_numpy()
     out.index = df.index
     return out

@@ -287,13 +287,15 @@ def _read_record(out: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except ValueError:  # not ours, or a version that wrote it non-atomically and was killed
         return None
+    # records written before `infer --fit` existed are runs without it
+    return {"fit": False, "fit_threshold": 0.0, **record} if isinstance(record, dict) else None
 
 
 #: The settings of a run a rerun into the same ``--out`` must share to continue it.
-_RUN_KEYS = ("inputs", "model_dir", "precision", "members")
+_RUN_KEYS = ("inputs", "model_dir", "precision", "members", "fit", "fit_threshold")
 
 
 def check_output(out: str | Path, inputs: list[str] | None = None,
@@ -347,7 +349,8 @@ def _run_settings(inputs: list[str], config: InferenceConfig) -> dict:
 
     model_dir = DEFAULT_MODEL_DIR if config.model_dir is None else Path(config.model_dir)
     return dict(inputs=list(inputs), model_dir=str(model_dir.resolve()),
-                precision=config.precision, members=config.members)
+                precision=config.precision, members=config.members, fit=config.fit,
+                fit_threshold=config.fit_threshold)
 
 
 def check_run(inputs: list[str | Path], out: str | Path, config: InferenceConfig | None = None,
@@ -565,6 +568,25 @@ def _prepare_out(out: Path, old: dict | None, record: dict,
     return todo, sorted(written)
 
 
+def _has_component_rvs(files: list[Path]) -> bool:
+    """Whether the epoch files hold per-epoch component RVs: the schema always has ``rv_1``
+    (NaN without ``infer --fit``), so a run's recorded setting decides, and files without one
+    are scanned for a finite ``rv_1`` (stopping at the first)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(files[0]).metadata or {}
+    if b"sb2dask.inference" in meta:
+        return bool(json.loads(meta[b"sb2dask.inference"]).get("fit", False))
+    if "rv_1" not in pq.read_schema(files[0]).names:
+        return False
+    for f in files:
+        col = pq.read_table(f, columns=["rv_1"])["rv_1"]
+        if pc.any(pc.is_finite(col)).as_py():
+            return True
+    return False
+
+
 def aggregate_sources(epoch_dir: Path, out_dir: Path, models, client,
                       rule: EvidenceRule | None = None) -> dict:
     """Combine the epochs of each source into the per-source table ``out_dir``.
@@ -593,7 +615,7 @@ def aggregate_sources(epoch_dir: Path, out_dir: Path, models, client,
     if not files:
         return summary
     available = pq.read_schema(files[0]).names
-    lists = epoch_list_columns(available)
+    lists = epoch_list_columns(available) if _has_component_rvs(files) else []
     columns = list(dict.fromkeys([*EPOCH_COLUMNS_NEEDED, *lists]))
     ddf = dd.read_parquet([str(f) for f in files], columns=columns)
     if ddf.npartitions > 1:

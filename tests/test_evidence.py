@@ -1,0 +1,271 @@
+"""The evidence fits (sb2dask.evidence): forward model against the simulator, Jacobian, scan,
+single- and two-star fits, the class rule and the partition core."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sb2dask.evidence import FIT_COLUMNS, FitConfig, classify, fit_partition, fit_spectra
+from sb2dask.evidence.fit import _jacobian, get_forward_model, noise_weights
+from sb2dask.evidence.scan import scan_binary, velocity_grid
+from sb2dask.library import load_library
+from sb2dask.simulate.config import SimulationConfig
+from sb2dask.simulate.realism import CA_II_AIR
+from sb2dask.simulate.spectra import SpectrumRenderer
+from sb2dask.simulate.systems import draw_systems
+
+
+@pytest.fixture(scope="module")
+def sim():
+    """The embedded library, a paper-recipe renderer, and the evidence model on its pixels."""
+    torch.set_num_threads(1)
+    lib = load_library()
+    # one [Fe/H] for both stars, as the constrained two-star model assumes (the simulator draws
+    # each star's [Fe/H] on its own, which no physical binary does)
+    cfg = SimulationConfig.paper(binary_fraction=0.5, snr_range=(150.0, 200.0),
+                                 vsini_range=(0.0, 25.0), feh_range=(0.0, 0.0))
+    renderer = SpectrumRenderer(lib, cfg)
+    model = get_forward_model(FitConfig(), cfg.wave)
+    labels, interp, noise = draw_systems(lib, cfg, np.arange(300))
+    return dict(lib=lib, cfg=cfg, renderer=renderer, model=model, labels=labels, interp=interp,
+                noise=noise)
+
+
+def _take(d: dict, rows) -> dict:
+    return {k: v[rows] for k, v in d.items()}
+
+
+def _star_labels(labels, c):
+    return torch.tensor(np.stack([labels["teff"][:, c], labels["logg"][:, c],
+                                  labels["feh"][:, c]], 1).astype(np.float64))
+
+
+def test_forward_model_reproduces_the_simulator(sim):
+    lab = sim["labels"]
+    rows = np.flatnonzero(lab["is_binary"])[:8]
+    labels, interp = _take(lab, rows), _take(sim["interp"], rows)
+    ref = sim["renderer"].render(labels, interp, None)
+    m = sim["model"]
+    l1, l2 = _star_labels(labels, 0), _star_labels(labels, 1)
+    f2 = m.light_fraction(l1, l2).numpy()
+    np.testing.assert_allclose(f2, labels["light_fraction"][:, 1], atol=1e-5)
+    flux = m.binary(l1, l2, torch.tensor(labels["vsini"], dtype=torch.float64),
+                    torch.tensor(labels["rv"], dtype=torch.float64)).numpy()
+    assert np.abs(flux - ref).max() < 1e-4  # float32 renderer against float64 model
+    assert (1.0 - ref).max() > 0.2  # real lines were compared
+
+
+def test_jacobian_matches_finite_differences(sim):
+    m = sim["model"]
+    theta = torch.tensor([[5234.0, 4.3, -0.3, 12.1, 17.0]], dtype=torch.float64)
+
+    def fn(th):
+        return m.single(th[:, 0:3], th[:, 3], th[:, 4])
+
+    _, jac = _jacobian(fn, theta)
+    for j, h in ((0, 1.0), (1, 0.01), (3, 0.05), (4, 0.01)):  # inside one table cell
+        step = torch.zeros_like(theta)
+        step[0, j] = h
+        fd = (fn(theta + step) - fn(theta - step)) / (2 * h)
+        scale = fd.abs().max()
+        assert scale > 0
+        assert (jac[0, :, j] - fd[0]).abs().max() < 1e-5 * scale
+
+
+def _pick(lab, n, binary=True):
+    """Rows of well separated, comparably bright binaries (or single stars)."""
+    if binary:
+        ok = (lab["is_binary"] & (lab["rv_separation"] > 40.0)
+              & (np.abs(lab["light_fraction"][:, 1] - 0.5) < 0.3))
+    else:
+        ok = ~lab["is_binary"]
+    return np.flatnonzero(ok)[:n]
+
+
+def test_scan_finds_both_velocities(sim):
+    lab = sim["labels"]
+    rows = _pick(lab, 3)
+    labels, interp = _take(lab, rows), _take(sim["interp"], rows)
+    flux = torch.tensor(sim["renderer"].render(labels, interp, None), dtype=torch.float64)
+    m = sim["model"]
+    w = torch.ones_like(flux)
+    grid = velocity_grid(150.0, 4.0, m)
+    rv, frac = scan_binary(m, flux, w, _star_labels(labels, 0), _star_labels(labels, 1),
+                           torch.tensor(labels["vsini"], dtype=torch.float64), grid)
+    assert np.abs(rv.numpy() - labels["rv"]).max() <= 2.5
+    assert np.abs(frac.numpy() - labels["light_fraction"][:, 1]).max() < 0.15
+
+
+def test_fits_recover_rvs_and_tell_binaries_from_singles(sim):
+    lab = sim["labels"]
+    rows = np.concatenate([_pick(lab, 2), _pick(lab, 2, binary=False)])
+    labels, interp = _take(lab, rows), _take(sim["interp"], rows)
+    flux = sim["renderer"].render(labels, interp, sim["noise"][rows])
+    cfg = FitConfig()
+    w = noise_weights(sim["cfg"].wave, flux, None, labels["snr"], cfg)
+    rng = np.random.default_rng(3)
+    start = {}
+    for k, scale in (("teff", 150.0), ("logg", 0.2), ("feh", 0.2), ("vsini", 3.0)):
+        v = labels[k].astype(np.float64)
+        v[:, 1] = np.where(np.isnan(v[:, 1]), v[:, 0], v[:, 1])  # networks give two always
+        for c in (0, 1):
+            start[f"{k}_{c + 1}"] = v[:, c] + rng.normal(0.0, scale, len(rows))
+    res = fit_spectra(sim["model"], flux, w, start, cfg)
+    b = labels["is_binary"]
+    assert np.abs(res["rv_1"][b] - labels["rv"][b, 0]).max() < 2.0
+    assert np.abs(res["rv_2"][b] - labels["rv"][b, 1]).max() < 2.0
+    assert np.all(res["rv_1_err"][b] > 0) and np.all(res["rv_1_err"][b] < 2.0)
+    assert np.abs(res["light_fraction_2"][b] - labels["light_fraction"][b, 1]).max() < 0.1
+    assert np.all(res["delta_bic"][b] > cfg.bic_threshold)
+    assert np.all(res["delta_bic"][~b] < cfg.bic_threshold)
+    # the free model is at least as good as the constrained one on the binaries
+    assert np.all(res["chi2_free"][b] <= res["chi2_binary"][b] * 1.01)
+
+
+def test_classify_rule():
+    cfg = FitConfig()
+    n_pix = np.full(6, 800)
+    fit = dict(delta_bic=np.array([50.0, 50.0, -5.0, -5.0, 50.0, np.nan]),
+               chi2_single=np.full(6, 800.0), chi2_binary=np.array([750.0] * 4 + [5000.0, 1]),
+               rv_1=np.array([-30.0, -30.0, 0, 0, -30.0, 0]),
+               rv_2=np.array([30.0, -28.0, 0, 0, 30.0, 0]),
+               light_fraction_2=np.full(6, 0.4), n_fit_pixels=n_pix)
+    p = np.array([0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
+    chi2_red, cls = classify(p, fit, cfg)
+    # agree + resolved; unresolved pair; both single; disagree; bad fit; not fitted
+    assert list(cls) == ["SB2", "uncertain", "single", "uncertain", "uncertain", ""]
+    assert chi2_red[4] > cfg.chi2_red_max and np.isnan(chi2_red[5])
+    assert classify(np.full(1, np.nan), {k: v[:1] for k, v in fit.items()}, cfg)[1][0] == "SB2"
+
+
+def test_noise_weights_mask_ca_ii_and_missing_pixels():
+    wave = np.linspace(8470.0, 8700.0, 500)
+    flux = np.ones((2, 500))
+    flux[1, 10] = np.nan
+    w = noise_weights(wave, flux, None, np.array([100.0, 50.0]), FitConfig(error_floor=0.0))
+    assert w[1, 10] == 0.0
+    core = np.abs(wave - CA_II_AIR[1]) < 0.5
+    assert np.all(w[:, core] == 0.0)
+    np.testing.assert_allclose(w[0, 0], 1e4)
+    w2 = noise_weights(wave, flux, None, np.array([100.0, 50.0]), FitConfig(mask_ca_ii=False))
+    assert np.all(w2[0, core] > 0)
+    np.testing.assert_allclose(w2[0, 0], 1.0 / (1e-4 + 1e-4))
+
+
+def test_fit_partition_rows_threshold_and_frame(sim):
+    lab = sim["labels"]
+    rows = _pick(lab, 2)
+    labels, interp = _take(lab, rows), _take(sim["interp"], rows)
+    flux = sim["renderer"].render(labels, interp, sim["noise"][rows])
+    flux = np.concatenate([flux, flux[:1]])
+    df = pd.DataFrame({"p_binary": [0.9, 0.2, 0.9], "usable": [True, True, False]},
+                      index=[10, 11, 12])
+    for k in ("teff", "logg", "feh", "vsini"):
+        for c in (1, 2):
+            df[f"{k}_{c}"] = np.append(labels[k][:, c - 1], np.nan)
+    spectra = dict(wave=sim["cfg"].wave, flux=flux, snr=np.full(3, 150.0),
+                   rv_offset=np.array([100.0, 100.0, 100.0]))
+    out = fit_partition(df, spectra, FitConfig(p_threshold=0.5))
+    assert list(out.index) == [10, 11, 12] and list(out.columns) == list(FIT_COLUMNS)
+    assert out["sb2_class"].tolist() == ["SB2", "", ""]
+    assert np.isnan(out["rv_1"].iloc[1]) and out["n_fit_pixels"].iloc[2] == 0
+    assert abs(out["rv_1"].iloc[0] - (labels["rv"][0, 0] + 100.0)) < 2.0
+    with pytest.raises(ValueError, match="one spectrum per prediction row"):
+        fit_partition(df.iloc[:2], spectra)
+
+
+def test_infer_fit_hook_fills_the_evidence_columns(sim):
+    from sb2dask.infer.config import InferenceConfig
+    from sb2dask.infer.predict import predict_partition
+    from sb2dask.infer.readers.base import build_partition
+
+    lab = sim["labels"]
+    rows = _pick(lab, 2)
+    labels, interp = _take(lab, rows), _take(sim["interp"], rows)
+    flux = sim["renderer"].render(labels, interp, sim["noise"][rows]).astype(np.float32)
+    df = build_partition(source_id=np.arange(2), epoch_id=np.zeros(2, np.int64),
+                         wave=sim["cfg"].wave, flux=flux, flux_error=None, file="sim",
+                         row=np.arange(2), read_flags=np.zeros(2, np.int32))
+    plain = predict_partition(df, InferenceConfig(members=1))
+    assert plain["delta_bic"].isna().all() and (plain["sb2_class"] == "").all()
+    out = predict_partition(df, InferenceConfig(members=1, fit=True))
+    assert out["delta_bic"].notna().all() and out["n_fit_pixels"].gt(800).all()
+    assert set(out["sb2_class"]) <= {"SB2", "single", "uncertain"}
+    # the networks' columns are untouched by the fit
+    np.testing.assert_array_equal(out["p_binary"], plain["p_binary"])
+    with pytest.raises(ValueError, match="fit_threshold"):
+        InferenceConfig(fit=True, fit_threshold=1.5)
+
+
+def test_cli_infer_fit_options(capsys, tmp_path):
+    from sb2dask.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["infer", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--fit " in out and "--fit-threshold P" in out
+    with pytest.raises(SystemExit) as exc:
+        main(["infer", str(tmp_path / "x.csv"), "--out", str(tmp_path / "o"), "--fit",
+              "--fit-threshold", "1.5"])
+    assert exc.value.code == 2
+    assert "a number in [0, 1]" in capsys.readouterr().err
+
+
+def test_evidence_flags_report_degenerate_fits():
+    from sb2dask.evidence import EvidenceFlag, evidence_flags
+
+    cfg = FitConfig()
+    fit = dict(delta_bic=np.array([50.0, 50.0, 50.0, -5.0, np.nan]),
+               rv_1=np.array([-30.0, -3.0, -30.0, 0.0, 0.0]),
+               rv_2=np.array([30.0, 3.0, 150.0, 0.0, 0.0]),
+               light_fraction_2=np.array([0.4, 0.4, 0.02, 0.5, 0.5]),
+               fit_teff_1=np.array([5000.0, 5000.0, 5000.0, 5500.0, 0.0]),
+               fit_teff_2=np.array([6000.0, 5050.0, 6000.0, 5600.0, 0.0]),
+               fit_teff_1_err=np.full(5, 20.0), fit_teff_2_err=np.full(5, 20.0),
+               chi2_red=np.array([1.0, 1.0, 1.0, 5.0, np.nan]), rv_offset=np.zeros(5))
+    flags = evidence_flags(np.array([0.9, 0.9, 0.2, 0.9, 0.9]), fit, cfg)
+    F = EvidenceFlag
+    assert flags[0] == 0
+    assert flags[1] == F.UNRESOLVED | F.RV_ORDER_AMBIGUOUS
+    assert flags[2] == F.FAINT_COMPANION | F.DISAGREE | F.RV_AT_BOUND
+    assert flags[3] == F.UNRESOLVED | F.POOR_FIT | F.DISAGREE
+    assert flags[4] == 0  # not fitted
+
+
+def test_source_lists_follow_whether_the_epochs_were_fitted(tmp_path):
+    from sb2dask.infer.run import _has_component_rvs, write_parquet_atomic
+    from sb2dask.infer.schema import arrow_schema, empty_frame
+
+    ep = empty_frame("epoch", 3)
+    files = []
+    for name, meta, rv in (("plain", None, np.nan), ("values", None, 5.0),
+                           ("fit", {"inference": {"fit": True}}, np.nan),
+                           ("nofit", {"inference": {"fit": False}}, 5.0)):
+        ep["rv_1"] = np.float32(rv)
+        f = tmp_path / f"{name}.parquet"
+        write_parquet_atomic(ep, f, arrow_schema("epoch", meta))
+        files.append(f)
+    # no run setting recorded: the values decide; recorded: the setting decides
+    assert [_has_component_rvs([f]) for f in files] == [False, True, True, False]
+    assert _has_component_rvs([files[0], files[1]])
+
+
+def test_a_finished_run_without_fit_is_not_reused_for_fit(tmp_path):
+    import json
+
+    from sb2dask.infer.config import InferenceConfig
+    from sb2dask.infer.run import _run_settings, check_output
+
+    out = tmp_path / "out.parquet"
+    out.mkdir()
+    inputs = [str(tmp_path / "a.csv")]
+    old = _run_settings(inputs, InferenceConfig())
+    del old["fit"], old["fit_threshold"]  # a record written before `--fit` existed
+    (out / "_inputs.json").write_text(json.dumps(dict(old, finished=True)))
+    check_output(out, inputs, InferenceConfig())  # the same run: continued
+    with pytest.raises(ValueError, match="fit"):
+        check_output(out, inputs, InferenceConfig(fit=True))
