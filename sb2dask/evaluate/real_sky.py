@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..constants import C_KMS
+from ..gaia import RVS_RESOLVING_POWER, RVS_WAVE_VAC_NM
 from ..labels import PARAMETERS
 
 __all__ = ["REAL_REFERENCES", "SHIFTS_KMS", "RealSkyCase", "doppler_factor_rel",
@@ -52,11 +53,10 @@ REAL_REFERENCES = {
     "HD176650": dict(single=None),  # an evolved star; multiplicity not established here
 }
 
-#: Gaia DR3 RVS mean-spectrum grid: 846-870 nm at 0.01 nm, vacuum.
-GAIA_DR3_VAC_NM = np.round(846.0 + 0.01 * np.arange(2401), 2)
-
-#: Gaia RVS mean resolving power (per-CCD values 10 983-12 587, mean ≈ 11 900; Sartoretti et al.).
-GAIA_RESOLUTION = 11_500.0
+#: Gaia DR3 RVS mean-spectrum grid (vacuum nm) and resolving power: the published facts, shared;
+#: only the rendering of the cross-library cases is independent of the simulator.
+GAIA_DR3_VAC_NM = RVS_WAVE_VAC_NM
+GAIA_RESOLUTION = RVS_RESOLVING_POWER
 
 SNR = 100.0
 

@@ -43,6 +43,7 @@ import torch.autograd.forward_ad as fwad
 
 from ..config import ConfigMixin
 from ..constants import C_KMS
+from ..gaia import RVS_RESOLVING_POWER
 from ..simulate.realism import CA_II_AIR
 from .model import ForwardModel
 from .scan import scan_binary, scan_single, velocity_grid
@@ -134,7 +135,7 @@ class FitConfig(ConfigMixin):
     """
 
     library: str = "embedded"
-    resolution: float = 11500.0
+    resolution: float = RVS_RESOLVING_POWER
     working_dv: float = 1.0
     error_floor: float = 0.01
     mask_ca_ii: bool = True
@@ -149,7 +150,7 @@ class FitConfig(ConfigMixin):
     bic_threshold: float = 25.0
     p_sb2: float = 0.5
     chi2_red_max: float = 3.0
-    min_separation: float = 0.5 * C_KMS / 11500.0
+    min_separation: float = 0.5 * C_KMS / RVS_RESOLVING_POWER
     min_light_fraction: float = 0.05
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..constants import C_KMS
+from ..gaia import RVS_RESOLVING_POWER
 from ..library.base import SpectralLibrary
 from ..simulate.broadening import rotation_kernel_ft
 from ..simulate.config import SimulationConfig
@@ -72,8 +73,9 @@ class ForwardModel:
         Real dtype of the computation (float64 default: the Fisher matrices need it).
     """
 
-    def __init__(self, library: SpectralLibrary, wave: np.ndarray, resolution: float = 11500.0,
-                 working_dv: float = 1.0, dtype: torch.dtype = torch.float64):
+    def __init__(self, library: SpectralLibrary, wave: np.ndarray,
+                 resolution: float = RVS_RESOLVING_POWER, working_dv: float = 1.0,
+                 dtype: torch.dtype = torch.float64):
         config = SimulationConfig.paper(resolution=resolution, working_dv=working_dv)
         renderer = SpectrumRenderer(library, config)
         sampler = GridSampler(library, config)

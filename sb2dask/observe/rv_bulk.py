@@ -22,6 +22,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..constants import C_KMS
+from ..gaia import RVS_RESOLVING_POWER
 
 __all__ = ["TEMPLATE_LABELS", "LINE_DETECTION_PEAK", "RVEstimate", "TemplateBank",
            "template_bank", "estimate_rv", "velocity_to_factor"]
@@ -81,7 +82,7 @@ def _prepare(depth: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def template_bank(wave_lo: float, wave_hi: float, resolution: float = 11_500.0,
+def template_bank(wave_lo: float, wave_hi: float, resolution: float = RVS_RESOLVING_POWER,
                   library: str = "embedded") -> TemplateBank:
     """Templates covering ``wave_lo``-``wave_hi`` Å (air), built once per process."""
     from scipy.ndimage import gaussian_filter1d

@@ -7,7 +7,13 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ..config import ConfigMixin
-from ..gaia import DR4_EPOCH_N_PIX, RVS_N_PIX, RVS_WAVE_END_NM, RVS_WAVE_START_NM
+from ..gaia import (
+    DR4_EPOCH_N_PIX,
+    RVS_N_PIX,
+    RVS_RESOLVING_POWER,
+    RVS_WAVE_END_NM,
+    RVS_WAVE_START_NM,
+)
 from ..labels import TABLE1_RANGES
 from ..library.base import RVS_WINDOW
 from .realism import Realism
@@ -105,7 +111,7 @@ class SimulationConfig(ConfigMixin):
     period_range: tuple[float, float] = (1.0, 1000.0)
     gamma: float = 0.0
     snr_range: tuple[float, float] = (30.0, 350.0)
-    resolution: float = 11500.0
+    resolution: float = RVS_RESOLVING_POWER
     output_grid: str = DEFAULT_OUTPUT_GRID
     limb_darkening: float = 0.6
     working_dv: float = 1.0

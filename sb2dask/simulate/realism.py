@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..gaia import RVS_RESOLVING_POWER
+
 __all__ = ["Realism", "NUISANCE_FIELDS", "draw_realism", "continuum_factor", "scale_line_depths",
            "correlated_unit_noise", "noise_sigma", "gap_mask", "CA_II_AIR"]
 
@@ -116,7 +118,7 @@ class Realism:
             raise ValueError(f"ccd_pixel_nm must be positive, got {self.ccd_pixel_nm}")
 
     @classmethod
-    def paper(cls, resolution: float = 11_500.0) -> Realism:
+    def paper(cls, resolution: float = RVS_RESOLVING_POWER) -> Realism:
         """The paper's recipe: nothing drawn, one resolving power, white sqrt(flux) noise."""
         return cls(systemic_velocity=(0.0, 0.0), resolution=(resolution, resolution),
                    continuum_offset=(0.0, 0.0), continuum_tilt=0.0, weak_line_scale=(1.0, 1.0),
