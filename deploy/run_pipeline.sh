@@ -16,7 +16,7 @@
 # partitions are kept. A dry run on this machine with tiny settings:
 #
 #     SB2DASK_CLUSTER=local N_TRAIN=400 N_DETECTOR=400 CHUNK=100 ENSEMBLE=1 EPOCHS=1 \
-#         MAX_TRAIN=128 N_SOURCES=20 PERMUTATIONS=10 WORK=/tmp/sb2dask-run \
+#         MAX_TRAIN=128 N_SOURCES=20 PERMUTATIONS=10 CAL_VALUE_BINS=1 WORK=/tmp/sb2dask-run \
 #         bash deploy/run_pipeline.sh
 #
 # The driver needs little: 2 cores and a few GiB for the scheduler. EDIT the account/queue lines.
@@ -47,6 +47,7 @@ N_TRAIN=${N_TRAIN:-200000}              # SB2 training set (Sect. 2 of the paper
 N_DETECTOR=${N_DETECTOR:-60000}         # singles and SB2s for the SB2 detector
 CHUNK=${CHUNK:-10000}                   # spectra per simulation task
 OUTPUT_GRID=${OUTPUT_GRID:-gaia_dr3_903} # 903 pixels over the Gaia RVS range, as the shipped models
+RECIPE=${RECIPE:-realistic}             # paper (Binnenfeld et al., at rest) | realistic | dr4
 ENSEMBLE=${ENSEMBLE:-4}                 # networks per target
 EPOCHS=${EPOCHS:-75}
 MAX_TRAIN=${MAX_TRAIN:-}                # optional cap on training spectra per network
@@ -57,6 +58,7 @@ GPU_CONFIG=${GPU_CONFIG:-$SB2DASK_CLUSTER-gpu}
 CATALOGUE=${CATALOGUE:-}                # glob of Gaia epoch-spectrum files; empty: a mock one
 N_SOURCES=${N_SOURCES:-10000}           # sources of the mock catalogue
 PERMUTATIONS=${PERMUTATIONS:-1000}      # permutation-test draws of the evaluation
+CAL_VALUE_BINS=${CAL_VALUE_BINS:-4}     # uncertainty calibration: bins of each predicted label
 
 case "$SB2DASK_CLUSTER" in
     slurm|pbs)
@@ -74,15 +76,21 @@ mkdir -p "$WORK"
 echo "sb2dask pipeline: cluster $SB2DASK_CLUSTER, output in $WORK ($(date -u +%FT%TZ))"
 
 echo "== 1/4 simulate: $N_TRAIN SB2s for training, $N_DETECTOR singles+SB2s for the detector"
-sb2dask simulate --n "$N_TRAIN" --chunk "$CHUNK" --output-grid "$OUTPUT_GRID" \
+sb2dask simulate --n "$N_TRAIN" --chunk "$CHUNK" --recipe "$RECIPE" \
+    $([[ $RECIPE == dr4 ]] || echo --output-grid "$OUTPUT_GRID") \
     --out "$WORK/train.zarr" "${CPU[@]}"
-sb2dask simulate --n "$N_DETECTOR" --chunk "$CHUNK" --output-grid "$OUTPUT_GRID" \
+sb2dask simulate --n "$N_DETECTOR" --chunk "$CHUNK" --recipe "$RECIPE" \
+    $([[ $RECIPE == dr4 ]] || echo --output-grid "$OUTPUT_GRID") \
     --binary-fraction 0.5 --seed 2 --out "$WORK/detector.zarr" "${CPU[@]}"
 
 echo "== 2/4 train: $ENSEMBLE member(s) per target, $EPOCHS epochs"
 sb2dask train --store "$WORK/train.zarr" --detector-store "$WORK/detector.zarr" \
     --out "$WORK/models" --ensemble "$ENSEMBLE" --epochs "$EPOCHS" \
     ${MAX_TRAIN:+--max-train "$MAX_TRAIN"} "${GPU[@]}" > "$WORK/train.json"
+# calibrated label uncertainties, from the training store's validation split (never trained on)
+sb2dask calibrate --models "$WORK/models" --store "$WORK/train.zarr" --split validation \
+    --value-bins "$CAL_VALUE_BINS" --predictions "$WORK/calibration-predictions.npz" \
+    > "$WORK/calibration.json"
 
 echo "== 3/4 infer"
 if [[ -z "$CATALOGUE" ]]; then

@@ -21,6 +21,7 @@ spectrum at a time, on Dask: a laptop, a GPU workstation or a SLURM/PBS cluster.
 Typical sequence (each step writes what the next one reads; `sb2dask COMMAND --help` for more):
   simulate  a training set of SB2 spectra into a Zarr store
   train     the temperature, parameter and SB2-detector networks on it
+  calibrate the label uncertainties on held-out spectra (calibration.json in the model directory)
   evaluate  the trained networks on the store's test split (the paper's tables and figures)
   infer     p_binary and both stars' parameters for catalogues of spectra, into Parquet
 The package ships trained networks, so `infer` works without the first three steps, and `demo`
@@ -358,6 +359,18 @@ def _cmd_evaluate(args) -> int:
     return 0 if res else 1
 
 
+def _cmd_calibrate(args) -> int:
+    from .train.calibrate import CALIBRATION_FILE, calibrate
+
+    res = calibrate(args.models, args.store, split=args.split, max_n=args.max_n,
+                    snr_edges=args.snr_edges or (), value_bins=args.value_bins,
+                    rest_frame=args.rest_frame, predictions=args.predictions)
+    print(json.dumps(dict(written=str(Path(args.models) / CALIBRATION_FILE),
+                          n=res["provenance"]["n"], seconds=round(res["seconds"], 1),
+                          coverage_on_calibration_rows=res["fit_summary"]), indent=1))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .cluster import get_client
     from .evaluate.demo import run_demo
@@ -452,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
         return parent.add_parser(name, parents=[common], **kw)
 
     # in the order of `sb2dask --help`
-    for add in (_add_library_parsers, _add_simulate_parser, _add_train_parser, _add_infer_parser,
+    for add in (_add_library_parsers, _add_simulate_parser, _add_train_parser,
+                _add_calibrate_parser, _add_infer_parser,
                 _add_mock_parser, _add_evaluate_parser, _add_real_sky_parser,
                 _add_compare_dpac_parser, _add_demo_parser, _add_figures_parser):
         add(sub, command)
@@ -638,6 +652,32 @@ def _add_evaluate_parser(sub, command: _Command) -> None:
                    help="as for infer: auto follows the models' training frame; on removes each "
                         "spectrum's measured bulk velocity first (DR4 barycentric spectra)")
     p.set_defaults(func=_cmd_evaluate)
+
+
+def _add_calibrate_parser(sub, command: _Command) -> None:
+    """``calibrate``: the label uncertainties recalibrated on held-out spectra."""
+    from .infer.config import REST_FRAME_MODES  # no torch, no Dask: --help is fast
+
+    p = command(sub, "calibrate", help="recalibrate the label uncertainties of a model directory "
+                                       "on held-out simulated SB2s (writes calibration.json)")
+    p.add_argument("--models", required=True, help="model directory (written into)")
+    p.add_argument("--store", required=True, help="simulated store of the recipe the models will "
+                   "meet; never the store the calibration is then tested on")
+    p.add_argument("--split", choices=["validation", "test", "train"], default="validation",
+                   help="rows to calibrate on (default validation: the rows that never trained "
+                        "the models; a fresh store made for calibration may use test)")
+    p.add_argument("--max-n", type=_positive_int, default=None, help="at most this many rows")
+    p.add_argument("--snr-edges", type=float, nargs="*", default=None, metavar="SNR",
+                   help="fit one error model per S/N bin between these edges (default: one bin)")
+    p.add_argument("--value-bins", type=_positive_int, default=4,
+                   help="also fit one error model per bin of each label's predicted value, at "
+                        "quantiles of the calibration rows (default 4; 1: no value bins)")
+    p.add_argument("--predictions", default=None, metavar="NPZ",
+                   help="cache of the uncalibrated predictions: written, and reused by a later "
+                        "run on the same rows and weights (another binning in seconds)")
+    p.add_argument("--rest-frame", choices=REST_FRAME_MODES, default="auto",
+                   help="as for infer (default auto)")
+    p.set_defaults(func=_cmd_calibrate)
 
 
 def _add_real_sky_parser(sub, command: _Command) -> None:

@@ -30,7 +30,7 @@ LABELS = {"teff": "Teff [K]", "logg": "log g", "feh": "[Fe/H]", "vsini": "v sin 
 
 
 def _predict_split(store, model_dir, split: str, max_n: int | None, fields,
-                   rest_frame: str = "auto"):
+                   rest_frame: str = "auto", calibrated: bool = True):
     from ..dataset.store import load_split, split_indices
     from ..infer.config import InferenceConfig
     from ..infer.predict import get_model_set
@@ -44,7 +44,9 @@ def _predict_split(store, model_dir, split: str, max_n: int | None, fields,
     frame = "rv_bulk" if models.uses_rest_frame(rest_frame) else "rest"
     data = load_split(store, idx, fields, frame=frame, wave=models.wave)
     t0 = time.perf_counter()
-    pred = models.predict(data.flux)
+    # S/N for S/N-binned calibrations: the simulated continuum S/N (inference uses its estimate)
+    snr = data.labels["snr"] if "snr" in data.labels else None
+    pred = models.predict(data.flux, snr=snr, calibrated=calibrated)
     return data, pred, models, time.perf_counter() - t0
 
 
@@ -63,6 +65,40 @@ def _fig3(pred, lab, path):
         ax.set_title(f"{LABELS[p]}: RMSE {r:.3g}, MAE {m:.3g}", fontsize=9)
         ax.set_xlabel("simulated")
         ax.set_ylabel("predicted")
+    fig.savefig(path, dpi=110)
+
+
+def _coverage(pred: dict, lab: dict, p: str) -> dict:
+    """Coverage of the reported uncertainties (``_err``: calibrated when the model directory has
+    a calibration) and of the raw ensemble spread, and the reliability curve of the former."""
+    from ..train.calibrate import coverage_curve
+
+    out = interval_coverage(pred[p], pred[f"{p}_err"], lab[p])
+    out["calibrated"] = f"{p}_spread" in pred and not np.array_equal(
+        pred[f"{p}_spread"], pred[f"{p}_err"], equal_nan=True)
+    if f"{p}_spread" in pred:
+        raw = interval_coverage(pred[p], pred[f"{p}_spread"], lab[p])
+        out["spread_within_1sigma"] = raw["within_1sigma"]
+        out["spread_within_2sigma"] = raw["within_2sigma"]
+    out["reliability"] = coverage_curve(pred[p] - lab[p], pred[f"{p}_err"])
+    return out
+
+
+def _reliability_fig(calibration: dict, path):
+    """Reliability diagram: fraction of truths inside the central Gaussian interval of each
+    probability, per label (the diagonal is perfect calibration)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+    for p, r in calibration.items():
+        c = r["reliability"]
+        ax.plot([x["level"] for x in c], [x["fraction"] for x in c], marker="o", ms=3,
+                label=LABELS[p])
+    ax.set(xlabel="expected fraction (central Gaussian interval)",
+           ylabel="fraction of test truths inside", xlim=(0, 1), ylim=(0, 1))
+    ax.legend()
     fig.savefig(path, dpi=110)
 
 
@@ -160,7 +196,7 @@ def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
         r, m = rmse_mae(d_pred, d_true)
         res["table5"][p] = dict(rmse=r, mae=m, paper_rmse=PAPER_TABLE5[p][0],
                                 paper_mae=PAPER_TABLE5[p][1])
-        res["calibration"][p] = interval_coverage(pred[p], pred[f"{p}_err"], lab[p])
+        res["calibration"][p] = _coverage(pred, lab, p)
     feh_mean = np.nanmean(lab["feh"], axis=1)
     # Fig. 5 in the paper's S/N bins, or in the DR4 bins for stores that reach below its floor
     snr_edges = np.array([30.0, 90.0, 150.0, 210.0, 270.0, 350.0])
@@ -175,7 +211,15 @@ def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
     res["rv_separation_randomization_test"] = {
         p: randomization_test(pred[p] - lab[p], lab["rv_separation"],
                               binnings["rv_separation"][1], n_perm=n_perm) for p in PARAMS}
+    for p in PARAMS:  # the coverage per S/N bin of Fig. 5
+        sig = pred[f"{p}_err"]
+        res["calibration"][p]["by_snr"] = [
+            dict(snr_lo=float(lo), snr_hi=float(hi), **interval_coverage(
+                pred[p][sel], sig[sel], lab[p][sel]))
+            for lo, hi in zip(snr_edges[:-1], snr_edges[1:])
+            for sel in [(lab["snr"] >= lo) & (lab["snr"] < hi)]]
     _fig3(pred, lab, out / "fig3_predicted_vs_true.png")
+    _reliability_fig(res["calibration"], out / "fig7_reliability.png")
     for key, fname, xl in (("feh", "fig4_errors_vs_feh.png", "[Fe/H] (mean of components)"),
                            ("snr", "fig5_errors_vs_snr.png", "S/N"),
                            ("rv_separation", "fig6_errors_vs_rv_separation.png",
@@ -243,10 +287,17 @@ def _markdown(res: dict) -> str:
               "| parameter | slope per km/s | p-value | null σ |", "|---|---|---|---|"]
     for p, r in res["rv_separation_randomization_test"].items():
         lines.append(f"| {p} | {r['slope']:.3g} | {r['p_value']:.3f} | {r['null_std']:.3g} |")
-    lines += ["", "## Ensemble calibration (fraction of labels within the ensemble ±1σ, ±2σ)", "",
-              "| parameter | ±1σ (0.683) | ±2σ (0.954) |", "|---|---|---|"]
+    lines += ["", "## Uncertainty calibration (fraction of true labels within ±1σ, ±2σ of the "
+              "reported `_err`; the raw ensemble spread beside it)", "",
+              "| parameter | `_err` calibrated | ±1σ (0.683) | ±2σ (0.954) | spread ±1σ | "
+              "spread ±2σ | ±1σ per S/N bin |", "|---|---|---|---|---|---|---|"]
     for p, r in res["calibration"].items():
-        lines.append(f"| {p} | {r['within_1sigma']:.3f} | {r['within_2sigma']:.3f} |")
+        bins = ", ".join(f"{b['snr_lo']:g}-{b['snr_hi']:g}: {_fmt(b['within_1sigma'], '.2f')}"
+                         for b in r.get("by_snr", []))
+        lines.append(f"| {p} | {'yes' if r.get('calibrated') else 'no'} | "
+                     f"{r['within_1sigma']:.3f} | {r['within_2sigma']:.3f} | "
+                     f"{_fmt(r.get('spread_within_1sigma'), '.3f')} | "
+                     f"{_fmt(r.get('spread_within_2sigma'), '.3f')} | {bins} |")
     if "single_star_test" in res:
         s = res["single_star_test"]
         lines += ["", f"## Single-star test (Sect. 4.4; {s['n']} single-star spectra)", "",

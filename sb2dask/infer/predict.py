@@ -24,6 +24,7 @@ from ..observe.flags import QualityFlag
 from ..observe.preprocess import preprocess
 from ..observe.rv_bulk import LINE_DETECTION_PEAK, estimate_rv
 from ..runtime import release_free_memory, tune_process
+from ..train.calibrate import Calibration
 from .config import PRECISIONS, InferenceConfig
 from .flags import BoundaryFlag
 from .readers.base import TRANSIT_COLUMNS
@@ -113,6 +114,8 @@ class ModelSet:
         #: how the models' training spectra were framed: "rest" or "rv_bulk"
         self.frame = frames.pop()
         self.feature_stats = load_feature_statistics(first, self.directory)
+        #: the label uncertainties' calibration (``calibration.json``), or None: raw spreads
+        self.calibration = Calibration.load(self.directory)
         self.manifests = {t: [m.to_dict() for _, m in ms] for t, ms in self.members.items()}
         self.lock = threading.Lock()  # one forward pass at a time per process (torch threads)
 
@@ -150,11 +153,15 @@ class ModelSet:
         frames = np.asarray(frames, dtype=object)
         return np.full(len(frames), models) | ((mode == "auto") & (frames == FRAME_BARYCENTRIC))
 
-    def predict(self, flux: np.ndarray, batch_size: int | None = None) -> dict[str, np.ndarray]:
+    def predict(self, flux: np.ndarray, batch_size: int | None = None,
+                snr: np.ndarray | None = None, calibrated: bool = True) -> dict[str, np.ndarray]:
         """Ensemble predictions for spectra on :attr:`wave` (float32 ``(n, n_pix)``).
 
         Returns ``p_binary``, ``p_binary_err`` (n,), ``ood_distance`` (n,) and for each of teff,
-        logg, feh, vsini the ensemble mean and standard deviation, ``(n, 2)``, cooler first.
+        logg, feh, vsini the ensemble mean, ``(n, 2)``, cooler first, its ``_spread`` (the
+        members' standard deviation) and ``_err``: the calibrated 1σ uncertainty when the model
+        directory has a calibration (:mod:`sb2dask.train.calibrate`; S/N-binned ones use
+        ``snr`` (n,)) and ``calibrated`` is true, otherwise the spread.
         """
         out = {}
         batch_size = batch_size or self.batch_size
@@ -165,6 +172,13 @@ class ModelSet:
             release_free_memory()
         for k in parts[0] if parts else ():
             out[k] = np.concatenate([p[k] for p in parts])
+        for label in ("teff",) + PARAMETERS:
+            if f"{label}_err" not in out:
+                continue
+            out[f"{label}_spread"] = out[f"{label}_err"]
+            if calibrated and self.calibration is not None:
+                out[f"{label}_err"] = self.calibration.apply(label, out[f"{label}_spread"], snr,
+                                                             out[label])
         return out
 
     def _predict_padded(self, flux: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
@@ -249,7 +263,8 @@ class ModelSet:
         for target in ("teff",) + PARAMETERS:
             rmse = np.median([m["metrics"].get("rmse", np.nan) for m in self.manifests[target]])
             if np.isfinite(rmse) and len(self.members[target]) > 1:
-                flags[np.any(pred[f"{target}_err"] > 3 * rmse, axis=1)] |= int(
+                spread = pred.get(f"{target}_spread", pred[f"{target}_err"])
+                flags[np.any(spread > 3 * rmse, axis=1)] |= int(
                     BoundaryFlag.LARGE_SPREAD)
         flags[pred["p_binary"] < 0.5] |= int(BoundaryFlag.LIKELY_SINGLE)
         return flags
@@ -329,9 +344,10 @@ def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -
                 ood_distance=np.full(len(df), np.nan))
     boundary = np.zeros(len(df), dtype=np.int32)
     if usable.any():
-        got = models.predict(pre.flux[usable])
+        got = models.predict(pre.flux[usable], snr=pre.snr_estimate[usable])
         for k, v in got.items():
-            pred[k][usable] = v
+            if k in pred:  # not the spreads behind calibrated errors (flags use them below)
+                pred[k][usable] = v
         boundary[usable] = models.boundary_flags(got, pre.snr_estimate[usable])
         no_lines = usable & ~(np.nan_to_num(ccf_peak) >= LINE_DETECTION_PEAK)
         boundary[no_lines] |= int(BoundaryFlag.NO_LINES)
