@@ -97,10 +97,16 @@ def test_value_bins_give_wider_errors_where_the_predictions_are_worse():
             for k in CALIBRATED_LABELS}
     pred.update({f"{k}_err": np.zeros((n, 2)) for k in CALIBRATED_LABELS})
     cal = fit_calibration(pred, truth, value_bins=2)
-    assert cal.value_edges["vsini"][0] == pytest.approx(50.0, abs=3.0)
+    assert [e[0] for e in cal.value_edges["vsini"]] == pytest.approx([50.0, 50.0], abs=3.0)
     sig = cal.apply("vsini", pred["vsini_err"], None, pred["vsini"])
-    low = pred["vsini"] < cal.value_edges["vsini"][0]
+    low = pred["vsini"] < 50.0
     assert np.median(sig[low]) < 4.0 < 6.5 < np.median(sig[~low])
+    # each component has its own edges: a cooler star's value range is not the hotter one's
+    shifted = {k: v + np.array([0.0, 1000.0]) for k, v in pred.items() if "_" not in k}
+    shifted.update({f"{k}_err": pred[f"{k}_err"] for k in CALIBRATED_LABELS})
+    two = fit_calibration(shifted, {k: v + np.array([0.0, 1000.0]) for k, v in truth.items()},
+                          value_bins=2)
+    assert two.value_edges["teff"][1][0] == pytest.approx(1050.0, abs=3.0)
     with pytest.raises(ValueError, match="predicted value"):
         cal.apply("vsini", pred["vsini_err"])
     back = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))

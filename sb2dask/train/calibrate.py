@@ -88,13 +88,14 @@ class Calibration:
 
     ``models[label][component][bin]``. The bins are those of the S/N (``snr_edges``, ascending;
     the first and last bins extend to 0 and infinity) crossed with those of the label's predicted
-    value (``value_edges[label]``, if any): bin ``j = snr_bin * (len(value_edges) + 1) +
-    value_bin``. ``provenance`` says where the calibration came from.
+    value (``value_edges[label][component]``, if any; the cooler and the hotter star's values are
+    distributed differently): bin ``j = snr_bin * (len(edges) + 1) + value_bin``.
+    ``provenance`` says where the calibration came from.
     """
 
     models: dict[str, list[list[ErrorModel]]]
     snr_edges: list[float] = field(default_factory=list)
-    value_edges: dict[str, list[float]] = field(default_factory=dict)
+    value_edges: dict[str, list[list[float]]] = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
 
     def bins(self, label: str, snr: np.ndarray | None, value: np.ndarray | None,
@@ -107,14 +108,15 @@ class Calibration:
             k = np.searchsorted(np.asarray(self.snr_edges, float), s, side="right")
             k[~np.isfinite(s)] = len(self.snr_edges) // 2
             j += k[:, None]
-        edges = self.value_edges.get(label) or []
-        if edges:
+        per_component = self.value_edges.get(label) or []
+        if per_component:
             if value is None:
                 raise ValueError(f"the calibration of {label} is binned in its predicted value; "
                                  "pass the predictions")
-            j *= len(edges) + 1
-            j += np.searchsorted(np.asarray(edges, float),
-                                 np.nan_to_num(np.asarray(value, float)), side="right")
+            value = np.nan_to_num(np.asarray(value, float))
+            for c, edges in enumerate(per_component):
+                j[:, c] = j[:, c] * (len(edges) + 1) + np.searchsorted(
+                    np.asarray(edges, float), value[:, c], side="right")
         return j
 
     def apply(self, label: str, spread: np.ndarray, snr: np.ndarray | None = None,
@@ -132,7 +134,7 @@ class Calibration:
 
     def to_dict(self) -> dict:
         return dict(error_model="sigma^2 = (a*spread)^2 + b^2", snr_edges=list(self.snr_edges),
-                    value_edges={k: list(v) for k, v in self.value_edges.items()},
+                    value_edges={k: [list(e) for e in v] for k, v in self.value_edges.items()},
                     models={k: [[asdict(m) for m in per_bin] for per_bin in comps]
                             for k, comps in self.models.items()},
                     provenance=self.provenance)
@@ -142,7 +144,8 @@ class Calibration:
         models = {k: [[ErrorModel(**m) for m in per_bin] for per_bin in comps]
                   for k, comps in d["models"].items()}
         return cls(models=models, snr_edges=list(d.get("snr_edges", [])),
-                   value_edges={k: list(v) for k, v in d.get("value_edges", {}).items()},
+                   value_edges={k: [list(e) for e in v]
+                                for k, v in d.get("value_edges", {}).items()},
                    provenance=d.get("provenance", {}))
 
     @classmethod
@@ -172,8 +175,9 @@ def fit_calibration(pred: dict, truth: dict, snr: np.ndarray | None = None,
     ``pred`` holds ``label`` and ``label_err`` (the ensemble spread), each (n, 2), as
     :meth:`ModelSet.predict` returns them *before* calibration; ``truth`` the true labels (n, 2).
     ``value_bins`` > 1 also bins each label in its predicted value, at quantiles of the
-    calibration rows (so every bin holds as many): errors depend on where in the label range a
-    prediction lies (e.g. small v sin i are overestimated), which one width cannot say.
+    calibration rows, per component (so every bin holds as many): errors depend on where in the
+    label range a prediction lies (e.g. small v sin i are overestimated), which one width cannot
+    say.
     """
     edges = [float(e) for e in snr_edges]
     if edges and snr is None:
@@ -182,15 +186,19 @@ def fit_calibration(pred: dict, truth: dict, snr: np.ndarray | None = None,
     for label in labels:
         value = np.asarray(pred[label], float)
         if value_bins > 1:
-            q = np.nanquantile(value, np.arange(1, value_bins) / value_bins)
-            cal.value_edges[label] = [float(x) for x in np.unique(q)]
+            q = np.nanquantile(value, np.arange(1, value_bins) / value_bins, axis=0)  # (k-1, 2)
+            cal.value_edges[label] = [[float(x) for x in np.unique(q[:, c])]
+                                      for c in range(value.shape[1])]
         resid = value - np.asarray(truth[label], float)
         spread = np.asarray(pred[f"{label}_err"], float)
         j = cal.bins(label, snr, value, value.shape)
-        n_bins = (len(edges) + 1) * (len(cal.value_edges.get(label, [])) + 1)
-        cal.models[label] = [[_fit_bin(resid[j[:, c] == k, c], spread[j[:, c] == k, c],
-                                       f"{label}, component {c + 1}, bin {k + 1} of {n_bins}")
-                              for k in range(n_bins)] for c in range(resid.shape[1])]
+        cal.models[label] = []
+        for c in range(resid.shape[1]):
+            n_val = len(cal.value_edges[label][c]) + 1 if label in cal.value_edges else 1
+            n_bins = (len(edges) + 1) * n_val
+            cal.models[label].append([_fit_bin(
+                resid[j[:, c] == k, c], spread[j[:, c] == k, c],
+                f"{label}, component {c + 1}, bin {k + 1} of {n_bins}") for k in range(n_bins)])
     return cal
 
 
