@@ -99,6 +99,25 @@ class GridSampler:
         """(mass, radius, continuum at 8600 Å) of a star, interpolated like its spectrum."""
         return (1.0 - star.w) * self.props[star.lo] + star.w * self.props[star.hi]
 
+    def properties_at(self, teff: float, logg: float, feh: float) -> np.ndarray:
+        """(mass, radius, continuum at 8600 Å) at labels that need not lie on the grid (a real
+        star's): linear in Teff between the bracketing nodes (clipped to the grid) at the
+        nearest (logg, [Fe/H]) nodes where both exist, as a one-axis interpolation of the
+        sampler's node table."""
+        t_nodes, g_nodes, f_nodes = self.nodes
+        j0, j1, w = self._bracket(0, float(np.clip(teff, t_nodes[0], t_nodes[-1])))
+        g_scale = np.ptp(g_nodes) or 1.0
+        f_scale = np.ptp(f_nodes) or 1.0
+        dist = (np.abs(g_nodes[:, None] - logg) / g_scale) ** 2 + (
+            np.abs(f_nodes[None, :] - feh) / f_scale) ** 2
+        both = self.available[j0] & self.available[j1]
+        if not both.any():
+            raise ValueError(f"the library has no (logg, [Fe/H]) node at both Teff nodes "
+                             f"around {teff:.0f} K")
+        dist = np.where(both, dist, np.inf)
+        g, f = np.unravel_index(int(np.argmin(dist)), dist.shape)
+        return (1.0 - w) * self.props[j0, g, f] + w * self.props[j1, g, f]
+
     def _bracket(self, axis: int, value: float) -> tuple[int, int, float]:
         nodes = self.nodes[axis]
         j = int(np.clip(np.searchsorted(nodes, value, side="right") - 1, 0, len(nodes) - 1))
