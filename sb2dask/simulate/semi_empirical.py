@@ -219,10 +219,12 @@ def star_splits(source_id: np.ndarray, seed: int, counts: tuple[int, int, int]) 
     total = max(sum(counts), 1)
     n_train = int(round(len(ids) * counts[0] / total))
     n_val = int(round(len(ids) * counts[1] / total))
-    if counts[1] and len(ids) >= 3:  # every non-empty split gets at least one star
-        n_val = max(n_val, 1)
+    # every non-empty split gets at least two stars (a pair) when there are enough
+    least = 2 if len(ids) >= 6 else 1
+    if counts[1] and len(ids) >= 3:
+        n_val = max(n_val, least)
     if counts[2] and len(ids) >= 3:
-        n_train = min(n_train, len(ids) - n_val - 1)
+        n_train = min(n_train, len(ids) - n_val - least)
     split_of = {int(s): 0 for s in order[:n_train]}
     split_of.update({int(s): 1 for s in order[n_train:n_train + n_val]})
     split_of.update({int(s): 2 for s in order[n_train + n_val:]})
