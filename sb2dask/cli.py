@@ -256,7 +256,7 @@ def _cmd_simulate(args) -> int:
 def _cmd_semi_empirical(args) -> int:
     from .cluster import get_client
     from .dataset.factory import SplitSpec
-    from .dataset.semi_empirical import build
+    from .dataset.semi_empirical import compute, prepare
     from .simulate.config import SimulationConfig
     from .simulate.semi_empirical import SemiEmpiricalSettings, semi_empirical_realism
 
@@ -273,11 +273,12 @@ def _cmd_semi_empirical(args) -> int:
                                      shared_stars=args.shared_stars, input_noise=args.input_noise,
                                      velocity_label=args.velocity_label)
     split = SplitSpec(*args.split) if args.split else SplitSpec()
+    # inputs read and checked before any worker starts: bad inputs fail in seconds
+    prepared = prepare(args.out, args.spectra, args.labels, cfg, settings, n=args.n,
+                       chunk=args.chunk, split=split, overwrite=args.overwrite,
+                       command=_command_line(args), main_sequence_table=args.main_sequence_table)
     with get_client(**_cluster_kwargs(args)) as client:
-        summary = build(args.out, args.spectra, args.labels, cfg, settings, n=args.n,
-                        chunk=args.chunk, client=client, split=split, overwrite=args.overwrite,
-                        progress=not args.no_progress, command=_command_line(args),
-                        main_sequence_table=args.main_sequence_table)
+        summary = {**compute(args.out, client, progress=not args.no_progress), **prepared}
     print(json.dumps(summary, indent=1))
     noisy = summary["inputs"]["too noisy for the requested S/N"]
     if noisy:

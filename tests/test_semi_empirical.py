@@ -283,3 +283,23 @@ def test_mixed_training_records_the_mix(store, inputs, tmp_path):
     args = build_parser().parse_args(["train", "--store", "a", "--store", "b", "--mix", "1",
                                       "3", "--detector-store", "c"])
     assert args.store == ["a", "b"] and args.mix == [1.0, 3.0] and args.detector_store == ["c"]
+
+
+def test_cli_reports_bad_inputs_in_one_line_before_a_cluster(inputs, tmp_path, capsys):
+    from sb2dask.cli import main
+
+    spectra, labels = inputs
+    table = pd.read_csv(labels)
+    unmatched = tmp_path / "unmatched.csv"
+    table[table["source_id"] != 101].to_csv(unmatched, index=False)
+    # --cluster points at nothing: reaching the cluster would be a different error
+    rc = main(["semi-empirical", str(spectra), "--labels", str(unmatched), "--out",
+               str(tmp_path / "x.zarr"), "--main-sequence-table", str(MS_TABLE),
+               "--cluster", "tcp://127.0.0.1:9", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1
+    assert "stars.parquet row 1 (source_id 101): source_id has no row in" in err[0]
+    rc = main(["train", "--store", "a.zarr", "--store", "b.zarr", "--mix", "1", "--out",
+               str(tmp_path / "m"), "--cluster", "tcp://127.0.0.1:9"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "--mix gives 1 fractions for 2 stores" in err[0]

@@ -60,7 +60,7 @@ from .factory import (
 )
 
 __all__ = ["LABEL_ALIASES", "read_label_table", "read_inputs", "InputStars", "prepare_stars",
-           "build", "DEFAULT_MAIN_SEQUENCE_TABLE"]
+           "prepare", "compute", "build", "DEFAULT_MAIN_SEQUENCE_TABLE"]
 
 #: The Pecaut & Mamajek dwarf table (not shipped: the shared data folder of this project).
 DEFAULT_MAIN_SEQUENCE_TABLE = Path("../shared/data/PecautMamajek_table.csv")
@@ -234,11 +234,12 @@ def prepare_stars(inputs: InputStars, config: SimulationConfig,
     """The :class:`~sb2dask.simulate.semi_empirical.StarTable` of the inputs: masses and the
     continuum at 8600 Å from the library (as the simulator), radii from logg, main-sequence
     membership, continuum S/N on the output pixels, status and split."""
+    from ..library import load_library
     from ..library.mainsequence import radius_from_logg, read_main_sequence_logg
-    from ..simulate.simulator import simulator_for
+    from ..simulate.systems import GridSampler
 
     t = inputs.table
-    _, sampler, _ = simulator_for(config)
+    sampler = GridSampler(load_library(config.library), config)
     props = np.array([sampler.properties_at(a, b, c) for a, b, c in
                       zip(t["teff"], t["logg"], t["feh"])]).reshape(-1, 3)
     mass = props[:, 0]
@@ -360,22 +361,13 @@ def _write_inputs(root, inputs: InputStars, stars: StarTable, n: int, chunk: int
                         "fraction of pixels where the inputs' own noise exceeds the target")))
 
 
-def build(out: str | Path, spectra, labels_path: str | Path, config: SimulationConfig,
-          settings: SemiEmpiricalSettings | None = None, n: int = 10000, chunk: int = 5000,
-          client=None, split: SplitSpec | None = None, overwrite: bool = False,
-          progress: bool = True, command: str = "",
-          main_sequence_table: str | Path = DEFAULT_MAIN_SEQUENCE_TABLE) -> dict:
-    """Build a semi-empirical store of ``n`` rows (``config.binary_fraction`` SB2s) from the
-    real spectra in ``spectra`` (paths any catalogue reader reads) and the label table.
-
-    An existing store of the same inputs, configuration, ``n`` and ``chunk`` is resumed.
-
-    Returns
-    -------
-    dict
-        The factory's run summary plus ``inputs`` (counts of input spectra by status, the
-        too-noisy ones' source_ids) and ``splits`` (stars and highest S/N per split).
-    """
+def prepare(out: str | Path, spectra, labels_path: str | Path, config: SimulationConfig,
+            settings: SemiEmpiricalSettings | None = None, n: int = 10000, chunk: int = 5000,
+            split: SplitSpec | None = None, overwrite: bool = False, command: str = "",
+            main_sequence_table: str | Path = DEFAULT_MAIN_SEQUENCE_TABLE) -> dict:
+    """Read and check the inputs and create the store (or check that an existing one holds this
+    data set, to be resumed): everything before the rows are computed, so bad inputs fail before
+    a cluster starts. Returns the input counts and per-split star summary."""
     settings = settings or SemiEmpiricalSettings()
     split = split or SplitSpec()
     out = Path(out)
@@ -402,18 +394,44 @@ def build(out: str | Path, spectra, labels_path: str | Path, config: SimulationC
         raise ValueError(f"{out} was built from other input spectra or labels; pass "
                          "overwrite=True (--overwrite) to replace it")
     if not resume:
-        from ..simulate.simulator import simulator_for
+        from ..library import load_library
 
-        lib = simulator_for(config)[0]
+        lib = load_library(config.library)
         library = dict(name="semi-empirical", sha256=sha, provenance=dict(
             kind="semi-empirical", inputs_sha256=sha, continuum_library=lib.name,
             continuum_library_sha256=lib.provenance.get("sha256")))
         root = create_store(out, config, n, chunk, split, command, library,
                             extra=dict(semi_empirical=info))
         _write_inputs(root, inputs, stars, n, chunk)
-    summary = run_chunks(out, _write_rows, [str(out)], n, chunk, client, progress,
-                         desc="semi-empirical")
-    summary.update(inputs=dict(n=len(stars), **status_counts,
-                               too_noisy_source_ids=info["too_noisy_source_ids"]),
-                   splits=per_split)
-    return summary
+    return dict(inputs=dict(n=len(stars), **status_counts,
+                            too_noisy_source_ids=info["too_noisy_source_ids"]),
+                splits=per_split)
+
+
+def compute(out: str | Path, client=None, progress: bool = True) -> dict:
+    """Compute the unfinished chunks of a prepared store (:func:`prepare`), one Dask task each;
+    the factory's run summary."""
+    meta = store_metadata(out)
+    return run_chunks(Path(out), _write_rows, [str(out)], meta["n"], meta["chunk"], client,
+                      progress, desc="semi-empirical")
+
+
+def build(out: str | Path, spectra, labels_path: str | Path, config: SimulationConfig,
+          settings: SemiEmpiricalSettings | None = None, n: int = 10000, chunk: int = 5000,
+          client=None, split: SplitSpec | None = None, overwrite: bool = False,
+          progress: bool = True, command: str = "",
+          main_sequence_table: str | Path = DEFAULT_MAIN_SEQUENCE_TABLE) -> dict:
+    """Build a semi-empirical store of ``n`` rows (``config.binary_fraction`` SB2s) from the
+    real spectra in ``spectra`` (paths any catalogue reader reads) and the label table.
+
+    An existing store of the same inputs, configuration, ``n`` and ``chunk`` is resumed.
+
+    Returns
+    -------
+    dict
+        The factory's run summary plus ``inputs`` (counts of input spectra by status, the
+        too-noisy ones' source_ids) and ``splits`` (stars and highest S/N per split).
+    """
+    prepared = prepare(out, spectra, labels_path, config, settings, n, chunk, split, overwrite,
+                       command, main_sequence_table)
+    return {**compute(out, client, progress), **prepared}
