@@ -278,6 +278,10 @@ def test_mixed_training_records_the_mix(store, inputs, tmp_path):
     assert [m["n_validation"] for m in mix] == [3, 9]
     assert len(man["training_set"]["stores"]) == 2 and man["training_set"]["sha256"]
     assert man["training"]["config"]["mix"] == [1.0, 3.0]
+    only_first = fit(cfg.replace(mix=(1.0, 0.0)), [out, second], tmp_path / "first",
+                     progress=False)
+    mix = json.loads(Path(only_first["manifest"]).read_text())["training"]["mix"]
+    assert [m["n_train"] for m in mix] == [40, 0] and [m["n_validation"] for m in mix] == [12, 0]
     with pytest.raises(ValueError, match="mix has 2 fractions for 1 training stores"):
         fit(cfg, [out], tmp_path / "m2", progress=False)
     args = build_parser().parse_args(["train", "--store", "a", "--store", "b", "--mix", "1",

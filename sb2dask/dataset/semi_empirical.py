@@ -248,9 +248,12 @@ def prepare_stars(inputs: InputStars, config: SimulationConfig,
     logg_ms = np.interp(t["teff"].to_numpy(float), ms_teff, ms_logg)
     tol = np.maximum(settings.ms_logg_tolerance, 2.0 * np.nan_to_num(t["logg_err"].to_numpy()))
     on_ms = np.abs(t["logg"].to_numpy() - logg_ms) <= tol
-    f0, v0 = shift_onto_grid(inputs.wave, inputs.flux, inputs.sigma, config.wave,
-                             np.zeros(len(t)), settings.input_noise == "correlated")
-    snr = continuum_snr(f0, v0)
+    snr = np.empty(len(t))
+    for s in range(0, len(t), 4096):  # in blocks: (rows, pixels) float64 temporaries
+        f0, v0 = shift_onto_grid(inputs.wave, inputs.flux[s:s + 4096], inputs.sigma[s:s + 4096],
+                                 config.wave, np.zeros(len(t[s:s + 4096])),
+                                 settings.input_noise == "correlated")
+        snr[s:s + 4096] = continuum_snr(f0, v0)
     status = np.where(on_ms, STATUS_USED, STATUS_SINGLE_ONLY)
     status = np.where(~(snr >= config.snr_range[0]), STATUS_TOO_NOISY, status).astype(np.uint8)
     if settings.shared_stars:

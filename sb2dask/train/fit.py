@@ -208,16 +208,17 @@ def load_data(cfg: TrainConfig, store) -> tuple[SplitData, SplitData]:
     wave = None
     parts_tr, parts_va = [], []
     for k, s in enumerate(stores):
-        if not tr_n[k] and not va_n[k]:
-            continue
-        a = load_split(s, tr[k][: tr_n[k]], _FIELDS, frame=frame, wave=wave)
-        b = load_split(s, va[k][: va_n[k]], _FIELDS, frame=frame, wave=wave)
-        wave = a.wave if wave is None else wave
-        if len(stores) > 1:
-            a = replace(a, index=a.index + (k << MIX_INDEX_SHIFT))
-            b = replace(b, index=b.index + (k << MIX_INDEX_SHIFT))
-        parts_tr.append(a)
-        parts_va.append(b)
+        for rows, n_rows, parts in ((tr[k], tr_n[k], parts_tr), (va[k], va_n[k], parts_va)):
+            if not n_rows:  # a store the mix gives no rows of this split
+                continue
+            part = load_split(s, rows[:n_rows], _FIELDS, frame=frame, wave=wave)
+            wave = part.wave if wave is None else wave
+            if len(stores) > 1:
+                part = replace(part, index=part.index + (k << MIX_INDEX_SHIFT))
+            parts.append(part)
+    if not parts_tr or not parts_va:
+        raise ValueError(f"{', '.join(stores)}: the mix {cfg.mix} leaves no training or "
+                         "validation rows")
     train, val = _concat(parts_tr), _concat(parts_va)
     if cfg.target != "p_binary":
         train, val = _rows(train, train.labels["is_binary"]), _rows(val, val.labels["is_binary"])
