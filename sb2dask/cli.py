@@ -20,6 +20,7 @@ spectrum at a time, on Dask: a laptop, a GPU workstation or a SLURM/PBS cluster.
 
 Typical sequence (each step writes what the next one reads; `sb2dask COMMAND --help` for more):
   simulate  a training set of SB2 spectra into a Zarr store
+            (or semi-empirical: one made of real single-star spectra)
   train     the temperature, parameter and SB2-detector networks on it
   calibrate the label uncertainties on held-out spectra (calibration.json in the model directory)
   evaluate  the trained networks on the store's test split (the paper's tables and figures)
@@ -71,6 +72,8 @@ _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")  # seeds, indices
 _positive_float = _checked(float, lambda v: v > 0, "a positive number")
 _fraction = _checked(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+_non_negative_float = _checked(float, lambda v: v >= 0, "a number >= 0")
+_number = _checked(float, lambda v: True, "a number")
 
 
 def _memory_limit(text: str) -> str:
@@ -251,6 +254,41 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def _cmd_semi_empirical(args) -> int:
+    from .cluster import get_client
+    from .dataset.factory import SplitSpec
+    from .dataset.semi_empirical import compute, prepare
+    from .simulate.config import SimulationConfig
+    from .simulate.semi_empirical import SemiEmpiricalSettings, semi_empirical_realism
+
+    realism = semi_empirical_realism(
+        systemic_velocity=tuple(args.systemic_velocity),
+        noise_exponent=tuple(args.noise_exponent), noise_correlation=tuple(args.noise_correlation),
+        gap_fraction=args.gap_fraction)
+    cfg = SimulationConfig(library=args.library, seed=args.seed,
+                           binary_fraction=args.binary_fraction, snr_range=tuple(args.snr),
+                           k_sum_range=tuple(args.k_sum), output_grid=args.output_grid,
+                           realism=realism)
+    settings = SemiEmpiricalSettings(feh_sigma=args.feh_sigma,
+                                     ms_logg_tolerance=args.ms_logg_tolerance,
+                                     shared_stars=args.shared_stars, input_noise=args.input_noise,
+                                     velocity_label=args.velocity_label)
+    split = SplitSpec(*args.split) if args.split else SplitSpec()
+    # inputs read and checked before any worker starts: bad inputs fail in seconds
+    prepared = prepare(args.out, args.spectra, args.labels, cfg, settings, n=args.n,
+                       chunk=args.chunk, split=split, overwrite=args.overwrite,
+                       command=_command_line(args), main_sequence_table=args.main_sequence_table)
+    with get_client(**_cluster_kwargs(args)) as client:
+        summary = {**compute(args.out, client, progress=not args.no_progress), **prepared}
+    print(json.dumps(summary, indent=1))
+    noisy = summary["inputs"]["too noisy for the requested S/N"]
+    if noisy:
+        print(f"sb2dask semi-empirical: note: {noisy} of {summary['inputs']['n']} input "
+              f"spectra are too noisy for S/N >= "
+              f"{args.snr[0]:g} and were not used", file=sys.stderr)
+    return 0
+
+
 def _cmd_train(args) -> int:
     from .cluster import get_client
     from .train.config import TrainConfig
@@ -266,11 +304,23 @@ def _cmd_train(args) -> int:
     base = base.replace(**changes) if changes else base
     targets = tuple(args.targets)
     per_target: dict = {}
+    for flag, stores, mix in (("--mix", args.store, args.mix),
+                              ("--detector-mix", args.detector_store, args.detector_mix)):
+        if mix is not None and len(mix) != len(stores or []):
+            raise ValueError(f"{flag} gives {len(mix)} fractions for {len(stores or [])} stores")
+    if args.mix is not None:
+        for target in targets:
+            per_target.setdefault(target, {})["mix"] = tuple(args.mix)
+    if args.detector_mix is not None:
+        per_target.setdefault("p_binary", {})["mix"] = tuple(args.detector_mix)
     for target, field, value in args.set or []:
         per_target.setdefault(target, {})[field] = value
+    store = args.store[0] if len(args.store) == 1 else args.store
+    detector = (None if not args.detector_store else args.detector_store[0]
+                if len(args.detector_store) == 1 else args.detector_store)
     with get_client(**_cluster_kwargs(args)) as client:
-        results = train_all(args.store, args.out, client, base, ensemble=args.ensemble,
-                            targets=targets, detector_store=args.detector_store,
+        results = train_all(store, args.out, client, base, ensemble=args.ensemble,
+                            targets=targets, detector_store=detector,
                             progress=not args.no_progress, per_target=per_target)
     print(json.dumps(results, indent=1, default=str))
     return 0
@@ -465,8 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
         return parent.add_parser(name, parents=[common], **kw)
 
     # in the order of `sb2dask --help`
-    for add in (_add_library_parsers, _add_simulate_parser, _add_train_parser,
-                _add_calibrate_parser, _add_infer_parser,
+    for add in (_add_library_parsers, _add_simulate_parser, _add_semi_empirical_parser,
+                _add_train_parser, _add_calibrate_parser, _add_infer_parser,
                 _add_mock_parser, _add_evaluate_parser, _add_real_sky_parser,
                 _add_compare_dpac_parser, _add_demo_parser, _add_figures_parser):
         add(sub, command)
@@ -530,15 +580,86 @@ def _add_simulate_parser(sub, command: _Command) -> None:
     p.set_defaults(func=_cmd_simulate)
 
 
+def _add_semi_empirical_parser(sub, command: _Command) -> None:
+    """``semi-empirical``: a training store of SB2s and singles made of real spectra."""
+    from .dataset.semi_empirical import DEFAULT_MAIN_SEQUENCE_TABLE
+    from .simulate.config import DEFAULT_OUTPUT_GRID, OUTPUT_GRIDS
+
+    p = command(sub, "semi-empirical",
+                help="a training store of SB2s (and singles) made of real single-star spectra",
+                description="Pair real single-star spectra (any format infer reads) with labels "
+                            "(source_id join), move each star by an orbit, combine by light "
+                            "ratio, bring the noise to the requested S/N, and write a store "
+                            "that `sb2dask train` takes (docs/semi-empirical.md).")
+    p.add_argument("spectra", nargs="+", help="files of real single-star spectra")
+    p.add_argument("--labels", required=True,
+                   help="label table (CSV/Parquet/FITS/ECSV): source_id, teff, logg, feh, "
+                        "feh_err, vsini or vbroad, optional errors (GALAH/APOGEE names work)")
+    p.add_argument("--out", required=True, help="output Zarr directory")
+    p.add_argument("--n", type=_positive_int, default=20000, help="rows (default 20000)")
+    p.add_argument("--chunk", type=_positive_int, default=5000,
+                   help="rows per chunk/task (default 5000)")
+    p.add_argument("--binary-fraction", type=_fraction, default=0.5,
+                   help="fraction of SB2 rows, the rest single stars (default 0.5)")
+    p.add_argument("--snr", type=_positive_float, nargs=2, metavar=("MIN", "MAX"),
+                   default=(30.0, 350.0), help="requested continuum S/N range (default 30 350); "
+                   "inputs below MIN are not used, and counted")
+    p.add_argument("--k-sum", type=_non_negative_float, nargs=2, metavar=("MIN", "MAX"),
+                   default=(10.0, 90.0), help="K1+K2 range [km/s] (default 10 90)")
+    p.add_argument("--systemic-velocity", type=_number, nargs=2, metavar=("MIN", "MAX"),
+                   default=(-300.0, 300.0), help="systemic velocity range [km/s] (default "
+                   "-300 300, as the realistic recipe)")
+    p.add_argument("--noise-exponent", type=_non_negative_float, nargs=2, default=(0.0, 0.5),
+                   metavar=("MIN", "MAX"), help="alpha of sigma ~ flux^alpha (default 0 0.5)")
+    p.add_argument("--noise-correlation", type=_non_negative_float, nargs=2, default=(0.0, 1.2),
+                   metavar=("MIN", "MAX"), help="noise correlation length [pixels] (default 0 1.2)")
+    p.add_argument("--gap-fraction", type=_fraction, default=0.05,
+                   help="fraction of rows with a run of missing pixels (default 0.05)")
+    p.add_argument("--feh-sigma", type=_non_negative_float, default=2.0,
+                   help="a pair's [Fe/H] must agree within this many combined sigma (default 2)")
+    p.add_argument("--ms-logg-tolerance", type=_non_negative_float, default=0.3,
+                   help="[dex] distance from the dwarf sequence's logg for SB2 components "
+                        "(default 0.3)")
+    p.add_argument("--shared-stars", action="store_true",
+                   help="every split draws from every star (default: disjoint stars per split)")
+    p.add_argument("--input-noise", choices=["correlated", "white"], default="correlated",
+                   help="how the inputs' errors propagate through resampling (default "
+                        "correlated, as Gaia spectra)")
+    p.add_argument("--velocity-label", choices=["vsini", "vbroad"], default="vsini",
+                   help="label column stored as vsini (default vsini)")
+    p.add_argument("--output-grid", choices=sorted(OUTPUT_GRIDS), default=DEFAULT_OUTPUT_GRID,
+                   help=f"output pixels (default {DEFAULT_OUTPUT_GRID})")
+    p.add_argument("--library", default="embedded",
+                   help="library whose continuum fluxes give the light ratios (default embedded)")
+    p.add_argument("--main-sequence-table", default=str(DEFAULT_MAIN_SEQUENCE_TABLE),
+                   help="Pecaut & Mamajek dwarf table (Teff, logL, Msun)")
+    p.add_argument("--seed", type=_non_negative_int, default=20261130)
+    p.add_argument("--split", type=_fraction, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
+                   default=None, help="split fractions (default 0.75 0.15 0.10)")
+    p.add_argument("--overwrite", action="store_true", help="replace a different existing store")
+    p.add_argument("--no-progress", action="store_true")
+    _add_cluster_options(p)
+    p.set_defaults(func=_cmd_semi_empirical)
+
+
 def _add_train_parser(sub, command: _Command) -> None:
     """``train``: the temperature, parameter and detector networks."""
     p = command(sub, "train", help="train the temperature, parameter and detector networks")
-    p.add_argument("--store", required=True, help="simulated SB2 training set (Zarr)")
+    p.add_argument("--store", required=True, action="append",
+                   help="SB2 training set (Zarr: sb2dask simulate or semi-empirical); repeat to "
+                        "train on several together (see --mix)")
     p.add_argument("--out", default="models", help="output directory for models and checkpoints")
     p.add_argument("--targets", nargs="+", default=["teff", "logg", "feh", "vsini"],
                    choices=["teff", "logg", "feh", "vsini"])
-    p.add_argument("--detector-store", default=None,
-                   help="store with singles and SB2s to train the SB2 detector on")
+    p.add_argument("--detector-store", default=None, action="append",
+                   help="store with singles and SB2s to train the SB2 detector on; repeat to "
+                        "train on several together (see --detector-mix)")
+    p.add_argument("--mix", type=_non_negative_float, nargs="+", default=None, metavar="F",
+                   help="with several --store: the fraction of training rows from each, in "
+                        "order (default: in proportion to their sizes); recorded in the "
+                        "manifests")
+    p.add_argument("--detector-mix", type=_non_negative_float, nargs="+", default=None,
+                   metavar="F", help="the same for several --detector-store")
     p.add_argument("--ensemble", type=_positive_int, default=1,
                    help="members per target (default 1)")
     p.add_argument("--config", default=None, help="YAML file of TrainConfig fields")

@@ -33,11 +33,19 @@ from ..simulate.config import SimulationConfig
 from ..simulate.simulator import simulator_for
 
 __all__ = ["FORMAT_VERSION", "SplitSpec", "generate", "simulate_chunk", "measure_rv_bulk",
-           "chunk_status", "store_metadata"]
+           "chunk_status", "store_metadata", "create_store", "check_existing", "run_chunks",
+           "blosc"]
 
 #: 2: completion records in the ``chunk_sha256`` array (1: files in ``.sb2dask-done/``).
 FORMAT_VERSION = 2
 SPLIT_NAMES = ("train", "validation", "test")
+
+
+def blosc():
+    """The compressor of every row-chunked array of a store."""
+    import zarr
+
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,16 +90,17 @@ def measure_rv_bulk(wave: np.ndarray, flux: np.ndarray) -> np.ndarray:
     return rv
 
 
-def _write_chunk(out: str, config_dict: dict, c: int, chunk: int, n: int) -> dict:
+def _write_chunk(out: str, config_dict: dict, c: int) -> dict:
     """Dask task: simulate chunk ``c`` and write it into every array, then its record."""
     import zarr
 
     config = SimulationConfig.from_dict(config_dict)
-    start, stop = c * chunk, min(n, (c + 1) * chunk)
+    root = zarr.open_group(out, mode="r+")
+    meta = root.attrs["sb2dask"]
+    start, stop = c * meta["chunk"], min(meta["n"], (c + 1) * meta["chunk"])
     t0 = time.perf_counter()
     flux, labels = simulate_chunk(config, start, stop)
     t1 = time.perf_counter()
-    root = zarr.open_group(out, mode="r+")
     root["flux"][start:stop] = flux
     for name, values in labels.items():
         root["labels"][name][start:stop] = values
@@ -120,14 +129,25 @@ def store_metadata(out: str | Path) -> dict:
 
 def _create_store(out: Path, config: SimulationConfig, n: int, chunk: int, split: SplitSpec,
                   command: str) -> None:
+    lib, _, _ = simulator_for(config)
+    lib_prov = lib.provenance
+    create_store(out, config, n, chunk, split, command,
+                 library=dict(name=lib.name, sha256=lib_prov.get("sha256"),
+                              provenance=lib_prov))
+
+
+def create_store(out: Path, config: SimulationConfig, n: int, chunk: int, split: SplitSpec,
+                 command: str, library: dict, extra: dict | None = None):
+    """Create an empty store of ``n`` rows in ``chunk``-row chunks: every array of the layout
+    above, the split, and the root attributes (``config``, counts, label units, provenance with
+    ``library``: name, sha256, provenance; ``extra`` is merged into the attributes). Returns the
+    open Zarr group, so a builder can add its own arrays."""
     import zarr
 
     from ..simulate.systems import LABEL_FIELDS
 
-    lib, _, _ = simulator_for(config)
     wave = config.wave
     counts = split.counts(n)
-    lib_prov = lib.provenance
     meta = dict(
         format_version=FORMAT_VERSION, n=n, chunk=chunk, config=config.to_dict(),
         split=dict(zip(SPLIT_NAMES, counts)),
@@ -136,24 +156,78 @@ def _create_store(out: Path, config: SimulationConfig, n: int, chunk: int, split
         provenance=dict(created=utc_now(),
                         command=command,
                         versions=package_versions("scipy", "zarr", "dask", "distributed"),
-                        library=dict(name=lib.name, sha256=lib_prov.get("sha256"),
-                                     provenance=lib_prov)),
+                        library=library),
+        **(extra or {}),
     )
     root = zarr.open_group(str(out), mode="w", attributes=dict(sb2dask=meta))
-    blosc = zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+    codec = blosc()
     root.create_array("flux", shape=(n, len(wave)), chunks=(chunk, len(wave)), dtype="f4",
-                      compressors=[blosc], attributes=dict(units="", description=(
+                      compressors=[codec], attributes=dict(units="", description=(
                           "continuum-normalised observed flux")))
     root.create_array("wave", shape=wave.shape, dtype="f8", compressors=None,
                       attributes=dict(units="Angstrom", description="air wavelength"))[...] = wave
     sp = np.repeat(np.arange(3, dtype=np.uint8), counts)
-    root.create_array("split", shape=(n,), chunks=(chunk,), dtype="u1", compressors=[blosc],
+    root.create_array("split", shape=(n,), chunks=(chunk,), dtype="u1", compressors=[codec],
                       attributes=dict(values=dict(enumerate(SPLIT_NAMES))))[...] = sp
     labels = root.create_group("labels")
     for name, (shape, dtype, unit, desc) in LABEL_FIELDS.items():
         labels.create_array(name, shape=(n,) + shape, chunks=(chunk,) + shape, dtype=dtype,
-                            compressors=[blosc], attributes=dict(units=unit, description=desc))
+                            compressors=[codec], attributes=dict(units=unit, description=desc))
     create_records(root, -(-n // chunk))
+    return root
+
+
+def check_existing(out: Path, want: tuple, overwrite: bool) -> bool:
+    """True when ``out`` already holds the data set described by ``want`` (config, n, chunk,
+    split) and is to be resumed; False when it is to be created; raises for a different one."""
+    if not (out / "zarr.json").exists() or overwrite:
+        return False
+    existing = store_metadata(out)
+    have = (existing["config"], existing["n"], existing["chunk"], existing["split"])
+    if want != have:
+        raise ValueError(f"{out} holds a different data set (config, n, chunk or split "
+                         "differ); pass overwrite=True (--overwrite) to replace it")
+    return True
+
+
+def run_chunks(out: Path, task, args: list, n: int, chunk: int, client=None,
+               progress: bool = True, desc: str = "simulate") -> dict:
+    """Compute the unfinished chunks of the store ``out``, one Dask task per chunk:
+    ``task(*args, c)`` writes chunk ``c`` and its completion record and returns a dict with
+    ``n`` (rows written). A ``LocalCluster`` is started when ``client`` is None.
+
+    Returns
+    -------
+    dict
+        ``n_chunks``, ``computed`` (chunks computed by this call), ``skipped``, ``seconds``,
+        ``spectra_per_s`` (of the computed chunks).
+    """
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    n_chunks, done = chunk_status(out)
+    todo = sorted(set(range(n_chunks)) - set(done))
+    t0 = time.perf_counter()
+    own_client = client is None
+    if own_client and todo:
+        from ..cluster import get_client
+
+        client = get_client("local")
+    try:
+        if todo:
+            k = len(todo)
+            futures = client.map(task, *[[a] * k for a in args], todo, pure=False, retries=3)
+            with tqdm(total=n, initial=len(done) * chunk if done else 0, unit="spectra",
+                      desc=desc, disable=not progress, file=sys.stderr) as bar:
+                for fut in as_completed(futures):
+                    bar.update(fut.result()["n"])
+    finally:
+        if own_client and client is not None:
+            client.close()
+    seconds = time.perf_counter() - t0
+    n_new = sum(min(n, (c + 1) * chunk) - c * chunk for c in todo)
+    return dict(n_chunks=n_chunks, computed=len(todo), skipped=len(done), seconds=seconds,
+                spectra_per_s=n_new / seconds if seconds > 0 and n_new else 0.0)
 
 
 def generate(out: str | Path, config: SimulationConfig, n: int, chunk: int = 10000,
@@ -170,44 +244,12 @@ def generate(out: str | Path, config: SimulationConfig, n: int, chunk: int = 100
         ``n_chunks``, ``computed`` (chunks computed by this call), ``skipped``, ``seconds``,
         ``spectra_per_s`` (of the computed chunks).
     """
-    from distributed import as_completed
-    from tqdm.auto import tqdm
-
     out = Path(out)
     split = split or SplitSpec()
     if n <= 0 or chunk <= 0:
         raise ValueError(f"n and chunk must be positive, got n={n}, chunk={chunk}")
-    existing = None
-    if (out / "zarr.json").exists() and not overwrite:
-        existing = store_metadata(out)
-        want = (config.to_dict(), n, chunk, dict(zip(SPLIT_NAMES, split.counts(n))))
-        have = (existing["config"], existing["n"], existing["chunk"], existing["split"])
-        if want != have:
-            raise ValueError(f"{out} holds a different data set (config, n, chunk or split "
-                             "differ); pass overwrite=True (--overwrite) to replace it")
-    if existing is None:
+    want = (config.to_dict(), n, chunk, dict(zip(SPLIT_NAMES, split.counts(n))))
+    if not check_existing(out, want, overwrite):
         _create_store(out, config, n, chunk, split, command)
-    n_chunks, done = chunk_status(out)
-    todo = sorted(set(range(n_chunks)) - set(done))
-    t0 = time.perf_counter()
-    own_client = client is None
-    if own_client and todo:
-        from ..cluster import get_client
-
-        client = get_client("local")
-    try:
-        if todo:
-            k = len(todo)
-            futures = client.map(_write_chunk, [str(out)] * k, [config.to_dict()] * k, todo,
-                                 [chunk] * k, [n] * k, pure=False, retries=3)
-            with tqdm(total=n, initial=len(done) * chunk if done else 0, unit="spectra",
-                      desc="simulate", disable=not progress, file=sys.stderr) as bar:
-                for fut in as_completed(futures):
-                    bar.update(fut.result()["n"])
-    finally:
-        if own_client and client is not None:
-            client.close()
-    seconds = time.perf_counter() - t0
-    n_new = sum(min(n, (c + 1) * chunk) - c * chunk for c in todo)
-    return dict(n_chunks=n_chunks, computed=len(todo), skipped=len(done), seconds=seconds,
-                spectra_per_s=n_new / seconds if seconds > 0 and n_new else 0.0)
+    return run_chunks(out, _write_chunk, [str(out), config.to_dict()], n, chunk, client,
+                      progress)

@@ -17,7 +17,7 @@ from .config import SimulationConfig
 from .orbits import k_sum_max, radial_velocities, semi_amplitudes
 from .realism import NUISANCE_FIELDS, draw_realism
 
-__all__ = ["LABEL_FIELDS", "GridSampler", "spectrum_seed", "draw_systems"]
+__all__ = ["LABEL_FIELDS", "GridSampler", "Orbit", "spectrum_seed", "draw_orbit", "draw_systems"]
 
 #: Per-spectrum fields produced by :func:`draw_systems`: name -> (shape suffix, dtype, unit,
 #: description). ``(2,)`` fields hold (cooler, hotter) components; for single stars the second
@@ -99,6 +99,25 @@ class GridSampler:
         """(mass, radius, continuum at 8600 Å) of a star, interpolated like its spectrum."""
         return (1.0 - star.w) * self.props[star.lo] + star.w * self.props[star.hi]
 
+    def properties_at(self, teff: float, logg: float, feh: float) -> np.ndarray:
+        """(mass, radius, continuum at 8600 Å) at labels that need not lie on the grid (a real
+        star's): linear in Teff between the bracketing nodes (clipped to the grid) at the
+        nearest (logg, [Fe/H]) nodes where both exist, as a one-axis interpolation of the
+        sampler's node table."""
+        t_nodes, g_nodes, f_nodes = self.nodes
+        j0, j1, w = self._bracket(0, float(np.clip(teff, t_nodes[0], t_nodes[-1])))
+        g_scale = np.ptp(g_nodes) or 1.0
+        f_scale = np.ptp(f_nodes) or 1.0
+        dist = (np.abs(g_nodes[:, None] - logg) / g_scale) ** 2 + (
+            np.abs(f_nodes[None, :] - feh) / f_scale) ** 2
+        both = self.available[j0] & self.available[j1]
+        if not both.any():
+            raise ValueError(f"the library has no (logg, [Fe/H]) node at both Teff nodes "
+                             f"around {teff:.0f} K")
+        dist = np.where(both, dist, np.inf)
+        g, f = np.unravel_index(int(np.argmin(dist)), dist.shape)
+        return (1.0 - w) * self.props[j0, g, f] + w * self.props[j1, g, f]
+
     def _bracket(self, axis: int, value: float) -> tuple[int, int, float]:
         nodes = self.nodes[axis]
         j = int(np.clip(np.searchsorted(nodes, value, side="right") - 1, 0, len(nodes) - 1))
@@ -126,6 +145,45 @@ class GridSampler:
                 return _Star(values[0], values[1], values[2], axis, tuple(lo_idx), tuple(hi_idx),
                              w)
         raise RuntimeError("could not draw a star inside the library's coverage; check the ranges")
+
+
+@dataclass(frozen=True)
+class Orbit:
+    """A circular orbit drawn for one SB2 at one epoch (km/s, days, degrees); ``k`` and ``rv``
+    are ordered like the masses passed to :func:`draw_orbit`."""
+
+    k_sum: float
+    period: float
+    inclination: float
+    phase: float
+    k: tuple[float, float]
+    rv: tuple[float, float]
+
+    @property
+    def rv_separation(self) -> float:
+        return abs(self.rv[0] - self.rv[1])
+
+
+def draw_orbit(rng: np.random.Generator, config: SimulationConfig, m1: float, m2: float,
+               gamma: float) -> Orbit:
+    """K1+K2 uniform in ``config.k_sum_range``, the period log-uniform in ``config.period_range``
+    (redrawn until sin i <= 1 for the total mass ``m1 + m2`` [M_sun]), the epoch's phase uniform;
+    the components' RVs around ``gamma`` [km/s]. The draws come from ``rng`` in this order (the
+    simulated data sets depend on it)."""
+    k_sum = rng.uniform(*config.k_sum_range)
+    m_tot = m1 + m2
+    for _ in range(10000):
+        period = np.exp(rng.uniform(*np.log(config.period_range)))
+        sin_i = k_sum / k_sum_max(m_tot, period)
+        if sin_i <= 1.0:
+            break
+    else:
+        raise RuntimeError(f"no period in {config.period_range} d reaches K1+K2={k_sum}")
+    phase = rng.random()
+    k1, k2 = semi_amplitudes(k_sum, m1, m2)
+    rv1, rv2 = radial_velocities(k1, k2, phase, gamma)
+    return Orbit(float(k_sum), float(period), float(np.degrees(np.arcsin(sin_i))), float(phase),
+                 (float(k1), float(k2)), (float(rv1), float(rv2)))
 
 
 def draw_systems(library: SpectralLibrary, config: SimulationConfig, index: np.ndarray,
@@ -175,22 +233,12 @@ def draw_systems(library: SpectralLibrary, config: SimulationConfig, index: np.n
         lum = np.array([p[1] ** 2 * p[2] for p in props])
         frac = lum / lum.sum()
         if binary:
-            k_sum = rng.uniform(*config.k_sum_range)
-            m_tot = masses[0] + masses[1]
-            for _ in range(10000):
-                period = np.exp(rng.uniform(*np.log(config.period_range)))
-                sin_i = k_sum / k_sum_max(m_tot, period)
-                if sin_i <= 1.0:
-                    break
-            else:
-                raise RuntimeError(f"no period in {config.period_range} d reaches K1+K2={k_sum}")
-            phase = rng.random()
-            k1, k2 = semi_amplitudes(k_sum, masses[0], masses[1])
-            rv1, rv2 = radial_velocities(k1, k2, phase, gamma)
-            rvs, ks = [float(rv1), float(rv2)], [float(k1), float(k2)]
-            out["k_sum"][r], out["period"][r] = k_sum, period
-            out["inclination"][r] = np.degrees(np.arcsin(sin_i))
-            out["phase"][r], out["rv_separation"][r] = phase, abs(rv1 - rv2)
+            orbit = draw_orbit(rng, config, masses[0], masses[1], gamma)
+            phase = orbit.phase
+            rvs, ks = list(orbit.rv), list(orbit.k)
+            out["k_sum"][r], out["period"][r] = orbit.k_sum, orbit.period
+            out["inclination"][r] = orbit.inclination
+            out["phase"][r], out["rv_separation"][r] = phase, orbit.rv_separation
         else:
             rvs, ks = [gamma], [0.0]
         out["snr"][r] = rng.uniform(*config.snr_range)  # drawn always: the stream stays put

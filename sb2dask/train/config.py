@@ -47,6 +47,11 @@ class TrainConfig(ConfigMixin):
         ``"2d"`` (Conv2d 1×k, channels-last: fastest on CPU) or ``"1d"``; same function.
     threads : int or None
         ``torch.set_num_threads`` for CPU training (None: leave as is).
+    mix : tuple of float or None
+        With several training stores (synthetic and semi-empirical, say), the fraction of the
+        training and validation rows drawn from each, in the stores' order (normalised; the
+        total is ``max_train`` / ``max_validation`` or all rows). None: every store's rows, in
+        proportion to its size. Recorded in the model manifests (``training["mix"]``).
     """
 
     target: str = "teff"
@@ -68,6 +73,7 @@ class TrainConfig(ConfigMixin):
     layout: str = "2d"
     device: str = "auto"
     threads: int | None = None
+    mix: tuple[float, ...] | None = None
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -79,6 +85,12 @@ class TrainConfig(ConfigMixin):
         if self.early_stopping is not None and self.early_stopping < 1:
             raise ValueError(f"early_stopping must be None or at least 1 epoch, got "
                              f"{self.early_stopping!r}")
+        if self.mix is not None:
+            mix = tuple(float(m) for m in self.mix)
+            if not mix or min(mix) < 0 or sum(mix) <= 0:
+                raise ValueError(f"mix must be non-negative fractions, one per store, not all "
+                                 f"zero; got {self.mix!r}")
+            object.__setattr__(self, "mix", mix)
         for name in ("label_range", "temperature_range"):
             v = getattr(self, name)
             if v is not None:

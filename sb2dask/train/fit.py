@@ -30,7 +30,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..dataset.factory import store_metadata
-from ..dataset.store import SplitData, load_split, split_indices, store_fingerprint
+from ..dataset.store import (
+    SplitData,
+    load_split,
+    split_indices,
+    store_fingerprint,
+    store_frame,
+)
 from ..devices import resolve_device
 from ..fileio import atomic_path, atomic_write_json, file_sha256
 from ..labels import PARAMETERS, UNITS
@@ -49,7 +55,8 @@ from ..stats import roc_auc
 from .config import PARAMETER_TARGETS, TrainConfig
 
 __all__ = ["ARCHITECTURE", "FitData", "Learner", "build_learner", "build_manifest", "fit",
-           "fit_inputs", "label_limits", "load_data", "logg_max_by_teff", "resume", "run_epoch",
+           "fit_inputs", "label_limits", "load_data", "training_mix", "training_set_fingerprint",
+           "training_stores", "MIX_INDEX_SHIFT", "logg_max_by_teff", "resume", "run_epoch",
            "save_checkpoint", "save_temperature_feature_statistics", "temperature_inputs",
            "train_epoch", "training_loss", "validation_loss", "validation_metrics",
            "warmup_cosine"]
@@ -150,23 +157,105 @@ def _rows(data: SplitData, keep: np.ndarray) -> SplitData:
                      data.index[keep], data.wave, data.frame)
 
 
-def load_data(cfg: TrainConfig, store: str | Path) -> tuple[SplitData, SplitData]:
+#: Rows of the ``k``-th store of a mix carry global indices ``k << MIX_INDEX_SHIFT`` + row, so
+#: that rows of different stores never share an index (the temperature cache keys on them).
+MIX_INDEX_SHIFT = 40
+
+
+def training_stores(store) -> list[str]:
+    """The training store(s) as a list of paths: one path, or several (a mix)."""
+    return [str(store)] if isinstance(store, (str, Path)) else [str(s) for s in store]
+
+
+def _mix_counts(cfg: TrainConfig, available: list[int], limit: int | None) -> list[int]:
+    """Rows taken from each store: ``limit`` (default: all rows) shared by ``cfg.mix``
+    (default: in proportion to each store's rows), at most what a store has."""
+    total = limit or sum(available)
+    weights = np.asarray(cfg.mix if cfg.mix is not None else available, float)
+    want = np.floor(total * weights / weights.sum() + 0.5).astype(np.int64)
+    return [int(min(a, w)) for a, w in zip(available, want)]
+
+
+def _concat(parts: list[SplitData]) -> SplitData:
+    if len(parts) == 1:
+        return parts[0]
+    keys = parts[0].labels.keys()
+    return SplitData(np.concatenate([p.flux for p in parts]),
+                     {k: np.concatenate([p.labels[k] for p in parts]) for k in keys},
+                     np.concatenate([p.index for p in parts]), parts[0].wave, parts[0].frame)
+
+
+def load_data(cfg: TrainConfig, store) -> tuple[SplitData, SplitData]:
     """The training and validation rows of ``cfg.member`` (at most ``max_train`` /
-    ``max_validation``), in RAM; the SB2 models (all but the detector) keep binaries only."""
-    tr_idx = split_indices(store, "train", cfg.member, cfg.validation_folds)
-    va_idx = split_indices(store, "validation", cfg.member, cfg.validation_folds)
-    if cfg.max_train:
-        tr_idx = tr_idx[: cfg.max_train]
-    if cfg.max_validation:
-        va_idx = va_idx[: cfg.max_validation]
-    train, val = load_split(store, tr_idx, _FIELDS), load_split(store, va_idx, _FIELDS)
+    ``max_validation``), in RAM; the SB2 models (all but the detector) keep binaries only.
+
+    ``store`` is one store or a list of them (a mix, shared as ``cfg.mix`` says): every store is
+    read in the first one's frame and onto its pixel grid.
+    """
+    stores = training_stores(store)
+    if cfg.mix is not None and len(cfg.mix) != len(stores):
+        raise ValueError(f"mix has {len(cfg.mix)} fractions for {len(stores)} training stores "
+                         f"({', '.join(stores)})")
+    tr = [split_indices(s, "train", cfg.member, cfg.validation_folds) for s in stores]
+    va = [split_indices(s, "validation", cfg.member, cfg.validation_folds) for s in stores]
+    if len(stores) == 1 and cfg.mix is None:
+        tr_n = [cfg.max_train or len(tr[0])]
+        va_n = [cfg.max_validation or len(va[0])]
+    else:
+        tr_n = _mix_counts(cfg, [len(i) for i in tr], cfg.max_train)
+        va_n = _mix_counts(cfg, [len(i) for i in va], cfg.max_validation)
+    frame = store_frame(stores[0])
+    wave = None
+    parts_tr, parts_va = [], []
+    for k, s in enumerate(stores):
+        for rows, n_rows, parts in ((tr[k], tr_n[k], parts_tr), (va[k], va_n[k], parts_va)):
+            if not n_rows:  # a store the mix gives no rows of this split
+                continue
+            part = load_split(s, rows[:n_rows], _FIELDS, frame=frame, wave=wave)
+            wave = part.wave if wave is None else wave
+            if len(stores) > 1:
+                part = replace(part, index=part.index + (k << MIX_INDEX_SHIFT))
+            parts.append(part)
+    if not parts_tr or not parts_va:
+        raise ValueError(f"{', '.join(stores)}: the mix {cfg.mix} leaves no training or "
+                         "validation rows")
+    train, val = _concat(parts_tr), _concat(parts_va)
     if cfg.target != "p_binary":
         train, val = _rows(train, train.labels["is_binary"]), _rows(val, val.labels["is_binary"])
     if len(train.flux) == 0 or len(val.flux) == 0:
-        raise ValueError(f"{store}: no usable training or validation spectra for {cfg.target} "
-                         f"({len(train.flux)} training, {len(val.flux)} validation rows"
-                         f"{'' if cfg.target == 'p_binary' else ' that are binaries'})")
+        raise ValueError(f"{', '.join(stores)}: no usable training or validation spectra for "
+                         f"{cfg.target} ({len(train.flux)} training, {len(val.flux)} validation "
+                         f"rows{'' if cfg.target == 'p_binary' else ' that are binaries'})")
     return train, val
+
+
+def training_mix(cfg: TrainConfig, store, data: FitData) -> list[dict]:
+    """Per training store: its fingerprint, the requested fraction and the rows it gave to
+    training and validation (the record of a mix in the model manifests)."""
+    stores = training_stores(store)
+    tr_k = data.train.index >> MIX_INDEX_SHIFT if len(stores) > 1 else np.zeros(
+        len(data.train.index), np.int64)
+    va_k = data.val.index >> MIX_INDEX_SHIFT if len(stores) > 1 else np.zeros(
+        len(data.val.index), np.int64)
+    out = []
+    for k, s in enumerate(stores):
+        fp = store_fingerprint(s)
+        out.append(dict(store=fp["path"], sha256=fp["sha256"],
+                        library=store_metadata(s)["provenance"]["library"]["name"],
+                        fraction=None if cfg.mix is None else cfg.mix[k] / sum(cfg.mix),
+                        n_train=int(np.sum(tr_k == k)), n_validation=int(np.sum(va_k == k))))
+    return out
+
+
+def training_set_fingerprint(store) -> dict:
+    """:func:`~sb2dask.dataset.store.store_fingerprint` of one store; for a mix, the stores'
+    fingerprints and a SHA-256 over theirs (``sha256``, what inference reports)."""
+    stores = training_stores(store)
+    if len(stores) == 1:
+        return store_fingerprint(stores[0])
+    fps = [store_fingerprint(s) for s in stores]
+    h = hashlib.sha256("".join(f["sha256"] for f in fps).encode()).hexdigest()
+    return dict(sha256=h, n=sum(f["n"] for f in fps), stores=fps)
 
 
 def _targets(cfg: TrainConfig, data: SplitData, scaling: LabelScaling | None) -> np.ndarray:
@@ -273,7 +362,8 @@ def resume(cfg: TrainConfig, ckpt_dir: Path, learner: Learner) -> dict:
                     config=cfg.to_dict())
     prev = json.loads(state_json.read_text())
     # The budget (epochs) may be extended on resume; everything else must match.
-    if {**prev["config"], "epochs": cfg.epochs} != cfg.to_dict():
+    # settings added later (mix) read as their defaults in older checkpoints
+    if {"mix": None, **prev["config"], "epochs": cfg.epochs} != cfg.to_dict():
         raise ValueError(f"{state_json}: checkpoint of a different configuration; remove "
                          f"{ckpt_dir} or use another output directory")
     load_canonical_state_dict(learner.model, load_file(str(weights)))
@@ -431,18 +521,19 @@ def build_manifest(cfg: TrainConfig, store: str | Path, data: FitData,
     """The manifest saved with the best model (its ``metrics`` are added per epoch): the
     target's scalings, the training set's identity, and the label space it covers."""
     train = data.train
-    snr_range = store_metadata(store)["config"]["snr_range"]
+    ranges = [store_metadata(s)["config"]["snr_range"] for s in training_stores(store)]
+    snr_range = [min(r[0] for r in ranges), max(r[1] for r in ranges)]
     return ModelManifest(
         name=cfg.name, target=cfg.target, architecture=ARCHITECTURE[cfg.target],
         wave=tuple(train.wave), scaling=data.scaling,
         temperature_scaling=data.temperature_scaling if data.t_train is not None else None,
-        member=cfg.member, seed=cfg.seed, training_set=store_fingerprint(store),
+        member=cfg.member, seed=cfg.seed, training_set=training_set_fingerprint(store),
         training=dict(config=cfg.to_dict(), frame=data.train.frame, n_train=len(data.y_train),
                       n_validation=len(data.y_val),
                       temperature_models=[str(p) for p in temperature_models],
                       label_limits=label_limits(train.labels),
                       logg_max_by_teff=logg_max_by_teff(train.labels),
-                      snr_range=list(snr_range)))
+                      snr_range=list(snr_range), mix=training_mix(cfg, store, data)))
 
 
 def save_temperature_feature_statistics(manifest_path: Path, flux: np.ndarray, layout: str,
@@ -466,7 +557,7 @@ def fit(cfg: TrainConfig, store: str | Path, out_dir: str | Path, progress: bool
     Parameters
     ----------
     cfg : TrainConfig
-    store : path of the simulated Zarr training set
+    store : path of the simulated Zarr training set, or a list of them (a mix: ``cfg.mix``)
     out_dir : where models (``NAME.json`` / ``NAME.safetensors``) and ``checkpoints/`` go
     temperature_models : manifest paths of the temperature model(s) for parameter models
         (default: ``cfg.temperature_model``)

@@ -43,12 +43,13 @@ def train_all(store: str | Path, out_dir: str | Path, client, base: TrainConfig,
 
     Parameters
     ----------
-    store : the simulated SB2 training set
+    store : the simulated SB2 training set, or a list of stores trained on together (a mix;
+        ``base.mix`` or ``per_target[...]["mix"]`` give the fractions)
     base : TrainConfig with the shared budget; ``target`` and ``member`` are set per job
     ensemble : members per target (different seeds and, with ``base.validation_folds`` > 1,
         different validation folds)
-    detector_store : a store with single stars and SB2s (``--binary-fraction 0.5``) to train the
-        detector on; None skips the detector
+    detector_store : a store with single stars and SB2s (``--binary-fraction 0.5``), or a list
+        of them, to train the detector on; None skips the detector
     per_target : target -> TrainConfig field overrides (e.g. a different budget per network)
 
     Returns
@@ -66,7 +67,11 @@ def train_all(store: str | Path, out_dir: str | Path, client, base: TrainConfig,
         fields = {"target": target, "member": member, **per_target.get(target, {})}
         return base.replace(**fields).to_dict()
 
-    store, out_dir = str(store), str(out_dir)
+    # one path stays a string (the manifests of single-store runs are unchanged); several: a mix
+    def paths(s):
+        return str(s) if isinstance(s, (str, Path)) else [str(x) for x in s]
+
+    store, out_dir = paths(store), str(out_dir)
     futures = {}
     temp = []
     if "teff" in targets:
@@ -84,7 +89,7 @@ def train_all(store: str | Path, out_dir: str | Path, client, base: TrainConfig,
             for m in range(ensemble)]
     if detector_store is not None:
         futures["p_binary"] = [client.submit(
-            _fit_task, config("p_binary", m), str(detector_store),
+            _fit_task, config("p_binary", m), paths(detector_store),
             out_dir, key=f"train-p_binary-{m}", resources=resources, pure=False)
             for m in range(ensemble)]
     results: dict = {k: [None] * len(v) for k, v in futures.items()}
