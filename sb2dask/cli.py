@@ -11,7 +11,8 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser", "expected_errors"]
 
-DEFAULT_MASS_TABLE = Path("../shared/data/PecautMamajek_table.csv")
+DEFAULT_MASS_TABLE = Path(__file__).resolve().parent / "library" / "data" / \
+    "PecautMamajek_table.csv"  # shipped (library/data/NOTICE.md); the dwarf masses
 
 DESCRIPTION = """\
 sb2dask finds double-lined spectroscopic binaries (SB2s) in Gaia RVS epoch spectra and gives

@@ -84,10 +84,12 @@ def test_shipped_grid_and_models_are_package_data():
     package = resources.files("sb2dask")
     assert EMBEDDED_GRID_PATH == package / "library" / "data" / "embedded_grid.zarr.zip"
     assert EMBEDDED_GRID_PATH.stat().st_size > 1_000_000
-    manifests = sorted(p.stem for p in DEFAULT_MODEL_DIR.glob("*.json"))
+    manifests = sorted(p.stem for p in DEFAULT_MODEL_DIR.glob("*-*.json"))
     assert DEFAULT_MODEL_DIR == package / "data" / "models"
     assert {m.split("-")[0] for m in manifests} == {"teff", "logg", "feh", "vsini", "p_binary"}
     assert all((DEFAULT_MODEL_DIR / f"{m}.safetensors").is_file() for m in manifests)
+    # the label uncertainties' calibration (docs/models.md) ships beside the manifests
+    assert (DEFAULT_MODEL_DIR / "calibration.json").is_file()
 
 
 def test_version_has_one_source():

@@ -33,6 +33,7 @@ import pandas as pd
 
 from ..completion import record_finished
 from ..fileio import bytes_sha256
+from ..library.mainsequence import MAIN_SEQUENCE_TABLE
 from ..simulate.config import SimulationConfig
 from ..simulate.semi_empirical import (
     ALL_SPLITS,
@@ -62,8 +63,8 @@ from .factory import (
 __all__ = ["LABEL_ALIASES", "read_label_table", "read_inputs", "InputStars", "prepare_stars",
            "prepare", "compute", "build", "DEFAULT_MAIN_SEQUENCE_TABLE"]
 
-#: The Pecaut & Mamajek dwarf table (not shipped: the shared data folder of this project).
-DEFAULT_MAIN_SEQUENCE_TABLE = Path("../shared/data/PecautMamajek_table.csv")
+#: The Pecaut & Mamajek dwarf table shipped with the package.
+DEFAULT_MAIN_SEQUENCE_TABLE = MAIN_SEQUENCE_TABLE
 
 #: Accepted column names (case-insensitive) of the label table, per label: ours, GALAH DR3/DR4,
 #: APOGEE DR17, Gaia GSP-Spec/Cannon-style names.

@@ -11,13 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["G_CGS", "M_SUN_G", "R_SUN_CM", "TEFF_SUN", "read_mass_teff_relation",
+__all__ = ["G_CGS", "M_SUN_G", "R_SUN_CM", "TEFF_SUN", "MAIN_SEQUENCE_TABLE",
+           "read_mass_teff_relation",
            "read_main_sequence_logg", "mass_from_teff", "radius_from_logg", "logg_from_radius"]
 
 G_CGS = 6.67430e-8  # cm^3 g^-1 s^-2
 M_SUN_G = 1.98841e33  # g
 R_SUN_CM = 6.957e10  # cm (IAU nominal)
 TEFF_SUN = 5772.0  # K (IAU nominal)
+
+#: The Pecaut & Mamajek dwarf table shipped with the package (provenance: library/data/NOTICE.md).
+MAIN_SEQUENCE_TABLE = Path(__file__).resolve().parent / "data" / "PecautMamajek_table.csv"
 
 
 def read_mass_teff_relation(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
