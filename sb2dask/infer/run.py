@@ -345,9 +345,9 @@ def check_output(out: str | Path, inputs: list[str] | None = None,
 
 
 def _run_settings(inputs: list[str], config: InferenceConfig) -> dict:
-    from .predict import DEFAULT_MODEL_DIR
+    from .predict import resolve_model_dir
 
-    model_dir = DEFAULT_MODEL_DIR if config.model_dir is None else Path(config.model_dir)
+    model_dir = resolve_model_dir(config.model_dir)
     return dict(inputs=list(inputs), model_dir=str(model_dir.resolve()),
                 precision=config.precision, members=config.members, fit=config.fit,
                 fit_threshold=config.fit_threshold)
