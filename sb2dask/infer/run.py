@@ -604,7 +604,8 @@ def aggregate_sources(epoch_dir: Path, out_dir: Path, models, client,
     rule = (EvidenceRule() if rule is None else rule).for_models(models)
     floors = {}
     for p in PARAMETERS:
-        rmse = [m["metrics"].get("rmse") for m in models.manifests[p]
+        # a student's widths are already calibrated totals (model + noise): no floor to add
+        rmse = [m["metrics"].get("rmse") for m in models.manifests.get(p, [])
                 if m["metrics"].get("rmse") is not None]
         floors[p] = float(np.median(rmse)) if rmse else 0.0
     files = sorted(Path(epoch_dir).glob("part-*.parquet"))

@@ -215,7 +215,7 @@ def distill_loss(logit, mean, log_width, batch: dict, blend: dict) -> tuple[torc
     okt = torch.isfinite(yt)
     terms["soft"] = (((torch.nan_to_num(yt) - mean) ** 2) * okt).sum() / okt.sum().clamp(min=1)
     total = terms["bce"] + blend["nll_hard"] * terms["nll"] + blend["mean_soft"] * terms["soft"]
-    return total, {k: float(v) for k, v in terms.items()}
+    return total, {k: float(v.detach()) for k, v in terms.items()}
 
 
 def _batch(data: DistillData, rows: np.ndarray) -> dict:
