@@ -168,3 +168,18 @@ def test_infer_models_fast_end_to_end(capsys, tmp_path):
     assert np.isfinite(df["teff_1_err"]).all() and np.isfinite(df["rv_bulk"]).any()
     inputs = json.loads((out / "_inputs.json").read_text())
     assert inputs["model_dir"] == str(FAST.resolve())
+
+
+def test_teacher_cache_reads_overlapping_chunks_once(tmp_path):
+    from sb2dask.train.distill import load_teacher_labels
+
+    # two runs with different chunk sizes: rows 10-13 in one file, 12-17 in another
+    for start, rows in ((10, np.arange(10, 14)), (12, np.arange(12, 18))):
+        np.savez(tmp_path / f"teacher-s-train-{start:06d}.npz", index=rows,
+                 p_binary=rows / 100.0)
+    got = load_teacher_labels("/x/s.zarr", "train", tmp_path)
+    np.testing.assert_array_equal(got["index"], np.arange(10, 18))
+    np.testing.assert_allclose(got["p_binary"], np.arange(10, 18) / 100.0)
+    sub = load_teacher_labels("/x/s.zarr", "train", tmp_path, index=np.arange(11, 14))
+    np.testing.assert_array_equal(sub["index"], [11, 12, 13])
+    assert len(load_teacher_labels("/x/s.zarr", "test", tmp_path)["index"]) == 0

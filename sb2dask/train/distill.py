@@ -101,18 +101,17 @@ def label_with_teachers(model_dir: str | Path, store: str | Path, split: str, n:
 
 def load_teacher_labels(store: str | Path, split: str, out_dir: str | Path,
                         index: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The cached teacher predictions of ``store``/``split`` (all chunks found, or those of
-    ``index``), concatenated in row order; empty arrays when none are cached."""
+    """The cached teacher predictions of ``store``/``split`` (every cached row, or those of
+    ``index`` that are cached), in row order, each row once (chunks of runs with other chunk
+    sizes may overlap); ``{"index": []}`` when none are cached."""
     paths = sorted(Path(out_dir).glob(_cache_name(store, split, 0).replace("000000", "*")))
     parts = [dict(np.load(p)) for p in paths]
-    if index is not None:
-        wanted = set(np.asarray(index).tolist())
-        parts = [p for p in parts if wanted.issuperset(p["index"].tolist())]
     if not parts:
         return {"index": np.zeros(0, np.int64)}
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    order = np.argsort(out["index"], kind="stable")
-    return {k: v[order] for k, v in out.items()}
+    _, first = np.unique(out["index"], return_index=True)  # sorted by row, duplicates dropped
+    keep = first if index is None else first[np.isin(out["index"][first], index)]
+    return {k: v[keep] for k, v in out.items()}
 
 
 #: Label fields read from the stores for distillation and calibration.
