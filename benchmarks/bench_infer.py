@@ -54,6 +54,13 @@ def stage_breakdown(files: list[str], model_dir, precision: str, threads: int,
     temps = torch.full((models.batch_size, 2), 0.5)
     per_model = {}
     with torch.inference_mode(), models._autocast():
+        if models.student is not None:  # one network does it all
+            model, man = models.student
+            model(x[:8])
+            t0 = time.perf_counter()
+            for s in range(0, len(x), models.batch_size):
+                model(x[s:s + models.batch_size])
+            per_model[man.name] = time.perf_counter() - t0
         for target in ("p_binary", "teff") + PARAMETERS:
             for model, man in models.members[target]:
                 if man.architecture != "ParameterNet":

@@ -694,7 +694,10 @@ def _add_infer_parser(sub, command: _Command) -> None:
     p.add_argument("--out", required=True, help="output Parquet dataset (directory)")
     p.add_argument("--config", default=None,
                    help="YAML file of InferenceConfig fields (the options below override it)")
-    p.add_argument("--models", default=None, help="model directory (default: the shipped models)")
+    p.add_argument("--models", default=None,
+                   help="model directory, or 'fast': the shipped distilled one-pass student "
+                        "(one network instead of the ensembles' ten; docs/models.md), which also "
+                        "gives light_fraction_faint (default: the shipped ensembles)")
     p.add_argument("--partition-rows", type=_positive_int, default=None,
                    help="spectra per partition (default: sized from the worker memory limit)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")

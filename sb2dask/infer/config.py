@@ -40,7 +40,8 @@ class InferenceConfig(ConfigMixin):
     ----------
     model_dir : str or None
         Directory of model manifests (``teff-0.json`` + ``.safetensors`` ...); ``None`` means the
-        models shipped with the package (:data:`sb2dask.infer.predict.DEFAULT_MODEL_DIR`).
+        models shipped with the package (:data:`sb2dask.infer.predict.DEFAULT_MODEL_DIR`);
+        ``"fast"`` the shipped distilled student (:data:`sb2dask.infer.predict.MODEL_PRESETS`).
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"`` (:func:`sb2dask.devices.
         resolve_device`).

@@ -19,6 +19,7 @@ import torch
 from ..devices import resolve_device
 from ..gaia import FRAME_BARYCENTRIC, FRAME_UNKNOWN
 from ..models.io import ModelFileError, load_feature_statistics, load_model, mahalanobis
+from ..models.layers import run_with_float32_stem
 from ..models.predict import sort_pairs
 from ..observe.flags import QualityFlag
 from ..observe.preprocess import preprocess
@@ -30,11 +31,26 @@ from .flags import BoundaryFlag
 from .readers.base import TRANSIT_COLUMNS
 from .schema import empty_frame
 
-__all__ = ["PARAMETERS", "PRECISIONS", "DEFAULT_MODEL_DIR", "BATCH_SIZE", "PAD_STEPS", "ModelSet",
-           "get_model_set", "predict_partition"]
+__all__ = ["PARAMETERS", "PRECISIONS", "DEFAULT_MODEL_DIR", "MODEL_PRESETS", "BATCH_SIZE",
+           "PAD_STEPS", "ModelSet", "get_model_set", "predict_partition", "resolve_model_dir"]
 
 #: The models shipped with the package (trained on the embedded grid; see docs/models.md).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
+
+#: Named model sets shipped with the package (``--models NAME``): ``fast`` is the distilled
+#: one-pass student (sb2dask.models.student; docs/models.md), one network instead of nine.
+MODEL_PRESETS = {"fast": DEFAULT_MODEL_DIR / "fast"}
+
+
+def resolve_model_dir(model_dir: str | Path | None) -> Path:
+    """The directory that ``model_dir`` names: None → :data:`DEFAULT_MODEL_DIR`, a key of
+    :data:`MODEL_PRESETS` → that shipped set (a local directory of that name is ``./fast``),
+    anything else → itself."""
+    if model_dir is None:
+        return DEFAULT_MODEL_DIR
+    if str(model_dir) in MODEL_PRESETS:
+        return MODEL_PRESETS[str(model_dir)]
+    return Path(model_dir)
 
 PARAMETERS = ("logg", "feh", "vsini")
 
@@ -72,7 +88,9 @@ class ModelSet:
     Parameters
     ----------
     directory : path with ``teff-*.json``, ``logg-*.json``, ``feh-*.json``, ``vsini-*.json`` and
-        ``p_binary-*.json`` manifests (each with its ``.safetensors``)
+        ``p_binary-*.json`` manifests (each with its ``.safetensors``), or with one
+        ``student-*.json`` (the distilled one-pass student, :mod:`sb2dask.models.student`), or a
+        name of :data:`MODEL_PRESETS`
     device : ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``
     precision : one of :data:`PRECISIONS`
     batch_size : spectra per forward pass (default :data:`BATCH_SIZE` of the device)
@@ -85,13 +103,19 @@ class ModelSet:
 
     def __init__(self, directory: str | Path, device: str = "auto", precision: str = "fp32",
                  batch_size: int | None = None, layout: str = "1d", members: int | None = None):
-        self.directory = Path(directory)
+        self.directory = resolve_model_dir(directory)
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
         self.batch_size = int(batch_size or BATCH_SIZE.get(self.device.type, 256))
         self.members: dict[str, list] = {}
+        students = sorted(self.directory.glob("student-*.json"))
+        #: the one-pass student (model, manifest) when the directory holds one, else None
+        self.student = None
+        if students:
+            self._init_student(students[0], layout)
+            return
         for target in ("p_binary", "teff") + PARAMETERS:
             paths = sorted(self.directory.glob(f"{target}-*.json"),
                            key=lambda q: (len(q.stem), q.stem))[:members]
@@ -118,6 +142,22 @@ class ModelSet:
         self.calibration = Calibration.load(self.directory)
         self.manifests = {t: [m.to_dict() for _, m in ms] for t, ms in self.members.items()}
         self.lock = threading.Lock()  # one forward pass at a time per process (torch threads)
+
+    def _init_student(self, path: Path, layout: str) -> None:
+        self.student = load_model(path, layout=layout, device=self.device)
+        man = self.student[1]
+        self.members = {t: [] for t in ("p_binary", "teff") + PARAMETERS}
+        self.wave = np.asarray(man.wave)
+        self.training = man.training
+        self.frame = man.training.get("frame", "rest")
+        self.feature_stats = load_feature_statistics(man, self.directory)
+        self.manifests = {"student": [man.to_dict()]}
+        cal = man.training.get("calibration") or {}
+        #: per-S/N-bin width factors (n_bins, 9) and the bin edges, from the manifest
+        self.width_scales = np.asarray(cal["scales"]) if cal.get("scales") else None
+        self.snr_edges = tuple(cal.get("snr_edges", ()))
+        self.calibration = None  # its widths are calibrated in its manifest (above)
+        self.lock = threading.Lock()
 
     @property
     def provenance(self) -> dict:
@@ -155,46 +195,76 @@ class ModelSet:
 
     def predict(self, flux: np.ndarray, batch_size: int | None = None,
                 snr: np.ndarray | None = None, calibrated: bool = True) -> dict[str, np.ndarray]:
-        """Ensemble predictions for spectra on :attr:`wave` (float32 ``(n, n_pix)``).
+        """Predictions for spectra on :attr:`wave` (float32 ``(n, n_pix)``).
 
         Returns ``p_binary``, ``p_binary_err`` (n,), ``ood_distance`` (n,) and for each of teff,
-        logg, feh, vsini the ensemble mean, ``(n, 2)``, cooler first, its ``_spread`` (the
-        members' standard deviation) and ``_err``: the calibrated 1σ uncertainty when the model
-        directory has a calibration (:mod:`sb2dask.train.calibrate`; S/N-binned ones use
-        ``snr`` (n,)) and ``calibrated`` is true, otherwise the spread.
+        logg, feh, vsini the mean, ``(n, 2)``, cooler first, and ``_err``. For ensembles also
+        the ``_spread`` (the members' standard deviation); ``_err`` is the calibrated 1σ
+        uncertainty when the model directory has a calibration (:mod:`sb2dask.train.calibrate`;
+        ``snr`` (n,) selects S/N bins) and ``calibrated`` is true, otherwise the spread.
+        A student (:attr:`student`) returns its calibrated widths as the ``_err`` (the S/N
+        ``snr`` selects the calibration bin; NaN or None: the middle bin), ``p_binary_err`` NaN
+        (no members), and ``light_fraction_faint`` and its ``_err`` (n,), which the ensembles do
+        not predict.
         """
         out = {}
         batch_size = batch_size or self.batch_size
+        snr = np.full(len(flux), np.nan) if snr is None else np.asarray(snr, np.float64)
         with self.lock, torch.inference_mode(), self._autocast():
-            parts = [self._predict_padded(flux[s:s + batch_size], batch_size)
+            parts = [self._predict_padded(flux[s:s + batch_size], batch_size,
+                                          snr[s:s + batch_size])
                      for s in range(0, len(flux), batch_size)]
             # the activations' heap, free now, would stay resident (and, fragmented, grow)
             release_free_memory()
         for k in parts[0] if parts else ():
             out[k] = np.concatenate([p[k] for p in parts])
         for label in ("teff",) + PARAMETERS:
-            if f"{label}_err" not in out:
-                continue
+            if self.student is not None or f"{label}_err" not in out:
+                continue  # a student's widths are calibrated already
             out[f"{label}_spread"] = out[f"{label}_err"]
             if calibrated and self.calibration is not None:
                 out[f"{label}_err"] = self.calibration.apply(label, out[f"{label}_spread"], snr,
                                                              out[label])
         return out
 
-    def _predict_padded(self, flux: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    def _predict_padded(self, flux: np.ndarray, batch_size: int,
+                        snr: np.ndarray) -> dict[str, np.ndarray]:
         """:meth:`_predict_batch` with ``flux`` padded to one of :data:`PAD_STEPS` shapes."""
         n = len(flux)
         step = -(-batch_size // PAD_STEPS)
         padded = min(batch_size, -(-n // step) * step)
+        run = self._student_batch if self.student is not None else self._predict_batch
         if padded == n:
-            return self._predict_batch(flux)
-        res = self._predict_batch(np.concatenate([flux, np.repeat(flux[-1:], padded - n, 0)]))
+            return run(flux, snr)
+        res = run(np.concatenate([flux, np.repeat(flux[-1:], padded - n, 0)]),
+                  np.concatenate([snr, np.repeat(snr[-1:], padded - n)]))
         return {k: v[:n] for k, v in res.items()}
+
+    def _student_batch(self, flux: np.ndarray, snr: np.ndarray) -> dict[str, np.ndarray]:
+        from ..models.student import decode
+
+        model, _ = self.student
+        x = torch.from_numpy(np.ascontiguousarray(flux, dtype=np.float32)).to(self.device)
+        feats = model.trunk(run_with_float32_stem(model.features, model.ops.prepare(x)))
+        logit, mean, log_width = (t.float().cpu().numpy() for t in model.heads(feats))
+        res = decode(logit, mean, log_width, snr, self.width_scales, self.snr_edges)
+        res["p_binary_err"] = np.full(len(flux), np.nan)
+        if self.feature_stats is not None:
+            fs = self.feature_stats
+            res["ood_distance"] = (mahalanobis(feats.float().cpu().numpy(), fs["mean"],
+                                               fs["precision"]) / fs["threshold"][0])
+        else:
+            res["ood_distance"] = np.full(len(flux), np.nan)
+        return res
 
     def detect(self, flux: np.ndarray, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """The detector ensemble alone on spectra on :attr:`wave` (float32 ``(n, n_pix)``):
         ``p_binary`` and ``p_binary_err`` (n,), as :meth:`predict` gives them, at a fraction of
-        its cost (for studies of p_binary, e.g. ``benchmarks/bench_source_evidence.py``)."""
+        its cost (for studies of p_binary, e.g. ``benchmarks/bench_source_evidence.py``). A
+        student has no cheaper part: it runs :meth:`predict`."""
+        if self.student is not None:
+            res = self.predict(flux, batch_size)
+            return {k: res[k] for k in ("p_binary", "p_binary_err")}
         batch_size = batch_size or self.batch_size
         with self.lock, torch.inference_mode(), self._autocast():
             parts = [self._detect_batch(torch.from_numpy(np.ascontiguousarray(
@@ -211,7 +281,8 @@ class ModelSet:
                       for m, _ in self.members["p_binary"]])
         return {"p_binary": p.mean(0), "p_binary_err": _spread(p)}
 
-    def _predict_batch(self, flux: np.ndarray) -> dict[str, np.ndarray]:
+    def _predict_batch(self, flux: np.ndarray, snr: np.ndarray | None = None
+                       ) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(flux, dtype=np.float32)).to(self.device)
         res = self._detect_batch(x)
         temps = []
@@ -261,10 +332,17 @@ class ModelSet:
         flags[np.isfinite(snr) & (snr < snr_lo)] |= int(BoundaryFlag.LOW_SNR)
         flags[pred["ood_distance"] > 1.0] |= int(BoundaryFlag.TRAINING_UNLIKE)
         for target in ("teff",) + PARAMETERS:
-            rmse = np.median([m["metrics"].get("rmse", np.nan) for m in self.manifests[target]])
-            if np.isfinite(rmse) and len(self.members[target]) > 1:
-                spread = pred.get(f"{target}_spread", pred[f"{target}_err"])
-                flags[np.any(spread > 3 * rmse, axis=1)] |= int(
+            width = pred[f"{target}_err"]
+            if self.student is not None:  # its calibrated width against its validation RMSE
+                rmse = self.student[1].metrics.get(f"rmse_{target}", np.nan)
+            elif len(self.members[target]) > 1:
+                rmse = np.median([m["metrics"].get("rmse", np.nan)
+                                  for m in self.manifests[target]])
+                width = pred.get(f"{target}_spread", width)  # not the calibrated σ
+            else:
+                rmse = np.nan
+            if np.isfinite(rmse):
+                flags[np.any(width > 3 * rmse, axis=1)] |= int(
                     BoundaryFlag.LARGE_SPREAD)
         flags[pred["p_binary"] < 0.5] |= int(BoundaryFlag.LIKELY_SINGLE)
         return flags
@@ -279,7 +357,7 @@ def get_model_set(config: InferenceConfig | None = None) -> ModelSet:
     size, members), loaded once per process (per worker); the first call also tunes the process
     (torch threads, malloc: :func:`sb2dask.runtime.tune_process`)."""
     config = InferenceConfig() if config is None else config
-    directory = DEFAULT_MODEL_DIR if config.model_dir is None else Path(config.model_dir)
+    directory = resolve_model_dir(config.model_dir)
     device = str(resolve_device(config.device))  # one entry per real device: "auto" and "cpu"
     key = (str(directory.resolve()), device, config.precision, config.batch_size, config.members)
     with _MODEL_SETS_LOCK:
@@ -341,7 +419,9 @@ def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -
     pred.update({f"{k}_err": np.full((len(df), 2), np.nan) for k in ("teff", "logg", "feh",
                                                                       "vsini")})
     pred.update(p_binary=np.full(len(df), np.nan), p_binary_err=np.full(len(df), np.nan),
-                ood_distance=np.full(len(df), np.nan))
+                ood_distance=np.full(len(df), np.nan),
+                light_fraction_faint=np.full(len(df), np.nan),
+                light_fraction_faint_err=np.full(len(df), np.nan))
     boundary = np.zeros(len(df), dtype=np.int32)
     if usable.any():
         got = models.predict(pre.flux[usable], snr=pre.snr_estimate[usable])
@@ -359,6 +439,8 @@ def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -
         for c in (0, 1):
             out[f"{k}_{c + 1}"] = pred[k][:, c].astype(np.float32)
             out[f"{k}_{c + 1}_err"] = pred[f"{k}_err"][:, c].astype(np.float32)
+    out["light_fraction_faint"] = pred["light_fraction_faint"].astype(np.float32)
+    out["light_fraction_faint_err"] = pred["light_fraction_faint_err"].astype(np.float32)
     out["rv_bulk"] = rv_bulk.astype(np.float32)
     out["ccf_peak"] = ccf_peak.astype(np.float32)
     out["snr_estimate"] = pre.snr_estimate

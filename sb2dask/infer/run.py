@@ -345,9 +345,9 @@ def check_output(out: str | Path, inputs: list[str] | None = None,
 
 
 def _run_settings(inputs: list[str], config: InferenceConfig) -> dict:
-    from .predict import DEFAULT_MODEL_DIR
+    from .predict import resolve_model_dir
 
-    model_dir = DEFAULT_MODEL_DIR if config.model_dir is None else Path(config.model_dir)
+    model_dir = resolve_model_dir(config.model_dir)
     return dict(inputs=list(inputs), model_dir=str(model_dir.resolve()),
                 precision=config.precision, members=config.members, fit=config.fit,
                 fit_threshold=config.fit_threshold)
@@ -604,7 +604,8 @@ def aggregate_sources(epoch_dir: Path, out_dir: Path, models, client,
     rule = (EvidenceRule() if rule is None else rule).for_models(models)
     floors = {}
     for p in PARAMETERS:
-        rmse = [m["metrics"].get("rmse") for m in models.manifests[p]
+        # a student's widths are already calibrated totals (model + noise): no floor to add
+        rmse = [m["metrics"].get("rmse") for m in models.manifests.get(p, [])
                 if m["metrics"].get("rmse") is not None]
         floors[p] = float(np.median(rmse)) if rmse else 0.0
     files = sorted(Path(epoch_dir).glob("part-*.parquet"))

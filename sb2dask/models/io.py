@@ -21,12 +21,13 @@ from ..provenance import package_versions
 from .densenet import ParameterNet, TemperatureNet
 from .detector import BinaryDetector
 from .layers import canonical_state_dict, load_canonical_state_dict
+from .student import StudentNet
 
 __all__ = ["ARCHITECTURES", "LabelScaling", "ModelManifest", "ModelFileError", "save_model",
            "load_model", "file_sha256"]
 
 ARCHITECTURES = {"TemperatureNet": TemperatureNet, "ParameterNet": ParameterNet,
-                 "BinaryDetector": BinaryDetector}
+                 "BinaryDetector": BinaryDetector, "StudentNet": StudentNet}
 
 
 class ModelFileError(ValueError):
@@ -57,7 +58,8 @@ class ModelManifest:
     name : str
         File stem, e.g. ``teff-0`` (ensemble member 0 of the temperature model).
     target : str
-        ``teff``, ``logg``, ``feh``, ``vsini`` or ``p_binary``.
+        ``teff``, ``logg``, ``feh``, ``vsini``, ``p_binary``, or ``student`` (the one-pass
+        student, :class:`~sb2dask.models.student.StudentNet`, which predicts them all).
     architecture : str
         Key of :data:`ARCHITECTURES`; ``architecture_kwargs`` are passed to it (never the layout).
     scaling : LabelScaling or None
@@ -154,7 +156,8 @@ def load_model(manifest_path: str | Path, layout: str = "1d",
     except (RuntimeError, SafetensorError) as exc:
         raise ModelFileError(f"{weights}: weights do not fit {manifest.architecture} "
                              f"({str(exc).splitlines()[0]})") from exc
-    if manifest.scaling is None and manifest.target != "p_binary":
+    # the detector's output is a logit; the student carries its own scalings (models.student)
+    if manifest.scaling is None and manifest.target not in ("p_binary", "student"):
         raise ModelFileError(f"{manifest_path}: a {manifest.target} model needs label scaling")
     if len(manifest.wave) < 2 or not np.all(np.diff(manifest.wave) > 0):
         raise ModelFileError(f"{manifest_path}: input wavelength grid missing or unsorted")

@@ -1,0 +1,209 @@
+"""The distilled one-pass student: one small network for every label of an SB2 epoch spectrum.
+
+One forward pass of :class:`StudentNet` gives what the model set's nine networks give together
+(the detector's p_binary; both components' Teff, log g, [Fe/H] and v sin i) plus the light
+fraction of the fainter star, and a width (standard deviation) for every regression output,
+at ~2 % of their arithmetic (:data:`MAX_MFLOP`, measured by :func:`count_flops`)::
+
+    stem      Conv(1→16, k7, s2, p3) - BN - ReLU                           903 → 452 pixels
+    stage 1   ResBlock(16→32, k5, stride 2)                                452 → 226
+    stage 2   ResBlock(32→48, k3, stride 2)                                226 → 113
+    stage 3   ResBlock(48→64, k3, stride 2)                                113 → 57
+    squeeze   Conv1×1(64→24) - BN - ReLU, flatten (24 × 57: keeps where the lines are)
+    trunk FC  Linear(1368→256) - ReLU
+    heads     Linear(256→1)  logit of p_binary
+              Linear(256→9)  means: teff, logg, feh, vsini of both components (cooler first,
+                             scaled to [0, 1] by the ranges of Table 1) and the light fraction
+              Linear(256→9)  log widths of the same nine, in the same scaled units
+
+A ResBlock is Conv(k, stride) - BN - ReLU - Conv(k) - BN plus a 1×1 strided projection of its
+input, then ReLU (He et al. 2016, as :class:`~sb2dask.models.detector.BinaryDetector`). The
+squeeze-and-flatten end, rather than global average pooling, keeps the wavelength of each
+feature: the labels are read from which lines are where, and pooling would have to re-learn
+that from the channels.
+
+The components are ordered as everywhere in the package (:mod:`sb2dask.labels`): component 1 is
+the cooler star. :func:`decode` sorts each output pair by Teff (as
+:func:`~sb2dask.models.predict.sort_pairs` does for the ensembles), unscales, and applies the
+width calibration found on the validation split (:func:`width_scales`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..labels import PARAMETERS, TABLE1_RANGES
+from .layers import Ops, run_with_float32_stem
+from .predict import sort_pairs
+
+__all__ = ["StudentNet", "OUTPUTS", "MAX_MFLOP", "count_flops", "decode", "scaled_targets",
+           "width_scales", "SNR_EDGES"]
+
+#: The regression outputs in head order: each label for components 1 and 2 (cooler first),
+#: then the light fraction of the fainter star (of the 8600 Å continuum; unscaled, in [0, 0.5]).
+OUTPUTS = tuple(f"{k}_{c}" for k in PARAMETERS for c in (1, 2)) + ("light_fraction_faint",)
+
+#: The issue's bound on the student's arithmetic per spectrum (multiply and add counted as two).
+MAX_MFLOP = 15.0
+
+#: S/N bin edges of the width calibration (the realistic recipe draws S/N 30-350; the first and
+#: last bins are open).
+SNR_EDGES = (60.0, 120.0)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, ops: Ops, cin: int, cout: int, k: int, stride: int):
+        super().__init__()
+        self.conv1 = ops.conv(cin, cout, k, stride=stride, padding=k // 2)
+        self.bn1 = ops.bn(cout)
+        self.conv2 = ops.conv(cout, cout, k, padding=k // 2)
+        self.bn2 = ops.bn(cout)
+        self.shortcut = nn.Sequential(ops.conv(cin, cout, 1, stride=stride), ops.bn(cout))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class StudentNet(nn.Module):
+    """Spectrum ``(N, n_pix)`` → ``(logit (N,), means (N, 9), log widths (N, 9))``.
+
+    Means and log widths are in scaled units (:func:`scaled_targets`), in the order of
+    :data:`OUTPUTS`; ``torch.sigmoid(logit)`` is p_binary.
+    """
+
+    def __init__(self, layout: str = "1d", n_pix: int = 903, channels=(16, 32, 48, 64),
+                 squeeze: int = 24, hidden: int = 256):
+        super().__init__()
+        ops = Ops(layout)
+        self.ops = ops
+        c0, c1, c2, c3 = channels
+        self.features = nn.Sequential(
+            ops.conv(1, c0, 7, stride=2, padding=3), ops.bn(c0), nn.ReLU(),
+            _ResBlock(ops, c0, c1, 5, 2), _ResBlock(ops, c1, c2, 3, 2),
+            _ResBlock(ops, c2, c3, 3, 2),
+            ops.conv(c3, squeeze, 1), ops.bn(squeeze), nn.ReLU(), nn.Flatten())
+        length = n_pix
+        for _ in range(4):  # the four stride-2 stages
+            length = (length + 1) // 2
+        self.trunk = nn.Sequential(nn.Linear(squeeze * length, hidden), nn.ReLU())
+        n_out = len(OUTPUTS)
+        self.p_binary = nn.Linear(hidden, 1)
+        self.mean = nn.Linear(hidden, n_out)
+        self.log_width = nn.Linear(hidden, n_out)
+
+    def forward(self, spectra: torch.Tensor):
+        return self.heads(self.trunk(run_with_float32_stem(self.features,
+                                                           self.ops.prepare(spectra))))
+
+    def heads(self, h: torch.Tensor):
+        """The three heads on trunk features ``h`` ``(N, hidden)`` (what the out-of-distribution
+        distance is measured on)."""
+        # widths from 0.1 % to e^2 of the label range: bounded, so a NLL step cannot blow up
+        return (self.p_binary(h).squeeze(1), self.mean(h),
+                torch.clamp(self.log_width(h), -7.0, 2.0))
+
+
+def count_flops(model: nn.Module, n_pix: int = 903, batch: int = 8) -> float:
+    """Floating-point operations per spectrum of one forward pass (torch's
+    :class:`~torch.utils.flop_counter.FlopCounterMode`: a multiply-add is 2; convolutions and
+    matrix products only, which is ~all of it)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.ones(batch, n_pix))
+    return counter.get_total_flops() / batch
+
+
+def _scaling(output: str) -> tuple[float, float]:
+    if output == "light_fraction_faint":
+        return 0.0, 1.0
+    return TABLE1_RANGES[output.rsplit("_", 1)[0]]
+
+
+def scaled_targets(labels: dict) -> np.ndarray:
+    """Truths in the student's scaled units, ``(n, 9)`` float32 in :data:`OUTPUTS` order, from
+    store labels (``teff``... ``(n, 2)`` cooler first; ``light_fraction`` ``(n, 2)``). NaN
+    where a label is undefined (single stars)."""
+    cols = []
+    for name in OUTPUTS:
+        if name == "light_fraction_faint":
+            v = np.min(labels["light_fraction"], axis=1)
+        else:
+            key, comp = name.rsplit("_", 1)
+            v = labels[key][:, int(comp) - 1]
+        lo, hi = _scaling(name)
+        cols.append((np.asarray(v, np.float64) - lo) / (hi - lo))
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+def width_scales(z: np.ndarray, snr: np.ndarray, edges=SNR_EDGES) -> np.ndarray:
+    """Per-output, per-S/N-bin factors that make the widths cover the truths.
+
+    ``z`` ``(n, 9)`` are the standardised errors (truth - mean) / width on the validation
+    split; the factor of a bin is the 68.27th percentile of ``|z|`` there, so 68 % of the
+    rescaled errors fall within ±1 width (the 2σ coverage then follows the error distribution's
+    shape). Returns ``(len(edges) + 1, 9)``; 1 where a bin has fewer than 50 finite values.
+    """
+    bins = np.searchsorted(np.asarray(edges), snr)
+    out = np.ones((len(edges) + 1, z.shape[1]))
+    for b in range(len(edges) + 1):
+        for j in range(z.shape[1]):
+            v = np.abs(z[bins == b, j])
+            v = v[np.isfinite(v)]
+            if len(v) >= 50:
+                out[b, j] = float(np.quantile(v, 0.6827))
+    return out
+
+
+def decode(logit: np.ndarray, mean: np.ndarray, log_width: np.ndarray,
+           snr: np.ndarray | None = None, scales: np.ndarray | None = None,
+           edges=SNR_EDGES) -> dict[str, np.ndarray]:
+    """Network outputs → labels in physical units, in the ensembles' layout.
+
+    Parameters
+    ----------
+    logit : (n,) ; mean, log_width : (n, 9), scaled, :data:`OUTPUTS` order
+    snr : (n,) S/N of each spectrum, selects the calibration bin (NaN: the middle bin)
+    scales : (n_bins, 9) width factors of :func:`width_scales` (None: uncalibrated)
+
+    Returns
+    -------
+    dict
+        ``p_binary`` (n,); ``teff``, ``logg``, ``feh``, ``vsini`` and their ``_err`` (n, 2),
+        ordered by the predicted Teff, cooler first; ``light_fraction_faint`` and its ``_err``
+        (n,). Units: K, dex, dex, km/s.
+    """
+    mean = np.asarray(mean, np.float64)
+    width = np.exp(np.asarray(log_width, np.float64))
+    if scales is not None:
+        scales = np.asarray(scales, np.float64)
+        if snr is None:
+            snr = np.full(len(mean), np.nan)
+        snr = np.asarray(snr, np.float64)
+        mid = np.full(len(snr), len(scales) // 2)
+        b = np.where(np.isfinite(snr), np.searchsorted(np.asarray(edges), snr), mid)
+        width = width * scales[np.clip(b, 0, len(scales) - 1)]
+    out = {"p_binary": 1.0 / (1.0 + np.exp(-np.asarray(logit, np.float64)))}
+    phys, err = {}, {}
+    for j, name in enumerate(OUTPUTS):
+        lo, hi = _scaling(name)
+        phys[name] = lo + mean[:, j] * (hi - lo)
+        err[name] = width[:, j] * (hi - lo)
+    teff = np.stack([phys["teff_1"], phys["teff_2"]], axis=1)
+    others = []
+    for k in PARAMETERS:
+        others += [np.stack([phys[f"{k}_1"], phys[f"{k}_2"]], axis=1),
+                   np.stack([err[f"{k}_1"], err[f"{k}_2"]], axis=1)]
+    # the heads were trained cooler first; a pair the network gets the wrong way round is
+    # swapped, labels and widths together, so component 1 is always the cooler one
+    _, *sorted_ = sort_pairs(teff, *others)
+    for i, k in enumerate(PARAMETERS):
+        out[k], out[f"{k}_err"] = sorted_[2 * i], sorted_[2 * i + 1]
+    out["light_fraction_faint"] = np.clip(phys["light_fraction_faint"], 0.0, 0.5)
+    out["light_fraction_faint_err"] = err["light_fraction_faint"]
+    return out

@@ -1,0 +1,464 @@
+"""Distilling the model-set ensembles into the one-pass student (:class:`~sb2dask.models.student.
+StudentNet`): teacher labels, the blended loss, the resumable training loop, and the width
+recalibration on the validation split.
+
+The steps, each resumable from files under one work directory:
+
+1. :func:`label_with_teachers`: the teacher ensembles (a model directory, loaded with
+   :class:`~sb2dask.infer.predict.ModelSet` exactly as inference loads it) predict a bounded
+   subset of a store's rows, in the frame they were trained in; chunks of rows are cached as
+   ``teacher-STORE-SPLIT-START.npz`` so an interrupted run restarts where it stopped.
+2. :func:`distill`: the student fits the blend of the hard targets (the simulated truths) and
+   the soft ones (the teachers' outputs, where a row has them), :data:`DEFAULT_BLEND`; a
+   checkpoint per epoch.
+3. :func:`calibrate_widths`: one scale per label and S/N bin makes the predicted widths cover
+   the validation truths (:func:`sb2dask.models.student.width_scales`); stored in the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..dataset.store import load_split, split_indices
+from ..fileio import atomic_path, atomic_write_json
+from ..labels import PARAMETERS
+
+__all__ = ["TEACHER_KEYS", "DEFAULT_BLEND", "label_with_teachers", "load_teacher_labels"]
+
+logger = logging.getLogger(__name__)
+
+#: What the teachers' cache holds per row: the ensemble means (``(n, 2)`` labels, cooler
+#: first; ``(n,)`` p_binary) and the ensemble spreads.
+TEACHER_KEYS = ("p_binary", "p_binary_err") + PARAMETERS + tuple(f"{k}_err" for k in PARAMETERS)
+
+#: Weights of the loss terms (see :func:`distill`): ``p_binary_hard`` / ``p_binary_soft`` mix
+#: the target of the detector's cross-entropy (truth 0/1 and the teachers' mean probability),
+#: ``nll_hard`` weights the heteroscedastic (beta-)NLL of every label against the truth,
+#: ``mean_soft`` an extra squared error (in scaled units) of the label means against the
+#: teachers' means. The truths dominate the labels: the teachers' own errors (docs/models.md)
+#: are larger than what the student reaches on the truths alone; their probabilities carry the
+#: detector's ranking, which the hard 0/1 target does not.
+DEFAULT_BLEND = dict(p_binary_hard=0.5, p_binary_soft=0.5, nll_hard=1.0, mean_soft=0.25,
+                     beta=0.5)
+
+
+def _cache_name(store: str | Path, split: str, start: int) -> str:
+    return f"teacher-{Path(store).stem}-{split}-{start:06d}.npz"
+
+
+def label_with_teachers(model_dir: str | Path, store: str | Path, split: str, n: int,
+                        out_dir: str | Path, chunk: int = 1000, precision: str = "fp32",
+                        progress: bool = True) -> dict[str, np.ndarray]:
+    """Teacher predictions for the first ``n`` rows of ``split`` of ``store``, cached.
+
+    Parameters
+    ----------
+    model_dir : directory of the teacher model set (detector + temperature + parameter
+        ensembles); the spectra are framed as its manifests say (``rest`` or ``rv_bulk``)
+    store : simulated Zarr store
+    split : ``train``, ``validation`` or ``test``
+    n : rows (the first ``n`` of the split; fewer if the split is shorter)
+    out_dir : the cache directory (one ``.npz`` per ``chunk`` rows, written atomically)
+
+    Returns
+    -------
+    dict
+        ``index`` (n,) global rows and :data:`TEACHER_KEYS` (float32, ``(n,)`` or ``(n, 2)``).
+    """
+    from ..infer.predict import ModelSet  # the teachers run exactly as inference runs them
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index = split_indices(store, split)[:n]
+    teachers = None
+    t0, done = time.perf_counter(), 0
+    for s in range(0, len(index), chunk):
+        path = out_dir / _cache_name(store, split, int(index[s]))
+        if path.exists():
+            continue
+        if teachers is None:
+            teachers = ModelSet(model_dir, device="cpu", precision=precision)
+        rows = index[s:s + chunk]
+        data = load_split(store, rows, ["is_binary"], frame=teachers.frame, wave=teachers.wave)
+        pred = teachers.predict(data.flux)
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, index=rows, **{k: pred[k].astype(np.float32) for k in TEACHER_KEYS})
+        done += len(rows)
+        if progress:
+            rate = done / (time.perf_counter() - t0)
+            print(f"teachers {Path(store).stem}/{split}: rows {s + len(rows)}/{len(index)} "
+                  f"({rate:.1f} spectra/s)", file=sys.stderr, flush=True)
+    return load_teacher_labels(store, split, out_dir, index)
+
+
+def load_teacher_labels(store: str | Path, split: str, out_dir: str | Path,
+                        index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The cached teacher predictions of ``store``/``split`` (every cached row, or those of
+    ``index`` that are cached), in row order, each row once (chunks of runs with other chunk
+    sizes may overlap); ``{"index": []}`` when none are cached."""
+    paths = sorted(Path(out_dir).glob(_cache_name(store, split, 0).replace("000000", "*")))
+    parts = [dict(np.load(p)) for p in paths]
+    if not parts:
+        return {"index": np.zeros(0, np.int64)}
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    _, first = np.unique(out["index"], return_index=True)  # sorted by row, duplicates dropped
+    keep = first if index is None else first[np.isin(out["index"][first], index)]
+    return {k: v[keep] for k, v in out.items()}
+
+
+#: Label fields read from the stores for distillation and calibration.
+_FIELDS = ["is_binary", *PARAMETERS, "light_fraction", "snr"]
+
+
+@dataclass(frozen=True)
+class DistillData:
+    """The rows the student is fitted to (or validated on), in RAM.
+
+    Attributes
+    ----------
+    flux : float32 (n, n_pix), in the teachers' frame
+    y : float32 (n, 9) scaled truths (:func:`~sb2dask.models.student.scaled_targets`), NaN for
+        single stars
+    is_binary : bool (n,)
+    detector_row : bool (n,), rows of the detector store (half single stars): the p_binary term
+        is fitted on these only, whose class balance is the detector's
+    p_teacher : float32 (n,) teachers' p_binary (NaN: not labelled)
+    y_teacher : float32 (n, 9) teachers' means, scaled (NaN: not labelled; always NaN for the
+        light fraction, which the teachers do not predict)
+    snr : float32 (n,) true S/N
+    """
+
+    flux: np.ndarray
+    y: np.ndarray
+    is_binary: np.ndarray
+    detector_row: np.ndarray
+    p_teacher: np.ndarray
+    y_teacher: np.ndarray
+    snr: np.ndarray
+
+
+def _teacher_scaled(teach: dict) -> np.ndarray:
+    from ..models.student import scaled_targets
+
+    lab = {k: teach[k] for k in PARAMETERS}
+    lab["light_fraction"] = np.full_like(teach["teff"], np.nan)
+    return scaled_targets(lab)
+
+
+def load_distill_data(stores: dict[str, str | Path], split: str, max_rows: dict[str, int],
+                      teacher_dir: str | Path | None, frame: str, wave: np.ndarray) -> DistillData:
+    """Rows of ``split`` from the ``detector`` and ``labels`` stores (``stores`` keys), the first
+    ``max_rows[key]`` of each, with the cached teacher labels of ``teacher_dir`` where present."""
+    from ..models.student import scaled_targets
+
+    parts = []
+    for key, store in stores.items():
+        index = split_indices(store, split)[: max_rows.get(key)]
+        d = load_split(store, index, _FIELDS, frame=frame, wave=wave)
+        n = len(index)
+        p_t = np.full(n, np.nan, np.float32)
+        y_t = np.full((n, 9), np.nan, np.float32)
+        if teacher_dir is not None:
+            teach = load_teacher_labels(store, split, teacher_dir)
+            if len(teach["index"]):
+                pos = np.searchsorted(index, teach["index"])
+                ok = (pos < n) & (index[np.minimum(pos, n - 1)] == teach["index"])
+                p_t[pos[ok]] = teach["p_binary"][ok]
+                y_t[pos[ok]] = _teacher_scaled({k: v[ok] for k, v in teach.items()})
+        binary = d.labels["is_binary"].astype(bool)
+        y = scaled_targets(d.labels)
+        y[~binary] = np.nan  # a single star has no second component to label
+        y_t[~binary] = np.nan
+        parts.append(DistillData(d.flux, y, binary, np.full(n, key == "detector"), p_t, y_t,
+                                 d.labels["snr"].astype(np.float32)))
+    return DistillData(*(np.concatenate([getattr(p, f) for p in parts])
+                         for f in DistillData.__dataclass_fields__))
+
+
+def distill_loss(logit, mean, log_width, batch: dict, blend: dict) -> tuple[torch.Tensor, dict]:
+    """The student's loss on one batch and its terms.
+
+    * p_binary (detector rows): binary cross-entropy on the logit against
+      ``p_binary_hard * is_binary + p_binary_soft * p_teacher`` (the truth alone where a row
+      has no teacher label);
+    * every finite truth: beta-NLL (Seitzer et al. 2022), the Gaussian NLL of the truth under
+      (mean, width) weighted by ``width^(2 beta)`` (detached), which keeps the means learning
+      where the NLL alone would widen the widths instead; times ``nll_hard``;
+    * every finite teacher mean: squared error of the mean (scaled units) times ``mean_soft``.
+    """
+    det = batch["detector_row"]
+    terms = {}
+    if det.any():
+        hard = batch["is_binary"][det].float()
+        pt = batch["p_teacher"][det]
+        soft = torch.where(torch.isfinite(pt), blend["p_binary_hard"] * hard
+                           + blend["p_binary_soft"] * torch.nan_to_num(pt), hard)
+        terms["bce"] = torch.nn.functional.binary_cross_entropy_with_logits(logit[det], soft)
+    else:
+        terms["bce"] = logit.sum() * 0.0
+    y = batch["y"]
+    ok = torch.isfinite(y)
+    var = torch.exp(2.0 * log_width)
+    nll = 0.5 * ((torch.nan_to_num(y) - mean) ** 2 / var + 2.0 * log_width)
+    nll = nll * var.detach() ** blend["beta"]
+    terms["nll"] = (nll * ok).sum() / ok.sum().clamp(min=1)
+    yt = batch["y_teacher"]
+    okt = torch.isfinite(yt)
+    terms["soft"] = (((torch.nan_to_num(yt) - mean) ** 2) * okt).sum() / okt.sum().clamp(min=1)
+    total = terms["bce"] + blend["nll_hard"] * terms["nll"] + blend["mean_soft"] * terms["soft"]
+    return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+def _batch(data: DistillData, rows: np.ndarray) -> dict:
+    return dict(flux=torch.from_numpy(data.flux[rows]), y=torch.from_numpy(data.y[rows]),
+                is_binary=torch.from_numpy(data.is_binary[rows]),
+                detector_row=torch.from_numpy(data.detector_row[rows]),
+                p_teacher=torch.from_numpy(data.p_teacher[rows]),
+                y_teacher=torch.from_numpy(data.y_teacher[rows]))
+
+
+def student_outputs(model, flux: np.ndarray, batch: int = 512) -> tuple[np.ndarray, ...]:
+    """(logit (n,), mean (n, 9), log width (n, 9)) of ``model`` on ``flux``, float32."""
+    model.eval()
+    outs = []
+    with torch.inference_mode():
+        for s in range(0, len(flux), batch):
+            outs.append([t.float().numpy() for t in model(torch.from_numpy(
+                np.ascontiguousarray(flux[s:s + batch], dtype=np.float32)))])
+    return tuple(np.concatenate([o[i] for o in outs]) for i in range(3))
+
+
+def validation_summary(model, val: DistillData) -> dict:
+    """Validation loss terms, detector AUC and per-output RMSE in scaled units."""
+    from ..models.student import OUTPUTS
+    from ..stats import roc_auc
+
+    logit, mean, logw = student_outputs(model, val.flux)
+    b = {k: torch.from_numpy(v) for k, v in dict(
+        y=val.y, is_binary=val.is_binary, detector_row=val.detector_row,
+        p_teacher=val.p_teacher, y_teacher=val.y_teacher).items()}
+    total, terms = distill_loss(torch.from_numpy(logit), torch.from_numpy(mean),
+                                torch.from_numpy(logw), b, DEFAULT_BLEND)
+    det = val.detector_row
+    rmse = np.sqrt(np.nanmean((mean - val.y) ** 2, axis=0))
+    return dict(val_loss=float(total), **{f"val_{k}": v for k, v in terms.items()},
+                auc=roc_auc(val.is_binary[det], logit[det]),
+                rmse_scaled={n: float(r) for n, r in zip(OUTPUTS, rmse)})
+
+
+def distill(stores: dict[str, str | Path], teacher_dir: str | Path, teachers: str | Path,
+            out_dir: str | Path, max_train: dict[str, int], max_validation: dict[str, int],
+            epochs: int = 6, batch_size: int = 256, learning_rate: float = 2e-3,
+            blend: dict | None = None, budget_s: float | None = None, seed: int = 0,
+            threads: int | None = None, progress: bool = True) -> Path:
+    """Fit (or resume) the student; returns the path of its last checkpoint's progress file.
+
+    Checkpoints after every epoch in ``out_dir/checkpoints`` (weights, optimiser, scheduler,
+    progress); a rerun resumes after the last finished epoch. ``budget_s`` stops after the
+    epoch during which the wall time (this run) passes it; the learning-rate schedule is
+    per batch over ``epochs`` and so does not depend on it.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from ..infer.predict import ModelSet
+    from ..models.layers import canonical_state_dict, load_canonical_state_dict
+    from ..models.student import StudentNet
+    from .fit import warmup_cosine
+
+    blend = dict(DEFAULT_BLEND, **(blend or {}))
+    if threads:
+        torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
+    ckpt = out_dir / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    tset = ModelSet(teachers, device="cpu", members=1)  # the teachers' frame and pixel grid
+    train = load_distill_data(stores, "train", max_train, teacher_dir, tset.frame, tset.wave)
+    val = load_distill_data(stores, "validation", max_validation, None, tset.frame, tset.wave)
+    if progress:
+        print(f"student: {len(train.flux)} training rows ({np.isfinite(train.p_teacher).sum()} "
+              f"with teacher labels), {len(val.flux)} validation rows, loaded in "
+              f"{time.perf_counter() - t_start:.0f} s", file=sys.stderr, flush=True)
+    torch.manual_seed(seed)
+    model = StudentNet(n_pix=len(tset.wave))
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    steps = epochs * -(-len(train.flux) // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps))
+    state_json = ckpt / "student-state.json"
+    state = dict(epoch=0, history=[], best=float("inf"), n_train=len(train.flux),
+                 n_teacher=int(np.isfinite(train.p_teacher).sum()
+                               + np.isfinite(train.y_teacher[:, 0]).sum()
+                               - (np.isfinite(train.p_teacher)
+                                  & np.isfinite(train.y_teacher[:, 0])).sum()),
+                 n_validation=len(val.flux), blend=blend, epochs=epochs, batch_size=batch_size,
+                 learning_rate=learning_rate, seed=seed, seconds=0.0)
+    if state_json.exists():
+        state = json.loads(state_json.read_text())
+        load_canonical_state_dict(model, load_file(str(ckpt / "student-last.safetensors")))
+        opt_state = torch.load(ckpt / "student-opt.pt", weights_only=True)
+        opt.load_state_dict(opt_state["optimizer"])
+        sched.load_state_dict(opt_state["scheduler"])
+    t_run = time.perf_counter()
+    while state["epoch"] < epochs:
+        if budget_s is not None and time.perf_counter() - t_run > budget_s:
+            break
+        model.train()
+        rng = np.random.default_rng([seed, state["epoch"]])
+        order = rng.permutation(len(train.flux))
+        t0, seen, agg = time.perf_counter(), 0, {}
+        for s in range(0, len(order), batch_size):
+            rows = np.sort(order[s:s + batch_size])
+            b = _batch(train, rows)
+            loss, terms = distill_loss(*model(b["flux"]), b, blend)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            seen += len(rows)
+            for k, v in terms.items():
+                agg[k] = agg.get(k, 0.0) + v * len(rows)
+            if progress and (s // batch_size) % 100 == 0:
+                rate = seen / (time.perf_counter() - t0)
+                print(f"student epoch {state['epoch'] + 1} rows {seen}/{len(order)} "
+                      f"loss {float(loss):.4f} {terms} ({rate:.0f} spectra/s)",
+                      file=sys.stderr, flush=True)
+        secs = time.perf_counter() - t0
+        metrics = dict(epoch=state["epoch"] + 1, seconds=secs, train_samples_per_s=seen / secs,
+                       lr=opt.param_groups[0]["lr"],
+                       **{f"train_{k}": v / seen for k, v in agg.items()},
+                       **validation_summary(model, val))
+        state["epoch"] += 1
+        state["seconds"] += secs
+        state["history"].append(metrics)
+        if metrics["val_loss"] < state["best"]:
+            state["best"] = metrics["val_loss"]
+            state["best_epoch"] = state["epoch"]
+            with atomic_path(ckpt / "student-best.safetensors") as tmp:
+                save_file(canonical_state_dict(model), str(tmp))
+        with atomic_path(ckpt / "student-last.safetensors") as tmp:
+            save_file(canonical_state_dict(model), str(tmp))
+        with atomic_path(ckpt / "student-opt.pt") as tmp:
+            torch.save(dict(optimizer=opt.state_dict(), scheduler=sched.state_dict()), tmp)
+        atomic_write_json(state_json, state)
+        if progress:
+            print(f"student {json.dumps(metrics)}", file=sys.stderr, flush=True)
+    return state_json
+
+
+def calibrate_widths(model, val: DistillData) -> dict:
+    """The width calibration of ``model`` on validation rows ``val``: per output and S/N bin
+    (:data:`~sb2dask.models.student.SNR_EDGES`), the factor that brings the 1σ coverage of the
+    truths to 68.3 % (:func:`~sb2dask.models.student.width_scales`). For the manifest's
+    ``training["calibration"]``."""
+    from ..models.student import OUTPUTS, SNR_EDGES, width_scales
+
+    _, mean, logw = student_outputs(model, val.flux)
+    z = (val.y - mean) / np.exp(logw)
+    scales = width_scales(z, val.snr)
+    return dict(method="per output and S/N bin: 68.27th percentile of |truth - mean| / width "
+                       "on the validation split", snr_edges=list(SNR_EDGES), outputs=list(OUTPUTS),
+                scales=scales.tolist(), n=int(np.isfinite(val.y[:, 0]).sum()))
+
+
+def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
+                     teachers: str | Path, teacher_dir: str | Path, out_dir: str | Path,
+                     max_calibration: dict[str, int], name: str = "student-0") -> Path:
+    """Save the best student of a :func:`distill` run with its manifest: architecture and pixel
+    grid, frame, the distillation (blend, teacher model names and hashes, teacher-labelled rows),
+    the width calibration (:func:`calibrate_widths` on ``max_calibration`` validation rows), the
+    training sets, label limits, and validation metrics in physical units. Also the trunk
+    feature statistics for the ``ood_distance`` column. Returns the manifest path."""
+    from safetensors.torch import load_file
+
+    from ..dataset.factory import store_metadata
+    from ..infer.predict import ModelSet
+    from ..models.io import (
+        ModelManifest,
+        feature_statistics,
+        save_feature_statistics,
+        save_model,
+    )
+    from ..models.layers import load_canonical_state_dict
+    from ..models.student import StudentNet, count_flops, decode
+    from ..stats import roc_auc
+    from .fit import label_limits, logg_max_by_teff
+
+    state_json = Path(state_json)
+    state = json.loads(state_json.read_text())
+    tset = ModelSet(teachers, device="cpu")
+    model = StudentNet(n_pix=len(tset.wave))
+    load_canonical_state_dict(model, load_file(str(state_json.with_name(
+        "student-best.safetensors"))))
+    model.eval()
+    val = load_distill_data(stores, "validation", max_calibration, None, tset.frame, tset.wave)
+    calibration = calibrate_widths(model, val)
+    logit, mean, logw = student_outputs(model, val.flux)
+    dec = decode(logit, mean, logw, val.snr, np.asarray(calibration["scales"]))
+    # validation RMSE in physical units (binaries of both stores; per output and pooled over
+    # the components): the reference of the LARGE_SPREAD flag
+    truth = decode(logit, val.y, logw)
+    metrics = {}
+    for k in PARAMETERS:
+        err = dec[k] - truth[k]
+        metrics[f"rmse_{k}"] = float(np.sqrt(np.nanmean(err ** 2)))
+        for c in (0, 1):
+            metrics[f"rmse_{k}_{c + 1}"] = float(np.sqrt(np.nanmean(err[:, c] ** 2)))
+    metrics["rmse_light_fraction_faint"] = float(np.sqrt(np.nanmean(
+        (dec["light_fraction_faint"] - np.clip(val.y[:, -1], 0, 0.5)) ** 2)))
+    det = val.detector_row
+    metrics["auc"] = roc_auc(val.is_binary[det], dec["p_binary"][det])
+    # label space of the training rows (binaries), as the ensembles' manifests record it
+    labels = {k: [] for k in PARAMETERS}
+    snr_ranges = []
+    for store in stores.values():
+        idx = split_indices(store, "train")
+        d = load_split(store, idx[: min(len(idx), 20000)], _FIELDS, frame="rest")
+        for k in PARAMETERS:
+            labels[k].append(d.labels[k][d.labels["is_binary"].astype(bool)])
+        snr_ranges.append(store_metadata(store)["config"]["snr_range"])
+    labels = {k: np.concatenate(v) for k, v in labels.items()}
+    teacher_models = [dict(name=m["name"], weights_sha256=m["weights_sha256"])
+                      for ms in tset.manifests.values() for m in ms]
+    teacher_rows = {}
+    for store in stores.values():
+        for split in ("train", "test"):
+            n = len(load_teacher_labels(store, split, teacher_dir)["index"])
+            if n:
+                teacher_rows[f"{Path(store).stem}/{split}"] = n
+    from ..dataset.store import store_fingerprint
+
+    manifest = ModelManifest(
+        name=name, target="student", architecture="StudentNet", wave=tuple(tset.wave),
+        architecture_kwargs=dict(n_pix=len(tset.wave)), seed=state["seed"],
+        training_set={k: store_fingerprint(s) for k, s in stores.items()},
+        training=dict(
+            frame=tset.frame, n_train=state["n_train"], n_validation=state["n_validation"],
+            epochs=state["epoch"], best_epoch=state.get("best_epoch"),
+            batch_size=state["batch_size"], learning_rate=state["learning_rate"],
+            seconds=state["seconds"], mflop_per_spectrum=count_flops(model, len(tset.wave)) / 1e6,
+            distillation=dict(blend=state["blend"], teachers=str(Path(teachers).resolve()),
+                              teacher_models=teacher_models, teacher_rows=teacher_rows,
+                              n_train_with_teacher=state["n_teacher"],
+                              teacher_precision="fp32"),
+            calibration=calibration, label_limits=label_limits(labels),
+            logg_max_by_teff=logg_max_by_teff(labels),
+            snr_range=[min(r[0] for r in snr_ranges), max(r[1] for r in snr_ranges)],
+            history=state["history"]),
+        metrics=metrics)
+    path = save_model(out_dir, model, manifest)
+    with torch.inference_mode():
+        flux = torch.from_numpy(val.flux[: min(len(val.flux), 20000)])
+        feats = np.concatenate([model.trunk(model.features(model.ops.prepare(
+            flux[s:s + 512]))).numpy() for s in range(0, len(flux), 512)])
+    # the reference set is validation rows (spectra the student was not fitted to)
+    save_feature_statistics(path, feature_statistics(feats))
+    return path
