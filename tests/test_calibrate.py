@@ -14,6 +14,7 @@ from model_fixtures import random_model_set
 from sb2dask.cli import main
 from sb2dask.dataset.factory import SplitSpec, generate
 from sb2dask.infer.predict import ModelSet
+from sb2dask.infer.run import uncertainty_floors
 from sb2dask.simulate.config import SimulationConfig
 from sb2dask.train.calibrate import (
     CALIBRATED_LABELS,
@@ -136,6 +137,10 @@ def test_model_set_reports_calibrated_errors_and_keeps_the_spread(tmp_path):
                                    np.sqrt((2.0 * raw[f"{k}_spread"]) ** 2 + 49.0), rtol=1e-5)
     np.testing.assert_array_equal(ms.predict(flux, calibrated=False)["vsini_err"],
                                   got["vsini_spread"])
+    # the source table adds the validation RMSE to raw spreads only, not to calibrated errors
+    assert set(uncertainty_floors(ModelSet(models, device="cpu")).values()) == {0.0}
+    (models / CALIBRATION_FILE).unlink()
+    assert set(uncertainty_floors(ModelSet(models, device="cpu")).values()) == {1.0}
 
 
 @pytest.fixture(scope="module")

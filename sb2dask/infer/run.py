@@ -48,7 +48,7 @@ from .sources import (
 __all__ = ["STATS_META", "BYTES_PER_ROW", "READ_OVERHEAD", "MAX_UNUSABLE_FRACTION",
            "MemoryBudgetError", "UnusableRunError", "auto_partition_rows", "check_inputs",
            "check_output", "check_run", "check_usable", "run_inference", "write_parquet_atomic",
-           "aggregate_sources", "sources_path"]
+           "aggregate_sources", "sources_path", "uncertainty_floors"]
 
 #: A run in which more than this fraction of the spectra is unusable fails
 #: (:func:`check_usable`, ``sb2dask infer`` without ``--allow-unusable``): such a run almost
@@ -587,6 +587,19 @@ def _has_component_rvs(files: list[Path]) -> bool:
     return False
 
 
+def uncertainty_floors(models) -> dict[str, float]:
+    """Per parameter, the floor added in quadrature to the epochs' ``_err`` in the source table:
+    the models' median validation RMSE where the errors are raw ensemble spreads, 0 where they
+    are calibrated totals already (a ``calibration.json``, or a student's widths)."""
+    calibrated = getattr(models, "calibration", None) is not None
+    floors = {}
+    for p in PARAMETERS:
+        rmse = [m["metrics"].get("rmse") for m in models.manifests.get(p, [])
+                if m["metrics"].get("rmse") is not None]
+        floors[p] = float(np.median(rmse)) if rmse and not calibrated else 0.0
+    return floors
+
+
 def aggregate_sources(epoch_dir: Path, out_dir: Path, models, client,
                       rule: EvidenceRule | None = None) -> dict:
     """Combine the epochs of each source into the per-source table ``out_dir``.
@@ -602,12 +615,7 @@ def aggregate_sources(epoch_dir: Path, out_dir: Path, models, client,
     import pyarrow.parquet as pq
 
     rule = (EvidenceRule() if rule is None else rule).for_models(models)
-    floors = {}
-    for p in PARAMETERS:
-        # a student's widths are already calibrated totals (model + noise): no floor to add
-        rmse = [m["metrics"].get("rmse") for m in models.manifests.get(p, [])
-                if m["metrics"].get("rmse") is not None]
-        floors[p] = float(np.median(rmse)) if rmse else 0.0
+    floors = uncertainty_floors(models)
     files = sorted(Path(epoch_dir).glob("part-*.parquet"))
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("part-*.parquet"):

@@ -55,11 +55,12 @@ The rule (docs/inference.md, "Per-source evidence across epochs")
 
 The table also gives ``p_binary_max`` and ``p_binary_mean`` for reference, ``n_sb2_epochs`` (usable
 epochs with p_binary > 0.5), ``evidence_weight`` (``n_w``), and the parameters as inverse-variance
-weighted means (variance: ensemble spread² plus the model's validation RMSE², a floor so that a
-single-member ensemble still gets weights). When the epoch table has per-epoch component radial
-velocities (``rv_1``, ``rv_2``) the usable epochs' ``epoch_id``, ``obs_time_rv`` (when present),
-``p_binary`` and velocities (with ``_err`` when present) are passed through as lists, in time
-order, ready for an orbit fit (:data:`EPOCH_LIST_COLUMNS`).
+weighted means (variance: the epochs' ``_err``², plus the model's validation RMSE² when those
+are raw ensemble spreads, a floor so that a single-member ensemble still gets weights; none when
+the errors are calibrated, ``calibration.json`` or a student). When the epoch table has per-epoch
+component radial velocities (``rv_1``, ``rv_2``) the usable epochs' ``epoch_id``,
+``obs_time_rv`` (when present), ``p_binary`` and velocities (with ``_err`` when present) are
+passed through as lists, in time order, ready for an orbit fit (:data:`EPOCH_LIST_COLUMNS`).
 """
 
 from __future__ import annotations
