@@ -15,6 +15,7 @@ from sb2dask.cli import main
 from sb2dask.dataset.factory import SplitSpec, generate
 from sb2dask.infer.predict import ModelSet
 from sb2dask.infer.run import uncertainty_floors
+from sb2dask.models.io import ModelFileError
 from sb2dask.simulate.config import SimulationConfig
 from sb2dask.train.calibrate import (
     CALIBRATED_LABELS,
@@ -24,6 +25,7 @@ from sb2dask.train.calibrate import (
     coverage_curve,
     fit_calibration,
     fit_error_model,
+    members_digest,
 )
 
 
@@ -143,6 +145,25 @@ def test_model_set_reports_calibrated_errors_and_keeps_the_spread(tmp_path):
     assert set(uncertainty_floors(ModelSet(models, device="cpu")).values()) == {1.0}
 
 
+def test_a_calibration_applies_only_to_the_members_it_was_fitted_with(tmp_path):
+    models = random_model_set(tmp_path / "m", members=2)
+    full = ModelSet(models, device="cpu")
+    cal = Calibration(models={k: [[ErrorModel(2.0, 7.0)]] * 2 for k in CALIBRATED_LABELS},
+                      provenance=dict(members_digest=members_digest(full.manifests),
+                                      models=full.provenance))
+    cal.save(models)
+    assert ModelSet(models, device="cpu").calibration is not None
+    assert ModelSet(models, device="cpu").calibration_record["sha256"]
+    # one member: no spread, the one the calibration was fitted on -> not applied, with a warning
+    with pytest.warns(UserWarning, match="not applied"):
+        one = ModelSet(models, device="cpu", members=1)
+    assert one.calibration is None and one.calibration_record is None
+    # retrained weights under an old calibration: an error, not silently wrong uncertainties
+    random_model_set(models, members=2, seed=9)
+    with pytest.raises(ModelFileError, match="other weights"):
+        ModelSet(models, device="cpu")
+
+
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("calibrate") / "cal.zarr"
@@ -167,6 +188,8 @@ def test_calibrate_command_writes_a_calibration_the_model_set_uses(tiny_store, t
     assert prov["split"] == "test" and prov["n"] == 40 and prov["store_sha256"]
     assert set(prov["models"]) >= {"teff", "logg", "feh", "vsini"}
     assert ModelSet(models, device="cpu").calibration is not None
+    assert data["provenance"]["members_digest"] == members_digest(
+        ModelSet(models, device="cpu").manifests)
     # the cached predictions refit another binning without predicting again (and are refused
     # once the weights change)
     cache = tmp_path / "pred.npz"
@@ -189,4 +212,9 @@ def test_calibrate_command_refuses_a_store_without_enough_sb2s(tiny_store, tmp_p
                  "--split", "test", "--value-bins", "4"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--value-bins" in err[0] and " of 4: " in err[0]
+    assert main(["calibrate", "--models", str(models), "--store", str(tiny_store),
+                 "--split", "test", "--snr-edges", "100", "50"]) != 0
+    assert "strictly increasing" in capsys.readouterr().err
+    assert main(["calibrate", "--models", "fast", "--store", str(tiny_store)]) != 0
+    assert "holds a student" in capsys.readouterr().err
     assert not (models / CALIBRATION_FILE).exists()

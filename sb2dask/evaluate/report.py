@@ -68,14 +68,15 @@ def _fig3(pred, lab, path):
     fig.savefig(path, dpi=110)
 
 
-def _coverage(pred: dict, lab: dict, p: str) -> dict:
+def _coverage(pred: dict, lab: dict, p: str, models) -> dict:
     """Coverage of the reported uncertainties (``_err``: calibrated when the model directory has
     a calibration) and of the raw ensemble spread, and the reliability curve of the former."""
     from ..train.calibrate import coverage_curve
 
     out = interval_coverage(pred[p], pred[f"{p}_err"], lab[p])
-    out["calibrated"] = f"{p}_spread" in pred and not np.array_equal(
-        pred[f"{p}_spread"], pred[f"{p}_err"], equal_nan=True)
+    # a student's widths are calibrated in training; an ensemble's errors by calibration.json
+    out["calibrated"] = getattr(models, "student", None) is not None or (
+        getattr(models, "calibration", None) is not None)
     if f"{p}_spread" in pred:
         raw = interval_coverage(pred[p], pred[f"{p}_spread"], lab[p])
         out["spread_within_1sigma"] = raw["within_1sigma"]
@@ -196,7 +197,7 @@ def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
         r, m = rmse_mae(d_pred, d_true)
         res["table5"][p] = dict(rmse=r, mae=m, paper_rmse=PAPER_TABLE5[p][0],
                                 paper_mae=PAPER_TABLE5[p][1])
-        res["calibration"][p] = _coverage(pred, lab, p)
+        res["calibration"][p] = _coverage(pred, lab, p, models)
     feh_mean = np.nanmean(lab["feh"], axis=1)
     # Fig. 5 in the paper's S/N bins, or in the DR4 bins for stores that reach below its floor
     snr_edges = np.array([30.0, 90.0, 150.0, 210.0, 270.0, 350.0])

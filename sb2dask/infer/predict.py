@@ -138,9 +138,9 @@ class ModelSet:
         #: how the models' training spectra were framed: "rest" or "rv_bulk"
         self.frame = frames.pop()
         self.feature_stats = load_feature_statistics(first, self.directory)
-        #: the label uncertainties' calibration (``calibration.json``), or None: raw spreads
-        self.calibration = Calibration.load(self.directory)
         self.manifests = {t: [m.to_dict() for _, m in ms] for t, ms in self.members.items()}
+        #: the label uncertainties' calibration (``calibration.json``), or None: raw spreads
+        self.calibration = self._load_calibration()
         self.lock = threading.Lock()  # one forward pass at a time per process (torch threads)
 
     def _init_student(self, path: Path, layout: str) -> None:
@@ -158,6 +158,49 @@ class ModelSet:
         self.snr_edges = tuple(cal.get("snr_edges", ()))
         self.calibration = None  # its widths are calibrated in its manifest (above)
         self.lock = threading.Lock()
+
+    def _load_calibration(self) -> Calibration | None:
+        """The directory's calibration when it was fitted with exactly the loaded members.
+
+        A calibration of other weights (the directory retrained after ``sb2dask calibrate``) is
+        an error; one of the same networks used with fewer members (``--members 1``: no spread,
+        the one it was fitted on) is not applied, with a warning: the errors are then the raw
+        spreads and the source table adds the validation RMSE floor again.
+        """
+        import warnings
+
+        from ..train.calibrate import CALIBRATION_FILE, members_digest
+
+        cal = Calibration.load(self.directory)
+        fitted = (cal.provenance.get("members_digest") if cal is not None else None)
+        if cal is None or fitted is None or fitted == members_digest(self.manifests):
+            return cal
+        recorded = {m["name"]: m["weights_sha256"] for ms in cal.provenance.get(
+            "models", {}).values() for m in ms}
+        loaded = {m["name"]: m["weights_sha256"] for ms in self.manifests.values() for m in ms}
+        if all(recorded.get(k) == v for k, v in loaded.items()):
+            warnings.warn(f"{self.directory / CALIBRATION_FILE} was fitted with "
+                          f"{len(recorded)} networks, {len(loaded)} are loaded (--members): "
+                          "not applied; the *_err columns are raw ensemble spreads",
+                          stacklevel=3)
+            return None
+        raise ModelFileError(f"{self.directory / CALIBRATION_FILE} was fitted with other "
+                             "weights than the models in this directory; run sb2dask calibrate "
+                             "again or remove the file")
+
+    @property
+    def calibration_record(self) -> dict | None:
+        """What the outputs' metadata and a run's settings record of the calibration applied:
+        the file's SHA-256 and where it was fitted (None without one)."""
+        if self.calibration is None:
+            return None
+        from ..fileio import file_sha256
+        from ..train.calibrate import CALIBRATION_FILE
+
+        prov = self.calibration.provenance
+        return dict(sha256=file_sha256(self.directory / CALIBRATION_FILE),
+                    store_sha256=prov.get("store_sha256"), split=prov.get("split"),
+                    n=prov.get("n"))
 
     @property
     def provenance(self) -> dict:
@@ -350,6 +393,13 @@ class ModelSet:
 
 _MODEL_SETS: dict = {}
 _MODEL_SETS_LOCK = threading.Lock()
+
+
+def forget_model_sets() -> None:
+    """Drop this process's cached model sets (after their files changed on disk, e.g. a new
+    ``calibration.json``): the next :func:`get_model_set` loads them again."""
+    with _MODEL_SETS_LOCK:
+        _MODEL_SETS.clear()
 
 
 def get_model_set(config: InferenceConfig | None = None) -> ModelSet:

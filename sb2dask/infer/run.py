@@ -295,7 +295,8 @@ def _read_record(out: Path) -> dict | None:
 
 
 #: The settings of a run a rerun into the same ``--out`` must share to continue it.
-_RUN_KEYS = ("inputs", "model_dir", "precision", "members", "fit", "fit_threshold")
+_RUN_KEYS = ("inputs", "model_dir", "precision", "members", "fit", "fit_threshold",
+             "calibration")
 
 
 def check_output(out: str | Path, inputs: list[str] | None = None,
@@ -345,12 +346,17 @@ def check_output(out: str | Path, inputs: list[str] | None = None,
 
 
 def _run_settings(inputs: list[str], config: InferenceConfig) -> dict:
+    from ..fileio import file_sha256
+    from ..train.calibrate import CALIBRATION_FILE
     from .predict import resolve_model_dir
 
     model_dir = resolve_model_dir(config.model_dir)
+    # a calibration added (or refitted) between two runs changes every *_err: not the same run
+    cal = model_dir / CALIBRATION_FILE
     return dict(inputs=list(inputs), model_dir=str(model_dir.resolve()),
                 precision=config.precision, members=config.members, fit=config.fit,
-                fit_threshold=config.fit_threshold)
+                fit_threshold=config.fit_threshold,
+                calibration=file_sha256(cal) if cal.exists() else None)
 
 
 def check_run(inputs: list[str | Path], out: str | Path, config: InferenceConfig | None = None,
@@ -448,7 +454,7 @@ def run_inference(inputs: list[str | Path], out: str | Path, client,
     models = get_model_set(config.replace(device="cpu"))  # loaded by check_run
     ddf, record, old = _plan_partitions(inputs, out, client, config, overwrite)
     todo, done = _prepare_out(out, old, record, overwrite)
-    provenance = dict(models=models.provenance,
+    provenance = dict(models=models.provenance, calibration=models.calibration_record,
                       versions=package_versions("torch", "dask", "distributed", "pyarrow"),
                       inputs=inputs, inference=config.replace(
                           partition_rows=record["partition_rows"]).to_dict(), created=utc_now())
@@ -631,7 +637,9 @@ def aggregate_sources(epoch_dir: Path, out_dir: Path, models, client,
         ddf = ddf.shuffle(on="source_id", npartitions=max(1, ddf.npartitions // 8))
     meta = combine_sources(ddf._meta, rule, floors)
     combined = ddf.map_partitions(combine_sources, rule, floors, meta=meta)
-    schema = source_arrow_schema(dict(models=models.provenance, uncertainty_floors=floors,
+    schema = source_arrow_schema(dict(models=models.provenance,
+                                      calibration=models.calibration_record,
+                                      uncertainty_floors=floors,
                                       evidence_rule=rule.to_dict()), lists)
     n = 0
     for i, fut in enumerate(client.compute(combined.to_delayed())):

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["CALIBRATION_FILE", "CALIBRATED_LABELS", "ErrorModel", "Calibration",
-           "fit_error_model", "fit_calibration", "coverage_curve", "calibrate"]
+           "fit_error_model", "fit_calibration", "coverage_curve", "calibrate", "members_digest"]
 
 #: Written beside the manifests of a model directory.
 CALIBRATION_FILE = "calibration.json"
@@ -225,17 +225,13 @@ def coverage_curve(residual: np.ndarray, sigma: np.ndarray,
             for p in levels]
 
 
-def _weights_digest(model_dir) -> str:
-    """One hash of every network's weights in a model directory (from the manifests)."""
+def members_digest(manifests: dict) -> str:
+    """One hash of the networks a calibration was fitted with: every member's name and weights
+    hash (``ModelSet.manifests``). A calibration applies to exactly these members: another
+    member count changes the spread it was fitted on."""
     import hashlib
 
-    recs = []
-    for path in sorted(Path(model_dir).glob("*.json")):
-        if path.name == CALIBRATION_FILE:
-            continue
-        d = json.loads(path.read_text())
-        if "weights_sha256" in d:
-            recs.append(f"{path.name}:{d['weights_sha256']}")
+    recs = sorted(f"{m['name']}:{m['weights_sha256']}" for ms in manifests.values() for m in ms)
     return hashlib.sha256("\n".join(recs).encode()).hexdigest()
 
 
@@ -248,9 +244,9 @@ def _save_predictions(path, pred: dict, truth: dict, meta: dict) -> None:
                  **{f"truth__{k}": v for k, v in truth.items()})
 
 
-def _load_predictions(path, key: dict, model_dir):
-    """``(pred, truth, meta)`` from a cache written for ``key`` and the current weights of
-    ``model_dir``, or None (absent or stale: predicted again)."""
+def _load_predictions(path, key: dict, weights: str):
+    """``(pred, truth, meta)`` from a cache written for ``key`` and the members whose
+    :func:`members_digest` is ``weights``, or None (absent or stale: predicted again)."""
     path = Path(path)
     if not path.exists():
         return None
@@ -258,7 +254,7 @@ def _load_predictions(path, key: dict, model_dir):
         meta = json.loads(str(z["meta"]))
         if any(meta.get(k) != v for k, v in key.items()):
             return None
-        if meta.get("weights") != _weights_digest(model_dir):
+        if meta.get("weights") != weights:
             return None
         pred = {k[6:]: z[k] for k in z.files if k.startswith("pred__")}
         truth = {k[7:]: z[k] for k in z.files if k.startswith("truth__")}
@@ -289,12 +285,23 @@ def calibrate(model_dir: str | Path, store: str | Path, split: str = "validation
     """
     from ..dataset.store import store_fingerprint
     from ..evaluate.report import _predict_split
+    from ..infer.config import InferenceConfig
+    from ..infer.predict import get_model_set, resolve_model_dir
     from ..provenance import package_versions, utc_now
 
     t0 = time.perf_counter()
+    model_dir = resolve_model_dir(model_dir)
+    if any(Path(model_dir).glob("student-*.json")):
+        raise ValueError(f"{model_dir} holds a student, whose widths are calibrated when it is "
+                         "trained (its manifest); calibrate applies to ensembles")
+    edges = [float(e) for e in snr_edges]
+    if edges != sorted(set(edges)):
+        raise ValueError(f"--snr-edges must be strictly increasing, got {edges}")
     fp = store_fingerprint(store)
     key = dict(store_sha256=fp["sha256"], split=split, max_n=max_n, rest_frame=rest_frame)
-    cached = _load_predictions(predictions, key, model_dir) if predictions else None
+    weights = members_digest(get_model_set(InferenceConfig(model_dir=model_dir,
+                                                           rest_frame=rest_frame)).manifests)
+    cached = _load_predictions(predictions, key, weights) if predictions else None
     if cached is None:
         fields = list(CALIBRATED_LABELS) + ["snr", "is_binary"]
         data, pred, models, _ = _predict_split(store, model_dir, split, max_n, fields,
@@ -302,8 +309,7 @@ def calibrate(model_dir: str | Path, store: str | Path, split: str = "validation
         b = np.asarray(data.labels["is_binary"], bool)
         pred = {k: v[b] for k, v in pred.items() if k.split("_")[0] in CALIBRATED_LABELS}
         truth = {k: np.asarray(v)[b] for k, v in data.labels.items()}
-        meta = dict(key, frame=data.frame, models=models.provenance,
-                    weights=_weights_digest(model_dir))
+        meta = dict(key, frame=data.frame, models=models.provenance, weights=weights)
         if predictions:
             _save_predictions(predictions, pred, truth, meta)
     else:
@@ -311,10 +317,10 @@ def calibrate(model_dir: str | Path, store: str | Path, split: str = "validation
     if len(truth["snr"]) < 20:
         raise ValueError(f"{store}: split {split!r} holds {len(truth['snr'])} SB2s; at least 20 "
                          "are needed to calibrate")
-    cal = fit_calibration(pred, truth, truth["snr"], snr_edges, value_bins)
+    cal = fit_calibration(pred, truth, truth["snr"], edges, value_bins)
     cal.provenance = dict(store=fp["path"], store_sha256=fp["sha256"], store_seed=fp["seed"],
                           split=split, n=len(truth["snr"]), rest_frame=rest_frame,
-                          frame=meta["frame"], models=meta["models"],
+                          frame=meta["frame"], models=meta["models"], members_digest=weights,
                           versions=package_versions("torch"), created=utc_now())
     summary = {}
     # coverage by S/N tertile of the calibration rows: whether one S/N bin is enough
@@ -331,6 +337,9 @@ def calibrate(model_dir: str | Path, store: str | Path, split: str = "validation
         summary[label] = row
     if write:
         cal.save(model_dir)
+        from ..infer.predict import forget_model_sets
+
+        forget_model_sets()  # this process's cached model sets would not see the new file
     out = cal.to_dict()
     out["fit_summary"] = summary
     out["seconds"] = time.perf_counter() - t0

@@ -88,7 +88,7 @@ def label_with_teachers(model_dir: str | Path, store: str | Path, split: str, n:
             teachers = ModelSet(model_dir, device="cpu", precision=precision)
         rows = index[s:s + chunk]
         data = load_split(store, rows, ["is_binary"], frame=teachers.frame, wave=teachers.wave)
-        pred = teachers.predict(data.flux)
+        pred = teachers.predict(data.flux, calibrated=False)  # *_err: the raw spreads
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez(tmp, index=rows, **{k: pred[k].astype(np.float32) for k in TEACHER_KEYS})
         done += len(rows)
