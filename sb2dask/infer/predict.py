@@ -292,13 +292,17 @@ class ModelSet:
         logit, mean, log_width = (t.float().cpu().numpy() for t in model.heads(feats))
         res = decode(logit, mean, log_width, snr, self.width_scales, self.snr_edges)
         res["p_binary_err"] = np.full(len(flux), np.nan)
-        if self.feature_stats is not None:
-            fs = self.feature_stats
-            res["ood_distance"] = (mahalanobis(feats.float().cpu().numpy(), fs["mean"],
-                                               fs["precision"]) / fs["threshold"][0])
-        else:
-            res["ood_distance"] = np.full(len(flux), np.nan)
+        res["ood_distance"] = self._ood_distance(feats)
         return res
+
+    def _ood_distance(self, feats: torch.Tensor) -> np.ndarray:
+        """Mahalanobis distance of trunk features from the training set's, in units of its
+        99.5 % quantile (NaN without reference statistics)."""
+        if self.feature_stats is None:
+            return np.full(len(feats), np.nan)
+        fs = self.feature_stats
+        return (mahalanobis(feats.float().cpu().numpy(), fs["mean"], fs["precision"])
+                / fs["threshold"][0])
 
     def detect(self, flux: np.ndarray, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """The detector ensemble alone on spectra on :attr:`wave` (float32 ``(n, n_pix)``):
@@ -334,12 +338,7 @@ class ModelSet:
             t = man.scaling.unscale(model.head(feats).float().cpu().numpy().astype(np.float64))
             temps.append(sort_pairs(t)[0])
             if i == 0:
-                if self.feature_stats is not None:
-                    fs = self.feature_stats
-                    res["ood_distance"] = (mahalanobis(feats.float().cpu().numpy(), fs["mean"],
-                                                       fs["precision"]) / fs["threshold"][0])
-                else:
-                    res["ood_distance"] = np.full(len(flux), np.nan)
+                res["ood_distance"] = self._ood_distance(feats)
         temps = np.stack(temps)
         res["teff"], res["teff_err"] = temps.mean(0), _spread(temps)
         for target in PARAMETERS:

@@ -262,9 +262,11 @@ def _load_predictions(path, key: dict, weights: str):
 
 
 def _within(residual: np.ndarray, sigma: np.ndarray) -> list[float]:
-    """Fractions within ±1σ and ±2σ (rounded; for summaries)."""
-    curve = {c["level"]: c["fraction"] for c in coverage_curve(residual, sigma, (0.683, 0.954))}
-    return [round(curve[0.683], 3), round(curve[0.954], 3)]
+    """Fractions within ±1σ and ±2σ, rounded (for the command's summary)."""
+    from ..evaluate.metrics import interval_coverage
+
+    c = interval_coverage(residual, sigma, np.zeros_like(residual))
+    return [round(c["within_1sigma"], 3), round(c["within_2sigma"], 3)]
 
 
 def calibrate(model_dir: str | Path, store: str | Path, split: str = "validation",
