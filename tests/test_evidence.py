@@ -28,7 +28,7 @@ def sim():
     cfg = SimulationConfig.paper(binary_fraction=0.5, snr_range=(150.0, 200.0),
                                  vsini_range=(0.0, 25.0), feh_range=(0.0, 0.0))
     renderer = SpectrumRenderer(lib, cfg)
-    model = get_forward_model(FitConfig(), cfg.wave)
+    model = get_forward_model(FitConfig(precision="float64"), cfg.wave)
     labels, interp, noise = draw_systems(lib, cfg, np.arange(300))
     return dict(lib=lib, cfg=cfg, renderer=renderer, model=model, labels=labels, interp=interp,
                 noise=noise)
@@ -93,7 +93,7 @@ def test_scan_finds_both_velocities(sim):
     m = sim["model"]
     w = torch.ones_like(flux)
     grid = velocity_grid(150.0, 4.0, m)
-    rv, frac = scan_binary(m, flux, w, _star_labels(labels, 0), _star_labels(labels, 1),
+    rv, frac, _ = scan_binary(m, flux, w, _star_labels(labels, 0), _star_labels(labels, 1),
                            torch.tensor(labels["vsini"], dtype=torch.float64), grid)
     assert np.abs(rv.numpy() - labels["rv"]).max() <= 2.5
     assert np.abs(frac.numpy() - labels["light_fraction"][:, 1]).max() < 0.15
@@ -104,7 +104,7 @@ def test_fits_recover_rvs_and_tell_binaries_from_singles(sim):
     rows = np.concatenate([_pick(lab, 2), _pick(lab, 2, binary=False)])
     labels, interp = _take(lab, rows), _take(sim["interp"], rows)
     flux = sim["renderer"].render(labels, interp, sim["noise"][rows])
-    cfg = FitConfig()
+    cfg = FitConfig(free_fit=True)
     w = noise_weights(sim["cfg"].wave, flux, None, labels["snr"], cfg)
     rng = np.random.default_rng(3)
     start = {}
@@ -269,3 +269,114 @@ def test_a_finished_run_without_fit_is_not_reused_for_fit(tmp_path):
     check_output(out, inputs, InferenceConfig())  # the same run: continued
     with pytest.raises(ValueError, match="fit"):
         check_output(out, inputs, InferenceConfig(fit=True))
+
+
+def test_analytic_jacobians_match_forward_mode_autodiff(sim):
+    m = sim["model"]
+    t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    th = t([[5234.0, 4.3, -0.3, 12.1, 17.0], [6120.0, 3.9, 0.2, 47.3, -80.0]])
+    _, ad = _jacobian(lambda x: m.single(x[:, 0:3], x[:, 3], x[:, 4]), th)
+    _, an = m.single_jac(th[:, 0:3], th[:, 3], th[:, 4])
+    assert (an - ad).abs().max() < 1e-9 * ad.abs().max()
+    # two stars, light ratio from the labels (its dependence on them included) and free
+    thb = t([[5234.0, 4.3, -0.3, 6100.0, 4.1, 0.1, 12.1, 40.0, 17.0, -40.0],
+             [4480.0, 4.6, 0.2, 5810.0, 4.4, 0.2, 3.0, 80.0, -30.0, 50.0]])
+    order = [0, 1, 2, 6, 8, 3, 4, 5, 7, 9]  # binary_jac: star 1 (labels, v sin i, RV), star 2
+    _, ad = _jacobian(lambda x: m.binary(x[:, 0:3], x[:, 3:6], x[:, 6:8], x[:, 8:10]), thb)
+    _, an, _ = m.binary_jac(thb[:, 0:3], thb[:, 3:6], thb[:, 6:8], thb[:, 8:10])
+    assert (an - ad[..., order]).abs().max() < 1e-9 * ad.abs().max()
+    thf = torch.cat([thb, t([[0.3], [0.6]])], 1)
+    _, ad = _jacobian(lambda x: m.binary(x[:, 0:3], x[:, 3:6], x[:, 6:8], x[:, 8:10],
+                                         x[:, 10]), thf)
+    _, an, _ = m.binary_jac(thf[:, 0:3], thf[:, 3:6], thf[:, 6:8], thf[:, 8:10], thf[:, 10])
+    assert (an - ad[..., order + [10]]).abs().max() < 1e-9 * ad.abs().max()
+
+
+def test_pixel_matrix_is_the_renderers_fft_and_resampling(sim):
+    m = sim["model"]
+    t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    ft = m.component_ft(t([[5234.0, 4.3, -0.3]] * 3), t([0.0, 12.0, 90.0]), t([0.0, 17.0, -60.0]))
+    depth = torch.fft.irfft(ft * m.lsf, n=m.n_work, dim=-1)
+    ref = (1 - m._f) * depth.index_select(1, m._i0) + m._f * depth.index_select(1, m._i0 + 1)
+    assert ref.abs().max() > 0.3
+    assert (m.to_pixels(ft) - ref).abs().max() < 1e-12
+
+
+def test_float32_fits_agree_with_float64(sim):
+    lab = sim["labels"]
+    rows = np.concatenate([_pick(lab, 2), _pick(lab, 1, binary=False)])
+    labels, interp = _take(lab, rows), _take(sim["interp"], rows)
+    flux = sim["renderer"].render(labels, interp, sim["noise"][rows])
+    start = {f"{k}_{c + 1}": np.nan_to_num(labels[k][:, c], nan=labels[k][0, 0])
+             for k in ("teff", "logg", "feh", "vsini") for c in (0, 1)}
+    res = {}
+    for prec in ("float32", "float64"):
+        cfg = FitConfig(precision=prec)
+        w = noise_weights(sim["cfg"].wave, flux, None, labels["snr"], cfg)
+        res[prec] = fit_spectra(get_forward_model(cfg, sim["cfg"].wave), flux, w, start, cfg)
+    for k in ("chi2_single", "chi2_binary"):
+        np.testing.assert_allclose(res["float32"][k], res["float64"][k], atol=0.5)
+    np.testing.assert_allclose(res["float32"]["rv_single"], res["float64"]["rv_single"],
+                               atol=0.05)
+
+
+def test_best_of_keeps_each_spectrums_lowest_chi2_and_runs_starts_only_where_asked():
+    # a toy problem with two basins: model 1 + h(θ)·x, h = θ² − θ³/2, data 1 + 2x (times a
+    # fitted continuum scale). Two spectra, the same data; the second start runs for
+    # spectrum 1 only. Whatever each start reaches, _best_of must keep, per spectrum, the
+    # lower χ² of the starts it was allowed
+    from sb2dask.evidence.fit import _best_of, _levenberg_marquardt, _Problem
+
+    x = torch.linspace(0.5, 1.5, 50, dtype=torch.float64)
+    y = (1.0 + 2.0 * x).expand(2, -1)
+    calls = []
+    h = lambda th: th ** 2 - 0.5 * th ** 3  # noqa: E731
+
+    def value(th):
+        calls.append(len(th))
+        return 1.0 + h(th) * x
+
+    def jac(th):
+        return 1.0 + h(th) * x, ((2.0 * th - 1.5 * th ** 2) * x)[..., None]
+
+    prob = _Problem(value, jac, y, torch.ones_like(y), torch.ones(50, 1, dtype=torch.float64))
+    lo = torch.full((2, 1), -10.0, dtype=torch.float64)
+    hi = torch.full((2, 1), 10.0, dtype=torch.float64)
+    starts = [torch.tensor([[1.0], [1.0]], dtype=torch.float64),
+              torch.tensor([[-1.0], [-1.0]], dtype=torch.float64)]
+    alone = [_levenberg_marquardt(prob, s.clone(), lo, hi, 8, 1e-10)[1] for s in starts]
+    assert alone[1][0] < alone[0][0] - 1.0  # the starts end in different basins
+    calls.clear()
+    th, chi2, _ = _best_of(prob, starts, lo, hi, 8, 1e-10, race=None,
+                           use=[None, torch.tensor([False, True])])
+    assert calls[0] == 3  # one batch: start 0 for both spectra, start 1 for spectrum 1
+    np.testing.assert_allclose(chi2[0], alone[0][0], rtol=1e-9)  # no start 1 for spectrum 0
+    np.testing.assert_allclose(chi2[1], alone[1][1], rtol=1e-9)  # spectrum 1: the better
+    np.testing.assert_allclose(th[1], _levenberg_marquardt(prob, starts[1].clone(), lo, hi, 8,
+                                                           1e-10)[0][1])
+
+
+def test_cramer_rao_bound_matches_the_scatter_of_fitted_rvs(sim):
+    from sb2dask.evidence import cramer_rao_bounds
+
+    lab = sim["labels"]
+    row = np.flatnonzero(~lab["is_binary"] & (lab["vsini"][:, 0] < 15.0))[:1]
+    labels, interp = _take(lab, row), _take(sim["interp"], row)
+    clean = sim["renderer"].render(labels, interp, None)[0]
+    n, snr = 40, 80.0
+    rng = np.random.default_rng(11)
+    flux = clean + rng.normal(0.0, 1.0 / snr, (n, clean.size))
+    cfg = FitConfig(error_floor=0.0, mask_ca_ii=False, precision="float64", swap_start=False)
+    w = noise_weights(sim["cfg"].wave, flux, None, np.full(n, snr), cfg)
+    start = {f"{k}_{c}": np.full(n, float(labels[k][0, 0])) for k in ("teff", "logg", "feh",
+                                                                       "vsini") for c in (1, 2)}
+    res = fit_spectra(sim["model"], flux, w, start, cfg)
+    scatter = np.std(res["rv_single"] - labels["rv"][0, 0])
+    single = {k: np.repeat(v, 1, axis=0) for k, v in labels.items()}
+    crb = cramer_rao_bounds(sim["model"], single, w[:1], binary=False)
+    assert 0.6 < scatter / crb["rv_1"][0] < 1.5, (scatter, crb["rv_1"][0])
+    # the fit's own Fisher errors are this bound at the fitted labels
+    assert 0.7 < np.median(res["rv_single_err"]) / crb["rv_1"][0] < 1.4
+    # twice the S/N halves the bound (photon noise only)
+    crb2 = cramer_rao_bounds(sim["model"], single, 4.0 * w[:1], binary=False)
+    np.testing.assert_allclose(crb2["rv_1"], 0.5 * crb["rv_1"], rtol=1e-9)

@@ -49,6 +49,7 @@ from .model import ForwardModel
 from .scan import scan_binary, scan_single, velocity_grid
 
 __all__ = ["FitConfig", "FIT_COLUMNS", "SB2_CLASSES", "EvidenceFlag", "fit_spectra", "classify",
+           "cramer_rao_bounds", "CRB_PARAMETERS",
            "evidence_flags", "fit_partition", "get_forward_model", "noise_weights"]
 
 #: Values of ``sb2_class``; "" when the spectrum was not fitted.
@@ -115,9 +116,21 @@ class FitConfig(ConfigMixin):
         simulator's K1 + K2 reaches 90 km/s around the systemic velocity)
     scan_step : step [km/s] of the RV correlation scan
     continuum_degree : degree of the Legendre continuum correction
-    iterations : Levenberg-Marquardt iterations per fit
+    iterations : the most Levenberg-Marquardt iterations per fit (each spectrum stops earlier
+        once converged, see ``tolerance``)
+    tolerance : a spectrum's fit has converged when an undamped step lowers its χ² by less
+        than this
     swap_start : also start the two-star fit from the scan's velocity pair swapped between the
-        stars (costs one more two-star fit)
+        stars, where the swapped pair explains within ``swap_margin`` (χ² units) as much as the
+        scan's best (the starts race: six iterations each, then the leader goes on)
+    recheck_margin : where ΔBIC is at least ``bic_threshold - recheck_margin``, the single-star
+        fit is redone from the brighter star of the two-star fit; where it is within
+        ``recheck_margin`` of the threshold, or χ²_binary > χ²_single, the two-star fit is redone
+        from the single-star solution split in two. Elsewhere neither can change the class
+    free_fit : also run the unconstrained two-star fit (``chi2_free``, ``delta_bic_free``; NaN
+        otherwise): a diagnostic of how much a free companion absorbs, not part of the class
+    precision : ``"float32"`` or ``"float64"``: the forward model's dtype (the fits' own
+        arithmetic, the continuum, χ² and the Fisher matrices, is float64 either way)
     batch_size : spectra per batched fit
     p_threshold : :func:`fit_partition` fits only rows with ``p_binary >= p_threshold`` (0: all)
     bic_threshold : ΔBIC at or above which the fit evidence favours two stars. Set, as issue 12
@@ -143,8 +156,13 @@ class FitConfig(ConfigMixin):
     rv_max: float = 150.0
     scan_step: float = 4.0
     continuum_degree: int = 2
-    iterations: int = 20
+    iterations: int = 30
+    tolerance: float = 0.01
     swap_start: bool = True
+    swap_margin: float = 25.0
+    recheck_margin: float = 20.0
+    free_fit: bool = False
+    precision: str = "float32"
     batch_size: int = 64
     p_threshold: float = 0.0
     bic_threshold: float = 25.0
@@ -200,7 +218,9 @@ def _continuum(m: torch.Tensor, flux: torch.Tensor, w: torch.Tensor, basis: torc
 
 def _jacobian(fn, theta: torch.Tensor):
     """Model (b, n) and its Jacobian (b, n, P) at ``theta`` (b, P) by forward-mode AD: the batch
-    is replicated once per parameter, each copy carrying that parameter's unit tangent."""
+    is replicated once per parameter, each copy carrying that parameter's unit tangent. The
+    fits use the forward model's analytic Jacobians (:meth:`ForwardModel.binary_jac`); this is
+    their independent check (tests) and the route for models without one."""
     b, p = theta.shape
     rep = theta.repeat(p, 1)
     tangent = torch.eye(p, dtype=theta.dtype).repeat_interleave(b, 0)
@@ -210,50 +230,133 @@ def _jacobian(fn, theta: torch.Tensor):
     return m[:b], jt.reshape(p, b, -1).permute(1, 2, 0)
 
 
-def _levenberg_marquardt(fn, theta, lo, hi, flux, w, basis, iterations):
-    """Minimise χ² of ``fn(theta)`` · continuum against ``flux`` within [lo, hi].
+class _Problem:
+    """One least-squares problem of a batch: model ``value(θ)`` (b, n) and ``jac(θ)`` →
+    (model, Jacobian (b, n, P)) in the forward model's dtype, against ``flux`` and inverse
+    variances ``w`` (b, n) in float64, with the continuum ``basis`` (n, K)."""
 
-    Returns θ (b, P), χ² (b,), and the covariance (b, P, P) from the final Fisher matrix
-    (parameters at a bound keep their row: their error is then a lower limit)."""
-    theta = theta.clamp(lo, hi)
-    lam = torch.full((len(theta),), 1e-3, dtype=theta.dtype)
-    chi2, _ = _continuum(fn(theta), flux, w, basis)
-    for it in range(iterations + 1):
-        m, jac = _jacobian(fn, theta)
-        _, cont = _continuum(m, flux, w, basis)
+    def __init__(self, value, jac, flux, w, basis):
+        self.value, self.jac = value, jac
+        self.flux, self.w, self.basis = flux, w, basis
+
+    def chi2(self, theta, rows=None):
+        f, w = (self.flux, self.w) if rows is None else (self.flux[rows], self.w[rows])
+        return _continuum(self.value(theta).to(torch.float64), f, w, self.basis)[0]
+
+    def normal_equations(self, theta, rows=None):
+        """Fisher matrix JᵀWJ (b, P, P) and gradient JᵀW r (b, P), continuum held at its
+        optimum for the model at θ."""
+        f, w = (self.flux, self.w) if rows is None else (self.flux[rows], self.w[rows])
+        m, jac = self.jac(theta)
+        m, jac = m.to(torch.float64), jac.to(torch.float64)
+        _, cont = _continuum(m, f, w, self.basis)
         jc = jac * cont[..., None]
         jw = jc * w[..., None]
-        fisher = jw.transpose(1, 2) @ jc
-        if it == iterations:
-            break
-        grad = (jw * (flux - m * cont)[..., None]).sum(1)
-        diag = torch.diagonal(fisher, dim1=1, dim2=2).clamp_min(1e-12)
-        step = torch.linalg.solve(fisher + lam[:, None, None] * torch.diag_embed(diag),
-                                  grad[..., None])[..., 0]
-        trial = (theta + step).clamp(lo, hi)
-        chi2_t, _ = _continuum(fn(trial), flux, w, basis)
-        better = chi2_t < chi2
-        theta = torch.where(better[:, None], trial, theta)
-        chi2 = torch.where(better, chi2_t, chi2)
-        lam = torch.where(better, lam / 5.0, lam * 4.0).clamp(1e-7, 1e7)
+        return jw.transpose(1, 2) @ jc, (jw * (f - m * cont)[..., None]).sum(1)
+
+
+def _levenberg_marquardt(problem: _Problem, theta, lo, hi, iterations, tol=0.01):
+    """Minimise χ² of ``problem`` within [lo, hi] from ``theta`` (b, P) float64.
+
+    Each spectrum stops when an undamped step (λ < 1) lowers its χ² by less than ``tol`` (the
+    remaining distance to the minimum is then ~0.1 σ), or when no step helps (λ ≥ 10⁴), or after
+    ``iterations``; only spectra still moving are computed, so a batch costs what its slowest
+    members need, not ``iterations`` for all.
+
+    Returns θ (b, P), χ² (b,), the covariance (b, P, P) from the final Fisher matrix
+    (parameters at a bound keep their row: their error is then a lower limit) and the
+    iterations each spectrum used (b,)."""
+    theta = theta.clamp(lo, hi)
+    b = len(theta)
+    lam = torch.full((b,), 1e-3, dtype=theta.dtype)
+    chi2 = problem.chi2(theta)
+    active = torch.ones(b, dtype=torch.bool)
+    used = torch.zeros(b, dtype=torch.int64)
+    # the normal equations at each spectrum's θ, recomputed only where θ moved: after a
+    # rejected step only λ changes
     p = theta.shape[1]
+    fisher_all = torch.zeros(b, p, p, dtype=theta.dtype)
+    grad_all = torch.zeros(b, p, dtype=theta.dtype)
+    stale = torch.ones(b, dtype=torch.bool)
+    for _ in range(iterations):
+        rows = torch.nonzero(active)[:, 0]
+        if rows.numel() == 0:
+            break
+        redo = rows[stale[rows]]
+        if redo.numel():
+            fisher_all[redo], grad_all[redo] = problem.normal_equations(theta[redo], redo)
+            stale[redo] = False
+        th = theta[rows]
+        fisher, grad = fisher_all[rows], grad_all[rows]
+        # a parameter at a bound that the gradient pushes outwards is held there for this step
+        # (projected LM): left free, the clipped step would not move it, the χ² would not fall
+        # and λ would grow until the whole fit stalled. So is one the data do not constrain
+        # (linearised χ² change < 0.01 across its whole range, e.g. logg where the library is
+        # flat beyond its coverage): its near-zero row would otherwise fill the step with noise
+        lo_r, hi_r = lo[rows], hi[rows]
+        info = torch.diagonal(fisher, dim1=1, dim2=2) * (hi_r - lo_r) ** 2
+        held = ((th <= lo_r) & (grad < 0)) | ((th >= hi_r) & (grad > 0)) | (info < 1e-2)
+        keep = (~held).to(fisher.dtype)
+        fisher = fisher * keep[:, :, None] * keep[:, None, :]
+        grad = grad * keep
+        diag = torch.diagonal(fisher, dim1=1, dim2=2).clamp_min(1e-12)
+        lam_r = lam[rows]
+        step = torch.linalg.solve(fisher + lam_r[:, None, None] * torch.diag_embed(diag)
+                                  + torch.diag_embed(1.0 - keep), grad[..., None])[..., 0]
+        trial = (th + step).clamp(lo_r, hi_r)
+        chi2_t = problem.chi2(trial, rows)
+        old = chi2[rows]
+        better = chi2_t < old
+        theta[rows] = torch.where(better[:, None], trial, th)
+        chi2[rows] = torch.where(better, chi2_t, old)
+        stale[rows[better]] = True
+        done = (better & (old - chi2_t < tol) & (lam_r < 1.0)) | (lam_r >= 1e4)
+        lam[rows] = torch.where(better, lam_r / 5.0, lam_r * 4.0).clamp(1e-7, 1e7)
+        used[rows] += 1
+        active[rows[done]] = False
+    redo = torch.nonzero(stale)[:, 0]
+    if redo.numel():
+        fisher_all[redo], _ = problem.normal_equations(theta[redo], redo)
+    fisher = fisher_all
     eye = torch.eye(p, dtype=theta.dtype)
     scale = torch.diagonal(fisher, dim1=1, dim2=2).clamp_min(1e-30).sqrt()
     norm = fisher / (scale[:, :, None] * scale[:, None, :])
     cov = torch.linalg.pinv(norm + 1e-12 * eye) / (scale[:, :, None] * scale[:, None, :])
-    return theta, chi2, cov
+    return theta, chi2, cov, used
 
 
-def _best_of(fn, starts, lo, hi, y, w, basis, iterations):
-    """:func:`_levenberg_marquardt` from each start of ``starts`` (list of (b, P)), all in one
-    batch; per spectrum the solution of lowest χ²."""
-    k, b = len(starts), len(starts[0])
-    rep = lambda t: t.repeat(k, *([1] * (t.ndim - 1)))  # noqa: E731
-    th, chi2, cov = _levenberg_marquardt(fn, torch.cat(starts), rep(lo), rep(hi), rep(y),
-                                         rep(w), basis, iterations)
-    best = chi2.reshape(k, b).argmin(0)
-    pick = best * b + torch.arange(b)
-    return th[pick], chi2[pick], cov[pick]
+def _best_of(problem: _Problem, starts, lo, hi, iterations, tol, race: int | None = 6,
+             use=None):
+    """:func:`_levenberg_marquardt` from each start of ``starts`` (list of (b, P)); per
+    spectrum the solution of lowest χ².
+
+    ``use`` (list of (b,) bool masks or None, one per start) runs a start only for some
+    spectra; the first start must run for all. With several starts they race: each runs
+    ``race`` iterations (all in one batch), then only the leading one per spectrum goes on for
+    the rest of ``iterations`` (``race=None``: every start runs to the end)."""
+    b = len(starts[0])
+    use = [None] * len(starts) if use is None else use
+    sel = [torch.arange(b) if u is None else torch.nonzero(u)[:, 0] for u in use]
+    rows = torch.cat(sel)
+    n_starts = sum(1 for r in sel if r.numel())
+    if n_starts == 1 or race is None or race >= iterations:
+        race = iterations
+    big = _Problem(problem.value, problem.jac, problem.flux[rows], problem.w[rows],
+                   problem.basis)
+    th, chi2, cov, _ = _levenberg_marquardt(big, torch.cat([st[r] for st, r in zip(starts, sel)]),
+                                            lo[rows], hi[rows], race, tol)
+    # per spectrum the entry of lowest χ² (the earliest start on ties)
+    best = torch.full((b,), np.inf, dtype=chi2.dtype).scatter_reduce(0, rows, chi2, "amin")
+    entries = torch.arange(len(rows))
+    win = chi2 <= best[rows]
+    # entries are ordered start by start and the first start covers every spectrum in order,
+    # so entry i is start 0 of spectrum i: the fallback where no χ² compares (NaN)
+    pick = torch.full((b,), len(rows)).scatter_reduce(0, rows[win], entries[win], "amin")
+    pick = torch.where(pick == len(rows), torch.arange(b), pick)
+    th, chi2, cov = th[pick], chi2[pick], cov[pick]
+    if race < iterations:
+        th, chi2, cov, _ = _levenberg_marquardt(problem, th, lo, hi, iterations - race, tol)
+    return th, chi2, cov
 
 
 def _bounds(model: ForwardModel, names, b: int, config: FitConfig):
@@ -262,7 +365,7 @@ def _bounds(model: ForwardModel, names, b: int, config: FitConfig):
              "rv": (-config.rv_max, config.rv_max), "light": (0.0, 1.0)}
     lo = [table[n.split("_")[0]][0] for n in names]
     hi = [table[n.split("_")[0]][1] for n in names]
-    t = lambda v: torch.tensor(v, dtype=model.dtype).expand(b, len(names))  # noqa: E731
+    t = lambda v: torch.tensor(v, dtype=torch.float64).expand(b, len(names))  # noqa: E731
     return t(lo), t(hi)
 
 
@@ -289,7 +392,7 @@ def fit_spectra(model: ForwardModel, flux: np.ndarray, weight: np.ndarray, start
     n = len(flux)
     out = {k: np.full(n, np.nan) for k, dt in FIT_COLUMNS.items() if dt == "float32"}
     out["n_fit_pixels"] = np.zeros(n, dtype=np.int32)
-    basis = _legendre_basis(model.wave, config.continuum_degree, model.dtype)
+    basis = _legendre_basis(model.wave, config.continuum_degree, torch.float64)
     grid = velocity_grid(config.rv_max, config.scan_step, model)
     defaults = {"teff": 5500.0, "logg": 4.5, "feh": 0.0, "vsini": 10.0}
     for s in range(0, n, config.batch_size):
@@ -302,13 +405,57 @@ def fit_spectra(model: ForwardModel, flux: np.ndarray, weight: np.ndarray, start
     return out
 
 
+def _fit_models(model: ForwardModel):
+    """The three fits' (value, Jacobian) functions of θ (float64, :data:`_SINGLE`,
+    :data:`_BINARY`, :data:`_FREE` order), evaluated in the forward model's dtype."""
+    dt = model.dtype
+
+    def single(th):
+        th = th.to(dt)
+        return model.single(th[:, 0:3], th[:, 3], th[:, 4])
+
+    def single_jac(th):
+        th = th.to(dt)
+        return model.single_jac(th[:, 0:3], th[:, 3], th[:, 4])
+
+    def _labels(th):  # constrained: one [Fe/H]
+        feh = th[:, 4:5]
+        return torch.cat([th[:, 0:2], feh], 1), torch.cat([th[:, 2:4], feh], 1)
+
+    def binary(th):
+        th = th.to(dt)
+        return model.binary(*_labels(th), th[:, 5:7], th[:, 7:9])
+
+    def binary_jac(th):
+        th = th.to(dt)
+        m, jac, _ = model.binary_jac(*_labels(th), th[:, 5:7], th[:, 7:9])
+        # binary_jac's columns: star 1 (Teff, logg, [Fe/H], v sin i, RV), then star 2
+        feh = jac[..., 2] + jac[..., 7]
+        return m, torch.stack([jac[..., 0], jac[..., 1], jac[..., 5], jac[..., 6], feh,
+                               jac[..., 3], jac[..., 8], jac[..., 4], jac[..., 9]], -1)
+
+    def free(th):
+        th = th.to(dt)
+        return model.binary(th[:, 0:3], th[:, 3:6], th[:, 6:8], th[:, 8:10], th[:, 10])
+
+    def free_jac(th):
+        th = th.to(dt)
+        m, jac, _ = model.binary_jac(th[:, 0:3], th[:, 3:6], th[:, 6:8], th[:, 8:10], th[:, 10])
+        return m, jac[..., [0, 1, 2, 5, 6, 7, 3, 8, 4, 9, 10]]
+
+    return (single, single_jac), (binary, binary_jac), (free, free_jac)
+
+
 def _fit_batch(model, flux, weight, start, basis, grid, config) -> dict:
     dt = model.dtype
+    f64 = torch.float64
     b = len(flux)
-    y = torch.from_numpy(np.nan_to_num(np.asarray(flux, np.float64), nan=1.0)).to(dt)
-    w = torch.from_numpy(np.asarray(weight, np.float64)).to(dt)
-    T = lambda k: torch.from_numpy(np.asarray(start[k], np.float64)).to(dt)  # noqa: E731
-    n_pix = (w > 0).sum(1).to(torch.float64)
+    # the fits' arithmetic (continuum, normal equations, χ²) is float64 whatever the model's
+    # dtype; the forward model (the cost) runs in its own
+    y = torch.from_numpy(np.nan_to_num(np.asarray(flux, np.float64), nan=1.0))
+    w = torch.from_numpy(np.asarray(weight, np.float64))
+    T = lambda k: torch.from_numpy(np.asarray(start[k], np.float64))  # noqa: E731
+    n_pix = (w > 0).sum(1).to(f64)
     k_cont = basis.shape[1]
     r = model.ranges
     lab1 = torch.stack([T("teff_1").clamp(*r.teff), T("logg_1").clamp(*r.logg),
@@ -321,58 +468,79 @@ def _fit_batch(model, flux, weight, start, basis, grid, config) -> dict:
     lab0 = 0.5 * (lab1 + lab2)
     v0 = vsini.mean(1)
     with torch.no_grad():
-        rv0 = scan_single(model, y, w, lab0, v0, grid)
-        rv12, frac0 = scan_binary(model, y, w, lab1, lab2, vsini, grid)
+        ym, wm = y.to(dt), w.to(dt)
+        rv0 = scan_single(model, ym, wm, lab0.to(dt), v0.to(dt), grid).to(f64)
+        rv12, _, deficit = scan_binary(model, ym, wm, lab1.to(dt), lab2.to(dt), vsini.to(dt),
+                                       grid)
+        rv12, deficit = rv12.to(f64), deficit.to(f64)
 
-    def single(th):
-        return model.single(th[:, 0:3], th[:, 3], th[:, 4])
-
-    def binary(th):
-        feh = th[:, 4:5]
-        return model.binary(torch.cat([th[:, 0:2], feh], 1), torch.cat([th[:, 2:4], feh], 1),
-                            th[:, 5:7], th[:, 7:9])
-
-    def free(th):
-        return model.binary(th[:, 0:3], th[:, 3:6], th[:, 6:8], th[:, 8:10], th[:, 10])
-
-    fits = dict(y=y, w=w, basis=basis, iterations=config.iterations)
+    single, binary, free = _fit_models(model)
+    prob = lambda pair: _Problem(*pair, y, w, basis)  # noqa: E731
+    it = (config.iterations, config.tolerance)
     lo_s, hi_s = _bounds(model, _SINGLE, b, config)
     lo_b, hi_b = _bounds(model, _BINARY, b, config)
-    # two-star start 1: the networks' labels at the scan's velocity pair
+    ln_n = torch.log(n_pix.clamp_min(2.0))
+    penalty = (len(_BINARY) - len(_SINGLE)) * ln_n
+
+    def refit(problem, start, lo, hi, mask, current):
+        """Replace ``current`` (θ, χ², cov) where ``mask`` by the fit from ``start`` if its χ²
+        is lower."""
+        rows = torch.nonzero(mask)[:, 0]
+        if rows.numel() == 0:
+            return current
+        sub = _Problem(problem.value, problem.jac, y[rows], w[rows], basis)
+        th, chi2, cov = _best_of(sub, [start[rows]], lo[rows], hi[rows], *it)
+        th0, chi20, cov0 = (t.clone() for t in current)
+        better = chi2 < chi20[rows]
+        th0[rows[better]], chi20[rows[better]], cov0[rows[better]] = (
+            th[better], chi2[better], cov[better])
+        return th0, chi20, cov0
+
+    # 1. one star: the networks' mean labels at the one-dimensional scan's velocity
+    start_s = torch.cat([lab0, v0[:, None], rv0[:, None]], 1)
+    th_s, chi2_s, cov_s = _best_of(prob(single), [start_s], lo_s, hi_s, *it)
+    # 2. two stars: the networks' labels at the two-dimensional scan's velocity pair, racing
+    # (config.swap_start) the pair swapped between the stars where the scan cannot tell the
+    # order (the swapped pair explains within swap_margin as much: labels that are off)
     feh0 = 0.5 * (lab1[:, 2] + lab2[:, 2])
     start_b = torch.cat([lab1[:, :2], lab2[:, :2], feh0[:, None], vsini, rv12], 1)
-    starts = [start_b]
-    if config.swap_start:  # and the pair the other way round: the scan confuses the two stars
-        starts.append(torch.cat([start_b[:, :7], rv12.flip(1)], 1))  # when the labels are off
-    th_b, chi2_b, cov_b = _best_of(binary, starts, lo_b, hi_b, **fits)
-    # one star, from the networks' mean labels at the scan's velocity, and from the brighter
-    # star of the two-star fit (a wrong start otherwise leaves χ²_single too high: a false SB2)
+    starts, use = [start_b], [None]
+    if config.swap_start:
+        starts.append(torch.cat([start_b[:, :7], rv12.flip(1)], 1))
+        use.append(deficit < config.swap_margin)
+    th_b, chi2_b, cov_b = _best_of(prob(binary), starts, lo_b, hi_b, *it, use=use)
+    # 3. where the evidence is near or above the threshold (a single fit stuck too high would
+    # make a false SB2 claim): one star again, from the brighter star of the two-star fit
+    dbic = chi2_s - chi2_b - penalty
     with torch.no_grad():
-        f2 = model.light_fraction(torch.cat([th_b[:, 0:2], th_b[:, 4:5]], 1),
-                                  torch.cat([th_b[:, 2:4], th_b[:, 4:5]], 1))
+        f2 = model.light_fraction(torch.cat([th_b[:, 0:2], th_b[:, 4:5]], 1).to(dt),
+                                  torch.cat([th_b[:, 2:4], th_b[:, 4:5]], 1).to(dt)).double()
     bright = torch.where((f2 >= 0.5)[:, None], th_b[:, [2, 3, 4, 6, 8]], th_b[:, [0, 1, 4, 5, 7]])
-    start_s = torch.cat([lab0, v0[:, None], rv0[:, None]], 1)
-    th_s, chi2_s, cov_s = _best_of(single, [start_s, bright], lo_s, hi_s, **fits)
-    # two-star start 2: the single-star solution split in two (a single star is then a
+    near = dbic >= config.bic_threshold - config.recheck_margin
+    th_s, chi2_s, cov_s = refit(prob(single), bright, lo_s, hi_s, near,
+                                (th_s, chi2_s, cov_s))
+    # 4. where the two-star fit is worse than the single-star one, or the evidence is near the
+    # threshold: two stars from the single-star solution split in two (a single star is a
     # two-star solution too, so χ²_binary ≤ χ²_single up to the optimiser)
+    dbic = chi2_s - chi2_b - penalty
     dv = 0.25 * config.min_separation
     split = torch.cat([th_s[:, 0:1] - 50.0, th_s[:, 1:2], th_s[:, 0:1] + 50.0, th_s[:, 1:3],
                        th_s[:, 3:4], th_s[:, 3:4], th_s[:, 4:5] - dv, th_s[:, 4:5] + dv], 1)
-    th_b2, chi2_b2, cov_b2 = _best_of(binary, [split], lo_b, hi_b, **fits)
-    keep = chi2_b <= chi2_b2
-    th_b = torch.where(keep[:, None], th_b, th_b2)
-    chi2_b = torch.where(keep, chi2_b, chi2_b2)
-    cov_b = torch.where(keep[:, None, None], cov_b, cov_b2)
+    redo = (chi2_b > chi2_s) | ((dbic - config.bic_threshold).abs() < config.recheck_margin)
+    th_b, chi2_b, cov_b = refit(prob(binary), split, lo_b, hi_b, redo,
+                                (th_b, chi2_b, cov_b))
 
     with torch.no_grad():
         l1 = torch.cat([th_b[:, 0:2], th_b[:, 4:5]], 1)
         l2 = torch.cat([th_b[:, 2:4], th_b[:, 4:5]], 1)
-        f2 = model.light_fraction(l1, l2)
-    lo_f, hi_f = _bounds(model, _FREE, b, config)
-    _, chi2_f, _ = _best_of(free, [torch.cat([l1, l2, th_b[:, 5:9], f2[:, None]], 1)],
-                            lo_f, hi_f, **fits)
+        f2 = model.light_fraction(l1.to(dt), l2.to(dt)).double()
+    if config.free_fit:
+        lo_f, hi_f = _bounds(model, _FREE, b, config)
+        _, chi2_f, _ = _best_of(prob(free), [torch.cat([l1, l2, th_b[:, 5:9], f2[:, None]], 1)],
+                                lo_f, hi_f, *it)
+    else:
+        chi2_f = torch.full_like(chi2_b, np.nan)
 
-    ln_n = torch.log(n_pix.clamp_min(2.0))
     bic_s = chi2_s + (len(_SINGLE) + k_cont) * ln_n
     bic_b = chi2_b + (len(_BINARY) + k_cont) * ln_n
     bic_f = chi2_f + (len(_FREE) + k_cont) * ln_n
@@ -487,12 +655,15 @@ def get_forward_model(config: FitConfig, wave: np.ndarray) -> ForwardModel:
     """The :class:`ForwardModel` of ``config`` on ``wave``, built once per process (seconds)."""
     from ..library import load_library
 
-    key = (config.library, config.resolution, config.working_dv,
+    if config.precision not in ("float32", "float64"):
+        raise ValueError(f"FitConfig.precision must be 'float32' or 'float64', "
+                         f"not {config.precision!r}")
+    key = (config.library, config.resolution, config.working_dv, config.precision,
            np.asarray(wave, np.float64).tobytes())
     with _MODELS_LOCK:
         if key not in _MODELS:
             _MODELS[key] = ForwardModel(load_library(config.library), wave, config.resolution,
-                                        config.working_dv)
+                                        config.working_dv, dtype=getattr(torch, config.precision))
         return _MODELS[key]
 
 
@@ -557,3 +728,58 @@ def fit_partition(df_predictions: pd.DataFrame, spectra: dict,
         else:
             out.iloc[rows, out.columns.get_loc(k)] = np.asarray(fit[k]).astype(dt)
     return out
+
+
+# -- the information limit ---------------------------------------------------------------------
+#: Parameters of :func:`cramer_rao_bounds`: the simulator's own two-star model (each star's
+#: [Fe/H], the light ratio from the labels), star 1 first.
+CRB_PARAMETERS = ("teff_1", "logg_1", "feh_1", "vsini_1", "rv_1",
+                  "teff_2", "logg_2", "feh_2", "vsini_2", "rv_2")
+
+
+def cramer_rao_bounds(model: ForwardModel, labels: dict, weight: np.ndarray,
+                      continuum_degree: int = 2, binary: bool = True) -> dict[str, np.ndarray]:
+    """Cramér-Rao lower bounds (1σ) on each label at the *true* labels: what the data allow.
+
+    The Fisher matrix JᵀWJ of the forward model at ``labels``, with the Legendre continuum's
+    coefficients as nuisance parameters (marginalised: the bounds are the square roots of the
+    inverse's diagonal, not of 1/diagonal). Any unbiased estimator, network or fit, has at
+    least this error under the noise ``weight`` describes; labels the model is flat in (e.g.
+    beyond the library's coverage) get bounds of ~10⁶ or more.
+
+    Parameters
+    ----------
+    model : ForwardModel (float64 recommended)
+    labels : dict of (n, 2) arrays ``teff, logg, feh, vsini, rv`` (the simulator's labels;
+        column 1 is ignored with ``binary=False``)
+    weight : (n, n_pix) inverse variances (:func:`noise_weights`; with ``error_floor=0`` for
+        the photon-noise limit)
+    binary : the two-star model (:data:`CRB_PARAMETERS`) or one star (column 0: ``teff_1`` ...
+        ``rv_1``)
+
+    Returns
+    -------
+    dict name → (n,) bounds, names as :data:`CRB_PARAMETERS` (the first five with
+    ``binary=False``)
+    """
+    t = lambda k: torch.as_tensor(np.asarray(labels[k], np.float64))  # noqa: E731
+    lab1 = torch.stack([t("teff")[:, 0], t("logg")[:, 0], t("feh")[:, 0]], 1)
+    if binary:
+        lab2 = torch.stack([t("teff")[:, 1], t("logg")[:, 1], t("feh")[:, 1]], 1)
+        m, jac, _ = model.binary_jac(lab1, lab2, t("vsini"), t("rv"))
+        names = CRB_PARAMETERS
+    else:
+        m, jac = model.single_jac(lab1, t("vsini")[:, 0], t("rv")[:, 0])
+        names = CRB_PARAMETERS[:5]
+    m, jac = m.to(torch.float64), jac.to(torch.float64)
+    basis = _legendre_basis(model.wave, continuum_degree, torch.float64)
+    full = torch.cat([jac, m[..., None] * basis[None]], -1)  # continuum at 1: d/dc_k = m P_k
+    w = torch.as_tensor(np.asarray(weight, np.float64))
+    fisher = (full * w[..., None]).transpose(1, 2) @ full
+    scale = torch.diagonal(fisher, dim1=1, dim2=2).clamp_min(1e-300).sqrt()
+    norm = fisher / (scale[:, :, None] * scale[:, None, :])
+    p = full.shape[-1]
+    cov = torch.linalg.pinv(norm + 1e-12 * torch.eye(p, dtype=torch.float64)) / (
+        scale[:, :, None] * scale[:, None, :])
+    var = torch.diagonal(cov, dim1=1, dim2=2)[:, :len(names)].clamp_min(0.0).sqrt().numpy()
+    return {k: var[:, i] for i, k in enumerate(names)}

@@ -73,7 +73,7 @@ def scan_single(model: ForwardModel, flux: torch.Tensor, weight: torch.Tensor,
 
 def scan_binary(model: ForwardModel, flux: torch.Tensor, weight: torch.Tensor,
                 labels1: torch.Tensor, labels2: torch.Tensor, vsini: torch.Tensor,
-                grid: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+                grid: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Best velocity pair of two templates per spectrum (two-dimensional scan over ``grid``²).
 
     Returns
@@ -81,6 +81,9 @@ def scan_binary(model: ForwardModel, flux: torch.Tensor, weight: torch.Tensor,
     rv : (b, 2) [km/s], star 1 first
     light_fraction : (b,) ``a_2 / (a_1 + a_2)`` at the best pair, a start for a free light
         ratio (0.5 where no pair has two positive amplitudes)
+    swap_deficit : (b,) how much less the pair swapped between the templates explains (χ²
+        units; 0 when it explains as much or no valid pair exists): small where the scan cannot
+        tell which star is at which velocity
     """
     y = _centre(1.0 - flux, weight)
     d1 = _centre(_shifted_depths(model, labels1, vsini[:, 0], grid), weight)
@@ -110,9 +113,12 @@ def scan_binary(model: ForwardModel, flux: torch.Tensor, weight: torch.Tensor,
     a1, a2 = amp1[rows, i1, i2], amp2[rows, i1, i2]
     found = valid[rows, i1, i2]
     frac = torch.where(found, a2 / (a1 + a2), torch.full_like(a1, 0.5))
+    swapped = gain[rows, i2, i1]
+    deficit = torch.where(found & torch.isfinite(swapped), gain[rows, i1, i2] - swapped,
+                          torch.where(found, torch.full_like(a1, np.inf), torch.zeros_like(a1)))
     # no valid pair (a featureless spectrum): both stars at the single-template optimum
     single = torch.where(y1 > 0, y1 ** 2 / s11.clamp_min(1e-30), torch.zeros_like(y1))
     v0 = v[single.argmax(1)]
     rv1 = torch.where(found, v[i1], v0)
     rv2 = torch.where(found, v[i2], v0)
-    return torch.stack([rv1, rv2], 1), frac
+    return torch.stack([rv1, rv2], 1), frac, deficit.clamp_min(0.0)
