@@ -380,7 +380,7 @@ def _cmd_real_sky(args) -> int:
         if not Path(getattr(args, name)).is_dir():
             print(f"sb2dask real-sky: note: {getattr(args, name)} is not a directory; its cases "
                   "are left out", file=sys.stderr)
-    config = InferenceConfig(model_dir=args.models, rest_frame=args.rest_frame)
+    config = InferenceConfig(model_dir=args.models, rest_frame=args.rest_frame, fit=args.fit)
     results = run_suite(build_cases(args.gaia_dir, args.phoenix_dir), config)
     summary = summarise(results)
     md = write_report(results, summary, args.out, models=args.models or "shipped")
@@ -819,6 +819,9 @@ def _add_real_sky_parser(sub, command: _Command) -> None:
                    help="PHOENIX log-λ FITS files (default ../shared/data/phoenix)")
     p.add_argument("--rest-frame", choices=REST_FRAME_MODES, default="auto",
                    help="as for infer (default auto)")
+    p.add_argument("--fit", action="store_true",
+                   help="also run the evidence fits (as infer --fit) and report their ΔBIC, "
+                        "classes and sb2_class precision/recall")
     p.set_defaults(func=_cmd_real_sky)
 
 

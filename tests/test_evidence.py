@@ -307,7 +307,9 @@ def test_float32_fits_agree_with_float64(sim):
     rows = np.concatenate([_pick(lab, 2), _pick(lab, 1, binary=False)])
     labels, interp = _take(lab, rows), _take(sim["interp"], rows)
     flux = sim["renderer"].render(labels, interp, sim["noise"][rows])
-    start = {f"{k}_{c + 1}": np.nan_to_num(labels[k][:, c], nan=labels[k][0, 0])
+    # the true labels as starts (a single star's missing component 2: its own component 1)
+    start = {f"{k}_{c + 1}": np.where(np.isnan(labels[k][:, c]), labels[k][:, 0],
+                                      labels[k][:, c])
              for k in ("teff", "logg", "feh", "vsini") for c in (0, 1)}
     res = {}
     for prec in ("float32", "float64"):
@@ -372,11 +374,15 @@ def test_cramer_rao_bound_matches_the_scatter_of_fitted_rvs(sim):
                                                                        "vsini") for c in (1, 2)}
     res = fit_spectra(sim["model"], flux, w, start, cfg)
     scatter = np.std(res["rv_single"] - labels["rv"][0, 0])
-    single = {k: np.repeat(v, 1, axis=0) for k, v in labels.items()}
-    crb = cramer_rao_bounds(sim["model"], single, w[:1], binary=False)
+    crb = cramer_rao_bounds(sim["model"], labels, w[:1], binary=False)
     assert 0.6 < scatter / crb["rv_1"][0] < 1.5, (scatter, crb["rv_1"][0])
     # the fit's own Fisher errors are this bound at the fitted labels
     assert 0.7 < np.median(res["rv_single_err"]) / crb["rv_1"][0] < 1.4
-    # twice the S/N halves the bound (photon noise only)
-    crb2 = cramer_rao_bounds(sim["model"], single, 4.0 * w[:1], binary=False)
-    np.testing.assert_allclose(crb2["rv_1"], 0.5 * crb["rv_1"], rtol=1e-9)
+    # the continuum is marginalised: fewer continuum terms (a scale only) give no larger bound
+    fixed = cramer_rao_bounds(sim["model"], labels, w[:1], continuum_degree=0, binary=False)
+    assert all(fixed[k][0] <= crb[k][0] * (1 + 1e-9) for k in crb)
+    # as two identical stars at one velocity the RVs are nearly degenerate: a larger bound
+    pair = dict(labels, **{k: np.where(np.isnan(labels[k]), labels[k][:, :1], labels[k])
+                           for k in ("teff", "logg", "feh", "vsini", "rv")})
+    both = cramer_rao_bounds(sim["model"], pair, w[:1])
+    assert np.isfinite(both["rv_1"][0]) and both["rv_1"][0] > crb["rv_1"][0]

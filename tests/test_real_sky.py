@@ -95,6 +95,36 @@ def test_suite_gives_one_row_per_case_and_judges_its_targets(tmp_path):
     assert (tmp_path / "report" / "real_sky.png").stat().st_size > 1000
 
 
+def test_fit_evidence_is_summarised_and_judged(tmp_path):
+    """With fit columns (real-sky --fit) the summary gains the ΔBIC table, sb2_class
+    precision/recall and the evidence targets; a single star called SB2 fails them."""
+    import pandas as pd
+
+    kinds = ["real", "phoenix_single", "phoenix_sb2", "phoenix_sb2", "noise"]
+    truth = [dict(star="Kepler-93", shift_kms=0.0, single=True), dict(teff=5000.0),
+             dict(rv_separation=30.0), dict(rv_separation=60.0), {}]
+    res = pd.DataFrame(dict(
+        case=[f"c{i}" for i in range(5)], kind=kinds, truth=[json.dumps(t) for t in truth],
+        p_binary=[0.9, 0.1, 0.9, 0.8, 0.05], delta_bic=[-20.0, 30.0, 80.0, 10.0, -25.0],
+        delta_bic_free=np.nan, chi2_red=[1.0, 0.8, 0.6, 0.6, 0.4],
+        sb2_class=["uncertain", "SB2", "SB2", "single", "single"],
+        teff_1=5000.0, teff_2=5600.0, logg_1=4.4, logg_2=4.4, feh_1=0.0, feh_2=0.0,
+        vsini_1=5.0, vsini_2=5.0, flag_boundary=0, quality_flags=0, usable=True))
+    s = rs.summarise(res)
+    ev = s["evidence"]
+    assert ev["PHOENIX SB2s"]["delta_bic"]["median"] == 45.0
+    assert ev["sb2_class"]["recall_phoenix_sb2"] == 0.5
+    assert ev["sb2_class"]["precision_over_phoenix_and_real"] == 0.5
+    assert ev["sb2_class"]["false_claims_on_singles"] == 1
+    t = s["targets"]
+    assert not t["sb2_class: no single star called SB2"]["passed"]
+    assert t["single stars (real, PHOENIX): ΔBIC below the threshold 25"]["value"] == 30.0
+    assert t["single stars (real, PHOENIX): ΔBIC favours one star (< 0)"]["value"] == 0.5
+    md = rs.write_report(res.assign(p_binary_err=np.nan, rv_bulk=np.nan, snr_estimate=100.0,
+                                    ood_distance=0.0), s, tmp_path / "r").read_text()
+    assert "## Fit evidence" in md and "| PHOENIX SB2s | 2 | 45.0 (10.0 to 80.0)" in md
+
+
 @pytest.mark.skipif(not GAIA.is_dir(), reason=f"real Gaia spectra not found in {GAIA}")
 def test_real_cases_cover_every_star_and_shift():
     cases = rs._real_cases(GAIA)

@@ -363,10 +363,66 @@ def summarise(results: pd.DataFrame) -> dict:
         targets["noise and flat spectra flagged"] = dict(
             value=flagged, passed=flagged == 1.0,
             what="fraction unusable, TRAINING_UNLIKE or NO_LINES")
+    if "delta_bic" in results and results["delta_bic"].notna().any():
+        out["evidence"], ev_targets = _evidence_summary(results, truth)
+        targets.update(ev_targets)
     for t in targets.values():
         t["passed"] = bool(t["passed"])
     out["targets"] = targets
     return out
+
+
+def _evidence_summary(results: pd.DataFrame, truth: pd.Series) -> tuple[dict, dict]:
+    """The fit evidence of a suite run with ``fit=True`` (issue 12): per kind of case the ΔBIC
+    of the constrained (and, when run, the unconstrained) two-star fit, the reduced χ² and the
+    classes; precision and recall of ``sb2_class`` over the cross-library and real cases."""
+    from ..evidence import FitConfig
+
+    threshold = FitConfig().bic_threshold
+
+    def stats(v) -> dict:
+        v = np.asarray(v, float)
+        v = v[np.isfinite(v)]
+        return {} if not v.size else dict(n=int(v.size), median=round(float(np.median(v)), 2),
+                                          min=round(float(v.min()), 2),
+                                          max=round(float(v.max()), 2))
+
+    single = results["kind"].eq("phoenix_single") | (
+        results["kind"].eq("real") & truth.map(lambda t: t.get("single") is True))
+    out = {}
+    for kind, sel in (("real single stars", single & results["kind"].eq("real")),
+                      ("real, other", results["kind"].eq("real") & ~single),
+                      ("PHOENIX singles", results["kind"].eq("phoenix_single")),
+                      ("PHOENIX SB2s", results["kind"].eq("phoenix_sb2")),
+                      ("noise, flat", results["kind"].isin(["noise", "flat"]))):
+        r = results[sel]
+        if not len(r):
+            continue
+        out[kind] = dict(delta_bic=stats(r["delta_bic"]),
+                         delta_bic_free=stats(r.get("delta_bic_free", pd.Series(dtype=float))),
+                         chi2_red=stats(r["chi2_red"]),
+                         classes=r["sb2_class"].value_counts().to_dict())
+    targets = {}
+    if single.any():
+        dmax = float(np.nanmax(results.loc[single, "delta_bic"]))
+        targets[f"single stars (real, PHOENIX): ΔBIC below the threshold {threshold:g}"] = dict(
+            value=dmax, passed=dmax < threshold, what="max ΔBIC")
+        frac = float(np.mean(results.loc[single, "delta_bic"] < 0))
+        targets["single stars (real, PHOENIX): ΔBIC favours one star (< 0)"] = dict(
+            value=frac, passed=frac == 1.0, what="fraction with ΔBIC < 0")
+    pb = results["kind"].eq("phoenix_sb2")
+    claims = results["sb2_class"].eq("SB2")
+    if pb.any():
+        recall = float(claims[pb].mean())
+        scored = pb | single
+        precision = float(pb[claims & scored].mean()) if (claims & scored).any() else float("nan")
+        out["sb2_class"] = dict(recall_phoenix_sb2=round(recall, 3),
+                                precision_over_phoenix_and_real=round(precision, 3),
+                                false_claims_on_singles=int((claims & single).sum()))
+        targets["sb2_class: no single star called SB2"] = dict(
+            value=float((claims & single).sum()), passed=not (claims & single).any(),
+            what="real and PHOENIX singles called SB2")
+    return out, targets
 
 
 def _figure(results: pd.DataFrame, path: Path) -> None:
@@ -411,6 +467,9 @@ def write_report(results: pd.DataFrame, summary: dict, out: str | Path,
     cols = ["case", "kind", "p_binary", "p_binary_err", "rv_bulk"] + [
         f"{p}_{c}" for p in PARAMETERS for c in (1, 2)] + [
         "snr_estimate", "ood_distance", "flag_boundary", "quality_flags", "usable", "truth"]
+    cols += [c for c in ("rv_1", "rv_2", "light_fraction_2", "delta_bic", "delta_bic_free",
+                         "chi2_red", "fit_flags", "sb2_class")
+             if c in results and "delta_bic" in results and results["delta_bic"].notna().any()]
     table = results[cols]
     atomic_write_text(out / "real_sky_cases.csv", table.to_csv(index=False, float_format="%.4g"))
     atomic_write_json(out / "real_sky.json", dict(summary, models=models))
@@ -442,13 +501,40 @@ def write_report(results: pd.DataFrame, summary: dict, out: str | Path,
                   f"{p['teff_2']:.0f} K, logg {p['logg_1']:.2f} / {p['logg_2']:.2f}, [Fe/H] "
                   f"{p['feh_1']:+.2f} / {p['feh_2']:+.2f}, v sin i {p['vsini_1']:.0f} / "
                   f"{p['vsini_2']:.0f} km/s."]
+    if "evidence" in summary:
+        ev = summary["evidence"]
+        lines += ["", "## Fit evidence (`--fit`)", "",
+                  "ΔBIC = BIC(one star) − BIC(two stars, constrained); the unconstrained model "
+                  "(free companion and light ratio) only when the fit ran with `free_fit`.", "",
+                  "| cases | n | ΔBIC median (min-max) | ΔBIC unconstrained | χ²_red median | "
+                  "sb2_class |", "|---|---|---|---|---|---|"]
+        for kind, d in ev.items():
+            if kind == "sb2_class":
+                continue
+            b, f = d["delta_bic"], d["delta_bic_free"]
+            lines.append(
+                f"| {kind} | {b.get('n', 0)} | "
+                + (f"{b['median']:.1f} ({b['min']:.1f} to {b['max']:.1f})" if b else "-")
+                + " | " + (f"{f['median']:.1f} ({f['min']:.1f} to {f['max']:.1f})" if f
+                           else "-")
+                + f" | {d['chi2_red'].get('median', float('nan')):.2f} | "
+                + ", ".join(f"{k or 'not fitted'} {v}" for k, v in d["classes"].items()) + " |")
+        if "sb2_class" in ev:
+            c = ev["sb2_class"]
+            lines += ["", f"`sb2_class`: recall on the PHOENIX SB2 pairs "
+                          f"{c['recall_phoenix_sb2']:.2f}, precision over PHOENIX and real cases "
+                          f"{c['precision_over_phoenix_and_real']:.2f}, single stars called SB2: "
+                          f"{c['false_claims_on_singles']}."]
+    fitted = "evidence" in summary
     lines += ["", "## Every case", "", "| case | p_binary | Teff 1 / 2 [K] | [Fe/H] 1 / 2 | "
-              "flags (boundary / quality) | usable |", "|---|---|---|---|---|---|"]
+              "flags (boundary / quality) | usable |" + (" ΔBIC | sb2_class |" if fitted else ""),
+              "|---|---|---|---|---|---|" + ("---|---|" if fitted else "")]
     for _, r in results.iterrows():
         lines.append(f"| {r['case']} | {r['p_binary']:.2f} | {r['teff_1']:.0f} / "
                      f"{r['teff_2']:.0f} | {r['feh_1']:+.2f} / {r['feh_2']:+.2f} | "
                      f"{int(r['flag_boundary'])} / {int(r['quality_flags'])} | "
-                     f"{bool(r['usable'])} |")
+                     f"{bool(r['usable'])} |"
+                     + (f" {r['delta_bic']:.1f} | {r['sb2_class']} |" if fitted else ""))
     lines += ["", "![p_binary of every case](real_sky.png)", ""]
     path = out / "real_sky.md"
     atomic_write_text(path, "\n".join(lines))

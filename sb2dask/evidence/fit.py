@@ -1,8 +1,8 @@
 """Single- and two-star fits of spectra in batch, their evidence (Δχ², ΔBIC) and a final class.
 
-Every spectrum gets three least-squares fits with the forward model
-(:class:`~.model.ForwardModel`), each with a smooth continuum correction (a Legendre polynomial
-multiplying the model, solved linearly at every step, so it is never a free nonlinear
+Every spectrum gets two least-squares fits (three with ``FitConfig.free_fit``) with the forward
+model (:class:`~.model.ForwardModel`), each with a smooth continuum correction (a Legendre
+polynomial multiplying the model, solved linearly at every step, so it is never a free nonlinear
 parameter):
 
 ``single``
@@ -13,16 +13,21 @@ parameter):
     (mass from Teff, radius from logg and mass, continuum at 8600 Å; as the simulator draws
     it), never free: Teff, logg of each, [Fe/H], v sin i and RV of each (9 parameters). This is
     binspec's answer (El-Badry et al. 2018) to a free companion absorbing library mismatch.
-``free`` (unconstrained, for comparison only)
-    any two templates ([Fe/H] of each) and a free light fraction (11 parameters); its ΔBIC is
-    reported (``delta_bic_free``) so the two distributions can be compared, as issue 12 asks.
+``free`` (unconstrained, for comparison only; off unless ``FitConfig.free_fit``)
+    any two templates ([Fe/H] of each) and a free light fraction (11 parameters); its ΔBIC
+    (``delta_bic_free``) shows how much a free companion absorbs (issue 12 asks for both
+    distributions on the real-sky suite: ``benchmarks/bench_evidence.py real`` turns it on).
 
 Starts: the networks' labels of both components; the RVs from a coarse correlation scan
-(:mod:`.scan`), so a wrong network start does not trap the fit. The minimiser is a batched
-Levenberg-Marquardt on the physical parameters (clipped to their bounds), with the Jacobian from
-PyTorch forward-mode automatic differentiation (every parameter direction at once, in one
-batched pass); its last Gauss-Newton matrix JᵀWJ is the Fisher matrix whose inverse gives the
-parameter errors (a Cramér-Rao bound at the fitted labels, continuum held fixed).
+(:mod:`.scan`), so a wrong network start does not trap the fit; the two-star fit also from the
+scan's pair swapped and from the single-star solution split in two (:func:`_fit_batch`). The
+minimiser is a batched, projected Levenberg-Marquardt on the physical parameters (bounds held,
+Nielsen's damping, each spectrum stopping when converged) with the forward model's analytic
+Jacobians (:meth:`~.model.ForwardModel.binary_jac`; forward-mode autodiff checks them in the
+tests) and variable projection of the continuum; its last Gauss-Newton matrix is the Fisher
+matrix whose inverse gives the parameter errors (a Cramér-Rao bound at the fitted labels,
+marginalised over the continuum). :func:`cramer_rao_bounds` gives the same bound at given (true)
+labels: the information limit.
 
 Noise model: per-pixel variance σ² = σ_quoted² + ``error_floor``², the floor standing for the
 library's mismatch with real stars (see :class:`FitConfig`). ΔBIC = BIC_single − BIC_binary with
@@ -122,11 +127,15 @@ class FitConfig(ConfigMixin):
         than this
     swap_start : also start the two-star fit from the scan's velocity pair swapped between the
         stars, where the swapped pair explains within ``swap_margin`` (χ² units) as much as the
-        scan's best (the starts race: six iterations each, then the leader goes on)
-    recheck_margin : where ΔBIC is at least ``bic_threshold - recheck_margin``, the single-star
-        fit is redone from the brighter star of the two-star fit; where it is within
-        ``recheck_margin`` of the threshold, or χ²_binary > χ²_single, the two-star fit is redone
-        from the single-star solution split in two. Elsewhere neither can change the class
+        scan's best (default: everywhere; a finite margin is faster and loses SB2s, see
+        docs/evidence.md)
+    race_iterations : the two-star starts race this many iterations, then only the leader per
+        spectrum goes on (default ``>= iterations``: every start runs to the end; a race of
+        6-10 is ~1.2-1.4× faster and ends above the best minimum more often)
+    recheck_margin : where ΔBIC is at least ``bic_threshold - recheck_margin`` (SB2 candidates),
+        the single-star fit is redone from the brighter star of the two-star fit (a single fit
+        stuck too high would make a false claim); below, a lower χ²_single would only lower a
+        ΔBIC already short of the threshold
     free_fit : also run the unconstrained two-star fit (``chi2_free``, ``delta_bic_free``; NaN
         otherwise): a diagnostic of how much a free companion absorbs, not part of the class
     precision : ``"float32"`` or ``"float64"``: the forward model's dtype (the fits' own
@@ -159,7 +168,8 @@ class FitConfig(ConfigMixin):
     iterations: int = 30
     tolerance: float = 0.01
     swap_start: bool = True
-    swap_margin: float = 25.0
+    swap_margin: float = float("inf")
+    race_iterations: int = 30
     recheck_margin: float = 20.0
     free_fit: bool = False
     precision: str = "float32"
@@ -244,13 +254,22 @@ class _Problem:
         return _continuum(self.value(theta).to(torch.float64), f, w, self.basis)[0]
 
     def normal_equations(self, theta, rows=None):
-        """Fisher matrix JᵀWJ (b, P, P) and gradient JᵀW r (b, P), continuum held at its
-        optimum for the model at θ."""
+        """Fisher matrix (b, P, P) and gradient JᵀW r (b, P) of the variable-projection
+        problem: the continuum is re-solved at every θ, so the Jacobian is projected off the
+        continuum's own directions (Golub & Pereyra 1973, Kaufman 1975). The Gauss-Newton
+        steps then see the curvature the fit really has, and the Fisher matrix's inverse is
+        the covariance *marginalised* over the continuum (held fixed, it would be too small
+        for labels the continuum can mimic)."""
         f, w = (self.flux, self.w) if rows is None else (self.flux[rows], self.w[rows])
         m, jac = self.jac(theta)
         m, jac = m.to(torch.float64), jac.to(torch.float64)
         _, cont = _continuum(m, f, w, self.basis)
         jc = jac * cont[..., None]
+        a = m[..., None] * self.basis[None]  # (b, n, K): d model / d continuum coefficients
+        aw = a * w[..., None]
+        gram = aw.transpose(1, 2) @ a
+        eye = torch.eye(a.shape[-1], dtype=a.dtype)
+        jc = jc - a @ torch.linalg.solve(gram + 1e-12 * eye, aw.transpose(1, 2) @ jc)
         jw = jc * w[..., None]
         return jw.transpose(1, 2) @ jc, (jw * (f - m * cont)[..., None]).sum(1)
 
@@ -269,6 +288,7 @@ def _levenberg_marquardt(problem: _Problem, theta, lo, hi, iterations, tol=0.01)
     theta = theta.clamp(lo, hi)
     b = len(theta)
     lam = torch.full((b,), 1e-3, dtype=theta.dtype)
+    nu = torch.full((b,), 2.0, dtype=theta.dtype)
     chi2 = problem.chi2(theta)
     active = torch.ones(b, dtype=torch.bool)
     used = torch.zeros(b, dtype=torch.int64)
@@ -311,7 +331,16 @@ def _levenberg_marquardt(problem: _Problem, theta, lo, hi, iterations, tol=0.01)
         chi2[rows] = torch.where(better, chi2_t, old)
         stale[rows[better]] = True
         done = (better & (old - chi2_t < tol) & (lam_r < 1.0)) | (lam_r >= 1e4)
-        lam[rows] = torch.where(better, lam_r / 5.0, lam_r * 4.0).clamp(1e-7, 1e7)
+        # Nielsen's (1999) damping update from the gain ratio ρ = actual / predicted decrease
+        # (predicted by the linear model: 2 δᵀg − δᵀFδ; the clip may shorten the step)
+        delta = trial - th
+        quad = (delta[:, None, :] @ fisher @ delta[..., None])[:, 0, 0]
+        pred = 2.0 * (delta * grad).sum(1) - quad
+        rho = (old - chi2_t) / pred.clamp_min(1e-30)
+        nu_r = nu[rows]
+        lam[rows] = torch.where(better, lam_r * (1.0 - (2.0 * rho - 1.0) ** 3).clamp_min(1 / 3),
+                                lam_r * nu_r).clamp(1e-7, 1e7)
+        nu[rows] = torch.where(better, torch.full_like(nu_r, 2.0), nu_r * 2.0)
         used[rows] += 1
         active[rows[done]] = False
     redo = torch.nonzero(stale)[:, 0]
@@ -325,7 +354,7 @@ def _levenberg_marquardt(problem: _Problem, theta, lo, hi, iterations, tol=0.01)
     return theta, chi2, cov, used
 
 
-def _best_of(problem: _Problem, starts, lo, hi, iterations, tol, race: int | None = 6,
+def _best_of(problem: _Problem, starts, lo, hi, iterations, tol, race: int | None = None,
              use=None):
     """:func:`_levenberg_marquardt` from each start of ``starts`` (list of (b, P)); per
     spectrum the solution of lowest χ².
@@ -336,6 +365,8 @@ def _best_of(problem: _Problem, starts, lo, hi, iterations, tol, race: int | Non
     the rest of ``iterations`` (``race=None``: every start runs to the end)."""
     b = len(starts[0])
     use = [None] * len(starts) if use is None else use
+    if use[0] is not None:
+        raise ValueError("_best_of: the first start must run for every spectrum")
     sel = [torch.arange(b) if u is None else torch.nonzero(u)[:, 0] for u in use]
     rows = torch.cat(sel)
     n_starts = sum(1 for r in sel if r.numel())
@@ -372,7 +403,8 @@ def _bounds(model: ForwardModel, names, b: int, config: FitConfig):
 # -- the fits ------------------------------------------------------------------------------------
 def fit_spectra(model: ForwardModel, flux: np.ndarray, weight: np.ndarray, start: dict,
                 config: FitConfig | None = None) -> dict[str, np.ndarray]:
-    """Single, constrained two-star and free two-star fits of spectra on ``model.wave``.
+    """Single and constrained two-star fits (and the free two-star fit with
+    ``config.free_fit``) of spectra on ``model.wave``.
 
     Parameters
     ----------
@@ -496,19 +528,31 @@ def _fit_batch(model, flux, weight, start, basis, grid, config) -> dict:
             th[better], chi2[better], cov[better])
         return th0, chi20, cov0
 
+    def split(th):
+        """Two-star starts from single-star solutions split in two (±50 K, ±¼ of the
+        resolution in RV): a single star is a two-star solution too, so a two-star fit from
+        here ends at χ²_binary ≤ χ²_single up to the optimiser."""
+        dv = 0.25 * config.min_separation
+        return torch.cat([th[:, 0:1] - 50.0, th[:, 1:2], th[:, 0:1] + 50.0, th[:, 1:3],
+                          th[:, 3:4], th[:, 3:4], th[:, 4:5] - dv, th[:, 4:5] + dv], 1)
+
     # 1. one star: the networks' mean labels at the one-dimensional scan's velocity
     start_s = torch.cat([lab0, v0[:, None], rv0[:, None]], 1)
     th_s, chi2_s, cov_s = _best_of(prob(single), [start_s], lo_s, hi_s, *it)
-    # 2. two stars: the networks' labels at the two-dimensional scan's velocity pair, racing
-    # (config.swap_start) the pair swapped between the stars where the scan cannot tell the
-    # order (the swapped pair explains within swap_margin as much: labels that are off)
+    # 2. two stars, racing three starts: the networks' labels at the two-dimensional scan's
+    # velocity pair; the pair swapped between the stars (config.swap_start) where the scan
+    # cannot tell the order (the swapped pair explains within swap_margin as much: labels that
+    # are off); and the single-star solution split in two (the second chance of a binary the
+    # scan missed, and the guarantee χ²_binary ≤ χ²_single)
     feh0 = 0.5 * (lab1[:, 2] + lab2[:, 2])
     start_b = torch.cat([lab1[:, :2], lab2[:, :2], feh0[:, None], vsini, rv12], 1)
-    starts, use = [start_b], [None]
+    starts, use = [start_b, split(th_s)], [None, None]
     if config.swap_start:
         starts.append(torch.cat([start_b[:, :7], rv12.flip(1)], 1))
-        use.append(deficit < config.swap_margin)
-    th_b, chi2_b, cov_b = _best_of(prob(binary), starts, lo_b, hi_b, *it, use=use)
+        # (not where both velocities are one: the swapped start would be the first again)
+        use.append((deficit < config.swap_margin) & (rv12[:, 0] != rv12[:, 1]))
+    th_b, chi2_b, cov_b = _best_of(prob(binary), starts, lo_b, hi_b, *it,
+                                   race=config.race_iterations, use=use)
     # 3. where the evidence is near or above the threshold (a single fit stuck too high would
     # make a false SB2 claim): one star again, from the brighter star of the two-star fit
     dbic = chi2_s - chi2_b - penalty
@@ -517,17 +561,12 @@ def _fit_batch(model, flux, weight, start, basis, grid, config) -> dict:
                                   torch.cat([th_b[:, 2:4], th_b[:, 4:5]], 1).to(dt)).double()
     bright = torch.where((f2 >= 0.5)[:, None], th_b[:, [2, 3, 4, 6, 8]], th_b[:, [0, 1, 4, 5, 7]])
     near = dbic >= config.bic_threshold - config.recheck_margin
-    th_s, chi2_s, cov_s = refit(prob(single), bright, lo_s, hi_s, near,
-                                (th_s, chi2_s, cov_s))
-    # 4. where the two-star fit is worse than the single-star one, or the evidence is near the
-    # threshold: two stars from the single-star solution split in two (a single star is a
-    # two-star solution too, so χ²_binary ≤ χ²_single up to the optimiser)
-    dbic = chi2_s - chi2_b - penalty
-    dv = 0.25 * config.min_separation
-    split = torch.cat([th_s[:, 0:1] - 50.0, th_s[:, 1:2], th_s[:, 0:1] + 50.0, th_s[:, 1:3],
-                       th_s[:, 3:4], th_s[:, 3:4], th_s[:, 4:5] - dv, th_s[:, 4:5] + dv], 1)
-    redo = (chi2_b > chi2_s) | ((dbic - config.bic_threshold).abs() < config.recheck_margin)
-    th_b, chi2_b, cov_b = refit(prob(binary), split, lo_b, hi_b, redo,
+    chi2_s0 = chi2_s
+    th_s, chi2_s, cov_s = refit(prob(single), bright, lo_s, hi_s, near, (th_s, chi2_s, cov_s))
+    # 4. where that found a better single star and the two-star fit is now worse than it: two
+    # stars from the new single-star solution split in two
+    redo = (chi2_s < chi2_s0) & (chi2_b > chi2_s)
+    th_b, chi2_b, cov_b = refit(prob(binary), split(th_s), lo_b, hi_b, redo,
                                 (th_b, chi2_b, cov_b))
 
     with torch.no_grad():
@@ -745,7 +784,8 @@ def cramer_rao_bounds(model: ForwardModel, labels: dict, weight: np.ndarray,
     coefficients as nuisance parameters (marginalised: the bounds are the square roots of the
     inverse's diagonal, not of 1/diagonal). Any unbiased estimator, network or fit, has at
     least this error under the noise ``weight`` describes; labels the model is flat in (e.g.
-    beyond the library's coverage) get bounds of ~10⁶ or more.
+    beyond the library's coverage, or a companion without light) get huge bounds (≫ the
+    label's range: no information).
 
     Parameters
     ----------
@@ -776,7 +816,7 @@ def cramer_rao_bounds(model: ForwardModel, labels: dict, weight: np.ndarray,
     full = torch.cat([jac, m[..., None] * basis[None]], -1)  # continuum at 1: d/dc_k = m P_k
     w = torch.as_tensor(np.asarray(weight, np.float64))
     fisher = (full * w[..., None]).transpose(1, 2) @ full
-    scale = torch.diagonal(fisher, dim1=1, dim2=2).clamp_min(1e-300).sqrt()
+    scale = torch.diagonal(fisher, dim1=1, dim2=2).clamp_min(1e-30).sqrt()
     norm = fisher / (scale[:, :, None] * scale[:, None, :])
     p = full.shape[-1]
     cov = torch.linalg.pinv(norm + 1e-12 * torch.eye(p, dtype=torch.float64)) / (

@@ -159,6 +159,7 @@ class ForwardModel:
         """Flat node indices (b, 8) and trilinear weights (b, 8) of ``labels`` (b, 3); with
         ``derivatives`` the weights' derivatives in each label too, stacked after them:
         (b, 4, 8), row 0 the weights, rows 1-3 d/dTeff, d/dlogg, d/d[Fe/H]."""
+        labels = labels.to(self.dtype)
         lo, frac, dfrac = self._corners(labels)
         node = self._corner_rows(lo)
         bits = self._corner_bits.bool()
@@ -190,6 +191,7 @@ class ForwardModel:
     def rotation_ft(self, vsini: torch.Tensor, derivative: bool = False):
         """Rotation kernel transform (b, n_freq) at ``vsini`` (b,) [km/s] from the table; with
         ``derivative`` also its derivative in v sin i (0 where v sin i is clamped)."""
+        vsini = vsini.to(self.dtype)
         pos = vsini.clamp(0.0, self.vsini_max) / VSINI_TABLE_STEP
         j = pos.detach().floor().long().clamp(0, self.rot_table.shape[0] - 2)
         f = (pos - j)[:, None]

@@ -82,8 +82,9 @@ def scan_binary(model: ForwardModel, flux: torch.Tensor, weight: torch.Tensor,
     light_fraction : (b,) ``a_2 / (a_1 + a_2)`` at the best pair, a start for a free light
         ratio (0.5 where no pair has two positive amplitudes)
     swap_deficit : (b,) how much less the pair swapped between the templates explains (χ²
-        units; 0 when it explains as much or no valid pair exists): small where the scan cannot
-        tell which star is at which velocity
+        units; 0 when it explains as much or no valid pair exists, inf when the swapped pair
+        is not physical: a negative amplitude or singular): small where the scan cannot tell
+        which star is at which velocity
     """
     y = _centre(1.0 - flux, weight)
     d1 = _centre(_shifted_depths(model, labels1, vsini[:, 0], grid), weight)
