@@ -153,6 +153,14 @@ def test_noise_weights_mask_ca_ii_and_missing_pixels():
     w2 = noise_weights(wave, flux, None, np.array([100.0, 50.0]), FitConfig(mask_ca_ii=False))
     assert np.all(w2[0, core] > 0)
     np.testing.assert_allclose(w2[0, 0], 1.0 / (1e-4 + 1e-4))
+    # per-pixel errors: a NaN error (a pixel filled in preprocessing) is no data; a row without
+    # any error falls back to its S/N
+    err = np.full((2, 500), 0.02)
+    err[0, 20] = np.nan
+    err[1] = np.nan
+    w3 = noise_weights(wave, flux, err, np.array([100.0, 50.0]), FitConfig(error_floor=0.0))
+    assert w3[0, 20] == 0.0 and w3[0, 21] == pytest.approx(1.0 / 0.02 ** 2)
+    assert w3[1, 0] == pytest.approx(50.0 ** 2) and w3[1, 10] == 0.0
 
 
 def test_fit_partition_rows_threshold_and_frame(sim):
@@ -264,10 +272,20 @@ def test_a_finished_run_without_fit_is_not_reused_for_fit(tmp_path):
     out.mkdir()
     inputs = [str(tmp_path / "a.csv")]
     old = _run_settings(inputs, InferenceConfig())
-    del old["fit"], old["fit_threshold"]  # a record written before `--fit` existed
+    del old["fit"], old["fit_threshold"], old["fit_config"]  # written before `--fit` existed
     (out / "_inputs.json").write_text(json.dumps(dict(old, finished=True)))
     check_output(out, inputs, InferenceConfig())  # the same run: continued
     with pytest.raises(ValueError, match="fit"):
+        check_output(out, inputs, InferenceConfig(fit=True))
+    # a fitted run records the fitter's whole configuration; one by an older fitter (no
+    # record of it) is not reused, the same one is
+    fitted = _run_settings(inputs, InferenceConfig(fit=True))
+    assert fitted["fit_config"]["bic_threshold"] == FitConfig().bic_threshold
+    (out / "_inputs.json").write_text(json.dumps(dict(fitted, finished=True)))
+    check_output(out, inputs, InferenceConfig(fit=True))
+    del fitted["fit_config"]
+    (out / "_inputs.json").write_text(json.dumps(dict(fitted, finished=True)))
+    with pytest.raises(ValueError, match="fit_config"):
         check_output(out, inputs, InferenceConfig(fit=True))
 
 

@@ -422,3 +422,27 @@ def test_members_caps_the_ensemble(models):
     assert np.isfinite(both["teff_1_err"]).all() and one["teff_1_err"].isna().all()
     assert len(get_model_set(InferenceConfig(models, "cpu", members=1)).members["teff"]) == 1
     assert not np.allclose(both["teff_1"], one["teff_1"])  # the mean of two differs from one
+
+
+def test_errors_are_carried_to_the_model_grid_and_filled_pixels_have_none():
+    """preprocess carries σ through its linear interpolation and leaves NaN where a pixel was
+    filled (missing input, off the grid after a shift): the evidence fits weight by it."""
+    wave = np.linspace(8440.0, 8720.0, 2801)  # 0.1 Å, finer than the model grid
+    rng = np.random.default_rng(5)
+    flux = 1.0 + rng.normal(0, 0.01, (3, wave.size))
+    err = np.full((3, wave.size), 0.01)
+    flux[1, 1200:1210] = np.nan  # missing input pixels, filled by the continuum's Q3
+    pre = preprocess([wave] * 3, list(flux), list(err), MODEL_WAVE)
+    assert pre.flux_error.shape == pre.flux.shape
+    e = pre.flux_error[0]
+    assert np.all(e >= 0.01 / np.sqrt(2) - 1e-7) and np.all(e <= 0.01 + 1e-7)
+    gap = (MODEL_WAVE > wave[1199]) & (MODEL_WAVE < wave[1210])
+    assert gap.any() and np.isnan(pre.flux_error[1, gap]).all()
+    assert np.isfinite(pre.flux[1, gap]).all()  # the flux is filled, the error says so
+    assert np.isfinite(pre.flux_error[1, ~gap]).sum() > 0.9 * (~gap).sum()
+    # a spectrum moved into its rest frame: what falls off the observed grid has no error
+    shifted = preprocess([wave] * 3, list(flux), list(err), MODEL_WAVE,
+                         rv_kms=np.array([0.0, 0.0, 2000.0]))
+    assert np.isnan(shifted.flux_error[2]).any() and np.isfinite(shifted.flux_error[2]).any()
+    # no input errors: none on the model grid
+    assert np.isnan(preprocess([wave], [flux[0]], None, MODEL_WAVE).flux_error).all()

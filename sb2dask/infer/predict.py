@@ -507,7 +507,8 @@ def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -
     if config.fit:  # the evidence fits see what the networks saw; their RVs go back to the input
         from ..evidence import FitConfig, fit_partition
 
-        spectra = dict(wave=models.wave, flux=pre.flux, snr=pre.snr_estimate, rv_offset=rv_bulk)
+        spectra = dict(wave=models.wave, flux=pre.flux, flux_error=pre.flux_error,
+                       snr=pre.snr_estimate, rv_offset=rv_bulk)
         fit = fit_partition(out, spectra, FitConfig(p_threshold=config.fit_threshold))
         for k in fit.columns:
             out[k] = fit[k].to_numpy()

@@ -296,7 +296,7 @@ def _read_record(out: Path) -> dict | None:
 
 #: The settings of a run a rerun into the same ``--out`` must share to continue it.
 _RUN_KEYS = ("inputs", "model_dir", "precision", "members", "fit", "fit_threshold",
-             "calibration")
+             "calibration", "fit_config")
 
 
 def check_output(out: str | Path, inputs: list[str] | None = None,
@@ -353,10 +353,17 @@ def _run_settings(inputs: list[str], config: InferenceConfig) -> dict:
     model_dir = resolve_model_dir(config.model_dir)
     # a calibration added (or refitted) between two runs changes every *_err: not the same run
     cal = model_dir / CALIBRATION_FILE
+    # the evidence fits' whole configuration: a run fitted with other settings (or by an older
+    # fitter, whose records lack this) is not the same run
+    fit_config = None
+    if config.fit:
+        from ..evidence import FitConfig
+
+        fit_config = FitConfig(p_threshold=config.fit_threshold).to_dict()
     return dict(inputs=list(inputs), model_dir=str(model_dir.resolve()),
                 precision=config.precision, members=config.members, fit=config.fit,
                 fit_threshold=config.fit_threshold,
-                calibration=file_sha256(cal) if cal.exists() else None)
+                calibration=file_sha256(cal) if cal.exists() else None, fit_config=fit_config)
 
 
 def check_run(inputs: list[str | Path], out: str | Path, config: InferenceConfig | None = None,

@@ -34,6 +34,11 @@ class Preprocessed:
     quality_flags: np.ndarray  # int32 (n,)
     nan_fraction: np.ndarray  # float32 (n,)
     snr_estimate: np.ndarray  # float32 (n,)
+    #: float32 (n, n_model): the input errors carried to the model grid through the same linear
+    #: interpolation (σ² = (1−t)² σ₀² + t² σ₁²); NaN where the pixel was filled (a missing
+    #: input pixel, off the observed grid after a shift), for unusable rows and where the input
+    #: had no errors. The evidence fits weight by it (a filled pixel is no data).
+    flux_error: np.ndarray | None = None
 
     @property
     def usable(self) -> np.ndarray:
@@ -113,6 +118,7 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
     out = np.ones((n, len(model_wave)), dtype=np.float32)
     nan_frac = np.ones(n, dtype=np.float32)
     snr = np.full(n, np.nan, dtype=np.float32)
+    err_out = np.full((n, len(model_wave)), np.nan, dtype=np.float32)
     if np.any(np.diff(wave) <= 0):
         order = np.argsort(wave, kind="stable")
         wave, flux = wave[order], flux[:, order]
@@ -120,7 +126,7 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
         flags |= int(QualityFlag.WAVE_UNSORTED)
     if wave[0] > model_wave[0] + 1e-6 or wave[-1] < model_wave[-1] - 1e-6:
         flags |= int(QualityFlag.WAVE_COVERAGE)
-        return out, flags, nan_frac, snr
+        return out, flags, nan_frac, snr, err_out
     # only pixels that matter for the model window (plus one neighbour each side); the missing-
     # pixel statistics refer to the model window itself
     d_lo, d_hi = (1.0, 1.0) if factor is None else (min(1.0, factor.min()), max(1.0, factor.max()))
@@ -147,12 +153,25 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
     f = np.where(bad, q3[:, None], f)
     flags[np.nanmin(np.where(bad, np.inf, f), axis=1) < -0.05] |= int(QualityFlag.NEGATIVE_FLUX)
     flags[np.isfinite(cmed) & (np.abs(cmed - 1.0) > 0.1)] |= int(QualityFlag.NOT_NORMALISED)
+    e_in = None
+    if err is not None:
+        e_in = err[:, lo:hi].astype(np.float64)
+        e_in = np.where(np.isfinite(e_in) & (e_in > 0) & ~bad, e_in, np.nan)
+
+    def carry(e0, e1, t):
+        """σ of (1−t)·x₀ + t·x₁; NaN where a pixel with weight is missing."""
+        v0 = np.where(1.0 - t > 0, (1.0 - t) ** 2 * e0 ** 2, 0.0)
+        v1 = np.where(t > 0, t ** 2 * e1 ** 2, 0.0)
+        return np.sqrt(v0 + v1)
+
     if factor is None:
         # Linear interpolation as a gather, shared by all rows of this grid.
         pos = np.interp(model_wave, w, np.arange(len(w), dtype=np.float64))
         i0 = np.clip(np.floor(pos).astype(np.int64), 0, len(w) - 2)
         t = pos - i0
         out[:] = (1.0 - t) * f[:, i0] + t * f[:, i0 + 1]
+        if e_in is not None:
+            err_out[:] = carry(e_in[:, i0], e_in[:, i0 + 1], t[None, :])
     else:
         # The rest-frame spectrum at λ is the observed one at λ·D; what falls off the observed
         # grid is filled like a missing pixel (the continuum's Q3).
@@ -164,6 +183,8 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
         shifted = (1.0 - t) * f[rows, i0] + t * f[rows, i0 + 1]
         outside = (x < w[0]) | (x > w[-1])
         out[:] = np.where(outside, q3[:, None], shifted)
+        if e_in is not None:
+            err_out[:] = np.where(outside, np.nan, carry(e_in[rows, i0], e_in[rows, i0 + 1], t))
         edge = outside.any(axis=1)
         flags[edge] |= int(QualityFlag.NAN_FILLED)
         nan_frac = np.maximum(nan_frac, outside.mean(axis=1).astype(np.float32))
@@ -178,7 +199,8 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
                 snr = np.nanmedian(ratio, axis=1).astype(np.float32)
     unusable = (flags & int(UNUSABLE)) != 0
     out[unusable] = 1.0
-    return out, flags, nan_frac, snr
+    err_out[unusable] = np.nan
+    return out, flags, nan_frac, snr, err_out
 
 
 def preprocess(waves: list[np.ndarray], fluxes: list[np.ndarray], errors: list | None,
@@ -203,6 +225,7 @@ def preprocess(waves: list[np.ndarray], fluxes: list[np.ndarray], errors: list |
     flags = np.zeros(n, dtype=np.int32)
     nan_frac = np.ones(n, dtype=np.float32)
     snr = np.full(n, np.nan, dtype=np.float32)
+    err_out = np.full((n, len(model_wave)), np.nan, dtype=np.float32)
     groups: dict = {}
     for i in range(n):
         w = waves[i]
@@ -224,7 +247,8 @@ def preprocess(waves: list[np.ndarray], fluxes: list[np.ndarray], errors: list |
             from .rv_bulk import velocity_to_factor
 
             factor = velocity_to_factor(np.nan_to_num(np.asarray(rv_kms, float)[rows]))
-        o, fl, nf, s = _one_grid(np.asarray(w, dtype=np.float64), f, e, model_wave,
-                                 max_nan_fraction, factor)
+        o, fl, nf, s, er = _one_grid(np.asarray(w, dtype=np.float64), f, e, model_wave,
+                                     max_nan_fraction, factor)
         flux_out[rows], flags[rows], nan_frac[rows], snr[rows] = o, fl, nf, s
-    return Preprocessed(flux_out, flags, nan_frac, snr)
+        err_out[rows] = er
+    return Preprocessed(flux_out, flags, nan_frac, snr, err_out)
