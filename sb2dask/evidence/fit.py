@@ -299,12 +299,16 @@ class _Problem:
         _, cont = _continuum(m, f, w, self.basis)
         jc = jac * cont[..., None]
         a = m[..., None] * self.basis[None]  # (b, n, K): d model / d continuum coefficients
-        aw = a * w[..., None]
-        gram = aw.transpose(1, 2) @ a
-        eye = torch.eye(a.shape[-1], dtype=a.dtype)
-        jc = jc - a @ torch.linalg.solve(gram + 1e-12 * eye, aw.transpose(1, 2) @ jc)
         jw = jc * w[..., None]
-        return jw.transpose(1, 2) @ jc, (jw * (f - m * cont)[..., None]).sum(1)
+        # the projected Fisher matrix JᵀWJ − (JᵀWA)(AᵀWA)⁻¹(AᵀWJ), without forming the
+        # projected Jacobian; the gradient needs no projection (AᵀW r = 0 at the continuum's
+        # optimum)
+        cross = jw.transpose(1, 2) @ a  # (b, P, K)
+        gram = (a * w[..., None]).transpose(1, 2) @ a
+        eye = torch.eye(a.shape[-1], dtype=a.dtype)
+        fisher = jw.transpose(1, 2) @ jc - cross @ torch.linalg.solve(gram + 1e-12 * eye,
+                                                                     cross.transpose(1, 2))
+        return fisher, (jw * (f - m * cont)[..., None]).sum(1)
 
 
 def _levenberg_marquardt(problem: _Problem, theta, lo, hi, iterations, tol=0.01):
