@@ -298,11 +298,12 @@ def run_crb(args) -> dict:
 
 
 def run_heldout(args) -> dict:
-    """The ΔBIC threshold (25) checked on single stars it was not set on: the eight PHOENIX
-    singles rendered by the real-sky suite's independent path at new noise draws, S/N 30 / 60 /
-    130 and systemic velocities uniform in ±100 km/s (rest frame removed by the pipeline, as
-    for DR4 epochs), and the two real dwarfs moved by new velocities with noise added down to
-    S/N 30 / 60; PHOENIX SB2 pairs at Δv 40 and 80 km/s (new separations) for the recall."""
+    """The ΔBIC threshold (``FitConfig.bic_threshold``) checked on single stars it was not set
+    on: the eight PHOENIX singles rendered by the real-sky suite's independent path at new noise
+    draws, S/N 30 / 60 / 130 and systemic velocities uniform in ±100 km/s (rest frame removed by
+    the pipeline, as for DR4 epochs), and the two real dwarfs moved by new velocities with noise
+    added down to S/N 30 / 60; PHOENIX SB2 pairs at Δv 40 and 80 km/s (new separations) for the
+    recall."""
     import functools
 
     import sb2dask.evidence

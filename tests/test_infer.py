@@ -432,17 +432,18 @@ def test_errors_are_carried_to_the_model_grid_and_filled_pixels_have_none():
     flux = 1.0 + rng.normal(0, 0.01, (3, wave.size))
     err = np.full((3, wave.size), 0.01)
     flux[1, 1200:1210] = np.nan  # missing input pixels, filled by the continuum's Q3
-    pre = preprocess([wave] * 3, list(flux), list(err), MODEL_WAVE)
+    assert preprocess([wave], [flux[0]], [err[0]], MODEL_WAVE).flux_error is None  # not asked
+    pre = preprocess([wave] * 3, list(flux), list(err), MODEL_WAVE, carry_errors=True)
     assert pre.flux_error.shape == pre.flux.shape
-    e = pre.flux_error[0]
-    assert np.all(e >= 0.01 / np.sqrt(2) - 1e-7) and np.all(e <= 0.01 + 1e-7)
+    np.testing.assert_allclose(pre.flux_error[0], 0.01, rtol=1e-6)  # σ interpolated linearly
     gap = (MODEL_WAVE > wave[1199]) & (MODEL_WAVE < wave[1210])
     assert gap.any() and np.isnan(pre.flux_error[1, gap]).all()
     assert np.isfinite(pre.flux[1, gap]).all()  # the flux is filled, the error says so
     assert np.isfinite(pre.flux_error[1, ~gap]).sum() > 0.9 * (~gap).sum()
     # a spectrum moved into its rest frame: what falls off the observed grid has no error
     shifted = preprocess([wave] * 3, list(flux), list(err), MODEL_WAVE,
-                         rv_kms=np.array([0.0, 0.0, 2000.0]))
+                         rv_kms=np.array([0.0, 0.0, 2000.0]), carry_errors=True)
     assert np.isnan(shifted.flux_error[2]).any() and np.isfinite(shifted.flux_error[2]).any()
     # no input errors: none on the model grid
-    assert np.isnan(preprocess([wave], [flux[0]], None, MODEL_WAVE).flux_error).all()
+    assert np.isnan(preprocess([wave], [flux[0]], None, MODEL_WAVE,
+                               carry_errors=True).flux_error).all()

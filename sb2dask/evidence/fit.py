@@ -149,10 +149,10 @@ class FitConfig(ConfigMixin):
     bic_threshold : ΔBIC at or above which the fit evidence favours two stars. Set, as issue 12
         asks, on single stars *outside* the library rather than on simulations: with the
         correlated-residual correction the highest ΔBIC of the real-sky suite's real stars
-        (three, nine shifts each) and PHOENIX singles is −2.1 (the giant HD176650), so Kass &
+        (three, nine shifts each) and PHOENIX singles is −2.4 (the giant HD176650), so Kass &
         Raftery's (1995) "very strong" 10; checked on a held-out set (other noise, S/N,
-        velocities: max 2.5 over 84 single-star spectra; docs/evidence.md). Without the
-        correction (``correlated_residuals=False``) those maxima are 23 and 39: use 25 or more
+        velocities: max −1.1 over 84 single-star spectra; docs/evidence.md). Without the
+        correction (``correlated_residuals=False``) the maxima were 56 and 39: use more than 25
     p_sb2 : p_binary at or above which the network calls a spectrum an SB2
     chi2_red_max : reduced χ² of the preferred model above which neither model fits and the
         class is "uncertain"
@@ -200,13 +200,14 @@ def noise_weights(wave: np.ndarray, flux: np.ndarray, flux_error: np.ndarray | N
     (``config.mask_ca_ii``) get weight 0.
     """
     flux = np.asarray(flux, dtype=np.float64)
-    per_spectrum = (np.broadcast_to(1.0 / np.asarray(snr, dtype=np.float64)[:, None], flux.shape)
-                    if snr is not None else np.zeros(flux.shape))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_spectrum = (np.broadcast_to(1.0 / np.asarray(snr, dtype=np.float64)[:, None],
+                                        flux.shape) if snr is not None else np.zeros(flux.shape))
     per_spectrum = np.where(np.isfinite(per_spectrum) & (per_spectrum >= 0), per_spectrum, 0.0)
     missing = np.zeros(flux.shape, dtype=bool)
     if flux_error is not None:
         sigma = np.asarray(flux_error, dtype=np.float64)
-        good = np.isfinite(sigma) & (sigma >= 0)
+        good = np.isfinite(sigma) & (sigma > 0)  # as preprocessing: σ ≤ 0 is no error
         has = good.any(axis=1, keepdims=True)
         missing = has & ~good
         sigma = np.where(has, np.where(good, sigma, 0.0), per_spectrum)
@@ -383,7 +384,7 @@ def _levenberg_marquardt(problem: _Problem, theta, lo, hi, iterations, tol=0.01)
     redo = torch.nonzero(stale)[:, 0]
     if redo.numel():
         fisher_all[redo], _ = problem.normal_equations(theta[redo], redo)
-    fisher = fisher_all
+    fisher = 0.5 * (fisher_all + fisher_all.transpose(1, 2))  # the subtraction form's rounding
     eye = torch.eye(p, dtype=theta.dtype)
     scale = torch.diagonal(fisher, dim1=1, dim2=2).clamp_min(1e-30).sqrt()
     norm = fisher / (scale[:, :, None] * scale[:, None, :])
@@ -655,6 +656,9 @@ def _fit_batch(model, flux, weight, start, basis, grid, config) -> dict:
     out["residual_tau"] = tau.numpy()
     out["delta_bic_free"] = (bic_s - bic_f).numpy()
     out["n_fit_pixels"] = n_pix.numpy().astype(np.int32)
+    # a spectrum with no weighted pixel has no evidence (and no class): NaN, not a ΔBIC of −k ln 2
+    for k in ("delta_bic", "delta_bic_free", "chi2_single", "chi2_binary", "chi2_free"):
+        out[k] = np.where(out["n_fit_pixels"] > 0, out[k], np.nan)
     return out
 
 

@@ -438,7 +438,8 @@ def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -
     models = get_model_set(config)
     errors = list(df["flux_error"]) if "flux_error" in df else None
     waves, fluxes = list(df["wave"]), list(df["flux"])
-    pre = preprocess(waves, fluxes, errors, models.wave, config.max_nan_fraction)
+    pre = preprocess(waves, fluxes, errors, models.wave, config.max_nan_fraction,
+                     carry_errors=config.fit)
     rv_bulk = np.full(len(df), np.nan)
     ccf_peak = np.full(len(df), np.nan)
     frames = df["frame"].to_numpy(object) if "frame" in df else \
@@ -456,7 +457,7 @@ def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -
             rv_bulk[pre.usable] = est.rv_if_detected
             rv_bulk[~shift] = np.nan
             pre = preprocess(waves, fluxes, errors, models.wave, config.max_nan_fraction,
-                             rv_kms=np.nan_to_num(rv_bulk))
+                             rv_kms=np.nan_to_num(rv_bulk), carry_errors=config.fit)
     qflags = pre.quality_flags.copy()
     read_flags = df["read_flags"].to_numpy(np.int32) if "read_flags" in df else np.zeros(len(df),
                                                                                            np.int32)

@@ -464,7 +464,8 @@ def run_inference(inputs: list[str | Path], out: str | Path, client,
     provenance = dict(models=models.provenance, calibration=models.calibration_record,
                       versions=package_versions("torch", "dask", "distributed", "pyarrow"),
                       inputs=inputs, inference=config.replace(
-                          partition_rows=record["partition_rows"]).to_dict(), created=utc_now())
+                          partition_rows=record["partition_rows"]).to_dict(), created=utc_now(),
+                      evidence_fit=record.get("fit_config"))
     t0 = time.perf_counter()
     stats = _compute_partitions(ddf, out, client, config, todo, done, provenance, progress)
     seconds = time.perf_counter() - t0

@@ -34,10 +34,12 @@ class Preprocessed:
     quality_flags: np.ndarray  # int32 (n,)
     nan_fraction: np.ndarray  # float32 (n,)
     snr_estimate: np.ndarray  # float32 (n,)
-    #: float32 (n, n_model): the input errors carried to the model grid through the same linear
-    #: interpolation (σ² = (1−t)² σ₀² + t² σ₁²); NaN where the pixel was filled (a missing
-    #: input pixel, off the observed grid after a shift), for unusable rows and where the input
-    #: had no errors. The evidence fits weight by it (a filled pixel is no data).
+    #: float32 (n, n_model), with ``preprocess(carry_errors=True)`` (else None): the input
+    #: errors carried to the model grid through the same linear interpolation (σ = (1−t) σ₀ +
+    #: t σ₁: correlated neighbours, see ``_one_grid``); NaN where the pixel was filled (a
+    #: missing input pixel, off the observed grid after a shift) or its error is not positive,
+    #: for unusable rows and where the input had no errors. The evidence fits weight by it (a
+    #: filled pixel is no data).
     flux_error: np.ndarray | None = None
 
     @property
@@ -110,7 +112,7 @@ def normalise_to_continuum(wave: np.ndarray, flux: np.ndarray, flux_error: np.nd
 
 def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
               model_wave: np.ndarray, max_nan_fraction: float,
-              factor: np.ndarray | None = None):
+              factor: np.ndarray | None = None, carry_errors: bool = True):
     """Preprocess rows that share one input grid ``wave``; ``factor`` (n,) are Doppler factors
     λ_obs / λ_rest to undo while resampling (None: no shift)."""
     n = flux.shape[0]
@@ -154,15 +156,18 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
     flags[np.nanmin(np.where(bad, np.inf, f), axis=1) < -0.05] |= int(QualityFlag.NEGATIVE_FLUX)
     flags[np.isfinite(cmed) & (np.abs(cmed - 1.0) > 0.1)] |= int(QualityFlag.NOT_NORMALISED)
     e_in = None
-    if err is not None:
+    if err is not None and carry_errors:
         e_in = err[:, lo:hi].astype(np.float64)
         e_in = np.where(np.isfinite(e_in) & (e_in > 0) & ~bad, e_in, np.nan)
 
     def carry(e0, e1, t):
-        """σ of (1−t)·x₀ + t·x₁; NaN where a pixel with weight is missing."""
-        v0 = np.where(1.0 - t > 0, (1.0 - t) ** 2 * e0 ** 2, 0.0)
-        v1 = np.where(t > 0, t ** 2 * e1 ** 2, 0.0)
-        return np.sqrt(v0 + v1)
+        """σ of (1−t)·x₀ + t·x₁ for fully correlated neighbours, (1−t)·σ₀ + t·σ₁: Gaia's
+        resampled pixels nearly are (issue 14: second differences 0.3-0.65 of the quoted
+        errors), and for independent ones it is an upper bound (≤ √2 too large); NaN where a
+        pixel with weight is missing."""
+        v0 = np.where(1.0 - t > 0, (1.0 - t) * e0, 0.0)
+        v1 = np.where(t > 0, t * e1, 0.0)
+        return v0 + v1
 
     if factor is None:
         # Linear interpolation as a gather, shared by all rows of this grid.
@@ -205,7 +210,7 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
 
 def preprocess(waves: list[np.ndarray], fluxes: list[np.ndarray], errors: list | None,
                model_wave: np.ndarray, max_nan_fraction: float = 0.2,
-               rv_kms: np.ndarray | None = None) -> Preprocessed:
+               rv_kms: np.ndarray | None = None, carry_errors: bool = False) -> Preprocessed:
     """Bring spectra onto ``model_wave``.
 
     Parameters
@@ -218,6 +223,8 @@ def preprocess(waves: list[np.ndarray], fluxes: list[np.ndarray], errors: list |
     rv_kms : (n,) radial velocities [km/s] to remove, optional
         Each spectrum is resampled into the frame moving at its velocity (its rest frame when
         the velocity is the star's); pixels that then fall off the observed grid are filled.
+    carry_errors : also carry the errors to the model grid (:attr:`Preprocessed.flux_error`;
+        None otherwise): only the evidence fits need them, and they cost ~100 kB per row
     """
     n = len(fluxes)
     model_wave = np.asarray(model_wave, dtype=np.float64)
@@ -225,7 +232,7 @@ def preprocess(waves: list[np.ndarray], fluxes: list[np.ndarray], errors: list |
     flags = np.zeros(n, dtype=np.int32)
     nan_frac = np.ones(n, dtype=np.float32)
     snr = np.full(n, np.nan, dtype=np.float32)
-    err_out = np.full((n, len(model_wave)), np.nan, dtype=np.float32)
+    err_out = np.full((n, len(model_wave)), np.nan, dtype=np.float32) if carry_errors else None
     groups: dict = {}
     for i in range(n):
         w = waves[i]
@@ -248,7 +255,8 @@ def preprocess(waves: list[np.ndarray], fluxes: list[np.ndarray], errors: list |
 
             factor = velocity_to_factor(np.nan_to_num(np.asarray(rv_kms, float)[rows]))
         o, fl, nf, s, er = _one_grid(np.asarray(w, dtype=np.float64), f, e, model_wave,
-                                     max_nan_fraction, factor)
+                                     max_nan_fraction, factor, carry_errors)
         flux_out[rows], flags[rows], nan_frac[rows], snr[rows] = o, fl, nf, s
-        err_out[rows] = er
-    return Preprocessed(flux_out, flags, nan_frac, snr, err_out)
+        if carry_errors:
+            err_out[rows] = er
+    return Preprocessed(flux_out, flags, nan_frac, snr, err_out if carry_errors else None)
