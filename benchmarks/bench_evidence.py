@@ -69,8 +69,16 @@ def _overrides(args) -> dict:
     return out
 
 
+def _base(args):
+    """``FitConfig`` or its faster setting (``--fast``: ``FitConfig.fast``)."""
+    from sb2dask.evidence.fit import FitConfig
+
+    return FitConfig.fast if getattr(args, "fast", False) else FitConfig
+
+
 def _suffix(args) -> str:
-    return "".join(f"_{item.replace('=', '')}" for item in getattr(args, "set", []))
+    return ("_fast" if getattr(args, "fast", False) else "") + "".join(
+        f"_{item.replace('=', '')}" for item in getattr(args, "set", []))
 
 
 def run_sim(args) -> dict:
@@ -101,8 +109,8 @@ def run_sim(args) -> dict:
         raise SystemExit("the shipped models' grid is not the simulation's output grid")
     pred = models.predict(flux)
     torch.set_num_threads(1)
-    fc = FitConfig(**{**({} if args.iterations is None else {"iterations": args.iterations}),
-                      "swap_start": not args.no_swap_start, **_overrides(args)})
+    fc = _base(args)(**{**({} if args.iterations is None else {"iterations": args.iterations}),
+                        "swap_start": not args.no_swap_start, **_overrides(args)})
     model = get_forward_model(fc, cfg.wave)
     start = {f"{k}_{c + 1}": pred[k][:, c] for k in ("teff", "logg", "feh", "vsini")
              for c in (0, 1)}
@@ -192,8 +200,8 @@ def run_real(args) -> dict:
     frame = _as_reader_frame(cases)
     # the unconstrained fit is off by default (a diagnostic); issue 12 wants its ΔBIC here, so
     # the hook inside predict_partition gets a FitConfig with it on
-    sb2dask.evidence.FitConfig = functools.partial(FitConfig, **{"free_fit": True,
-                                                                 **_overrides(args)})
+    sb2dask.evidence.FitConfig = functools.partial(_base(args), **{"free_fit": True,
+                                                                   **_overrides(args)})
     try:
         t0 = time.perf_counter()
         out = predict_partition(frame, InferenceConfig(members=1, fit=True, rest_frame="on"))
@@ -364,13 +372,13 @@ def run_heldout(args) -> dict:
                 cases.append(RealSkyCase(case=f"{c.truth['star']} S/N {snr:.0f} rv {rv:+.0f}",
                                          kind="real", wave=c.wave, flux=f, flux_error=e,
                                          truth=dict(c.truth, snr=snr, shift_kms=rv)))
-    sb2dask.evidence.FitConfig = functools.partial(FitConfig, **_overrides(args))
+    sb2dask.evidence.FitConfig = functools.partial(_base(args), **_overrides(args))
     try:
         out = predict_partition(_as_reader_frame(cases),
                                 InferenceConfig(members=1, fit=True, rest_frame="on"))
     finally:
         sb2dask.evidence.FitConfig = FitConfig
-    thr = FitConfig(**_overrides(args)).bic_threshold
+    thr = _base(args)(**_overrides(args)).bic_threshold
     kinds = np.array([c.kind for c in cases])
     result = dict(seed=args.seed, n=len(cases), bic_threshold=thr)
     for kind in ("phoenix_single", "real", "phoenix_sb2"):
@@ -392,6 +400,7 @@ def main() -> None:
     s.add_argument("--snr", type=float, nargs=2, default=(50.0, 150.0))
     s.add_argument("--iterations", type=int, default=None, help="default: FitConfig's")
     s.add_argument("--no-swap-start", action="store_true")
+    s.add_argument("--fast", action="store_true", help="FitConfig.fast() as the base")
     s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a FitConfig field (repeatable), e.g. race_iterations=6")
     c = sub.add_parser("crb")
@@ -402,10 +411,12 @@ def main() -> None:
     h.add_argument("--phoenix-dir", default="/work/shared/data/phoenix")
     h.add_argument("--draws", type=int, default=3)
     h.add_argument("--seed", type=int, default=20261202)
+    h.add_argument("--fast", action="store_true", help="FitConfig.fast() as the base")
     h.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     r = sub.add_parser("real")
     r.add_argument("--gaia-dir", default="/work/shared/data/gaia_rvs")
     r.add_argument("--phoenix-dir", default="/work/shared/data/phoenix")
+    r.add_argument("--fast", action="store_true", help="FitConfig.fast() as the base")
     r.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     args = ap.parse_args()
     if args.what == "sim":

@@ -337,7 +337,7 @@ def _cmd_infer(args) -> int:
         model_dir=args.models, device=args.device, precision=args.precision,
         batch_size=args.batch_size, members=args.members,
         partition_rows=args.partition_rows, rest_frame=args.rest_frame, fit=args.fit,
-        fit_threshold=args.fit_threshold).items()
+        fit_threshold=args.fit_threshold, fit_fast=args.fit_fast).items()
         if v is not None}
     config = config.replace(**changes) if changes else config
     # inputs, --out and the models are checked before any worker starts (seconds, not minutes)
@@ -719,6 +719,9 @@ def _add_infer_parser(sub, command: _Command) -> None:
                         "component RVs, delta_bic and sb2_class (slow; docs/evidence.md)")
     p.add_argument("--fit-threshold", type=_fraction, default=None, metavar="P",
                    help="with --fit, fit only spectra with p_binary >= P (default 0: all)")
+    p.add_argument("--fit-fast", action="store_true", default=None,
+                   help="with --fit, the faster setting of the fits (about 2x; RVs a little "
+                        "less precise; docs/evidence.md)")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute everything, replacing what --out holds (default: continue "
                         "an earlier run with the same inputs and settings)")

@@ -215,12 +215,21 @@ def test_cli_infer_fit_options(capsys, tmp_path):
         main(["infer", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "--fit " in out and "--fit-threshold P" in out
+    assert "--fit " in out and "--fit-threshold P" in out and "--fit-fast" in out
     with pytest.raises(SystemExit) as exc:
         main(["infer", str(tmp_path / "x.csv"), "--out", str(tmp_path / "o"), "--fit",
               "--fit-threshold", "1.5"])
     assert exc.value.code == 2
     assert "a number in [0, 1]" in capsys.readouterr().err
+
+
+def test_inference_config_chooses_the_fit_setting():
+    from sb2dask.infer.config import InferenceConfig
+
+    assert InferenceConfig(fit=True, fit_threshold=0.3).fit_config() == FitConfig(p_threshold=0.3)
+    fast = InferenceConfig(fit=True, fit_fast=True).fit_config()
+    assert fast == FitConfig.fast() and fast.race_iterations < fast.iterations
+    assert FitConfig.fast(iterations=7).iterations == 7  # a change wins over the preset
 
 
 def test_evidence_flags_report_degenerate_fits():

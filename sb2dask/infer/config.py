@@ -72,6 +72,8 @@ class InferenceConfig(ConfigMixin):
         (docs/evidence.md).
     fit_threshold : float
         With ``fit``, fit only spectra with ``p_binary`` at or above this value (0: all).
+    fit_fast : bool
+        With ``fit``, the faster setting of the fits (:meth:`sb2dask.evidence.FitConfig.fast`).
     """
 
     model_dir: str | None = None
@@ -84,6 +86,14 @@ class InferenceConfig(ConfigMixin):
     rest_frame: str = "auto"
     fit: bool = False
     fit_threshold: float = 0.0
+    fit_fast: bool = False
+
+    def fit_config(self):
+        """The :class:`~sb2dask.evidence.FitConfig` the evidence fits of this run use."""
+        from ..evidence import FitConfig
+
+        make = FitConfig.fast if self.fit_fast else FitConfig
+        return make(p_threshold=self.fit_threshold)
 
     def __post_init__(self):
         if self.model_dir is not None:

@@ -506,11 +506,11 @@ def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -
         out[name] = df[name].to_numpy(dtype) if name in df else np.full(len(df), missing, dtype)
     out["frame"] = frames.astype(str)
     if config.fit:  # the evidence fits see what the networks saw; their RVs go back to the input
-        from ..evidence import FitConfig, fit_partition
+        from ..evidence import fit_partition
 
         spectra = dict(wave=models.wave, flux=pre.flux, flux_error=pre.flux_error,
                        snr=pre.snr_estimate, rv_offset=rv_bulk)
-        fit = fit_partition(out, spectra, FitConfig(p_threshold=config.fit_threshold))
+        fit = fit_partition(out, spectra, config.fit_config())
         for k in fit.columns:
             out[k] = fit[k].to_numpy()
     out.index = df.index

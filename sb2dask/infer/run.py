@@ -355,11 +355,7 @@ def _run_settings(inputs: list[str], config: InferenceConfig) -> dict:
     cal = model_dir / CALIBRATION_FILE
     # the evidence fits' whole configuration: a run fitted with other settings (or by an older
     # fitter, whose records lack this) is not the same run
-    fit_config = None
-    if config.fit:
-        from ..evidence import FitConfig
-
-        fit_config = FitConfig(p_threshold=config.fit_threshold).to_dict()
+    fit_config = config.fit_config().to_dict() if config.fit else None
     return dict(inputs=list(inputs), model_dir=str(model_dir.resolve()),
                 precision=config.precision, members=config.members, fit=config.fit,
                 fit_threshold=config.fit_threshold,
