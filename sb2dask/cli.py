@@ -720,8 +720,8 @@ def _add_infer_parser(sub, command: _Command) -> None:
     p.add_argument("--fit-threshold", type=_fraction, default=None, metavar="P",
                    help="with --fit, fit only spectra with p_binary >= P (default 0: all)")
     p.add_argument("--fit-fast", action="store_true", default=None,
-                   help="with --fit, the faster setting of the fits (about 2x; RVs a little "
-                        "less precise; docs/evidence.md)")
+                   help="with --fit, the faster setting of the fits (about twice as fast; RVs "
+                        "a little less precise; docs/evidence.md)")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute everything, replacing what --out holds (default: continue "
                         "an earlier run with the same inputs and settings)")

@@ -137,8 +137,10 @@ def temperature_inputs(manifests: list[str | Path], flux: np.ndarray, device,
         h.update(np.ascontiguousarray(index, dtype=np.int64).tobytes())
         h.update(repr((scaling.low, scaling.high)).encode())
         path = Path(cache) / f"temperatures-{h.hexdigest()[:24]}.npy"
-        if path.exists():
+        try:  # no exists() first: a cache cleaned between the two would raise
             return np.load(path)
+        except FileNotFoundError:
+            pass
     preds = []
     for m in manifests:
         model, man = load_model(m, layout="2d" if device.type == "cpu" else "1d",
