@@ -232,6 +232,22 @@ def test_inference_config_chooses_the_fit_setting():
     assert FitConfig.fast(iterations=7).iterations == 7  # a change wins over the preset
 
 
+def test_refine_candidates_refits_only_the_candidates_with_the_default_settings(sim):
+    labels, flux, start = _two_binaries_and_a_single(sim, teff_offset=10.0)
+    fast = FitConfig.fast(precision="float64")
+    w = noise_weights(sim["cfg"].wave, flux, None, labels["snr"], fast)
+    m = sim["model"]
+    plain = fit_spectra(m, flux, w, start, fast)
+    refined = fit_spectra(m, flux, w, start, fast.replace(refine_candidates=True))
+    cand = plain["delta_bic"] >= fast.bic_threshold - fast.recheck_margin
+    assert cand[:2].all() and not cand[2]  # the binaries are candidates, the single star not
+    thorough = fit_spectra(m, flux[cand], w[cand], {k: v[cand] for k, v in start.items()},
+                           FitConfig(precision="float64"))
+    for k in ("chi2_binary", "chi2_single", "rv_1", "rv_2", "delta_bic"):
+        np.testing.assert_allclose(refined[k][cand], thorough[k], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(refined[k][~cand], plain[k][~cand])
+
+
 def test_evidence_flags_report_degenerate_fits():
     from sb2dask.evidence import EvidenceFlag, evidence_flags
 
@@ -329,15 +345,21 @@ def test_pixel_matrix_is_the_renderers_fft_and_resampling(sim):
     assert (m.to_pixels(ft) - ref).abs().max() < 1e-12
 
 
-def test_float32_fits_agree_with_float64(sim):
+def _two_binaries_and_a_single(sim, teff_offset=0.0):
+    """Labels, noisy flux and starts (the true labels, Teff moved by ``teff_offset``; a single
+    star's missing component 2: its own component 1) of two binaries and one single star."""
     lab = sim["labels"]
     rows = np.concatenate([_pick(lab, 2), _pick(lab, 1, binary=False)])
     labels, interp = _take(lab, rows), _take(sim["interp"], rows)
     flux = sim["renderer"].render(labels, interp, sim["noise"][rows])
-    # the true labels as starts (a single star's missing component 2: its own component 1)
     start = {f"{k}_{c + 1}": np.where(np.isnan(labels[k][:, c]), labels[k][:, 0],
-                                      labels[k][:, c])
+                                      labels[k][:, c]) + teff_offset * (k == "teff")
              for k in ("teff", "logg", "feh", "vsini") for c in (0, 1)}
+    return labels, flux, start
+
+
+def test_float32_fits_agree_with_float64(sim):
+    labels, flux, start = _two_binaries_and_a_single(sim)
     res = {}
     for prec in ("float32", "float64"):
         cfg = FitConfig(precision=prec)
