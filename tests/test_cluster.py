@@ -160,9 +160,14 @@ def test_unknown_cluster_is_rejected():
 
 SUBMIT = """#!{python}
 import pathlib, subprocess, sys
+# a copy of the job script that outlives this call, as a real queue keeps its own: dask-jobqueue
+# deletes its temporary script as soon as the submit command returns, and a job started on the
+# original could find it gone ("No such file or directory": a worker that never came, a hang)
 script = pathlib.Path(sys.argv[-1])
-log = open(script.with_suffix(".log"), "w")
-job = subprocess.Popen(["bash", str(script)], start_new_session=True, stdout=log, stderr=log)
+keep = pathlib.Path({jobs!r}).with_name(script.name)
+keep.write_text(script.read_text())
+log = open(keep.with_suffix(".log"), "w")
+job = subprocess.Popen(["bash", str(keep)], start_new_session=True, stdout=log, stderr=log)
 with open({jobs!r}, "a") as f:
     f.write(f"{{job.pid}}\\n")
 print({template!r}.format(job.pid))
