@@ -320,7 +320,8 @@ def run_heldout(args) -> dict:
         _as_reader_frame,
         _gaia_air,
         build_cases,
-        read_phoenix_vacuum,
+        phoenix_pair_cases,
+        read_phoenix_stars,
         render_phoenix,
         shift_on_fixed_grid,
     )
@@ -330,10 +331,7 @@ def run_heldout(args) -> dict:
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
-    from pathlib import Path
-
-    stars = [(p.name, *read_phoenix_vacuum(p)) for p in sorted(Path(args.phoenix_dir).glob(
-        "lte*.fits"))]
+    stars = read_phoenix_stars(args.phoenix_dir)
     cases = []
     for name, wave, flux, h in stars:
         for snr in (30.0, 60.0, 130.0):
@@ -344,19 +342,7 @@ def run_heldout(args) -> dict:
                                               f"γ {gamma:+.0f}", kind="phoenix_single",
                                          wave=_gaia_air(), flux=f, flux_error=e,
                                          truth=dict(file=name, snr=snr, gamma=gamma)))
-    for i, (_, w1, f1, h1) in enumerate(stars):
-        for _, w2, f2, h2 in stars[i + 1:]:
-            if abs(h2["PHXTEFF"] - h1["PHXTEFF"]) < 400:
-                continue
-            for dv in (40.0, 80.0):
-                r1, r2 = float(h1["PHXREFF"]) ** 2, float(h2["PHXREFF"]) ** 2
-                gamma = float(rng.uniform(-50.0, 50.0))
-                f, e = render_phoenix([(w1, f1, r1 / (r1 + r2), gamma - dv / 2),
-                                       (w2, f2, r2 / (r1 + r2), gamma + dv / 2)], rng)
-                cases.append(RealSkyCase(case=f"PHOENIX SB2 {h1['PHXTEFF']:.0f}+"
-                                              f"{h2['PHXTEFF']:.0f} dv {dv:.0f}",
-                                         kind="phoenix_sb2", wave=_gaia_air(), flux=f,
-                                         flux_error=e, truth=dict(rv_separation=dv)))
+    cases += phoenix_pair_cases(stars, rng, separations=(40.0, 80.0), gamma_max=50.0)
     real = [c for c in build_cases(args.gaia_dir, None) if c.kind == "real"
             and c.truth.get("single") is True and c.truth["shift_kms"] == 0.0]
     for c in real:

@@ -39,7 +39,8 @@ from ..labels import PARAMETERS
 
 __all__ = ["REAL_REFERENCES", "SHIFTS_KMS", "RealSkyCase", "doppler_factor_rel",
            "shift_on_fixed_grid", "read_phoenix_vacuum", "gaussian_lsf", "upper_envelope",
-           "render_phoenix", "build_cases", "run_suite", "summarise", "write_report"]
+           "render_phoenix", "read_phoenix_stars", "phoenix_pair_cases", "build_cases",
+           "run_suite", "summarise", "write_report"]
 
 #: Velocity shifts [km/s] applied to the real spectra on their fixed wavelength grid.
 SHIFTS_KMS = (0.0, -3.0, 3.0, -30.0, 30.0, -100.0, 100.0, -300.0, 300.0)
@@ -213,12 +214,40 @@ def _real_cases(gaia_dir: Path) -> list[RealSkyCase]:
     return cases
 
 
+def read_phoenix_stars(phoenix_dir: str | Path) -> list[tuple]:
+    """(file name, wave_vac, F_λ, header) of every ``lte*.fits`` in ``phoenix_dir``, sorted."""
+    return [(p.name, *read_phoenix_vacuum(p)) for p in sorted(Path(phoenix_dir).glob("lte*.fits"))]
+
+
+def phoenix_pair_cases(stars: list[tuple], rng: np.random.Generator,
+                       separations=(30.0, 60.0), gamma_max: float = 0.0) -> list[RealSkyCase]:
+    """SB2 cases from every pair of ``stars`` (:func:`read_phoenix_stars`) at least 400 K apart
+    (cooler first), at each velocity separation, light weights R² from the headers; with
+    ``gamma_max`` a systemic velocity uniform in ±``gamma_max`` (drawn before each rendering)."""
+    cases = []
+    for i, (_, w1, f1, h1) in enumerate(stars):
+        for _, w2, f2, h2 in stars[i + 1:]:
+            if abs(h2["PHXTEFF"] - h1["PHXTEFF"]) < 400:
+                continue
+            for dv in separations:
+                r1, r2 = float(h1["PHXREFF"]) ** 2, float(h2["PHXREFF"]) ** 2
+                scale = r1 + r2  # keeps the weights O(1) for the float arithmetic
+                gamma = float(rng.uniform(-gamma_max, gamma_max)) if gamma_max else 0.0
+                f, e = render_phoenix([(w1, f1, r1 / scale, gamma - dv / 2),
+                                       (w2, f2, r2 / scale, gamma + dv / 2)], rng)
+                cont = [np.median(ff[(ww > 8560) & (ww < 8590)]) * r for ww, ff, r in
+                        ((w1, f1, r1), (w2, f2, r2))]
+                truth = dict(teff_1=float(h1["PHXTEFF"]), teff_2=float(h2["PHXTEFF"]),
+                             rv_separation=dv, light_fraction_2=float(cont[1] / sum(cont)))
+                cases.append(RealSkyCase(
+                    case=f"PHOENIX SB2 {h1['PHXTEFF']:.0f}+{h2['PHXTEFF']:.0f} dv {dv:.0f}",
+                    kind="phoenix_sb2", wave=_gaia_air(), flux=f, flux_error=e,
+                    truth=dict(truth, gamma=gamma) if gamma_max else truth))
+    return cases
+
+
 def _phoenix_cases(phoenix_dir: Path, rng: np.random.Generator) -> list[RealSkyCase]:
-    files = sorted(phoenix_dir.glob("lte*.fits"))
-    stars = []
-    for p in files:
-        wave, flux, h = read_phoenix_vacuum(p)
-        stars.append((p.name, wave, flux, h))
+    stars = read_phoenix_stars(phoenix_dir)
     cases = []
     for name, wave, flux, h in stars:
         f, e = render_phoenix([(wave, flux, 1.0, 0.0)], rng)
@@ -227,24 +256,7 @@ def _phoenix_cases(phoenix_dir: Path, rng: np.random.Generator) -> list[RealSkyC
             kind="phoenix_single", wave=_gaia_air(), flux=f, flux_error=e,
             truth=dict(file=name, teff=float(h["PHXTEFF"]), logg=float(h["PHXLOGG"]),
                        feh=float(h["PHXM_H"]))))
-    # SB2 pairs: every pair at least 400 K apart (cooler first), at ΔRV 30 and 60 km/s
-    for i, (_, w1, f1, h1) in enumerate(stars):
-        for _, w2, f2, h2 in stars[i + 1:]:
-            if abs(h2["PHXTEFF"] - h1["PHXTEFF"]) < 400:
-                continue
-            for dv in (30.0, 60.0):
-                r1, r2 = float(h1["PHXREFF"]) ** 2, float(h2["PHXREFF"]) ** 2
-                scale = r1 + r2  # keeps the weights O(1) for the float arithmetic
-                f, e = render_phoenix([(w1, f1, r1 / scale, -dv / 2), (w2, f2, r2 / scale,
-                                                                       dv / 2)], rng)
-                cont = [np.median(ff[(ww > 8560) & (ww < 8590)]) * r for ww, ff, r in
-                        ((w1, f1, r1), (w2, f2, r2))]
-                cases.append(RealSkyCase(
-                    case=f"PHOENIX SB2 {h1['PHXTEFF']:.0f}+{h2['PHXTEFF']:.0f} dv {dv:.0f}",
-                    kind="phoenix_sb2", wave=_gaia_air(), flux=f, flux_error=e,
-                    truth=dict(teff_1=float(h1["PHXTEFF"]), teff_2=float(h2["PHXTEFF"]),
-                               rv_separation=dv, light_fraction_2=float(cont[1] / sum(cont)))))
-    return cases
+    return cases + phoenix_pair_cases(stars, rng)
 
 
 def _noise_cases(rng: np.random.Generator, n: int = 5) -> list[RealSkyCase]:
