@@ -373,15 +373,18 @@ def _cmd_mock(args) -> int:
 
 
 def _cmd_real_sky(args) -> int:
-    from .evaluate.real_sky import build_cases, run_suite, summarise, write_report
+    from .evaluate.real_sky import HELDOUT_DIR, build_cases, run_suite, summarise, write_report
     from .infer.config import InferenceConfig
 
-    for name in ("gaia_dir", "phoenix_dir"):
+    for name in ("gaia_dir", "phoenix_dir", "heldout_dir"):
+        if getattr(args, name) is None:
+            continue
         if not Path(getattr(args, name)).is_dir():
             print(f"sb2dask real-sky: note: {getattr(args, name)} is not a directory; its cases "
                   "are left out", file=sys.stderr)
     config = InferenceConfig(model_dir=args.models, rest_frame=args.rest_frame, fit=args.fit)
-    results = run_suite(build_cases(args.gaia_dir, args.phoenix_dir), config)
+    heldout = None if args.no_heldout else (args.heldout_dir or HELDOUT_DIR)
+    results = run_suite(build_cases(args.gaia_dir, args.phoenix_dir, heldout_dir=heldout), config)
     summary = summarise(results)
     md = write_report(results, summary, args.out, models=args.models or "shipped")
     print(md.read_text())
@@ -820,6 +823,10 @@ def _add_real_sky_parser(sub, command: _Command) -> None:
                    help="real Gaia DR3 DataLink CSV spectra (default ../shared/data/gaia_rvs)")
     p.add_argument("--phoenix-dir", default="../shared/data/phoenix",
                    help="PHOENIX log-λ FITS files (default ../shared/data/phoenix)")
+    p.add_argument("--heldout-dir", default=None,
+                   help="held-out real DataLink spectra (default: the three shipped in "
+                        "sb2dask/data/real_sky, never used to tune anything)")
+    p.add_argument("--no-heldout", action="store_true", help="leave the held-out spectra out")
     p.add_argument("--rest-frame", choices=REST_FRAME_MODES, default="auto",
                    help="as for infer (default auto)")
     p.add_argument("--fit", action="store_true",

@@ -139,3 +139,71 @@ def test_real_cases_cover_every_star_and_shift():
     # the rest-frame case is the reader's spectrum itself; +300 km/s blanks the blue edge
     assert all(np.isfinite(c.flux[100:-100]).all() for c in rest)
     assert all(np.isnan(c.flux[:50]).all() for c in moved)
+
+
+def test_heldout_real_spectra_ship_with_the_package_and_read_at_every_shift():
+    """The three held-out DataLink spectra (sb2dask/data/real_sky, gzipped) are read by the
+    catalogue reader, moved to every shift and carry their source's classification."""
+    from importlib import resources
+
+    assert rs.HELDOUT_DIR == resources.files("sb2dask") / "data" / "real_sky"
+    assert (rs.HELDOUT_DIR / "NOTICE.md").is_file()
+    cases = rs._real_cases(rs.HELDOUT_DIR, heldout=True)
+    ids = {c.truth["star"]: c.truth["source_id"] for c in cases}
+    assert ids == {"Kepler-409": 2128215909315876352,
+                   "GaiaDR3-3174658066485297152": 3174658066485297152,
+                   "GaiaDR3-1535964555128078720": 1535964555128078720}
+    assert len(cases) == 3 * len(rs.SHIFTS_KMS) and all(c.truth["heldout"] for c in cases)
+    single = {c.truth["star"]: c.truth["single"] for c in cases}
+    assert single == {"Kepler-409": True, "GaiaDR3-3174658066485297152": True,
+                      "GaiaDR3-1535964555128078720": False}
+    rest = [c for c in cases if c.truth["shift_kms"] == 0.0]
+    # DR3 mean spectra: 2401 pixels, normalised; a few edge pixels are missing in Kepler-409
+    assert all(c.flux.size == 2401 and 0.9 < np.nanmedian(c.flux) < 1.1 for c in rest)
+    assert all(np.isfinite(c.flux_error[100:-100]).all() for c in rest)
+    # build_cases adds them unless told not to; no other directory is needed
+    assert len(rs.build_cases(None, None)) == len(cases) + len(rs._noise_cases(
+        np.random.default_rng(0)))
+    assert not any(c.kind == "real" for c in rs.build_cases(None, None, heldout_dir=None))
+
+
+def test_summary_reports_heldout_singles_binaries_and_reference_labels(tmp_path):
+    """Held-out single stars get their own target; a known binary is neither a single star nor
+    an 'other' star whose SB2 claim would fail; every real single star with reference labels
+    is compared at rest, Kepler-409 (held out) as a target."""
+    import pandas as pd
+
+    refs = rs.REAL_REFERENCES
+    truth = [dict(star="Kepler-93", shift_kms=0.0, heldout=False, **refs["Kepler-93"]),
+             dict(star="Kepler-409", shift_kms=0.0, heldout=True, **refs["Kepler-409"]),
+             dict(star="Kepler-409", shift_kms=30.0, heldout=True, **refs["Kepler-409"]),
+             dict(star="GaiaDR3-1535964555128078720", shift_kms=0.0, heldout=True,
+                  **refs["GaiaDR3-1535964555128078720"]), {}]
+    res = pd.DataFrame(dict(
+        case=[f"c{i}" for i in range(5)], kind=["real"] * 4 + ["noise"],
+        truth=[json.dumps(t) for t in truth], p_binary=[0.1, 0.15, 0.3, 0.99, 0.05],
+        delta_bic=[-20.0, -15.0, -12.0, 40.0, -30.0], delta_bic_free=np.nan, chi2_red=1.0,
+        sb2_class=["single", "single", "single", "SB2", "single"], teff_1=4000.0,
+        teff_2=[5500.0, 5300.0, 5300.0, 5000.0, 5000.0], logg_1=4.4, logg_2=4.4, feh_1=0.0,
+        feh_2=[-0.1, 0.0, 0.0, 0.0, 0.0], vsini_1=5.0, vsini_2=5.0, flag_boundary=0,
+        quality_flags=0, usable=True))
+    s = rs.summarise(res)
+    t = s["targets"]
+    assert t["real singles: p_binary < 0.2 at every shift"]["value"] == 0.3
+    held = t["held-out real singles: p_binary < 0.2 at every shift"]
+    assert held["value"] == 0.3 and not held["passed"] and "2 spectra" in held["what"]
+    k409 = t["Kepler-409 (held out) labels within 300 K / 0.3 / 0.3 dex"]
+    assert k409["value"] == {"teff": pytest.approx(-118.71), "logg": pytest.approx(-0.1),
+                             "feh": pytest.approx(-0.12)} and k409["passed"]
+    assert t["Kepler-93 labels within 300 K / 0.3 / 0.3 dex"]["passed"]
+    assert s["reference_labels"]["Kepler-409"]["heldout"]
+    assert s["real_binaries_p_binary_min"] == 0.99
+    # the binary's SB2 claim is no false claim; the held-out singles have their own row
+    assert t["sb2_class: no other real star, noise or flat spectrum called SB2"]["passed"]
+    ev = s["evidence"]
+    assert ev["real binaries (held out)"]["classes"] == {"SB2": 1}
+    assert ev["real single stars (held out)"]["delta_bic"]["n"] == 2
+    assert t["sb2_class: no single star called SB2"]["passed"]
+    md = rs.write_report(res.assign(p_binary_err=np.nan, rv_bulk=np.nan, snr_estimate=100.0,
+                                    ood_distance=0.0), s, tmp_path).read_text()
+    assert "Kepler-409 (single, held out)" in md and "| Kepler-409 (held out) | 0.15 |" in md
