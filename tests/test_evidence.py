@@ -141,6 +141,30 @@ def test_classify_rule():
     assert classify(np.full(1, np.nan), {k: v[:1] for k, v in fit.items()}, cfg)[1][0] == "SB2"
 
 
+def test_a_companion_without_lines_is_no_sb2():
+    """The fainter star's v sin i at the model's bound (≥ 95 km/s of 100): flagged
+    BROAD_COMPANION and not called SB2, whichever component is the fainter."""
+    from sb2dask.evidence import EvidenceFlag, evidence_flags
+
+    cfg = FitConfig()
+    fit = dict(delta_bic=np.full(4, 50.0), chi2_single=np.full(4, 800.0),
+               chi2_binary=np.full(4, 750.0), rv_1=np.full(4, -30.0), rv_2=np.full(4, 30.0),
+               light_fraction_2=np.array([0.2, 0.2, 0.8, 0.8]),
+               fit_vsini_1=np.array([10.0, 10.0, 100.0, 10.0]),
+               fit_vsini_2=np.array([100.0, 94.0, 10.0, 100.0]), n_fit_pixels=np.full(4, 800),
+               fit_teff_1=np.full(4, 4000.0), fit_teff_2=np.full(4, 5500.0),
+               fit_teff_1_err=np.full(4, 20.0), fit_teff_2_err=np.full(4, 20.0),
+               rv_offset=np.zeros(4))
+    p = np.full(4, 0.9)
+    chi2_red, cls = classify(p, fit, cfg)
+    assert list(cls) == ["uncertain", "SB2", "uncertain", "SB2"]
+    flags = evidence_flags(p, dict(fit, chi2_red=chi2_red), cfg)
+    broad = (flags & int(EvidenceFlag.BROAD_COMPANION)) > 0
+    assert list(broad) == [True, False, True, False]
+    # a looser bound lets the first through
+    assert classify(p, fit, cfg.replace(broad_vsini=1.01))[1][0] == "SB2"
+
+
 def test_noise_weights_mask_ca_ii_and_missing_pixels():
     wave = np.linspace(8470.0, 8700.0, 500)
     flux = np.ones((2, 500))
