@@ -1,0 +1,284 @@
+"""Learning curve of a paper network: independent-test RMSE against training samples seen.
+
+    nice -n 10 python benchmarks/learning_curve.py --target teff --work /work/runs/lc_teff
+    nice -n 10 python benchmarks/learning_curve.py --target feh --work /work/runs/lc_feh \
+        --temperature-models /work/runs/models_v2/teff-0.json /work/runs/models_v2/teff-1.json
+
+The network is exactly the shipped one (``TemperatureNet`` for ``teff``, ``ParameterNet`` fed the
+ensemble-mean predicted temperatures for ``logg``/``feh``/``vsini``), trained as ``sb2dask train``
+trains it (same rows, order per epoch from the seed, Adam, batch 128, MSE on the Table-1-scaled
+label) but with a constant learning rate after a short warm-up, and evaluated at log-spaced
+sample counts ("anytime" curve). The evaluation uses an exponential moving average of the weights
+(decay ``min(--ema, (1 + step) / (10 + step))``), which approximates what an annealed schedule
+ending at that budget reaches; the raw weights are evaluated too. Both are upper bounds on what a
+schedule tuned to each budget would give, so a budget read off this curve is conservative.
+
+Test rows: the first ``--n-test`` SB2s of the store's test split, never used for training or
+validation. Restartable: ``--work`` keeps a checkpoint at every evaluation point; rerunning the
+same command continues. Writes ``benchmarks/results/learning_curve_TARGET.json`` after every
+point and prints the table.
+
+    python benchmarks/learning_curve.py --report [--figure docs/figures/learning_curves.png]
+
+reads every ``results/learning_curve_*.json``, fits RMSE(n) = a + b·n^(−c) (least squares in
+log RMSE over the points from ``--fit-from`` samples on) and prints, per target, the last
+point, the fitted floor ``a`` and the budget at which the fit reaches the paper's Table 4 RMSE
+and issue 15's goal (0.7 × the paper's), or "not reached" where the floor lies above it. An
+extrapolation from a curve that has not yet bent says little; the table gives the range fitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _results import write_results  # benchmarks/ is on sys.path when run as a script
+
+DEFAULT_POINTS = [5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 350_000, 500_000, 750_000,
+                  1_000_000, 1_500_000, 2_000_000, 3_000_000, 5_000_000, 11_250_000]
+
+
+def _ema_update(ema, model, decay: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        for e, p in zip(ema.state_dict().values(), model.state_dict().values()):
+            if e.dtype.is_floating_point:
+                e.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+            else:
+                e.copy_(p)
+
+
+def _rmse(pred: np.ndarray, truth: np.ndarray, scaling) -> dict:
+    err = scaling.unscale(pred) - scaling.unscale(truth)
+    return dict(rmse=float(np.sqrt(np.mean(err ** 2))),
+                rmse_1=float(np.sqrt(np.mean(err[:, 0] ** 2))),
+                rmse_2=float(np.sqrt(np.mean(err[:, 1] ** 2))))
+
+
+def fit_power_law(n: np.ndarray, rmse: np.ndarray) -> tuple[float, float, float]:
+    """(a, b, c) of RMSE(n) = a + b·n^(−c), a ≥ 0, c in (0, 2], least squares in log RMSE."""
+    from scipy.optimize import least_squares
+
+    n, rmse = np.asarray(n, float), np.asarray(rmse, float)
+    x = np.log(n / n[0])
+
+    def resid(q):
+        a, lb, c = q
+        return np.log(a + np.exp(lb - c * x)) - np.log(rmse)
+
+    best = None
+    for c0 in (0.1, 0.3, 0.6):
+        q0 = [0.5 * rmse.min(), np.log(max(rmse[0] - 0.5 * rmse.min(), 1e-9)), c0]
+        r = least_squares(resid, q0, bounds=([0.0, -50.0, 1e-3], [rmse.min(), 50.0, 2.0]))
+        if best is None or r.cost < best.cost:
+            best = r
+    a, lb, c = best.x
+    return float(a), float(np.exp(lb) * n[0] ** c), float(c)
+
+
+def budget_for(level: float, a: float, b: float, c: float) -> float:
+    """Samples at which a + b·n^(−c) falls to ``level`` (inf when the floor a is not below)."""
+    return float((b / (level - a)) ** (1.0 / c)) if level > a else float("inf")
+
+
+def report(figure: str | None, fit_from: int) -> int:
+    from _results import RESULTS
+    from sb2dask.evaluate.metrics import PAPER_TABLE4
+
+    rows = []
+    curves = {}
+    for path in sorted(RESULTS.glob("learning_curve_*.json")):
+        rec = json.loads(path.read_text())
+        hist = rec["history"]
+        n = np.array([h["samples"] for h in hist], float)
+        y = np.array([h["ema"]["rmse"] for h in hist], float)
+        use = n >= fit_from
+        fit = fit_power_law(n[use], y[use]) if use.sum() >= 4 else None
+        paper = PAPER_TABLE4[rec["target"]][0]
+        curves[path.stem] = (rec, n, y, fit, paper)
+        row = dict(name=path.stem.removeprefix("learning_curve_"), target=rec["target"],
+                   last_samples=int(n[-1]), last_rmse=float(y[-1]),
+                   best_rmse=float(y.min()), paper=paper, goal=0.7 * paper,
+                   fitted_range=[int(n[use][0]), int(n[use][-1])] if fit else None)
+        if fit:
+            a, b, c = fit
+            row.update(floor=a, b=b, exponent=c, samples_for_paper=budget_for(paper, *fit),
+                       samples_for_goal=budget_for(0.7 * paper, *fit))
+        rows.append(row)
+    print(f"{'curve':<12} {'samples':>10} {'RMSE':>8} {'paper':>7} {'goal':>7} {'floor a':>8} "
+          f"{'c':>5} {'n(paper)':>10} {'n(goal)':>10}")
+    for r in rows:
+        f = lambda v: "-" if v is None else ("not reached" if not np.isfinite(v)  # noqa: E731
+                                             else f"{v:.2g}")
+        print(f"{r['name']:<12} {r['last_samples']:>10d} {r['last_rmse']:>8.4g} "
+              f"{r['paper']:>7.4g} {r['goal']:>7.4g} {r.get('floor', float('nan')):>8.4g} "
+              f"{r.get('exponent', float('nan')):>5.2f} {f(r.get('samples_for_paper')):>10} "
+              f"{f(r.get('samples_for_goal')):>10}")
+    if figure and curves:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(4.2 * len(curves), 3.6))
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, len(curves), squeeze=False)[0]
+        for ax, (name, (rec, n, y, fit, paper)) in zip(axes, curves.items()):
+            raw = [h["raw"]["rmse"] for h in rec["history"]]
+            ax.plot(n, y, "o-", ms=3, label="test RMSE (EMA weights)")
+            ax.plot(n, raw, ".", color="0.6", label="raw weights")
+            if fit:
+                grid = np.geomspace(fit_from, 1.125e7, 100)
+                ax.plot(grid, fit[0] + fit[1] * grid ** -fit[2], "--", color="C1",
+                        label=f"fit a + b n^-c (a = {fit[0]:.3g})")
+            ax.axhline(paper, color="k", ls=":", lw=1, label="paper Table 4")
+            ax.axhline(0.7 * paper, color="C2", ls=":", lw=1, label="goal (0.7 x paper)")
+            ax.axvline(1.125e7, color="0.5", lw=0.8)
+            ax.set(xscale="log", xlabel="training samples seen",
+                   ylabel=f"{rec['target']} RMSE [{rec['unit']}]", title=name[15:])
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(figure, dpi=110)
+        print(f"wrote {figure}")
+    write_results("learning_curve_summary", fit_from=fit_from, curves=rows)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--report", action="store_true",
+                    help="summarise and plot the recorded curves instead of training")
+    ap.add_argument("--figure", default=None, help="with --report: the figure's path")
+    ap.add_argument("--fit-from", type=int, default=20_000,
+                    help="with --report: fit the points from this many samples on")
+    ap.add_argument("--target", default="teff", choices=["teff", "logg", "feh", "vsini"])
+    ap.add_argument("--store", default="/work/runs/train_v2.zarr")
+    ap.add_argument("--temperature-models", nargs="*", default=[],
+                    help="manifests of the temperature models fed to a parameter network")
+    ap.add_argument("--work", help="checkpoint directory (restartable); required to train")
+    ap.add_argument("--points", type=int, nargs="*", default=DEFAULT_POINTS)
+    ap.add_argument("--max-samples", type=int, default=None,
+                    help="stop after this many samples (default: the last point)")
+    ap.add_argument("--n-test", type=int, default=4000)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--warmup", type=int, default=500, help="warm-up steps")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args(argv)
+    if args.report:
+        return report(args.figure, args.fit_from)
+    if not args.work:
+        ap.error("--work is required to train")
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from sb2dask.dataset.store import load_split, split_indices
+    from sb2dask.models.predict import predict_array
+    from sb2dask.runtime import tune_process
+    from sb2dask.train.config import TrainConfig
+    from sb2dask.train.fit import (
+        _FIELDS,
+        _targets,
+        build_learner,
+        fit_inputs,
+        load_data,
+        temperature_inputs,
+    )
+
+    tune_process()
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cpu")
+    cfg = TrainConfig(target=args.target, batch_size=args.batch_size, learning_rate=args.lr,
+                      lr_schedule="none", seed=args.seed, max_validation=1, epochs=1)
+    t0 = time.perf_counter()
+    train, val = load_data(cfg, args.store)
+    test_rows = split_indices(args.store, "test")
+    test = load_split(args.store, test_rows[: 4 * args.n_test], _FIELDS, frame=train.frame)
+    keep = np.flatnonzero(test.labels["is_binary"])[: args.n_test]
+    test_flux = test.flux[keep]
+    test_labels = {k: v[keep] for k, v in test.labels.items()}
+    data = fit_inputs(cfg, train, val, args.temperature_models, device,
+                      cache=work if args.temperature_models else None)
+    y_test = _targets(cfg, type(test)(test_flux, test_labels, test.index[keep], test.wave,
+                                      test.frame), data.scaling)
+    t_test = None
+    if data.t_train is not None:
+        t_test = temperature_inputs(args.temperature_models, test_flux, device,
+                                    data.temperature_scaling)
+    print(f"loaded {len(data.y_train)} training and {len(y_test)} test SB2s in "
+          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+    learner = build_learner(cfg, data.y_train, "2d", device)
+    model, opt = learner.model, learner.optimizer
+    ema = copy.deepcopy(model)
+    state_path = work / "state.json"
+    state = dict(step=0, seen=0, history=[], train_seconds=0.0)
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        model.load_state_dict(load_file(str(work / "model.safetensors")))
+        ema.load_state_dict(load_file(str(work / "ema.safetensors")))
+        opt.load_state_dict(torch.load(work / "optimizer.pt", weights_only=True))
+        print(f"resuming at {state['seen']} samples", file=sys.stderr)
+    n, bs = len(data.y_train), args.batch_size
+    y_all = torch.from_numpy(data.y_train)
+    stop = args.max_samples or max(args.points)
+    points = sorted(p for p in args.points if p > state["seen"] and p <= stop)
+    loss_fn = torch.nn.MSELoss()
+    for point in points:
+        tick = time.perf_counter()
+        model.train()
+        while state["seen"] < point:
+            epoch, pos = divmod(state["seen"], n)
+            perm = np.random.default_rng([args.seed, epoch]).permutation(n)
+            idx = np.sort(perm[pos:pos + bs])
+            lr = args.lr * min(1.0, (state["step"] + 1) / args.warmup)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            inputs = [torch.from_numpy(data.train.flux[idx])]
+            if data.t_train is not None:
+                inputs.append(torch.from_numpy(data.t_train[idx]))
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(*inputs), y_all[idx])
+            loss.backward()
+            opt.step()
+            state["step"] += 1
+            state["seen"] += len(idx)
+            _ema_update(ema, model, min(args.ema, (1 + state["step"]) / (10 + state["step"])))
+        state["train_seconds"] += time.perf_counter() - tick
+        row = dict(samples=state["seen"], epochs=state["seen"] / n, step=state["step"],
+                   train_seconds=state["train_seconds"])
+        for name, net in (("ema", ema), ("raw", model)):
+            pred = predict_array(net, test_flux, t_test)
+            row[name] = _rmse(pred, y_test, data.scaling)
+        state["history"].append(row)
+        save_file(model.state_dict(), str(work / "model.safetensors"))
+        save_file(ema.state_dict(), str(work / "ema.safetensors"))
+        torch.save(opt.state_dict(), work / "optimizer.pt")
+        state_path.write_text(json.dumps(state, indent=1))
+        print(f"{row['samples']:>10d} samples ({row['epochs']:.2f} epochs, "
+              f"{row['train_seconds'] / 60:.0f} min): test RMSE (EMA) {row['ema']['rmse']:.4g} "
+              f"[{row['ema']['rmse_1']:.4g} / {row['ema']['rmse_2']:.4g}], raw "
+              f"{row['raw']['rmse']:.4g}", flush=True)
+        write_results(f"learning_curve_{args.target}{args.tag}",
+                      machine=dict(threads=args.threads),
+                      target=args.target, store=args.store, n_train_rows=n,
+                      n_test=len(y_test), temperature_models=args.temperature_models,
+                      settings=dict(lr=args.lr, batch_size=bs, ema=args.ema,
+                                    warmup=args.warmup, seed=args.seed, schedule="constant"),
+                      unit=data.scaling.unit, history=state["history"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
