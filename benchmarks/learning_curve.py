@@ -6,12 +6,14 @@
 
 The network is exactly the shipped one (``TemperatureNet`` for ``teff``, ``ParameterNet`` fed the
 ensemble-mean predicted temperatures for ``logg``/``feh``/``vsini``), trained as ``sb2dask train``
-trains it (same rows, order per epoch from the seed, Adam, batch 128, MSE on the Table-1-scaled
-label) but with a constant learning rate after a short warm-up, and evaluated at log-spaced
-sample counts ("anytime" curve). The evaluation uses an exponential moving average of the weights
-(decay ``min(--ema, (1 + step) / (10 + step))``), which approximates what an annealed schedule
-ending at that budget reaches; the raw weights are evaluated too. Both are upper bounds on what a
-schedule tuned to each budget would give, so a budget read off this curve is conservative.
+trains it (the same training rows, Adam, batch 128, MSE on the Table-1-scaled label; the order
+per epoch is drawn from ``(seed, epoch)``) but with a constant learning rate after a short
+warm-up, and evaluated at log-spaced sample counts ("anytime" curve). The evaluation uses an
+exponential moving average of the weights (decay ``min(--ema, (1 + step) / (10 + step))``), which
+approximates what an annealed schedule ending at that budget reaches; the raw weights are
+evaluated too. A schedule tuned to each budget would be expected to do at least as well, so a
+budget read off this curve is on the conservative side. ``--store`` (default: this machine's
+realistic-recipe store, built as docs/models.md says) is any simulated training store.
 
 Test rows: the first ``--n-test`` SB2s of the store's test split, never used for training or
 validation. Restartable: ``--work`` keeps a checkpoint at every evaluation point; rerunning the
@@ -63,7 +65,9 @@ def _rmse(pred: np.ndarray, truth: np.ndarray, scaling) -> dict:
 
 
 def fit_power_law(n: np.ndarray, rmse: np.ndarray) -> tuple[float, float, float]:
-    """(a, b, c) of RMSE(n) = a + b·n^(−c), a ≥ 0, c in (0, 2], least squares in log RMSE."""
+    """(a, b, c) of RMSE(n) = a + b·n^(−c) for samples seen ``n`` and RMSE ``rmse`` (the label's
+    unit; a in that unit, b in unit·samples^c), with 0 ≤ a ≤ min(rmse) and c in (0, 2]: least
+    squares in log RMSE, the best of three starts."""
     from scipy.optimize import least_squares
 
     n, rmse = np.asarray(n, float), np.asarray(rmse, float)
@@ -84,11 +88,15 @@ def fit_power_law(n: np.ndarray, rmse: np.ndarray) -> tuple[float, float, float]
 
 
 def budget_for(level: float, a: float, b: float, c: float) -> float:
-    """Samples at which a + b·n^(−c) falls to ``level`` (inf when the floor a is not below)."""
+    """Training samples at which a + b·n^(−c) falls to ``level`` (the RMSE's unit); inf when
+    the floor a is not below ``level``."""
     return float((b / (level - a)) ** (1.0 / c)) if level > a else float("inf")
 
 
 def report(figure: str | None, fit_from: int) -> int:
+    """Print the table of every recorded curve (``results/learning_curve_*.json``), write
+    ``results/learning_curves_summary.json`` (budgets that are not reached as null) and, with
+    ``figure``, plot the curves with their fits. Returns 0."""
     from _results import RESULTS
     from sb2dask.evaluate.metrics import PAPER_TABLE4
 
@@ -96,6 +104,8 @@ def report(figure: str | None, fit_from: int) -> int:
     curves = {}
     for path in sorted(RESULTS.glob("learning_curve_*.json")):
         rec = json.loads(path.read_text())
+        if "history" not in rec:  # not a curve
+            continue
         hist = rec["history"]
         n = np.array([h["samples"] for h in hist], float)
         y = np.array([h["ema"]["rmse"] for h in hist], float)
@@ -128,7 +138,7 @@ def report(figure: str | None, fit_from: int) -> int:
         fig = Figure(figsize=(4.2 * len(curves), 3.6))
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, len(curves), squeeze=False)[0]
-        for ax, (name, (rec, n, y, fit, paper)) in zip(axes, curves.items()):
+        for ax, (rec, n, y, fit, paper) in zip(axes, curves.values()):
             raw = [h["raw"]["rmse"] for h in rec["history"]]
             ax.plot(n, y, "o-", ms=3, label="test RMSE (EMA weights)")
             ax.plot(n, raw, ".", color="0.6", label="raw weights")
@@ -140,16 +150,19 @@ def report(figure: str | None, fit_from: int) -> int:
             ax.axhline(0.7 * paper, color="C2", ls=":", lw=1, label="goal (0.7 x paper)")
             ax.axvline(1.125e7, color="0.5", lw=0.8)
             ax.set(xscale="log", xlabel="training samples seen",
-                   ylabel=f"{rec['target']} RMSE [{rec['unit']}]", title=name[15:])
+                   ylabel=f"{rec['target']} RMSE [{rec['unit']}]", title=rec["target"])
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(figure, dpi=110)
         print(f"wrote {figure}")
-    write_results("learning_curve_summary", fit_from=fit_from, curves=rows)
+    finite = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+               for k, v in r.items()} for r in rows]  # JSON has no Infinity
+    write_results("learning_curves_summary", fit_from=fit_from, curves=finite)
     return 0
 
 
 def main(argv=None) -> int:
+    """Train one curve (restartable) or, with ``--report``, summarise the recorded ones."""
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--report", action="store_true",
@@ -178,10 +191,13 @@ def main(argv=None) -> int:
         return report(args.figure, args.fit_from)
     if not args.work:
         ap.error("--work is required to train")
+    if args.warmup < 1 or not args.points:
+        ap.error("--warmup must be at least 1 step and --points must not be empty")
     import torch
     from safetensors.torch import load_file, save_file
 
     from sb2dask.dataset.store import load_split, split_indices
+    from sb2dask.fileio import atomic_path, atomic_write_json
     from sb2dask.models.predict import predict_array
     from sb2dask.runtime import tune_process
     from sb2dask.train.config import TrainConfig
@@ -223,9 +239,16 @@ def main(argv=None) -> int:
     model, opt = learner.model, learner.optimizer
     ema = copy.deepcopy(model)
     state_path = work / "state.json"
-    state = dict(step=0, seen=0, history=[], train_seconds=0.0)
+    settings = dict(target=args.target, store=str(args.store), lr=args.lr,
+                    batch_size=args.batch_size, ema=args.ema, warmup=args.warmup, seed=args.seed,
+                    temperature_models=[str(m) for m in args.temperature_models])
+    state = dict(step=0, seen=0, history=[], train_seconds=0.0, settings=settings)
     if state_path.exists():
         state = json.loads(state_path.read_text())
+        # checkpoints of the first version carry no settings: taken as this run's
+        if state.setdefault("settings", settings) != settings:
+            raise SystemExit(f"{state_path}: a curve of other settings ({state['settings']}); "
+                             "use another --work directory")
         model.load_state_dict(load_file(str(work / "model.safetensors")))
         ema.load_state_dict(load_file(str(work / "ema.safetensors")))
         opt.load_state_dict(torch.load(work / "optimizer.pt", weights_only=True))
@@ -235,12 +258,14 @@ def main(argv=None) -> int:
     stop = args.max_samples or max(args.points)
     points = sorted(p for p in args.points if p > state["seen"] and p <= stop)
     loss_fn = torch.nn.MSELoss()
+    perm_epoch, perm = -1, None
     for point in points:
         tick = time.perf_counter()
         model.train()
         while state["seen"] < point:
             epoch, pos = divmod(state["seen"], n)
-            perm = np.random.default_rng([args.seed, epoch]).permutation(n)
+            if epoch != perm_epoch:  # the order of each epoch from (seed, epoch) alone
+                perm_epoch, perm = epoch, np.random.default_rng([args.seed, epoch]).permutation(n)
             idx = np.sort(perm[pos:pos + bs])
             lr = args.lr * min(1.0, (state["step"] + 1) / args.warmup)
             for g in opt.param_groups:
@@ -262,10 +287,14 @@ def main(argv=None) -> int:
             pred = predict_array(net, test_flux, t_test)
             row[name] = _rmse(pred, y_test, data.scaling)
         state["history"].append(row)
-        save_file(model.state_dict(), str(work / "model.safetensors"))
-        save_file(ema.state_dict(), str(work / "ema.safetensors"))
-        torch.save(opt.state_dict(), work / "optimizer.pt")
-        state_path.write_text(json.dumps(state, indent=1))
+        # each file atomically, the progress last: a run killed at any point resumes from the
+        # last complete checkpoint (weights of a later step never meet an earlier step count)
+        for name, net in (("model", model), ("ema", ema)):
+            with atomic_path(work / f"{name}.safetensors") as tmp:
+                save_file(net.state_dict(), str(tmp))
+        with atomic_path(work / "optimizer.pt") as tmp:
+            torch.save(opt.state_dict(), tmp)
+        atomic_write_json(state_path, state)
         print(f"{row['samples']:>10d} samples ({row['epochs']:.2f} epochs, "
               f"{row['train_seconds'] / 60:.0f} min): test RMSE (EMA) {row['ema']['rmse']:.4g} "
               f"[{row['ema']['rmse_1']:.4g} / {row['ema']['rmse_2']:.4g}], raw "

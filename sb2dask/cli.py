@@ -823,10 +823,12 @@ def _add_real_sky_parser(sub, command: _Command) -> None:
                    help="real Gaia DR3 DataLink CSV spectra (default ../shared/data/gaia_rvs)")
     p.add_argument("--phoenix-dir", default="../shared/data/phoenix",
                    help="PHOENIX log-λ FITS files (default ../shared/data/phoenix)")
-    p.add_argument("--heldout-dir", default=None,
-                   help="held-out real DataLink spectra (default: the three shipped in "
-                        "sb2dask/data/real_sky, never used to tune anything)")
-    p.add_argument("--no-heldout", action="store_true", help="leave the held-out spectra out")
+    held = p.add_mutually_exclusive_group()
+    held.add_argument("--heldout-dir", default=None,
+                      help="held-out real DataLink spectra (default: the three shipped in "
+                           "sb2dask/data/real_sky, never used to tune anything)")
+    held.add_argument("--no-heldout", action="store_true",
+                      help="leave the held-out spectra out")
     p.add_argument("--rest-frame", choices=REST_FRAME_MODES, default="auto",
                    help="as for infer (default auto)")
     p.add_argument("--fit", action="store_true",

@@ -119,6 +119,7 @@ def test_fits_recover_rvs_and_tell_binaries_from_singles(sim):
     assert np.abs(res["rv_2"][b] - labels["rv"][b, 1]).max() < 2.0
     assert np.all(res["rv_1_err"][b] > 0) and np.all(res["rv_1_err"][b] < 2.0)
     assert np.abs(res["light_fraction_2"][b] - labels["light_fraction"][b, 1]).max() < 0.1
+    assert np.all((res["light_fraction_2_err"][b] > 0) & (res["light_fraction_2_err"][b] < 0.1))
     assert np.all(res["delta_bic"][b] > cfg.bic_threshold)
     assert np.all(res["delta_bic"][~b] < cfg.bic_threshold)
     # the free model is at least as good as the constrained one on the binaries
@@ -139,6 +140,45 @@ def test_classify_rule():
     assert list(cls) == ["SB2", "uncertain", "single", "uncertain", "uncertain", ""]
     assert chi2_red[4] > cfg.chi2_red_max and np.isnan(chi2_red[5])
     assert classify(np.full(1, np.nan), {k: v[:1] for k, v in fit.items()}, cfg)[1][0] == "SB2"
+
+
+def test_light_fraction_error_is_the_linear_propagation_of_the_label_covariance(sim):
+    """σ_f² = gᵀ C g with g the light fraction's gradient in (Teff₁, logg₁, Teff₂, logg₂,
+    [Fe/H]): checked against central finite differences; the other parameters do not enter."""
+    from sb2dask.evidence.fit import _light_fraction_with_error
+
+    m = sim["model"]
+    # off the grid's nodes: the interpolation is piecewise linear, so a finite difference across
+    # a node averages two slopes where autograd takes one
+    th = torch.tensor([[4213.0, 4.62, 5637.0, 4.37, -0.23, 5.0, 8.0, -20.0, 30.0],
+                       [5041.0, 4.53, 5166.0, 4.46, 0.07, 20.0, 3.0, 10.0, -40.0]],
+                      dtype=torch.float64)
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(2, 9, 9))
+    cov = torch.tensor(a @ a.transpose(0, 2, 1) * np.array([50.0, 0.05, 50.0, 0.05, 0.05, 1, 1,
+                                                             1, 1]) ** 0.5 * 1e-2)
+    cov = 0.5 * (cov + cov.transpose(1, 2))
+    f, err = _light_fraction_with_error(m, th, cov)
+
+    def frac(t):
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return m.light_fraction(torch.cat([t[:, 0:2], t[:, 4:5]], 1).to(m.dtype),
+                                torch.cat([t[:, 2:4], t[:, 4:5]], 1).to(m.dtype)).double()
+
+    steps = np.array([1.0, 1e-3, 1.0, 1e-3, 1e-3])
+    grad = np.zeros((2, 5))
+    for j in range(5):
+        up, dn = th.clone(), th.clone()
+        up[:, j] += steps[j]
+        dn[:, j] -= steps[j]
+        grad[:, j] = ((frac(up) - frac(dn)) / (2 * steps[j])).numpy()
+    want = np.sqrt(np.einsum("bi,bij,bj->b", grad, cov.numpy()[:, :5, :5], grad))
+    np.testing.assert_allclose(f.numpy(), frac(th).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(err.numpy(), want, rtol=0.02)
+    # the velocities and rotation do not enter
+    cov2 = cov.clone()
+    cov2[:, 5:, 5:] *= 100.0
+    np.testing.assert_allclose(_light_fraction_with_error(m, th, cov2)[1].numpy(), err.numpy())
 
 
 def test_a_companion_without_lines_is_no_sb2():

@@ -210,9 +210,14 @@ def _real_cases(gaia_dir: Path, heldout: bool = False) -> list[RealSkyCase]:
     from ..infer.readers import read_catalogue
 
     cases = []
+    seen: dict[str, Path] = {}
     for path in sorted([*gaia_dir.glob("*.csv"), *gaia_dir.glob("*.csv.gz")]):
-        df = pd.concat(list(read_catalogue(path)))
         star = path.name.removesuffix(".gz").removesuffix(".csv")
+        if star in seen:
+            raise ValueError(f"{gaia_dir}: {seen[star].name} and {path.name} are the same star "
+                             f"({star}); keep one")
+        seen[star] = path
+        df = pd.concat(list(read_catalogue(path)))
         ref = dict(REAL_REFERENCES.get(star, {}), heldout=heldout)
         for _, row in df.iterrows():
             # the reader hands air Å; the shift is a ratio, so the grid's medium does not matter
@@ -572,8 +577,9 @@ def write_report(results: pd.DataFrame, summary: dict, out: str | Path,
             name = f"{star} ({what}{', held out' if info.get('heldout') else ''})"
             lines.append(f"| {name} | " + " | ".join(f"{d.get(s, float('nan')):.2f}"
                                                      for s in order) + " |")
-        lines += ["", "Held out: shipped in `sb2dask/data/real_sky` (NOTICE.md there), added "
-                      "after every threshold was set; nothing is tuned on them."]
+        if any(info.get("heldout") for info in stars.values()):
+            lines += ["", "Held out: shipped in `sb2dask/data/real_sky` (NOTICE.md there), added "
+                          "after every threshold was set; nothing is tuned on them."]
     if "kepler93" in summary:
         k = summary["kepler93"]
         p = k["predicted"]

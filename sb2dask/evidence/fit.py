@@ -64,7 +64,7 @@ SB2_CLASSES = ("SB2", "single", "uncertain")
 #: catalogs/epoch_parameters.yaml).
 FIT_COLUMNS = {
     **{k: "float32" for k in (
-        "rv_1", "rv_1_err", "rv_2", "rv_2_err", "light_fraction_2",
+        "rv_1", "rv_1_err", "rv_2", "rv_2_err", "light_fraction_2", "light_fraction_2_err",
         "fit_teff_1", "fit_teff_1_err", "fit_teff_2", "fit_teff_2_err",
         "fit_logg_1", "fit_logg_1_err", "fit_logg_2", "fit_logg_2_err",
         "fit_feh", "fit_feh_err", "fit_vsini_1", "fit_vsini_1_err",
@@ -561,6 +561,21 @@ def _fit_models(model: ForwardModel):
     return (single, single_jac), (binary, binary_jac), (free, free_jac)
 
 
+def _light_fraction_with_error(model: ForwardModel, th_b: torch.Tensor, cov_b: torch.Tensor):
+    """Light fraction (b,) of star 2 of the constrained two-star solutions ``th_b`` and its
+    error (b,) propagated from their covariance ``cov_b`` (linearly: the gradient of the
+    main-sequence light ratio with respect to Teff₁, logg₁, Teff₂, logg₂ and [Fe/H], by
+    autograd; the fraction is a function of those labels, not a free parameter)."""
+    lab = th_b[:, :5].detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        f2 = model.light_fraction(torch.cat([lab[:, 0:2], lab[:, 4:5]], 1).to(model.dtype),
+                                  torch.cat([lab[:, 2:4], lab[:, 4:5]], 1).to(model.dtype))
+        (grad,) = torch.autograd.grad(f2.sum(), lab)  # rows are independent
+    grad = grad.double()
+    var = torch.einsum("bi,bij,bj->b", grad, cov_b[:, :5, :5].double(), grad)
+    return f2.detach().double(), var.clamp_min(0.0).sqrt()
+
+
 def _fit_batch(model, flux, weight, start, basis, grid, config) -> dict:
     dt = model.dtype
     f64 = torch.float64
@@ -656,7 +671,7 @@ def _fit_batch(model, flux, weight, start, basis, grid, config) -> dict:
     with torch.no_grad():
         l1 = torch.cat([th_b[:, 0:2], th_b[:, 4:5]], 1)
         l2 = torch.cat([th_b[:, 2:4], th_b[:, 4:5]], 1)
-        f2 = model.light_fraction(l1.to(dt), l2.to(dt)).double()
+    f2, f2_err = _light_fraction_with_error(model, th_b, cov_b)
     if config.free_fit:
         lo_f, hi_f = _bounds(model, _FREE, b, config)
         _, chi2_f, _ = _best_of(prob(free), [torch.cat([l1, l2, th_b[:, 5:9], f2[:, None]], 1)],
@@ -677,7 +692,8 @@ def _fit_batch(model, flux, weight, start, basis, grid, config) -> dict:
     err_b = np.sqrt(np.clip(np.diagonal(cov_b.numpy(), axis1=1, axis2=2), 0, None))
     ts = th_s.numpy()
     err_s = np.sqrt(np.clip(np.diagonal(cov_s.numpy(), axis1=1, axis2=2), 0, None))
-    out = {"light_fraction_2": f2.numpy(), "fit_feh": tb[:, 4], "fit_feh_err": err_b[:, 4]}
+    out = {"light_fraction_2": f2.numpy(), "light_fraction_2_err": f2_err.numpy(),
+           "fit_feh": tb[:, 4], "fit_feh_err": err_b[:, 4]}
     for j, name in ((0, "teff_1"), (1, "logg_1"), (2, "teff_2"), (3, "logg_2"), (5, "vsini_1"),
                     (6, "vsini_2")):
         out[f"fit_{name}"], out[f"fit_{name}_err"] = tb[:, j], err_b[:, j]
