@@ -64,13 +64,21 @@ def _rmse(pred: np.ndarray, truth: np.ndarray, scaling) -> dict:
                 rmse_2=float(np.sqrt(np.mean(err[:, 1] ** 2))))
 
 
-def fit_power_law(n: np.ndarray, rmse: np.ndarray) -> tuple[float, float, float]:
-    """(a, b, c) of RMSE(n) = a + b·n^(−c) for samples seen ``n`` and RMSE ``rmse`` (the label's
-    unit; a in that unit, b in unit·samples^c), with 0 ≤ a ≤ min(rmse) and c in (0, 2]: least
-    squares in log RMSE, the best of three starts."""
+def fit_power_law(n: np.ndarray, rmse: np.ndarray,
+                  floor: bool = True) -> tuple[float, float, float, float]:
+    """(a, b, c, rms) of RMSE(n) = a + b·n^(−c) for samples seen ``n`` and RMSE ``rmse`` (the
+    label's unit; a in that unit, b in unit·samples^c), least squares in log RMSE; ``rms`` is the
+    fit's RMS residual in log RMSE. With ``floor``: 0 ≤ a ≤ min(rmse), c in (0, 2], the best of
+    three starts; without: a = 0, a straight line in log-log (the optimistic extrapolation: no
+    floor). With few points the two fit about equally well and the floor is not determined;
+    the report gives both."""
     from scipy.optimize import least_squares
 
     n, rmse = np.asarray(n, float), np.asarray(rmse, float)
+    if not floor:
+        slope, icpt = np.polyfit(np.log(n), np.log(rmse), 1)
+        rms = float(np.sqrt(np.mean((icpt + slope * np.log(n) - np.log(rmse)) ** 2)))
+        return 0.0, float(np.exp(icpt)), float(-slope), rms
     x = np.log(n / n[0])
 
     def resid(q):
@@ -84,7 +92,8 @@ def fit_power_law(n: np.ndarray, rmse: np.ndarray) -> tuple[float, float, float]
         if best is None or r.cost < best.cost:
             best = r
     a, lb, c = best.x
-    return float(a), float(np.exp(lb) * n[0] ** c), float(c)
+    rms = float(np.sqrt(np.mean(resid(best.x) ** 2)))
+    return float(a), float(np.exp(lb) * n[0] ** c), float(c), rms
 
 
 def budget_for(level: float, a: float, b: float, c: float) -> float:
@@ -93,16 +102,34 @@ def budget_for(level: float, a: float, b: float, c: float) -> float:
     return float((b / (level - a)) ** (1.0 / c)) if level > a else float("inf")
 
 
-def report(figure: str | None, fit_from: int) -> int:
+def reference_points(models: str | None) -> dict:
+    """Per target, (samples seen, validation RMSE) of member 0 of a trained model set (its
+    manifest: rows × epochs of its own schedule, cosine in the shipped recipes), to put the
+    models actually trained beside the curve; {} without ``models``."""
+    out = {}
+    for target in ("teff", "logg", "feh", "vsini"):
+        path = Path(models or "") / f"{target}-0.json"
+        if models and path.is_file():
+            man = json.loads(path.read_text())
+            out[target] = (man["training"]["n_train"] * man["metrics"]["epoch"],
+                           man["metrics"]["rmse"])
+    return out
+
+
+def report(figure: str | None, fit_from: int, models: str | None = None) -> int:
     """Print the table of every recorded curve (``results/learning_curve_*.json``), write
     ``results/learning_curves_summary.json`` (budgets that are not reached as null) and, with
-    ``figure``, plot the curves with their fits. Returns 0."""
+    ``figure``, plot the curves with their fits (and member 0 of ``models``, a trained model
+    set, as a point). Returns 0."""
     from _results import RESULTS
     from sb2dask.evaluate.metrics import PAPER_TABLE4
 
     rows = []
     curves = {}
-    for path in sorted(RESULTS.glob("learning_curve_*.json")):
+    order = ["teff", "logg", "feh", "vsini"]
+    for path in sorted(RESULTS.glob("learning_curve_*.json"),
+                       key=lambda q: (order.index(q.stem.split("_")[2])
+                                      if q.stem.split("_")[2] in order else 9, q.stem)):
         rec = json.loads(path.read_text())
         if "history" not in rec:  # not a curve
             continue
@@ -110,54 +137,68 @@ def report(figure: str | None, fit_from: int) -> int:
         n = np.array([h["samples"] for h in hist], float)
         y = np.array([h["ema"]["rmse"] for h in hist], float)
         use = n >= fit_from
-        fit = fit_power_law(n[use], y[use]) if use.sum() >= 4 else None
+        fits = {}
+        if use.sum() >= 3:
+            fits["power law"] = fit_power_law(n[use], y[use], floor=False)
+        if use.sum() >= 4:
+            fits["+ floor"] = fit_power_law(n[use], y[use], floor=True)
         paper = PAPER_TABLE4[rec["target"]][0]
-        curves[path.stem] = (rec, n, y, fit, paper)
+        curves[path.stem] = (rec, n, y, fits, paper)
         row = dict(name=path.stem.removeprefix("learning_curve_"), target=rec["target"],
                    last_samples=int(n[-1]), last_rmse=float(y[-1]),
                    best_rmse=float(y.min()), paper=paper, goal=0.7 * paper,
-                   fitted_range=[int(n[use][0]), int(n[use][-1])] if fit else None)
-        if fit:
-            a, b, c = fit
-            row.update(floor=a, b=b, exponent=c, samples_for_paper=budget_for(paper, *fit),
-                       samples_for_goal=budget_for(0.7 * paper, *fit))
+                   fitted_range=[int(n[use][0]), int(n[use][-1])] if fits else None, fits={})
+        for kind, (a, b, c, rms) in fits.items():
+            row["fits"][kind] = dict(floor=a, b=b, exponent=c, rms_log=rms,
+                                     samples_for_paper=budget_for(paper, a, b, c),
+                                     samples_for_goal=budget_for(0.7 * paper, a, b, c))
         rows.append(row)
-    print(f"{'curve':<12} {'samples':>10} {'RMSE':>8} {'paper':>7} {'goal':>7} {'floor a':>8} "
-          f"{'c':>5} {'n(paper)':>10} {'n(goal)':>10}")
+    print(f"{'curve':<7} {'samples':>8} {'RMSE':>7} {'paper':>6} {'goal':>6} {'fit':<10} "
+          f"{'floor a':>8} {'c':>5} {'rms':>7} {'n(paper)':>11} {'n(goal)':>11}")
     for r in rows:
         f = lambda v: "-" if v is None else ("not reached" if not np.isfinite(v)  # noqa: E731
                                              else f"{v:.2g}")
-        print(f"{r['name']:<12} {r['last_samples']:>10d} {r['last_rmse']:>8.4g} "
-              f"{r['paper']:>7.4g} {r['goal']:>7.4g} {r.get('floor', float('nan')):>8.4g} "
-              f"{r.get('exponent', float('nan')):>5.2f} {f(r.get('samples_for_paper')):>10} "
-              f"{f(r.get('samples_for_goal')):>10}")
+        for kind, q in (r["fits"] or {"-": {}}).items():
+            print(f"{r['name']:<7} {r['last_samples']:>8d} {r['last_rmse']:>7.4g} "
+                  f"{r['paper']:>6.4g} {r['goal']:>6.4g} {kind:<10} "
+                  f"{q.get('floor', float('nan')):>8.4g} {q.get('exponent', float('nan')):>5.2f} "
+                  f"{q.get('rms_log', float('nan')):>7.1e} {f(q.get('samples_for_paper')):>11} "
+                  f"{f(q.get('samples_for_goal')):>11}")
     if figure and curves:
+        refs = reference_points(models)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(4.2 * len(curves), 3.6))
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, len(curves), squeeze=False)[0]
-        for ax, (rec, n, y, fit, paper) in zip(axes, curves.values()):
+        for ax, (rec, n, y, fits, paper) in zip(axes, curves.values()):
             raw = [h["raw"]["rmse"] for h in rec["history"]]
             ax.plot(n, y, "o-", ms=3, label="test RMSE (EMA weights)")
             ax.plot(n, raw, ".", color="0.6", label="raw weights")
-            if fit:
-                grid = np.geomspace(fit_from, 1.125e7, 100)
-                ax.plot(grid, fit[0] + fit[1] * grid ** -fit[2], "--", color="C1",
-                        label=f"fit a + b n^-c (a = {fit[0]:.3g})")
+            grid = np.geomspace(fit_from, 1.125e7, 100)
+            for (kind, (a, b, c, _)), style in zip(fits.items(), ("--", "-.")):
+                ax.plot(grid, a + b * grid ** -c, style, color="C1",
+                        label=f"{kind}: a = {a if a > 1e-6 * y[-1] else 0:.3g}, c = {c:.2f}")
+            if rec["target"] in refs:
+                ax.plot(*refs[rec["target"]], "s", color="C3",
+                        label="trained member (cosine, validation)")
             ax.axhline(paper, color="k", ls=":", lw=1, label="paper Table 4")
             ax.axhline(0.7 * paper, color="C2", ls=":", lw=1, label="goal (0.7 x paper)")
-            ax.axvline(1.125e7, color="0.5", lw=0.8)
+            ax.axvline(1.125e7, color="0.5", lw=0.8, label="paper budget (150k x 75)")
             ax.set(xscale="log", xlabel="training samples seen",
                    ylabel=f"{rec['target']} RMSE [{rec['unit']}]", title=rec["target"])
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6, loc="upper right")
         fig.tight_layout()
         fig.savefig(figure, dpi=110)
         print(f"wrote {figure}")
-    finite = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-               for k, v in r.items()} for r in rows]  # JSON has no Infinity
-    write_results("learning_curves_summary", fit_from=fit_from, curves=finite)
+    def finite(v):  # JSON has no Infinity
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        return None if isinstance(v, float) and not np.isfinite(v) else v
+
+    finite_rows = [finite(r) for r in rows]
+    write_results("learning_curves_summary", fit_from=fit_from, curves=finite_rows)
     return 0
 
 
@@ -168,6 +209,8 @@ def main(argv=None) -> int:
     ap.add_argument("--report", action="store_true",
                     help="summarise and plot the recorded curves instead of training")
     ap.add_argument("--figure", default=None, help="with --report: the figure's path")
+    ap.add_argument("--models", default=None,
+                    help="with --report: a trained model set whose member 0 is plotted")
     ap.add_argument("--fit-from", type=int, default=20_000,
                     help="with --report: fit the points from this many samples on")
     ap.add_argument("--target", default="teff", choices=["teff", "logg", "feh", "vsini"])
@@ -188,7 +231,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
     if args.report:
-        return report(args.figure, args.fit_from)
+        return report(args.figure, args.fit_from, args.models)
     if not args.work:
         ap.error("--work is required to train")
     if args.warmup < 1 or not args.points:
