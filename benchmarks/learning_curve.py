@@ -17,15 +17,15 @@ realistic-recipe store, built as docs/models.md says) is any simulated training 
 
 Test rows: the first ``--n-test`` SB2s of the store's test split, never used for training or
 validation. Restartable: ``--work`` keeps a checkpoint at every evaluation point; rerunning the
-same command continues. Writes ``benchmarks/results/learning_curve_TARGET.json`` after every
-point and prints the table.
+same command continues (other settings are refused). Writes
+``benchmarks/results/learning_curve_TARGET.json`` and prints a line after every point.
 
     python benchmarks/learning_curve.py --report [--figure docs/figures/learning_curves.png]
 
 reads every ``results/learning_curve_*.json``, fits RMSE(n) = a + b·n^(−c) (least squares in
-log RMSE over the points from ``--fit-from`` samples on) and prints, per target, the last
-point, the fitted floor ``a`` and the budget at which the fit reaches the paper's Table 4 RMSE
-and issue 15's goal (0.7 × the paper's), or "not reached" where the floor lies above it. An
+log RMSE over the points from ``--fit-from`` samples on) once with a = 0 and once with a free
+floor a, and prints, per target and fit, the last point, a, c and the budget at which the fit
+reaches the paper's Table 4 RMSE and issue 15's goal (0.7 × the paper's), or "not reached". An
 extrapolation from a curve that has not yet bent says little; the table gives the range fitted.
 """
 
@@ -99,7 +99,10 @@ def fit_power_law(n: np.ndarray, rmse: np.ndarray,
 def budget_for(level: float, a: float, b: float, c: float) -> float:
     """Training samples at which a + b·n^(−c) falls to ``level`` (the RMSE's unit); inf when
     the floor a is not below ``level``."""
-    return float((b / (level - a)) ** (1.0 / c)) if level > a else float("inf")
+    if level <= a or c <= 0:  # a flat or rising curve never gets there
+        return float("inf")
+    with np.errstate(over="ignore"):
+        return float(np.exp(np.log(b / (level - a)) / c))
 
 
 def reference_points(models: str | None) -> dict:
@@ -284,7 +287,8 @@ def main(argv=None) -> int:
     state_path = work / "state.json"
     settings = dict(target=args.target, store=str(args.store), lr=args.lr,
                     batch_size=args.batch_size, ema=args.ema, warmup=args.warmup, seed=args.seed,
-                    temperature_models=[str(m) for m in args.temperature_models])
+                    temperature_models=[str(m) for m in args.temperature_models],
+                    n_test=args.n_test)
     state = dict(step=0, seen=0, history=[], train_seconds=0.0, settings=settings)
     if state_path.exists():
         state = json.loads(state_path.read_text())
@@ -292,9 +296,11 @@ def main(argv=None) -> int:
         if state.setdefault("settings", settings) != settings:
             raise SystemExit(f"{state_path}: a curve of other settings ({state['settings']}); "
                              "use another --work directory")
-        model.load_state_dict(load_file(str(work / "model.safetensors")))
-        ema.load_state_dict(load_file(str(work / "ema.safetensors")))
-        opt.load_state_dict(torch.load(work / "optimizer.pt", weights_only=True))
+        # the files of the step state.json names (first-version checkpoints: unsuffixed)
+        tag = f"-{state['step']}" if "checkpoint_step" in state else ""
+        model.load_state_dict(load_file(str(work / f"model{tag}.safetensors")))
+        ema.load_state_dict(load_file(str(work / f"ema{tag}.safetensors")))
+        opt.load_state_dict(torch.load(work / f"optimizer{tag}.pt", weights_only=True))
         print(f"resuming at {state['seen']} samples", file=sys.stderr)
     n, bs = len(data.y_train), args.batch_size
     y_all = torch.from_numpy(data.y_train)
@@ -330,18 +336,9 @@ def main(argv=None) -> int:
             pred = predict_array(net, test_flux, t_test)
             row[name] = _rmse(pred, y_test, data.scaling)
         state["history"].append(row)
-        # each file atomically, the progress last: a run killed at any point resumes from the
-        # last complete checkpoint (weights of a later step never meet an earlier step count)
-        for name, net in (("model", model), ("ema", ema)):
-            with atomic_path(work / f"{name}.safetensors") as tmp:
-                save_file(net.state_dict(), str(tmp))
-        with atomic_path(work / "optimizer.pt") as tmp:
-            torch.save(opt.state_dict(), tmp)
-        atomic_write_json(state_path, state)
-        print(f"{row['samples']:>10d} samples ({row['epochs']:.2f} epochs, "
-              f"{row['train_seconds'] / 60:.0f} min): test RMSE (EMA) {row['ema']['rmse']:.4g} "
-              f"[{row['ema']['rmse_1']:.4g} / {row['ema']['rmse_2']:.4g}], raw "
-              f"{row['raw']['rmse']:.4g}", flush=True)
+        # the results first, then the checkpoint files under this step's name, then the
+        # progress that names them, then the files of earlier steps are removed: a run killed
+        # at any point resumes from one complete, consistent checkpoint
         write_results(f"learning_curve_{args.target}{args.tag}",
                       machine=dict(threads=args.threads),
                       target=args.target, store=args.store, n_train_rows=n,
@@ -349,6 +346,25 @@ def main(argv=None) -> int:
                       settings=dict(lr=args.lr, batch_size=bs, ema=args.ema,
                                     warmup=args.warmup, seed=args.seed, schedule="constant"),
                       unit=data.scaling.unit, history=state["history"])
+        tag = f"-{state['step']}"
+        for name, net in (("model", model), ("ema", ema)):
+            with atomic_path(work / f"{name}{tag}.safetensors") as tmp:
+                save_file(net.state_dict(), str(tmp))
+        with atomic_path(work / f"optimizer{tag}.pt") as tmp:
+            torch.save(opt.state_dict(), tmp)
+        state["checkpoint_step"] = state["step"]
+        atomic_write_json(state_path, state)
+        keep = {f"{name}{tag}{ext}" for name, ext in (("model", ".safetensors"),
+                                                      ("ema", ".safetensors"),
+                                                      ("optimizer", ".pt"))}
+        for old in [*work.glob("model*.safetensors"), *work.glob("ema*.safetensors"),
+                    *work.glob("optimizer*.pt")]:
+            if old.name not in keep:
+                old.unlink()
+        print(f"{row['samples']:>10d} samples ({row['epochs']:.2f} epochs, "
+              f"{row['train_seconds'] / 60:.0f} min): test RMSE (EMA) {row['ema']['rmse']:.4g} "
+              f"[{row['ema']['rmse_1']:.4g} / {row['ema']['rmse_2']:.4g}], raw "
+              f"{row['raw']['rmse']:.4g}", flush=True)
     return 0
 
 
