@@ -249,6 +249,7 @@ def main(argv=None) -> int:
     from sb2dask.train.config import TrainConfig
     from sb2dask.train.fit import (
         _FIELDS,
+        _rows,
         _targets,
         build_learner,
         fit_inputs,
@@ -267,13 +268,11 @@ def main(argv=None) -> int:
     train, val = load_data(cfg, args.store)
     test_rows = split_indices(args.store, "test")
     test = load_split(args.store, test_rows[: 4 * args.n_test], _FIELDS, frame=train.frame)
-    keep = np.flatnonzero(test.labels["is_binary"])[: args.n_test]
-    test_flux = test.flux[keep]
-    test_labels = {k: v[keep] for k, v in test.labels.items()}
+    test = _rows(test, np.flatnonzero(test.labels["is_binary"])[: args.n_test])
+    test_flux = test.flux
     data = fit_inputs(cfg, train, val, args.temperature_models, device,
                       cache=work if args.temperature_models else None)
-    y_test = _targets(cfg, type(test)(test_flux, test_labels, test.index[keep], test.wave,
-                                      test.frame), data.scaling)
+    y_test = _targets(cfg, test, data.scaling)
     t_test = None
     if data.t_train is not None:
         t_test = temperature_inputs(args.temperature_models, test_flux, device,

@@ -155,9 +155,8 @@ def test_light_fraction_error_is_the_linear_propagation_of_the_label_covariance(
                       dtype=torch.float64)
     rng = np.random.default_rng(5)
     a = rng.normal(size=(2, 9, 9))
-    cov = torch.tensor(a @ a.transpose(0, 2, 1) * np.array([50.0, 0.05, 50.0, 0.05, 0.05, 1, 1,
-                                                             1, 1]) ** 0.5 * 1e-2)
-    cov = 0.5 * (cov + cov.transpose(1, 2))
+    d = np.sqrt(np.array([50.0, 0.05, 50.0, 0.05, 0.05, 1, 1, 1, 1]) * 1e-2)
+    cov = torch.tensor(d[:, None] * (a @ a.transpose(0, 2, 1)) * d[None, :])  # PSD
     f, err = _light_fraction_with_error(m, th, cov)
 
     def frac(t):

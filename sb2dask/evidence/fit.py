@@ -50,7 +50,7 @@ from ..config import ConfigMixin
 from ..constants import C_KMS
 from ..gaia import RVS_RESOLVING_POWER
 from ..simulate.realism import CA_II_AIR
-from .model import ForwardModel
+from .model import VSINI_MAX, ForwardModel
 from .scan import scan_binary, scan_single, velocity_grid
 
 __all__ = ["FitConfig", "FIT_COLUMNS", "SB2_CLASSES", "EvidenceFlag", "fit_spectra", "classify",
@@ -519,7 +519,6 @@ def fit_spectra(model: ForwardModel, flux: np.ndarray, weight: np.ndarray, start
     return out
 
 
-
 def _fit_models(model: ForwardModel):
     """The three fits' (value, Jacobian) functions of θ (float64, :data:`_SINGLE`,
     :data:`_BINARY`, :data:`_FREE` order), evaluated in the forward model's dtype."""
@@ -668,11 +667,10 @@ def _fit_batch(model, flux, weight, start, basis, grid, config) -> dict:
     th_b, chi2_b, cov_b = refit(prob(binary), split(th_s), lo_b, hi_b, redo,
                                 (th_b, chi2_b, cov_b))
 
-    with torch.no_grad():
-        l1 = torch.cat([th_b[:, 0:2], th_b[:, 4:5]], 1)
-        l2 = torch.cat([th_b[:, 2:4], th_b[:, 4:5]], 1)
     f2, f2_err = _light_fraction_with_error(model, th_b, cov_b)
     if config.free_fit:
+        l1 = torch.cat([th_b[:, 0:2], th_b[:, 4:5]], 1)
+        l2 = torch.cat([th_b[:, 2:4], th_b[:, 4:5]], 1)
         lo_f, hi_f = _bounds(model, _FREE, b, config)
         _, chi2_f, _ = _best_of(prob(free), [torch.cat([l1, l2, th_b[:, 5:9], f2[:, None]], 1)],
                                 lo_f, hi_f, *it)
@@ -770,19 +768,16 @@ def classify(p_binary: np.ndarray, fit: dict, config: FitConfig | None = None
 
 def broad_companion(fit: dict, config: FitConfig) -> np.ndarray:
     """True where the fainter star's fitted v sin i is at or above ``config.broad_vsini`` × the
-    forward model's largest (the simulator's, :attr:`ForwardModel.vsini_max`): a companion
+    forward model's largest (:data:`~sb2dask.evidence.model.VSINI_MAX`, km/s): a companion
     without resolvable lines (``EvidenceFlag.BROAD_COMPANION``). All False for a ``fit`` without
     the fitted v sin i."""
     lf2 = np.asarray(fit["light_fraction_2"], dtype=np.float64)
     if "fit_vsini_1" not in fit or "fit_vsini_2" not in fit:
         return np.zeros(lf2.shape, dtype=bool)
-    from ..simulate.config import SimulationConfig
-
-    vsini_max = float(SimulationConfig.paper().vsini_range[1])
     faint = np.where(lf2 <= 0.5, np.asarray(fit["fit_vsini_2"], dtype=np.float64),
                      np.asarray(fit["fit_vsini_1"], dtype=np.float64))
     with np.errstate(invalid="ignore"):
-        return faint >= config.broad_vsini * vsini_max
+        return faint >= config.broad_vsini * VSINI_MAX
 
 
 def evidence_flags(p_binary: np.ndarray, fit: dict, config: FitConfig | None = None

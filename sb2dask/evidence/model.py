@@ -37,10 +37,13 @@ from ..simulate.config import SimulationConfig
 from ..simulate.spectra import SpectrumRenderer
 from ..simulate.systems import GridSampler
 
-__all__ = ["ForwardModel", "VSINI_TABLE_STEP", "fill_missing_nodes"]
+__all__ = ["ForwardModel", "VSINI_MAX", "VSINI_TABLE_STEP", "fill_missing_nodes"]
 
 #: Step [km/s] of the tabulated rotation-kernel transform.
 VSINI_TABLE_STEP = 0.25
+
+#: The largest v sin i [km/s] the forward model renders: the simulator's range.
+VSINI_MAX = float(SimulationConfig.paper().vsini_range[1])
 
 
 def fill_missing_nodes(values: np.ndarray, available: np.ndarray) -> np.ndarray:
@@ -113,7 +116,7 @@ class ForwardModel:
         freq = renderer.freq[:n_freq]
         self.freq = torch.from_numpy(freq).to(dtype)
         self.lsf = torch.from_numpy(renderer.lsf[:n_freq]).to(dtype)
-        self.vsini_max = float(config.vsini_range[1])
+        self.vsini_max = VSINI_MAX  # config.vsini_range[1]: the paper recipe's range
         vgrid = np.arange(0.0, self.vsini_max + 2 * VSINI_TABLE_STEP, VSINI_TABLE_STEP)
         self.rot_table = torch.from_numpy(rotation_kernel_ft(freq, vgrid,
                                                              self.limb_darkening)).to(dtype)
