@@ -3,6 +3,8 @@
     nice -n 10 python benchmarks/learning_curve.py --target teff --work /work/runs/lc_teff
     nice -n 10 python benchmarks/learning_curve.py --target feh --work /work/runs/lc_feh \
         --temperature-models /work/runs/models_v2/teff-0.json /work/runs/models_v2/teff-1.json
+    nice -n 10 python benchmarks/learning_curve.py --target multi --order-loss min \
+        --work /work/runs/lc_multi_min
 
 The network is exactly the shipped one (``TemperatureNet`` for ``teff``, ``ParameterNet`` fed the
 ensemble-mean predicted temperatures for ``logg``/``feh``/``vsini``), trained as ``sb2dask train``
@@ -14,6 +16,16 @@ approximates what an annealed schedule ending at that budget reaches; the raw we
 evaluated too. A schedule tuned to each budget would be expected to do at least as well, so a
 budget read off this curve is on the conservative side. ``--store`` (default: this machine's
 realistic-recipe store, built as docs/models.md says) is any simulated training store.
+
+``--target multi`` trains one network for all eight labels instead (issue 15's "heads sharing
+one trunk"): the temperature network of Table 2 with eight outputs (both components of Teff,
+log g, [Fe/H] and v sin i, scaled as the paper's networks scale them), read from the spectrum
+alone, with the MSE over the eight (``--order-loss fixed``: against the cooler-first labels) or
+the smaller of that and the MSE against both components swapped (``--order-loss min``: the
+network may name either star first, so near-twins do not force it to the mean of two orders);
+its outputs are ordered by the predicted temperature before the RMSE. It writes one file per
+label, ``learning_curve_LABEL-multi-ORDER.json``, which ``--report`` plots beside the paper
+network of that label.
 
 Test rows: the first ``--n-test`` SB2s of the store's test split, never used for training or
 validation. Restartable: ``--work`` keeps a checkpoint at every evaluation point; rerunning the
@@ -62,6 +74,61 @@ def _rmse(pred: np.ndarray, truth: np.ndarray, scaling) -> dict:
     return dict(rmse=float(np.sqrt(np.mean(err ** 2))),
                 rmse_1=float(np.sqrt(np.mean(err[:, 0] ** 2))),
                 rmse_2=float(np.sqrt(np.mean(err[:, 1] ** 2))))
+
+
+#: The multi-task network's outputs: both components (cooler first) of each label, scaled to
+#: [0, 1] by Table 1's ranges, as the paper's networks scale theirs.
+MULTI_LABELS = ("teff", "logg", "feh", "vsini")
+#: Output columns after swapping the two components of every label.
+_SWAPPED = [j for i in range(len(MULTI_LABELS)) for j in (2 * i + 1, 2 * i)]
+
+
+def multi_network(seed: int):
+    """The paper's temperature network (Table 2) with eight outputs: one DenseNet trunk and
+    head for both components of all four labels, read from the spectrum alone."""
+    import torch
+
+    from sb2dask.models.densenet import TemperatureNet
+
+    torch.manual_seed(seed)
+    return TemperatureNet(layout="2d", n_outputs=2 * len(MULTI_LABELS))
+
+
+def multi_targets(train, test):
+    """(y_train, y_test, scalings): the eight scaled labels of the training and test rows
+    (float32, (n, 8), ``MULTI_LABELS`` order, cooler star first) and each label's scaling."""
+    from sb2dask.labels import UNITS
+    from sb2dask.train.config import TrainConfig
+    from sb2dask.train.fit import LabelScaling
+
+    scalings = {k: LabelScaling(*TrainConfig(target=k).scaling_range, unit=UNITS[k])
+                for k in MULTI_LABELS}
+
+    def scaled(data):
+        return np.concatenate([scalings[k].scale(data.labels[k].astype(np.float64))
+                               for k in MULTI_LABELS], 1).astype(np.float32)
+
+    return scaled(train), scaled(test), scalings
+
+
+def order_free_mse(pred, target):
+    """Mean over the batch of the smaller of two MSEs: against the targets as given and with
+    both components of every label swapped together. A network so trained may name either
+    star first; :func:`multi_rmse` orders its outputs by temperature afterwards."""
+    import torch
+
+    direct = ((pred - target) ** 2).mean(1)
+    swapped = ((pred - target[:, _SWAPPED]) ** 2).mean(1)
+    return torch.minimum(direct, swapped).mean()
+
+
+def multi_rmse(pred: np.ndarray, truth: np.ndarray, scalings: dict) -> dict:
+    """Per label, :func:`_rmse` of the multi-task outputs after ordering each spectrum's pair
+    by the predicted temperature (cooler first, as the truths are)."""
+    swap = pred[:, 0] > pred[:, 1]
+    pred = np.where(swap[:, None], pred[:, _SWAPPED], pred)
+    return {k: _rmse(pred[:, 2 * i:2 * i + 2], truth[:, 2 * i:2 * i + 2], scalings[k])
+            for i, k in enumerate(MULTI_LABELS)}
 
 
 def fit_power_law(n: np.ndarray, rmse: np.ndarray,
@@ -216,7 +283,11 @@ def main(argv=None) -> int:
                     help="with --report: a trained model set whose member 0 is plotted")
     ap.add_argument("--fit-from", type=int, default=20_000,
                     help="with --report: fit the points from this many samples on")
-    ap.add_argument("--target", default="teff", choices=["teff", "logg", "feh", "vsini"])
+    ap.add_argument("--target", default="teff", choices=["teff", "logg", "feh", "vsini", "multi"],
+                    help="one paper network, or 'multi': one trunk for all eight labels")
+    ap.add_argument("--order-loss", default="fixed", choices=["fixed", "min"],
+                    help="with --target multi: MSE against the cooler-first labels (fixed) or "
+                    "the smaller of it and the MSE against both components swapped (min)")
     ap.add_argument("--store", default="/work/runs/train_v2.zarr")
     ap.add_argument("--temperature-models", nargs="*", default=[],
                     help="manifests of the temperature models fed to a parameter network")
@@ -262,7 +333,9 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     device = torch.device("cpu")
-    cfg = TrainConfig(target=args.target, batch_size=args.batch_size, learning_rate=args.lr,
+    # (multi: the SB2 rows as the temperature network reads them; its targets come below)
+    cfg = TrainConfig(target="teff" if args.target == "multi" else args.target,
+                      batch_size=args.batch_size, learning_rate=args.lr,
                       lr_schedule="none", seed=args.seed, max_validation=1, epochs=1)
     t0 = time.perf_counter()
     train, val = load_data(cfg, args.store)
@@ -270,24 +343,37 @@ def main(argv=None) -> int:
     test = load_split(args.store, test_rows[: 4 * args.n_test], _FIELDS, frame=train.frame)
     test = _rows(test, np.flatnonzero(test.labels["is_binary"])[: args.n_test])
     test_flux = test.flux
-    data = fit_inputs(cfg, train, val, args.temperature_models, device,
-                      cache=work if args.temperature_models else None)
-    y_test = _targets(cfg, test, data.scaling)
-    t_test = None
-    if data.t_train is not None:
-        t_test = temperature_inputs(args.temperature_models, test_flux, device,
-                                    data.temperature_scaling)
-    print(f"loaded {len(data.y_train)} training and {len(y_test)} test SB2s in "
+    multi = args.target == "multi"
+    if multi:
+        if args.temperature_models:
+            ap.error("--target multi reads every label from the spectrum alone: no "
+                     "--temperature-models")
+        y_train, y_test, scalings = multi_targets(train, test)
+        t_train = t_test = None
+        model = multi_network(args.seed)
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=cfg.weight_decay)
+    else:
+        data = fit_inputs(cfg, train, val, args.temperature_models, device,
+                          cache=work if args.temperature_models else None)
+        y_train, t_train = data.y_train, data.t_train
+        y_test = _targets(cfg, test, data.scaling)
+        t_test = None
+        if data.t_train is not None:
+            t_test = temperature_inputs(args.temperature_models, test_flux, device,
+                                        data.temperature_scaling)
+        learner = build_learner(cfg, data.y_train, "2d", device)
+        model, opt = learner.model, learner.optimizer
+    print(f"loaded {len(y_train)} training and {len(y_test)} test SB2s in "
           f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
-    learner = build_learner(cfg, data.y_train, "2d", device)
-    model, opt = learner.model, learner.optimizer
     ema = copy.deepcopy(model)
     state_path = work / "state.json"
     settings = dict(target=args.target, store=str(args.store), lr=args.lr,
                     batch_size=args.batch_size, ema=args.ema, warmup=args.warmup, seed=args.seed,
                     temperature_models=[str(m) for m in args.temperature_models],
                     n_test=args.n_test)
+    if multi:  # (older single-network checkpoints carry no such key: unchanged for them)
+        settings["order_loss"] = args.order_loss
     state = dict(step=0, seen=0, history=[], train_seconds=0.0, settings=settings)
     if state_path.exists():
         state = json.loads(state_path.read_text())
@@ -301,11 +387,12 @@ def main(argv=None) -> int:
         ema.load_state_dict(load_file(str(work / f"ema{tag}.safetensors")))
         opt.load_state_dict(torch.load(work / f"optimizer{tag}.pt", weights_only=True))
         print(f"resuming at {state['seen']} samples", file=sys.stderr)
-    n, bs = len(data.y_train), args.batch_size
-    y_all = torch.from_numpy(data.y_train)
+    n, bs = len(y_train), args.batch_size
+    y_all = torch.from_numpy(y_train)
     stop = args.max_samples or max(args.points)
     points = sorted(p for p in args.points if p > state["seen"] and p <= stop)
-    loss_fn = torch.nn.MSELoss()
+    loss_fn = (order_free_mse if multi and args.order_loss == "min" else torch.nn.MSELoss())
+    train_flux = train.flux if multi else data.train.flux
     perm_epoch, perm = -1, None
     for point in points:
         tick = time.perf_counter()
@@ -318,9 +405,9 @@ def main(argv=None) -> int:
             lr = args.lr * min(1.0, (state["step"] + 1) / args.warmup)
             for g in opt.param_groups:
                 g["lr"] = lr
-            inputs = [torch.from_numpy(data.train.flux[idx])]
-            if data.t_train is not None:
-                inputs.append(torch.from_numpy(data.t_train[idx]))
+            inputs = [torch.from_numpy(train_flux[idx])]
+            if t_train is not None:
+                inputs.append(torch.from_numpy(t_train[idx]))
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(*inputs), y_all[idx])
             loss.backward()
@@ -333,18 +420,29 @@ def main(argv=None) -> int:
                    train_seconds=state["train_seconds"])
         for name, net in (("ema", ema), ("raw", model)):
             pred = predict_array(net, test_flux, t_test)
-            row[name] = _rmse(pred, y_test, data.scaling)
+            row[name] = (multi_rmse(pred, y_test, scalings) if multi
+                         else _rmse(pred, y_test, data.scaling))
         state["history"].append(row)
         # the results first, then the checkpoint files under this step's name, then the
         # progress that names them, then the files of earlier steps are removed: a run killed
         # at any point resumes from one complete, consistent checkpoint
-        write_results(f"learning_curve_{args.target}{args.tag}",
-                      machine=dict(threads=args.threads),
-                      target=args.target, store=args.store, n_train_rows=n,
+        common = dict(machine=dict(threads=args.threads), store=args.store, n_train_rows=n,
                       n_test=len(y_test), temperature_models=args.temperature_models,
                       settings=dict(lr=args.lr, batch_size=bs, ema=args.ema,
-                                    warmup=args.warmup, seed=args.seed, schedule="constant"),
-                      unit=data.scaling.unit, history=state["history"])
+                                    warmup=args.warmup, seed=args.seed, schedule="constant"))
+        if multi:  # one file per label, beside the paper networks' curves of that label
+            variant = f"multi-task, {args.order_loss} order"
+            for label, sc in scalings.items():
+                write_results(f"learning_curve_{label}-multi-{args.order_loss}{args.tag}",
+                              **common, target=label, variant=variant, unit=sc.unit,
+                              order_loss=args.order_loss,
+                              history=[{**{k: v for k, v in h.items() if k not in ("ema", "raw")},
+                                        "ema": h["ema"][label], "raw": h["raw"][label]}
+                                       for h in state["history"]])
+        else:
+            write_results(f"learning_curve_{args.target}{args.tag}", **common,
+                          target=args.target, variant="paper network",
+                          unit=data.scaling.unit, history=state["history"])
         tag = f"-{state['step']}"
         for name, net in (("model", model), ("ema", ema)):
             with atomic_path(work / f"{name}{tag}.safetensors") as tmp:
@@ -360,10 +458,11 @@ def main(argv=None) -> int:
                     *work.glob("optimizer*.pt")]:
             if old.name not in keep:
                 old.unlink()
+        shown = row["ema"].items() if multi else [(args.target, row["ema"])]
         print(f"{row['samples']:>10d} samples ({row['epochs']:.2f} epochs, "
-              f"{row['train_seconds'] / 60:.0f} min): test RMSE (EMA) {row['ema']['rmse']:.4g} "
-              f"[{row['ema']['rmse_1']:.4g} / {row['ema']['rmse_2']:.4g}], raw "
-              f"{row['raw']['rmse']:.4g}", flush=True)
+              f"{row['train_seconds'] / 60:.0f} min): test RMSE (EMA) " + "; ".join(
+                  f"{k} {r['rmse']:.4g} [{r['rmse_1']:.4g} / {r['rmse_2']:.4g}]"
+                  for k, r in shown), flush=True)
     return 0
 
 

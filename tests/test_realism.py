@@ -135,3 +135,46 @@ def test_realistic_recipe_records_its_nuisances_and_leaves_gaps_missing():
     assert old.realism.is_paper  # stores written before realism existed used the paper recipe
     assert SimulationConfig.from_dict(cfg.to_dict()) == cfg
     assert SimulationConfig.from_yaml(cfg.to_yaml()) == cfg
+
+
+def test_line_depth_field_is_off_by_default_and_leaves_the_other_draws_alone():
+    off = draw_realism(np.random.default_rng(11), Realism(), WAVE.size)
+    assert off["line_depth_scatter"] == 0.0 and off["line_field_seed"] == -1
+    on = draw_realism(np.random.default_rng(11), Realism(line_depth_scatter=(0.05, 0.2)),
+                      WAVE.size)
+    assert 0.05 <= on["line_depth_scatter"] <= 0.2 and on["line_field_seed"] >= 0
+    # drawn last: every other nuisance of the spectrum is the one it had without the field
+    assert {k: v for k, v in on.items() if not k.startswith("line_")} == {
+        k: v for k, v in off.items() if not k.startswith("line_")}
+    with pytest.raises(ValueError, match="line_depth_scatter"):
+        Realism(line_depth_scatter=(0.2, 0.1))
+
+
+def test_line_depth_field_has_its_scatter_and_length_and_depends_on_the_seed_alone():
+    from sb2dask.simulate.realism import line_depth_field
+
+    f = line_depth_field(20_000, 1.0, [0.0, 0.1, 0.1, 0.1], [5, 5, 5, 6], length=6.0)
+    assert (f[0] == 1.0).all()  # scatter 0: exactly no change
+    assert np.array_equal(f[1], f[2]) and not np.allclose(f[1], f[3])
+    d = f[1] - 1.0
+    assert 0.09 < d.std() < 0.11 and abs(d.mean()) < 0.01
+    lag = lambda k: np.corrcoef(d[:-k], d[k:])[0, 1]  # noqa: E731
+    # a Gaussian kernel of σ = 6 pixels: correlation exp(-k²/4σ²) = 0.97 at 1, 0.37 at 12
+    assert lag(1) > 0.95 and 0.25 < lag(12) < 0.5 and abs(lag(60)) < 0.1
+    assert line_depth_field(100, 1.0, [3.0], [1], length=2.0).min() >= 0.05  # never emission
+
+
+def test_line_depth_field_changes_the_lines_and_not_the_continuum():
+    from sb2dask.simulate.config import SimulationConfig
+
+    base = SimulationConfig(seed=4, binary_fraction=0.5, realism=_neutral(continuum_tilt=1e-300))
+    plain, lab0 = _render(base, n=8)
+    scattered, lab1 = _render(base.replace(realism=_neutral(
+        continuum_tilt=1e-300, line_depth_scatter=(0.2, 0.2))), n=8)
+    assert np.array_equal(lab0["teff"], lab1["teff"], equal_nan=True)
+    depth0, depth1 = 1.0 - plain, 1.0 - scattered
+    lines = depth0 > 0.1
+    ratio = depth1[lines] / depth0[lines]
+    assert 0.05 < ratio.std() < 0.25  # each line deeper or shallower, not all alike
+    continuum = depth0 < 0.002
+    assert np.abs(depth1[continuum]).max() < 0.01

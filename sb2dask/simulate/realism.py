@@ -23,7 +23,8 @@ import numpy as np
 
 from ..gaia import RVS_RESOLVING_POWER
 
-__all__ = ["Realism", "NUISANCE_FIELDS", "draw_realism", "continuum_factor", "scale_line_depths",
+__all__ = ["Realism", "NUISANCE_FIELDS", "draw_realism", "continuum_factor", "line_depth_field",
+           "scale_line_depths",
            "correlated_unit_noise", "noise_sigma", "gap_mask", "CA_II_AIR"]
 
 #: Ca II infrared triplet, air wavelengths [Å].
@@ -60,6 +61,16 @@ class Realism:
         0 is white noise.
     gap_fraction, gap_width : float, (low, high) pixels
         Fraction of spectra with one run of missing (NaN) pixels, and its width.
+    line_depth_scatter : (low, high)
+        Standard deviation σ_l of a per-spectrum random field δ(λ) that multiplies the line
+        depths of both components (in each star's rest frame) by 1 + δ: the library's
+        line-by-line strength errors (log gf, missing physics), which differ from line to line
+        rather than as one group. σ_l is drawn uniform in the range; (0, 0), the default, leaves
+        the field off and every other draw unchanged.
+    line_depth_length : float
+        Correlation length of δ [km/s] (σ of a Gaussian kernel on the rest-frame velocity grid):
+        about a weak line's intrinsic half width, so that each line gets one factor and
+        neighbouring lines independent ones.
     ccd_weights : tuple of 3 floats, or ()
         Probabilities of a transit combining 1, 2 or 3 CCD spectra (DR4 ``combined_ccds``). Set,
         the spectrum is built as DPAC builds an epoch spectrum (:mod:`sb2dask.simulate.
@@ -97,6 +108,9 @@ class Realism:
     # DR4 epoch spectra (issue 11); the defaults leave them off, so the realistic recipe's draws
     # and spectra are unchanged
     ccd_weights: tuple = ()
+    # line-by-line depth errors (issue 14); off by default for the same reason
+    line_depth_scatter: tuple = (0.0, 0.0)
+    line_depth_length: float = 6.0
     ccd_pixel_nm: float = 0.0245
     grvs_range: tuple = ()
     grvs_slope: float = 0.25
@@ -116,6 +130,11 @@ class Realism:
                              f"{self.grvs_range!r}")
         if self.ccd_pixel_nm <= 0:
             raise ValueError(f"ccd_pixel_nm must be positive, got {self.ccd_pixel_nm}")
+        lo, hi = self.line_depth_scatter
+        if not 0.0 <= lo <= hi or self.line_depth_length <= 0:
+            raise ValueError("line_depth_scatter must be (low, high) with 0 <= low <= high and "
+                             f"line_depth_length positive, got {self.line_depth_scatter!r}, "
+                             f"{self.line_depth_length!r}")
 
     @classmethod
     def paper(cls, resolution: float = RVS_RESOLVING_POWER) -> Realism:
@@ -169,6 +188,8 @@ NUISANCE_FIELDS = {
     "grvs_mag": ((), "f4", "mag", "G_RVS the S/N was drawn from (NaN: S/N uniform in snr_range)"),
     "median_normalised": ((), "?", "", "divided by its median (DR4 normalisation_method 3) "
                           "instead of pseudo-continuum normalised"),
+    "line_depth_scatter": ((), "f4", "", "sigma of the line-by-line depth factor field (0: off)"),
+    "line_field_seed": ((), "i8", "", "seed of the line-depth field's draws (-1: off)"),
 }
 
 
@@ -229,7 +250,27 @@ def draw_realism(rng: np.random.Generator, realism: Realism, n_pix: int,
         u = rng.random()
         out["median_normalised"] = bool(u < realism.median_norm_fraction
                                         or out["grvs_mag"] > realism.median_norm_grvs)
+    out["line_depth_scatter"], out["line_field_seed"] = 0.0, -1
+    if realism.line_depth_scatter[1] > 0:  # last, and only when enabled: see ccd_weights
+        out["line_depth_scatter"] = _uniform(rng, realism.line_depth_scatter)
+        out["line_field_seed"] = int(rng.integers(0, 2 ** 62))
     return out
+
+
+def line_depth_field(n_work: int, dv: float, scatter, seed, length: float) -> np.ndarray:
+    """(n, n_work) factors 1 + δ on a rest-frame velocity grid of step ``dv`` [km/s]: δ is
+    Gaussian noise from ``np.random.default_rng(seed)`` (one seed per spectrum) smoothed by a
+    Gaussian kernel of σ = ``length`` km/s and scaled to standard deviation ``scatter``; rows
+    with scatter 0 (or seed < 0) are exactly 1. Factors are clipped at 0.05 (a line never turns
+    into emission)."""
+    scatter = np.atleast_1d(np.asarray(scatter, np.float64))
+    seed = np.atleast_1d(np.asarray(seed, np.int64))
+    out = np.ones((scatter.size, n_work))
+    for i, (sig, sd) in enumerate(zip(scatter, seed)):
+        if sig > 0 and sd >= 0:
+            white = np.random.default_rng(int(sd)).standard_normal(n_work)
+            out[i] = 1.0 + sig * correlated_unit_noise(white, length / dv)[0]
+    return np.clip(out, 0.05, None)
 
 
 def continuum_factor(wave: np.ndarray, offset, c1, c2, span: tuple | None = None) -> np.ndarray:

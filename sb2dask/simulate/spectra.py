@@ -29,6 +29,7 @@ from .realism import (
     continuum_factor,
     correlated_unit_noise,
     gap_mask,
+    line_depth_field,
     noise_sigma,
     scale_line_depths,
 )
@@ -100,12 +101,17 @@ class SpectrumRenderer:
         for s in range(0, n, batch):
             e = min(n, s + batch)
             ft = np.zeros((e - s, self.n_freq), dtype=np.complex128)
+            field = None if paper else self._line_field(labels, s, e)
             for c in range(2):
                 lo = interp["lo"][s:e, c]
                 hi = interp["hi"][s:e, c]
                 w = interp["w"][s:e, c, None]
                 comp = ((1.0 - w) * self._cube[lo[:, 0], lo[:, 1], lo[:, 2]]
                         + w * self._cube[hi[:, 0], hi[:, 1], hi[:, 2]])
+                if field is not None:  # line-by-line depth errors, in the star's rest frame
+                    rows, f = field
+                    depth = np.fft.irfft(comp[rows], n=self.n_work, axis=-1) * f
+                    comp[rows] = np.fft.rfft(depth, axis=-1)[:, : self.n_freq]
                 comp *= rotation_kernel_ft(self.freq, vsini[s:e, c], eps)
                 comp *= doppler_shift_ft(self.freq, rv[s:e, c])
                 ft += frac[s:e, c, None] * comp
@@ -129,6 +135,19 @@ class SpectrumRenderer:
                                       None if noise is None else noise[s:e])
             out[s:e] = obs
         return out
+
+    def _line_field(self, labels, s, e):
+        """(rows, factors) of the line-depth field (:func:`.realism.line_depth_field`) for the
+        rows of ``s:e`` that have one, or None (stores written before it existed have none)."""
+        if "line_depth_scatter" not in labels:
+            return None
+        scatter = np.asarray(labels["line_depth_scatter"][s:e], np.float64)
+        rows = np.flatnonzero(scatter > 0)
+        if rows.size == 0:
+            return None
+        return rows, line_depth_field(self.n_work, self.dv, scatter[rows],
+                                      labels["line_field_seed"][s:e][rows],
+                                      self.config.realism.line_depth_length)
 
     def _nuisances(self, obs, labels, s, e, rv, frac, noise):
         """Line-depth and Ca II scaling, continuum error, correlated noise, normalisation and
