@@ -197,9 +197,12 @@ def report(figure: str | None, fit_from: int, models: str | None = None) -> int:
     rows = []
     curves = {}
     order = ["teff", "logg", "feh", "vsini"]
+    def label_of(q):  # learning_curve_LABEL[-VARIANT].json
+        return q.stem.split("_", 2)[2].split("-")[0]
+
     for path in sorted(RESULTS.glob("learning_curve_*.json"),
-                       key=lambda q: (order.index(q.stem.split("_")[2])
-                                      if q.stem.split("_")[2] in order else 9, q.stem)):
+                       key=lambda q: (order.index(label_of(q)) if label_of(q) in order else 9,
+                                      q.stem)):
         rec = json.loads(path.read_text())
         if "history" not in rec:  # not a curve
             continue
@@ -215,6 +218,7 @@ def report(figure: str | None, fit_from: int, models: str | None = None) -> int:
         paper = PAPER_TABLE4[rec["target"]][0]
         curves[path.stem] = (rec, n, y, fits, paper)
         row = dict(name=path.stem.removeprefix("learning_curve_"), target=rec["target"],
+                   variant=rec.get("variant", "paper network"),
                    last_samples=int(n[-1]), last_rmse=float(y[-1]),
                    best_rmse=float(y.min()), paper=paper, goal=0.7 * paper,
                    fitted_range=[int(n[use][0]), int(n[use][-1])] if fits else None, fits={})
@@ -223,13 +227,13 @@ def report(figure: str | None, fit_from: int, models: str | None = None) -> int:
                                      samples_for_paper=budget_for(paper, a, b, c),
                                      samples_for_goal=budget_for(0.7 * paper, a, b, c))
         rows.append(row)
-    print(f"{'curve':<7} {'samples':>8} {'RMSE':>7} {'paper':>6} {'goal':>6} {'fit':<10} "
+    print(f"{'curve':<18} {'samples':>8} {'RMSE':>7} {'paper':>6} {'goal':>6} {'fit':<10} "
           f"{'floor a':>8} {'c':>5} {'rms':>7} {'n(paper)':>11} {'n(goal)':>11}")
     for r in rows:
         f = lambda v: "-" if v is None else ("not reached" if not np.isfinite(v)  # noqa: E731
                                              else f"{v:.2g}")
         for kind, q in (r["fits"] or {"-": {}}).items():
-            print(f"{r['name']:<7} {r['last_samples']:>8d} {r['last_rmse']:>7.4g} "
+            print(f"{r['name']:<18} {r['last_samples']:>8d} {r['last_rmse']:>7.4g} "
                   f"{r['paper']:>6.4g} {r['goal']:>6.4g} {kind:<10} "
                   f"{q.get('floor', float('nan')):>8.4g} {q.get('exponent', float('nan')):>5.2f} "
                   f"{q.get('rms_log', float('nan')):>7.1e} {f(q.get('samples_for_paper')):>11} "
@@ -239,17 +243,29 @@ def report(figure: str | None, fit_from: int, models: str | None = None) -> int:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(4.2 * len(curves), 3.6))
+        # one panel per label: the paper network's curve with its fits, the other variants
+        # (the multi-task network) as curves beside it
+        panels: dict = {}
+        for rec, n, y, fits, paper in curves.values():
+            panels.setdefault(rec["target"], []).append((rec, n, y, fits, paper))
+        fig = Figure(figsize=(4.2 * len(panels), 4.2))
         FigureCanvasAgg(fig)
-        axes = fig.subplots(1, len(curves), squeeze=False)[0]
-        for ax, (rec, n, y, fits, paper) in zip(axes, curves.values()):
-            raw = [h["raw"]["rmse"] for h in rec["history"]]
-            ax.plot(n, y, "o-", ms=3, label="test RMSE (EMA weights)")
-            ax.plot(n, raw, ".", color="0.6", label="raw weights")
-            grid = np.geomspace(fit_from, 1.125e7, 100)
-            for (kind, (a, b, c, _)), style in zip(fits.items(), ("--", "-.")):
-                ax.plot(grid, a + b * grid ** -c, style, color="C1",
-                        label=f"{kind}: a = {a if a > 1e-6 * y[-1] else 0:.3g}, c = {c:.2f}")
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, group in zip(axes, panels.values()):
+            rec, paper = group[0][0], group[0][4]  # (one label per panel: one Table 4 value)
+            for k, (rec_k, n, y, fits, _) in enumerate(group):
+                variant = rec_k.get("variant", "paper network")
+                if variant != "paper network":
+                    ax.plot(n, y, "^-", ms=3, color=f"C{3 + k}",
+                            label=f"{variant} (EMA)")
+                    continue
+                raw = [h["raw"]["rmse"] for h in rec_k["history"]]
+                ax.plot(n, y, "o-", ms=3, label="paper network: test RMSE (EMA weights)")
+                ax.plot(n, raw, ".", color="0.6", label="raw weights")
+                grid = np.geomspace(fit_from, 1.125e7, 100)
+                for (kind, (a, b, c, _)), style in zip(fits.items(), ("--", "-.")):
+                    ax.plot(grid, a + b * grid ** -c, style, color="C1",
+                            label=f"{kind}: a = {a if a > 1e-6 * y[-1] else 0:.3g}, c = {c:.2f}")
             if rec["target"] in refs:
                 ax.plot(*refs[rec["target"]], "s", color="C3",
                         label="trained member (cosine, validation)")
@@ -258,7 +274,7 @@ def report(figure: str | None, fit_from: int, models: str | None = None) -> int:
             ax.axvline(1.125e7, color="0.5", lw=0.8, label="paper budget (150k x 75)")
             ax.set(xscale="log", xlabel="training samples seen",
                    ylabel=f"{rec['target']} RMSE [{rec['unit']}]", title=rec["target"])
-            ax.legend(fontsize=6, loc="upper right")
+            ax.legend(fontsize=5.5, loc="lower left")
         fig.tight_layout()
         fig.savefig(figure, dpi=110)
         print(f"wrote {figure}")

@@ -3,7 +3,8 @@ the ranges of Binnenfeld et al. (2025), Table 1. Import these; never re-type the
 
 from __future__ import annotations
 
-__all__ = ["PARAMETERS", "UNITS", "DESCRIPTIONS", "TABLE1_RANGES", "TARGETS", "TRUE_PREFIX"]
+__all__ = ["PARAMETERS", "UNITS", "DESCRIPTIONS", "TABLE1_RANGES", "TARGETS", "TRUE_PREFIX",
+           "DETECTOR_TARGETS", "MIN_LIGHT_FRACTION", "min_separation", "double_lined"]
 
 #: The per-component labels of the temperature and parameter networks, in the paper's order.
 PARAMETERS = ("teff", "logg", "feh", "vsini")
@@ -29,3 +30,38 @@ TABLE1_RANGES = {"teff": (3500.0, 6500.0), "logg": (3.0, 6.0), "feh": (-4.0, 1.0
 #: Prefix of catalogue columns that carry true labels (``true_teff_1``): written with simulated
 #: catalogues, passed through by the readers.
 TRUE_PREFIX = "true_"
+
+
+#: What the SB2 detector is trained to recognise (``TrainConfig.detector_target``):
+#: ``is_binary`` (the paper's: every simulated binary is a positive, whether or not its second
+#: star shows in the spectrum) or ``double_lined`` (:func:`double_lined`: the positives are the
+#: binaries whose two stars this spectrum can show; single-lined binaries, faint companions and
+#: unresolved pairs are negatives, as single stars are).
+DETECTOR_TARGETS = ("is_binary", "double_lined")
+
+#: Light fraction of the fainter star below which its lines do not show (a single-lined binary
+#: in this spectrum); the evidence fits' rule uses the same number.
+MIN_LIGHT_FRACTION = 0.05
+
+
+def min_separation(resolving_power: float) -> float:
+    """|RV1 − RV2| [km/s] below which two stars' lines are not resolved: half the FWHM of the
+    line-spread function, c / (2R)."""
+    from .constants import C_KMS
+
+    return 0.5 * C_KMS / resolving_power
+
+
+def double_lined(is_binary, light_fraction, rv_separation, resolving_power: float = 11_500.0,
+                 min_light_fraction: float = MIN_LIGHT_FRACTION):
+    """Whether each simulated spectrum shows two stars: a binary (``is_binary`` (n,)) whose
+    fainter star gives at least ``min_light_fraction`` of the light (``light_fraction`` (n, 2))
+    and whose velocities differ by at least :func:`min_separation` (``rv_separation`` (n,),
+    km/s). Returns a boolean (n,) array."""
+    import numpy as np
+
+    lf = np.asarray(light_fraction, np.float64)
+    faint = np.nan_to_num(np.min(lf, axis=1), nan=0.0)
+    sep = np.nan_to_num(np.asarray(rv_separation, np.float64), nan=0.0)
+    return (np.asarray(is_binary, bool) & (faint >= min_light_fraction)
+            & (sep >= min_separation(resolving_power)))

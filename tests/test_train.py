@@ -219,3 +219,42 @@ def test_realistic_stores_train_in_the_frame_inference_will_use(realistic_store,
     res = fit(TrainConfig(target="teff", epochs=1, **TINY), realistic_store, tmp_path,
               progress=False)
     assert json.loads(open(res["manifest"]).read())["training"]["frame"] == "rv_bulk"
+
+
+def test_double_lined_needs_a_visible_and_resolved_companion():
+    from sb2dask.labels import MIN_LIGHT_FRACTION, double_lined, min_separation
+
+    assert min_separation(11_500.0) == pytest.approx(13.03, abs=0.01)
+    is_binary = np.array([True, True, True, True, False])
+    lf = np.array([[0.3, 0.7], [0.97, 0.03], [0.4, 0.6], [0.05, 0.95], [1.0, np.nan]])
+    sep = np.array([40.0, 40.0, 10.0, 13.1, np.nan])
+    assert double_lined(is_binary, lf, sep).tolist() == [True, False, False, True, False]
+    # the evidence fits' rule draws the same lines
+    from sb2dask.evidence.fit import FitConfig
+
+    assert FitConfig().min_light_fraction == MIN_LIGHT_FRACTION
+    assert FitConfig().min_separation == pytest.approx(min_separation(11_500.0))
+    with pytest.raises(ValueError, match="detector_target"):
+        TrainConfig(target="p_binary", detector_target="sb1")
+
+
+def test_a_double_lined_detector_is_trained_on_the_visible_pairs(store, tmp_path):
+    from sb2dask.labels import double_lined
+    from sb2dask.train.fit import _targets, build_learner, load_data, resume, save_checkpoint
+
+    cfg = TrainConfig(target="p_binary", detector_target="double_lined", **TINY)
+    train, _ = load_data(cfg, store)
+    y = _targets(cfg, train, None)
+    lab = train.labels
+    assert np.array_equal(y.astype(bool), double_lined(lab["is_binary"], lab["light_fraction"],
+                                                       lab["rv_separation"]))
+    assert (y <= lab["is_binary"]).all() and 0 < y.sum() < lab["is_binary"].sum()
+    # checkpoints written before detector_target existed resume as the paper's target
+    old = TrainConfig(target="p_binary", **TINY)
+    learner = build_learner(old, y, "2d", torch.device("cpu"))
+    state = dict(epoch=1, best=1.0, best_epoch=1, stale=0, history=[],
+                 config={k: v for k, v in old.to_dict().items() if k != "detector_target"})
+    save_checkpoint(tmp_path, old.name, learner, state)
+    assert resume(old, tmp_path, learner)["epoch"] == 1
+    with pytest.raises(ValueError, match="different configuration"):
+        resume(cfg, tmp_path, learner)

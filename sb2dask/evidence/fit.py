@@ -47,8 +47,9 @@ import torch
 import torch.autograd.forward_ad as fwad
 
 from ..config import ConfigMixin
-from ..constants import C_KMS
 from ..gaia import RVS_RESOLVING_POWER
+from ..labels import MIN_LIGHT_FRACTION
+from ..labels import min_separation as _min_separation
 from ..simulate.realism import CA_II_AIR
 from .model import VSINI_MAX, ForwardModel
 from .scan import scan_binary, scan_single, velocity_grid
@@ -206,8 +207,8 @@ class FitConfig(ConfigMixin):
     bic_threshold: float = 10.0
     p_sb2: float = 0.5
     chi2_red_max: float = 3.0
-    min_separation: float = 0.5 * C_KMS / RVS_RESOLVING_POWER
-    min_light_fraction: float = 0.05
+    min_separation: float = _min_separation(RVS_RESOLVING_POWER)
+    min_light_fraction: float = MIN_LIGHT_FRACTION
     broad_vsini: float = 0.95
 
     @classmethod

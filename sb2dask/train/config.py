@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import ConfigMixin
-from ..labels import PARAMETERS, TABLE1_RANGES, TARGETS
+from ..labels import DETECTOR_TARGETS, PARAMETERS, TABLE1_RANGES, TARGETS
 
 __all__ = ["PARAMETER_TARGETS", "TrainConfig"]
 
@@ -52,6 +52,12 @@ class TrainConfig(ConfigMixin):
         training and validation rows drawn from each, in the stores' order (normalised; the
         total is ``max_train`` / ``max_validation`` or all rows). None: every store's rows, in
         proportion to its size. Recorded in the model manifests (``training["mix"]``).
+    detector_target : str
+        What the detector (``target="p_binary"``) learns to recognise, one of
+        :data:`sb2dask.labels.DETECTOR_TARGETS`: ``"is_binary"`` (the paper's: every simulated
+        binary) or ``"double_lined"`` (binaries whose two stars the spectrum shows:
+        :func:`sb2dask.labels.double_lined`; single-lined binaries and unresolved pairs are
+        negatives). Ignored by the other targets.
     """
 
     target: str = "teff"
@@ -74,10 +80,14 @@ class TrainConfig(ConfigMixin):
     device: str = "auto"
     threads: int | None = None
     mix: tuple[float, ...] | None = None
+    detector_target: str = "is_binary"
 
     def __post_init__(self):
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.detector_target not in DETECTOR_TARGETS:
+            raise ValueError(f"detector_target must be one of {DETECTOR_TARGETS}, got "
+                             f"{self.detector_target!r}")
         if self.lr_schedule not in ("plateau", "cosine", "none"):
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}")
         if self.epochs < 1 or self.batch_size < 1:

@@ -39,7 +39,7 @@ from ..dataset.store import (
 )
 from ..devices import resolve_device
 from ..fileio import atomic_path, atomic_write_json, file_sha256
-from ..labels import PARAMETERS, UNITS
+from ..labels import PARAMETERS, UNITS, double_lined
 from ..models.io import (
     ARCHITECTURES,
     LabelScaling,
@@ -69,6 +69,13 @@ ARCHITECTURE = {"teff": "TemperatureNet", **dict.fromkeys(PARAMETER_TARGETS, "Pa
 
 #: Label fields read from the store: the detector's target and the stellar labels.
 _FIELDS = ["is_binary", *PARAMETERS]
+
+
+def _fields(cfg: TrainConfig) -> list[str]:
+    """The label fields a network of ``cfg`` is trained from."""
+    if cfg.target == "p_binary" and cfg.detector_target == "double_lined":
+        return [*_FIELDS, "light_fraction", "rv_separation"]
+    return _FIELDS
 
 
 @dataclass(frozen=True)
@@ -213,7 +220,7 @@ def load_data(cfg: TrainConfig, store) -> tuple[SplitData, SplitData]:
         for rows, n_rows, parts in ((tr[k], tr_n[k], parts_tr), (va[k], va_n[k], parts_va)):
             if not n_rows:  # a store the mix gives no rows of this split
                 continue
-            part = load_split(s, rows[:n_rows], _FIELDS, frame=frame, wave=wave)
+            part = load_split(s, rows[:n_rows], _fields(cfg), frame=frame, wave=wave)
             wave = part.wave if wave is None else wave
             if len(stores) > 1:
                 part = replace(part, index=part.index + (k << MIX_INDEX_SHIFT))
@@ -262,6 +269,10 @@ def training_set_fingerprint(store) -> dict:
 
 def _targets(cfg: TrainConfig, data: SplitData, scaling: LabelScaling | None) -> np.ndarray:
     lab = data.labels
+    if cfg.target == "p_binary" and cfg.detector_target == "double_lined":
+        # the resolution limit of Gaia RVS (as the evidence fits' rule): what inference assumes
+        return double_lined(lab["is_binary"], lab["light_fraction"],
+                            lab["rv_separation"]).astype(np.float32)
     if cfg.target == "p_binary":
         return lab["is_binary"].astype(np.float32)
     y = lab[cfg.target].astype(np.float64)
@@ -364,8 +375,9 @@ def resume(cfg: TrainConfig, ckpt_dir: Path, learner: Learner) -> dict:
                     config=cfg.to_dict())
     prev = json.loads(state_json.read_text())
     # The budget (epochs) may be extended on resume; everything else must match.
-    # settings added later (mix) read as their defaults in older checkpoints
-    if {"mix": None, **prev["config"], "epochs": cfg.epochs} != cfg.to_dict():
+    # settings added later (mix, detector_target) read as their defaults in older checkpoints
+    added = {"mix": None, "detector_target": "is_binary"}
+    if {**added, **prev["config"], "epochs": cfg.epochs} != cfg.to_dict():
         raise ValueError(f"{state_json}: checkpoint of a different configuration; remove "
                          f"{ckpt_dir} or use another output directory")
     load_canonical_state_dict(learner.model, load_file(str(weights)))
