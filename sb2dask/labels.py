@@ -52,13 +52,18 @@ def min_separation(resolving_power: float) -> float:
     return 0.5 * C_KMS / resolving_power
 
 
-def double_lined(is_binary, light_fraction, rv_separation, resolving_power: float = 11_500.0,
+def double_lined(is_binary, light_fraction, rv_separation, resolving_power: float | None = None,
                  min_light_fraction: float = MIN_LIGHT_FRACTION):
     """Whether each simulated spectrum shows two stars: a binary (``is_binary`` (n,)) whose
     fainter star gives at least ``min_light_fraction`` of the light (``light_fraction`` (n, 2))
     and whose velocities differ by at least :func:`min_separation` (``rv_separation`` (n,),
-    km/s). Returns a boolean (n,) array."""
+    km/s). ``resolving_power`` defaults to Gaia RVS's nominal one
+    (:data:`sb2dask.gaia.RVS_RESOLVING_POWER`), what inference assumes, not each simulated
+    spectrum's drawn LSF. Returns a boolean (n,) array."""
     import numpy as np
+
+    if resolving_power is None:
+        from .gaia import RVS_RESOLVING_POWER as resolving_power
 
     lf = np.asarray(light_fraction, np.float64)
     faint = np.nan_to_num(np.min(lf, axis=1), nan=0.0)

@@ -189,3 +189,19 @@ def test_format_1_store_is_fingerprinted_read_and_resumed_as_before(reference, t
     _assert_identical(reference, out)
     assert not (out / RECORDS_ARRAY).exists()  # resumed in its own layout
     assert records_sha256(out) == old.hexdigest()
+
+
+def test_a_store_written_before_newer_settings_is_resumed_not_refused(reference, tmp_path,
+                                                                       client2):
+    import json
+
+    out = tmp_path / "older.zarr"
+    shutil.copytree(reference, out)
+    # a store written before the line-depth field existed: its realism has no such keys
+    meta_path = out / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    realism = meta["attributes"]["sb2dask"]["config"]["realism"]
+    for key in ("line_depth_scatter", "line_depth_length"):
+        del realism[key]
+    meta_path.write_text(json.dumps(meta))
+    assert generate(out, CFG, N, CHUNK, client=client2, progress=False)["computed"] == 0

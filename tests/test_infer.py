@@ -447,3 +447,30 @@ def test_errors_are_carried_to_the_model_grid_and_filled_pixels_have_none():
     # no input errors: none on the model grid
     assert np.isnan(preprocess([wave], [flux[0]], None, MODEL_WAVE,
                                carry_errors=True).flux_error).all()
+
+
+def test_the_detector_target_is_read_from_the_manifests_and_must_be_shared(tmp_path):
+    import json as _json
+
+    from model_fixtures import random_model_set
+    from sb2dask.infer.predict import ModelSet
+    from sb2dask.models.io import ModelFileError
+
+    models = random_model_set(tmp_path / "m", members=2)
+    ms = ModelSet(models)
+    assert ms.detector_target == "is_binary"  # manifests from before the setting existed
+    assert all(e["detector_target"] == "is_binary" for e in ms.provenance["p_binary"])
+    assert "detector_target" not in ms.provenance["teff"][0]
+
+    def retarget(member):
+        path = models / f"p_binary-{member}.json"
+        man = _json.loads(path.read_text())
+        man["training"]["config"] = {"target": "p_binary", "detector_target": "double_lined"}
+        path.write_text(_json.dumps(man))
+
+    retarget(1)
+    with pytest.raises(ModelFileError, match="different targets"):
+        ModelSet(models)
+    assert ModelSet(models, members=1).detector_target == "is_binary"
+    retarget(0)
+    assert ModelSet(models).detector_target == "double_lined"

@@ -178,3 +178,20 @@ def test_line_depth_field_changes_the_lines_and_not_the_continuum():
     assert 0.05 < ratio.std() < 0.25  # each line deeper or shallower, not all alike
     continuum = depth0 < 0.002
     assert np.abs(depth1[continuum]).max() < 0.01
+
+
+def test_the_field_never_makes_negative_flux_and_its_length_alone_changes_no_recipe():
+    from dataclasses import replace
+
+    from sb2dask.simulate.config import SimulationConfig
+
+    assert replace(Realism.paper(), line_depth_length=3.0).is_paper  # the field is off
+    assert not replace(Realism.paper(), line_depth_scatter=(0.1, 0.1)).is_paper
+    # deep lines (cool, metal-rich stars) with a strong field: the factors reach 2 and more
+    cfg = SimulationConfig(seed=6, binary_fraction=0.0, teff_range=(3600.0, 4000.0),
+                           vsini_range=(0.0, 1.0),
+                           feh_range=(0.0, 0.5), realism=_neutral(
+                               continuum_tilt=1e-300, resolution=(1e6, 1e6),
+                               line_depth_scatter=(0.5, 0.5)))
+    flux, _ = _render(cfg, n=6)
+    assert np.nanmin(flux) > 0.0

@@ -307,3 +307,13 @@ def test_cli_reports_bad_inputs_in_one_line_before_a_cluster(inputs, tmp_path, c
                str(tmp_path / "m"), "--cluster", "tcp://127.0.0.1:9"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "--mix gives 1 fractions for 2 stores" in err[0]
+
+
+def test_semi_empirical_stores_refuse_the_line_depth_field(tmp_path):
+    from sb2dask.dataset.semi_empirical import prepare
+    from sb2dask.simulate.config import SimulationConfig
+    from sb2dask.simulate.realism import Realism
+
+    cfg = SimulationConfig.realistic(realism=Realism(line_depth_scatter=(0.0, 0.2)))
+    with pytest.raises(ValueError, match="line_depth_scatter"):
+        prepare(tmp_path / "se.zarr", [], tmp_path / "labels.csv", cfg)

@@ -183,7 +183,10 @@ def check_existing(out: Path, want: tuple, overwrite: bool) -> bool:
     if not (out / "zarr.json").exists() or overwrite:
         return False
     existing = store_metadata(out)
-    have = (existing["config"], existing["n"], existing["chunk"], existing["split"])
+    # the stored configuration read back as a configuration: settings added since the store
+    # was written (with their neutral defaults) do not make it another data set
+    have = (SimulationConfig.from_dict(existing["config"]).to_dict(), existing["n"],
+            existing["chunk"], existing["split"])
     if want != have:
         raise ValueError(f"{out} holds a different data set (config, n, chunk or split "
                          "differ); pass overwrite=True (--overwrite) to replace it")

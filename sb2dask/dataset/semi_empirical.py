@@ -377,6 +377,10 @@ def prepare(out: str | Path, spectra, labels_path: str | Path, config: Simulatio
     out = Path(out)
     if n <= 0 or chunk <= 0:
         raise ValueError(f"n and chunk must be positive, got n={n}, chunk={chunk}")
+    if config.realism.line_depth_scatter[1] > 0:
+        # real spectra carry their own line strengths; the field is a synthetic library's error
+        raise ValueError("realism.line_depth_scatter must be (0, 0) for semi-empirical stores: "
+                         "the line-depth field perturbs library templates, not real spectra")
     counts = split.counts(n)
     labels = read_label_table(labels_path)
     inputs = read_inputs(spectra, labels, labels_path, config.wave, settings.velocity_label)

@@ -18,7 +18,13 @@ import torch
 
 from ..devices import resolve_device
 from ..gaia import FRAME_BARYCENTRIC, FRAME_UNKNOWN
-from ..models.io import ModelFileError, load_feature_statistics, load_model, mahalanobis
+from ..models.io import (
+    ModelFileError,
+    detector_target,
+    load_feature_statistics,
+    load_model,
+    mahalanobis,
+)
 from ..models.layers import run_with_float32_stem
 from ..models.predict import sort_pairs
 from ..observe.flags import QualityFlag
@@ -137,6 +143,14 @@ class ModelSet:
                                  f"{sorted(frames)}; a model set must share one")
         #: how the models' training spectra were framed: "rest" or "rv_bulk"
         self.frame = frames.pop()
+        targets = {detector_target(m.training) for _, m in self.members["p_binary"]}
+        if len(targets) > 1:
+            raise ModelFileError(f"{self.directory}: detector members trained for different "
+                                 f"targets {sorted(targets)}; an ensemble must share one")
+        #: what p_binary means (:data:`sb2dask.labels.DETECTOR_TARGETS`): ``is_binary`` (any
+        #: binary) or ``double_lined`` (a binary whose two stars this spectrum shows); None
+        #: without a detector
+        self.detector_target = targets.pop() if targets else None
         self.feature_stats = load_feature_statistics(first, self.directory)
         self.manifests = {t: [m.to_dict() for _, m in ms] for t, ms in self.members.items()}
         #: the label uncertainties' calibration (``calibration.json``), or None: raw spreads
@@ -150,6 +164,7 @@ class ModelSet:
         self.wave = np.asarray(man.wave)
         self.training = man.training
         self.frame = man.training.get("frame", "rest")
+        self.detector_target = detector_target(man.training)
         self.feature_stats = load_feature_statistics(man, self.directory)
         self.manifests = {"student": [man.to_dict()]}
         cal = man.training.get("calibration") or {}
@@ -204,10 +219,16 @@ class ModelSet:
 
     @property
     def provenance(self) -> dict:
-        """Model names, hashes, training sets and metrics, for output metadata."""
-        return {t: [dict(name=m["name"], weights_sha256=m["weights_sha256"],
-                         training_set=m["training_set"].get("sha256"),
-                         metrics=m["metrics"]) for m in ms] for t, ms in self.manifests.items()}
+        """Model names, hashes, training sets and metrics, for output metadata; the detector's
+        (and a student's) entries say what p_binary means (``detector_target``)."""
+        def entry(t, m):
+            d = dict(name=m["name"], weights_sha256=m["weights_sha256"],
+                     training_set=m["training_set"].get("sha256"), metrics=m["metrics"])
+            if t in ("p_binary", "student"):
+                d["detector_target"] = detector_target(m.get("training") or {})
+            return d
+
+        return {t: [entry(t, m) for m in ms] for t, ms in self.manifests.items()}
 
     def _autocast(self):
         if self.precision == "bf16":

@@ -37,7 +37,10 @@ The rule (docs/inference.md, "Per-source evidence across epochs")
    source shows two line systems (marginalised on a grid) was tried on the same detector outputs
    (exploratory, not kept in the benchmark) and gained at most 0.01-0.02 in recall, so the
    simpler sum is used; ``n_sb2_epochs`` and ``p_binary_max`` stay in the table for such
-   sources.
+   sources. A detector trained for ``double_lined`` (``TrainConfig.detector_target``) makes
+   that price larger by design: it answers "does this spectrum show two stars", which a
+   binary's conjunction epochs truly do not, so for such models read ``n_sb2_epochs`` and
+   ``p_binary_max`` beside the combined ``p_binary``.
 
    One epoch (``n_w = 1``) keeps its own evidence; many epochs add up to at most
    ``mean(l) / rho``. The default ``rho = 0.5`` (:attr:`EvidenceRule.correlation`) is what

@@ -17,7 +17,7 @@ below apply them. Every range collapses to the paper's recipe when :meth:`Realis
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -147,7 +147,10 @@ class Realism:
 
     @property
     def is_paper(self) -> bool:
-        return self == Realism.paper(self.resolution[0])
+        paper = Realism.paper(self.resolution[0])
+        if tuple(self.line_depth_scatter) == (0.0, 0.0):  # the length means nothing then
+            return replace(self, line_depth_length=paper.line_depth_length) == paper
+        return self == paper
 
     @property
     def median_path(self) -> bool:

@@ -110,7 +110,10 @@ class SpectrumRenderer:
                         + w * self._cube[hi[:, 0], hi[:, 1], hi[:, 2]])
                 if field is not None:  # line-by-line depth errors, in the star's rest frame
                     rows, f = field
-                    depth = np.fft.irfft(comp[rows], n=self.n_work, axis=-1) * f
+                    depth = np.fft.irfft(comp[rows], n=self.n_work, axis=-1)
+                    # no flux below 1 % of the continuum made by the field (a saturated core
+                    # made deeper would be negative flux); lines deeper already stay as they are
+                    depth = np.minimum(depth * f, np.maximum(depth, 0.99))
                     comp[rows] = np.fft.rfft(depth, axis=-1)[:, : self.n_freq]
                 comp *= rotation_kernel_ft(self.freq, vsini[s:e, c], eps)
                 comp *= doppler_shift_ft(self.freq, rv[s:e, c])

@@ -88,6 +88,8 @@ class TrainConfig(ConfigMixin):
         if self.detector_target not in DETECTOR_TARGETS:
             raise ValueError(f"detector_target must be one of {DETECTOR_TARGETS}, got "
                              f"{self.detector_target!r}")
+        if self.target != "p_binary":  # (a base config's setting must not change the others)
+            object.__setattr__(self, "detector_target", "is_binary")
         if self.lr_schedule not in ("plateau", "cosine", "none"):
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}")
         if self.epochs < 1 or self.batch_size < 1:

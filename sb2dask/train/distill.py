@@ -39,6 +39,17 @@ logger = logging.getLogger(__name__)
 #: first; ``(n,)`` p_binary) and the ensemble spreads.
 TEACHER_KEYS = ("p_binary", "p_binary_err") + PARAMETERS + tuple(f"{k}_err" for k in PARAMETERS)
 
+
+def _teachers(models):
+    """``models`` (a :class:`~sb2dask.infer.predict.ModelSet`), checked as teachers: the student's
+    p_binary is fitted to a blend of ``is_binary`` and the teachers' p_binary, so a teacher
+    detector trained for another target (``double_lined``) would teach a contradiction."""
+    if models.detector_target not in (None, "is_binary"):
+        raise ValueError(f"{models.directory}: the teachers' detector was trained for "
+                         f"{models.detector_target!r}; distillation blends p_binary with "
+                         "is_binary and needs an is_binary detector")
+    return models
+
 #: Weights of the loss terms (see :func:`distill`): ``p_binary_hard`` / ``p_binary_soft`` mix
 #: the target of the detector's cross-entropy (truth 0/1 and the teachers' mean probability),
 #: ``nll_hard`` weights the heteroscedastic (beta-)NLL of every label against the truth,
@@ -85,7 +96,7 @@ def label_with_teachers(model_dir: str | Path, store: str | Path, split: str, n:
         if path.exists():
             continue
         if teachers is None:
-            teachers = ModelSet(model_dir, device="cpu", precision=precision)
+            teachers = _teachers(ModelSet(model_dir, device="cpu", precision=precision))
         rows = index[s:s + chunk]
         data = load_split(store, rows, ["is_binary"], frame=teachers.frame, wave=teachers.wave)
         pred = teachers.predict(data.flux, calibrated=False)  # *_err: the raw spreads
@@ -280,7 +291,8 @@ def distill(stores: dict[str, str | Path], teacher_dir: str | Path, teachers: st
     ckpt = out_dir / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    tset = ModelSet(teachers, device="cpu", members=1)  # the teachers' frame and pixel grid
+    # the teachers' frame and pixel grid
+    tset = _teachers(ModelSet(teachers, device="cpu", members=1))
     train = load_distill_data(stores, "train", max_train, teacher_dir, tset.frame, tset.wave)
     val = load_distill_data(stores, "validation", max_validation, None, tset.frame, tset.wave)
     if progress:

@@ -270,7 +270,8 @@ def training_set_fingerprint(store) -> dict:
 def _targets(cfg: TrainConfig, data: SplitData, scaling: LabelScaling | None) -> np.ndarray:
     lab = data.labels
     if cfg.target == "p_binary" and cfg.detector_target == "double_lined":
-        # the resolution limit of Gaia RVS (as the evidence fits' rule): what inference assumes
+        # Gaia RVS's nominal resolution (as the evidence fits' rule), not each spectrum's drawn
+        # LSF: inference does not know the latter
         return double_lined(lab["is_binary"], lab["light_fraction"],
                             lab["rv_separation"]).astype(np.float32)
     if cfg.target == "p_binary":
