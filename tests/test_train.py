@@ -236,6 +236,9 @@ def test_double_lined_needs_a_visible_and_resolved_companion():
     assert FitConfig().min_separation == pytest.approx(min_separation(11_500.0))
     with pytest.raises(ValueError, match="detector_target"):
         TrainConfig(target="p_binary", detector_target="sb1")
+    # a base configuration's detector setting leaves the other networks' configurations alone
+    assert TrainConfig(target="teff", detector_target="double_lined").detector_target == (
+        "is_binary")
 
 
 def test_a_double_lined_detector_is_trained_on_the_visible_pairs(store, tmp_path):
