@@ -304,6 +304,9 @@ def _cmd_train(args) -> int:
         lr_schedule=args.lr_schedule).items() if v is not None}
     base = base.replace(**changes) if changes else base
     targets = tuple(args.targets)
+    if not targets and not args.detector_store:
+        raise ValueError("nothing to train: --targets names no label network and there is no "
+                         "--detector-store")
     per_target: dict = {}
     for flag, stores, mix in (("--mix", args.store, args.mix),
                               ("--detector-mix", args.detector_store, args.detector_mix)):
@@ -653,8 +656,10 @@ def _add_train_parser(sub, command: _Command) -> None:
                    help="SB2 training set (Zarr: sb2dask simulate or semi-empirical); repeat to "
                         "train on several together (see --mix)")
     p.add_argument("--out", default="models", help="output directory for models and checkpoints")
-    p.add_argument("--targets", nargs="+", default=["teff", "logg", "feh", "vsini"],
-                   choices=["teff", "logg", "feh", "vsini"])
+    p.add_argument("--targets", nargs="*", default=["teff", "logg", "feh", "vsini"],
+                   choices=["teff", "logg", "feh", "vsini"],
+                   help="label networks to train (default all four); give none (--targets "
+                        "alone) with --detector-store to train only the detector")
     p.add_argument("--detector-store", default=None, action="append",
                    help="store with singles and SB2s to train the SB2 detector on; repeat to "
                         "train on several together (see --detector-mix)")

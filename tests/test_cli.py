@@ -131,6 +131,11 @@ def test_inconsistent_values_are_one_line_errors(capsys, tmp_path):
     assert rc == 1
     _one_error_line(err, "--epochs", "MIN (5)")
     assert not (tmp_path / "m").exists()
+    # a training run with nothing to train says so before any cluster starts
+    rc, _, err = _run(capsys, "train", "--store", tmp_path / "s.zarr", "--out", tmp_path / "o",
+                      "--targets", "--cluster", "tcp://127.0.0.1:9")
+    assert rc == 1
+    _one_error_line(err, "nothing to train")
 
 
 # -- errors before any cluster ----------------------------------------------------------------
