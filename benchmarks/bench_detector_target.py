@@ -4,13 +4,16 @@ not a double-lined spectrum (issue 14 item 3).
     python benchmarks/bench_detector_target.py --models runs/models_v2 runs/models_dl \
         --detector-store runs/det_v2.zarr --work runs/detector_negatives
 
-For each model directory (its detector ensemble alone, ``ModelSet.detect``, in the frame its
-manifests name; realistic-recipe models read the stores in the ``rv_bulk`` frame):
+For each model directory (its detector ensemble alone, ``ModelSet.detect``; a directory without
+a detector is refused), the stores read in the ``rv_bulk`` frame (the realistic recipe's systemic
+velocities removed as inference measures them: ``--rest-frame on`` for rest-frame models):
 
 * the first ``--n-test`` rows of ``--detector-store``'s test split (half single stars): ROC AUC,
-  recall and the single stars' rate above 0.5, scored against ``is_binary`` (every simulated
+  recall, precision and the single stars' rate above 0.5, scored against ``is_binary`` (every
+  simulated
   binary) and against ``double_lined`` (:func:`sb2dask.labels.double_lined`: the binaries whose
-  two stars the spectrum shows), and the share of the other binaries above 0.5;
+  two stars the spectrum shows; its precision counts the other binaries as negatives), and the
+  share of the other binaries above 0.5;
 * three sets of the realistic recipe with seeds no training store used, simulated into ``--work``
   on the first run (``--n-negatives`` spectra each, 3 × for the binaries): fast-rotating single
   stars (v sin i 60-100 km/s), giants at the grid's edge (single stars, log g 3.0-3.5), and
@@ -56,16 +59,17 @@ def negative_stores(work: Path, n: int) -> dict[str, Path]:
 
 def rates(p: np.ndarray, lab: dict) -> dict:
     from sb2dask.evaluate.metrics import detector_metrics
+    from sb2dask.gaia import RVS_RESOLVING_POWER
     from sb2dask.labels import MIN_LIGHT_FRACTION, double_lined, min_separation
 
     binary = lab["is_binary"].astype(bool)
     dl = double_lined(binary, lab["light_fraction"], lab["rv_separation"])
-    faint = np.nan_to_num(np.nanmin(lab["light_fraction"], 1), nan=0.0) if binary.any() else None
     out = {}
     if binary.all():
+        faint = np.nan_to_num(np.min(lab["light_fraction"], 1), nan=0.0)
         sep = lab["rv_separation"]
         sb1 = faint < MIN_LIGHT_FRACTION
-        unresolved = ~sb1 & (sep < min_separation(11_500.0))
+        unresolved = ~sb1 & (sep < min_separation(RVS_RESOLVING_POWER))
         clear = (faint >= 0.1) & (sep >= 20.0)
         out.update(n_single_lined=int(sb1.sum()), single_lined_above_0_5=_mean(p[sb1] > 0.5),
                    n_unresolved=int(unresolved.sum()),
@@ -94,6 +98,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", required=True, help="model directories")
+    ap.add_argument("--names", nargs="+", default=None,
+                    help="a name for each model directory in the results (default: its path)")
     ap.add_argument("--detector-store", required=True, help="store with singles and SB2s")
     ap.add_argument("--work", required=True, help="directory of the negative sets' stores")
     ap.add_argument("--n-test", type=int, default=4000)
@@ -101,6 +107,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
+    if args.names is not None and len(args.names) != len(args.models):
+        ap.error(f"--names gives {len(args.names)} names for {len(args.models)} model directories")
+    names = args.names or args.models
     import torch
 
     from sb2dask.dataset.store import load_split, split_indices
@@ -117,16 +126,18 @@ def main(argv=None) -> int:
         n = zarr.open_group(str(path), mode="r").attrs["sb2dask"]["n"]
         sets[name] = (path, np.arange(n))
     results = {}
-    for m in args.models:
+    for m, name in zip(args.models, names):
         models = ModelSet(m)
-        frame = "rv_bulk" if models.uses_rest_frame("auto") else "rest"
-        row = dict(detector_target=models.detector_target, frame=frame)
+        if models.student is None and not models.members["p_binary"]:
+            raise SystemExit(f"{m}: no detector (p_binary-*.json) to measure")
+        frame = "rv_bulk"
+        row = dict(directory=str(m), detector_target=models.detector_target, frame=frame)
         for name, (store, rows) in sets.items():
             d = load_split(store, rows, FIELDS, frame=frame, wave=models.wave)
             row[name] = rates(models.detect(d.flux)["p_binary"], d.labels)
-        results[str(m)] = row
+        results[str(name)] = row
         lib = row["in_library"]
-        print(f"{m} ({row['detector_target']}): AUC is_binary "
+        print(f"{name} ({row['detector_target']}): AUC is_binary "
               f"{lib['is_binary']['roc_auc']:.3f}, double_lined "
               f"{lib['double_lined']['roc_auc']:.3f}; singles > 0.5 "
               f"{lib['singles_above_0_5']:.3f}; fast rotators "
