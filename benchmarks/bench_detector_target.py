@@ -120,11 +120,11 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     sets = {"in_library": (Path(args.detector_store),
                            split_indices(args.detector_store, "test")[: args.n_test])}
-    for name, path in negative_stores(work, args.n_negatives).items():
+    for kind, path in negative_stores(work, args.n_negatives).items():
         import zarr
 
         n = zarr.open_group(str(path), mode="r").attrs["sb2dask"]["n"]
-        sets[name] = (path, np.arange(n))
+        sets[kind] = (path, np.arange(n))
     results = {}
     for m, name in zip(args.models, names):
         models = ModelSet(m)
@@ -132,9 +132,9 @@ def main(argv=None) -> int:
             raise SystemExit(f"{m}: no detector (p_binary-*.json) to measure")
         frame = "rv_bulk"
         row = dict(directory=str(m), detector_target=models.detector_target, frame=frame)
-        for name, (store, rows) in sets.items():
+        for kind, (store, rows) in sets.items():
             d = load_split(store, rows, FIELDS, frame=frame, wave=models.wave)
-            row[name] = rates(models.detect(d.flux)["p_binary"], d.labels)
+            row[kind] = rates(models.detect(d.flux)["p_binary"], d.labels)
         results[str(name)] = row
         lib = row["in_library"]
         print(f"{name} ({row['detector_target']}): AUC is_binary "

@@ -261,3 +261,13 @@ def test_a_double_lined_detector_is_trained_on_the_visible_pairs(store, tmp_path
     assert resume(old, tmp_path, learner)["epoch"] == 1
     with pytest.raises(ValueError, match="different configuration"):
         resume(cfg, tmp_path, learner)
+
+
+def test_pool_trains_the_detector_alone_for_its_target(store, tmp_path, client):
+    base = TrainConfig(epochs=1, **TINY)
+    res = train_all(store, tmp_path, client, base, targets=(), detector_store=store,
+                    per_target={"p_binary": {"detector_target": "double_lined"}},
+                    progress=False)
+    assert set(res) == {"p_binary"} and not list(tmp_path.glob("teff-*.json"))
+    man = json.loads((tmp_path / "p_binary-0.json").read_text())
+    assert man["training"]["config"]["detector_target"] == "double_lined"
