@@ -60,10 +60,10 @@ def negative_stores(work: Path, n: int) -> dict[str, Path]:
 def rates(p: np.ndarray, lab: dict) -> dict:
     from sb2dask.evaluate.metrics import detector_metrics
     from sb2dask.gaia import RVS_RESOLVING_POWER
-    from sb2dask.labels import MIN_LIGHT_FRACTION, double_lined, min_separation
+    from sb2dask.labels import MIN_LIGHT_FRACTION, detector_truth, min_separation
 
-    binary = lab["is_binary"].astype(bool)
-    dl = double_lined(binary, lab["light_fraction"], lab["rv_separation"])
+    binary = detector_truth("is_binary", lab)
+    dl = detector_truth("double_lined", lab)
     out = {}
     if binary.all():
         faint = np.nan_to_num(np.min(lab["light_fraction"], 1), nan=0.0)

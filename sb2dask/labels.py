@@ -4,7 +4,8 @@ the ranges of Binnenfeld et al. (2025), Table 1. Import these; never re-type the
 from __future__ import annotations
 
 __all__ = ["PARAMETERS", "UNITS", "DESCRIPTIONS", "TABLE1_RANGES", "TARGETS", "TRUE_PREFIX",
-           "DETECTOR_TARGETS", "MIN_LIGHT_FRACTION", "min_separation", "double_lined"]
+           "DETECTOR_TARGETS", "MIN_LIGHT_FRACTION", "min_separation", "double_lined",
+           "detector_fields", "detector_truth"]
 
 #: The per-component labels of the temperature and parameter networks, in the paper's order.
 PARAMETERS = ("teff", "logg", "feh", "vsini")
@@ -70,3 +71,22 @@ def double_lined(is_binary, light_fraction, rv_separation, resolving_power: floa
     sep = np.nan_to_num(np.asarray(rv_separation, np.float64), nan=0.0)
     return (np.asarray(is_binary, bool) & (faint >= min_light_fraction)
             & (sep >= min_separation(resolving_power)))
+
+
+def detector_fields(target: str) -> tuple[str, ...]:
+    """The stored labels :func:`detector_truth` needs for ``target``."""
+    return ("is_binary",) if target == "is_binary" else (
+        "is_binary", "light_fraction", "rv_separation")
+
+
+def detector_truth(target: str, labels: dict):
+    """The truth a detector of ``target`` (:data:`DETECTOR_TARGETS`) is trained and scored
+    against, from simulated ``labels`` (the fields :func:`detector_fields` names): boolean (n,)."""
+    import numpy as np
+
+    if target == "double_lined":
+        return double_lined(labels["is_binary"], labels["light_fraction"],
+                            labels["rv_separation"])
+    if target == "is_binary":
+        return np.asarray(labels["is_binary"], bool)
+    raise ValueError(f"detector target must be one of {DETECTOR_TARGETS}, got {target!r}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..labels import double_lined
+from ..labels import detector_fields, detector_truth
 from .metrics import (
     DR4_AUC_TARGETS,
     PAPER_TABLE4,
@@ -247,19 +247,17 @@ def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
         res["single_star_test"] = dict(store=str(single_store), n=len(sdata.flux), **single)
 
     det = None
+    target = models.detector_target or "is_binary"
     if detector_store is not None:
         if Path(detector_store).resolve() == Path(store).resolve():
             dlab, dpred = all_lab, all_pred
         else:
             ddata, dpred, _, _ = _predict_split(detector_store, model_dir, "test", max_test,
-                                                ["is_binary", "snr", "light_fraction",
-                                                 "rv_separation"], rest_frame)
+                                                ["snr", *detector_fields(target)], rest_frame)
             dlab = ddata.labels
         # scored against what the detector was trained to recognise (a double-lined detector
         # is not charged with the binaries whose second star the spectrum does not show)
-        target = models.detector_target or "is_binary"
-        y = (double_lined(dlab["is_binary"], dlab["light_fraction"], dlab["rv_separation"])
-             if target == "double_lined" else dlab["is_binary"].astype(bool))
+        y = detector_truth(target, dlab)
         pb = dpred["p_binary"]
         det = (dlab["snr"], y, pb)
         m5, m8 = detector_metrics(y, pb, 0.5), detector_metrics(y, pb, 0.8)

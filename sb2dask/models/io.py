@@ -108,8 +108,7 @@ def detector_target(training: dict) -> str:
     """What a detector was trained to recognise (:data:`sb2dask.labels.DETECTOR_TARGETS`), from
     its manifest's ``training`` record: ``is_binary`` for models trained before the setting
     existed."""
-    config = training.get("config") or {}
-    return config.get("detector_target", "is_binary") if isinstance(config, dict) else "is_binary"
+    return (training.get("config") or {}).get("detector_target", "is_binary")
 
 
 def save_model(directory: str | Path, model: torch.nn.Module, manifest: ModelManifest) -> Path:

@@ -147,10 +147,9 @@ class Realism:
 
     @property
     def is_paper(self) -> bool:
+        # the field's length alone (the field off) does not make another recipe
         paper = Realism.paper(self.resolution[0])
-        if tuple(self.line_depth_scatter) == (0.0, 0.0):  # the length means nothing then
-            return replace(self, line_depth_length=paper.line_depth_length) == paper
-        return self == paper
+        return replace(self, line_depth_length=paper.line_depth_length) == paper
 
     @property
     def median_path(self) -> bool:

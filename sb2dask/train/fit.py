@@ -39,7 +39,7 @@ from ..dataset.store import (
 )
 from ..devices import resolve_device
 from ..fileio import atomic_path, atomic_write_json, file_sha256
-from ..labels import PARAMETERS, UNITS, double_lined
+from ..labels import PARAMETERS, UNITS, detector_fields, detector_truth
 from ..models.io import (
     ARCHITECTURES,
     LabelScaling,
@@ -73,8 +73,8 @@ _FIELDS = ["is_binary", *PARAMETERS]
 
 def _fields(cfg: TrainConfig) -> list[str]:
     """The label fields a network of ``cfg`` is trained from."""
-    if cfg.target == "p_binary" and cfg.detector_target == "double_lined":
-        return [*_FIELDS, "light_fraction", "rv_separation"]
+    if cfg.target == "p_binary":
+        return list(dict.fromkeys([*_FIELDS, *detector_fields(cfg.detector_target)]))
     return _FIELDS
 
 
@@ -269,13 +269,8 @@ def training_set_fingerprint(store) -> dict:
 
 def _targets(cfg: TrainConfig, data: SplitData, scaling: LabelScaling | None) -> np.ndarray:
     lab = data.labels
-    if cfg.target == "p_binary" and cfg.detector_target == "double_lined":
-        # Gaia RVS's nominal resolution (as the evidence fits' rule), not each spectrum's drawn
-        # LSF: inference does not know the latter
-        return double_lined(lab["is_binary"], lab["light_fraction"],
-                            lab["rv_separation"]).astype(np.float32)
     if cfg.target == "p_binary":
-        return lab["is_binary"].astype(np.float32)
+        return detector_truth(cfg.detector_target, lab).astype(np.float32)
     y = lab[cfg.target].astype(np.float64)
     return scaling.scale(y).astype(np.float32)
 
@@ -376,9 +371,8 @@ def resume(cfg: TrainConfig, ckpt_dir: Path, learner: Learner) -> dict:
                     config=cfg.to_dict())
     prev = json.loads(state_json.read_text())
     # The budget (epochs) may be extended on resume; everything else must match.
-    # settings added later (mix, detector_target) read as their defaults in older checkpoints
-    added = {"mix": None, "detector_target": "is_binary"}
-    if {**added, **prev["config"], "epochs": cfg.epochs} != cfg.to_dict():
+    # read back as a configuration: settings added later take their defaults in older checkpoints
+    if TrainConfig.from_dict(prev["config"]).replace(epochs=cfg.epochs) != cfg:
         raise ValueError(f"{state_json}: checkpoint of a different configuration; remove "
                          f"{ckpt_dir} or use another output directory")
     load_canonical_state_dict(learner.model, load_file(str(weights)))
