@@ -11,6 +11,9 @@ with each row's true S/N selecting its width-calibration bin (inference uses the
 the flux errors). Per label, pooled over both components of the SB2s: RMSE of the student and of
 the teacher ensemble, and the fraction of truths within ±1σ / ±2σ: the student's calibrated
 widths; the ensemble's spread alone (its ``_err`` columns), and spread ⊕ its validation RMSE.
+The ROC AUC of p_binary is against the student's detector target (``double_lined`` students
+against the visible pairs, ``sb2dask.labels.detector_truth``; its teachers must have the same)
+and, for comparison with students of the other target, against ``is_binary``.
 Prints a table and writes ``benchmarks/results/bench_student_accuracy.json``.
 """
 
@@ -49,14 +52,18 @@ def main(argv=None) -> int:
     sizes = {"detector": args.n_detector, "labels": args.n_labels}
     teach = {k: label_with_teachers(args.teachers, s, "test", sizes[k], args.teacher_cache,
                                     progress=False) for k, s in stores.items()}
-    data = load_distill_data(stores, "test", sizes, None, student.frame, student.wave)
+    target = student.detector_target or "is_binary"
+    tset = ModelSet(args.teachers, "cpu")
+    if (tset.detector_target or "is_binary") != target:
+        raise SystemExit(f"the student detects {target!r}, its teachers {args.teachers} "
+                         f"{tset.detector_target!r}: pass the teachers it was distilled from")
+    data = load_distill_data(stores, "test", sizes, None, student.frame, student.wave, target)
     teacher = {k: np.concatenate([teach[s][k] for s in stores]) for k in teach["detector"]
                if k != "index"}
     pred = student.predict(data.flux, snr=data.snr)
     from sb2dask.models.student import decode
 
     truth = decode(np.zeros(len(data.y)), data.y, np.zeros_like(data.y))
-    tset = ModelSet(args.teachers, "cpu")
     val_rmse = {t: float(np.median([m["metrics"]["rmse"] for m in tset.manifests[t]]))
                 for t in PARAMETERS}
     b = data.is_binary
@@ -85,8 +92,11 @@ def main(argv=None) -> int:
         rmse_student=float(np.sqrt(np.mean(lf_err ** 2))), cover1_student=float(np.mean(z <= 1)),
         cover2_student=float(np.mean(z <= 2)))
     det = data.detector_row
-    auc = dict(student=roc_auc(data.is_binary[det], pred["p_binary"][det]),
-               teacher=roc_auc(data.is_binary[det], teacher["p_binary"][det]))
+    auc = dict(target=target,
+               student=roc_auc(data.p_truth[det], pred["p_binary"][det]),
+               teacher=roc_auc(data.p_truth[det], teacher["p_binary"][det]),
+               student_vs_is_binary=roc_auc(data.is_binary[det], pred["p_binary"][det]),
+               teacher_vs_is_binary=roc_auc(data.is_binary[det], teacher["p_binary"][det]))
     # coverage per S/N bin (the student's calibration bins)
     from sb2dask.models.student import SNR_EDGES
 
@@ -111,8 +121,10 @@ def main(argv=None) -> int:
         else:
             print(f"{k:<22}{r['rmse_student']:13.3f}{'-':>10}{'-':>7}"
                   f"{r['cover1_student']:9.1%} /{r['cover2_student']:5.1%}")
-    print(f"\nROC AUC (detector-store rows, {int(det.sum())}): student {auc['student']:.4f}, "
-          f"teachers {auc['teacher']:.4f}, difference {auc['student'] - auc['teacher']:+.4f}")
+    print(f"\nROC AUC against {target} (detector-store rows, {int(det.sum())}): student "
+          f"{auc['student']:.4f}, teachers {auc['teacher']:.4f}, difference "
+          f"{auc['student'] - auc['teacher']:+.4f}; against is_binary: student "
+          f"{auc['student_vs_is_binary']:.4f}, teachers {auc['teacher_vs_is_binary']:.4f}")
     print("student 1σ coverage per S/N bin (<60, 60-120, >120): " + "; ".join(
         f"{k} " + "/".join(f"{by_snr[str(i)][k]:.0%}" for i in range(3)) for k in PARAMETERS))
     write_results(f"bench_student_accuracy{'_' + args.tag if args.tag else ''}",

@@ -98,7 +98,7 @@ def test_scaled_targets_and_singles():
 
 def test_distill_loss_blends_teacher_probabilities():
     logit, mean, logw = torch.zeros(2), torch.full((2, 9), 0.5), torch.zeros(2, 9)
-    batch = dict(detector_row=torch.tensor([True, True]), is_binary=torch.tensor([True, False]),
+    batch = dict(detector_row=torch.tensor([True, True]), p_truth=torch.tensor([True, False]),
                  p_teacher=torch.tensor([0.6, float("nan")]), y=torch.full((2, 9), 0.5),
                  y_teacher=torch.full((2, 9), float("nan")))
     _, terms = distill_loss(logit, mean, logw, batch, DEFAULT_BLEND)
@@ -183,3 +183,62 @@ def test_teacher_cache_reads_overlapping_chunks_once(tmp_path):
     sub = load_teacher_labels("/x/s.zarr", "train", tmp_path, index=np.arange(11, 14))
     np.testing.assert_array_equal(sub["index"], [11, 12, 13])
     assert len(load_teacher_labels("/x/s.zarr", "test", tmp_path)["index"]) == 0
+
+
+def test_student_fits_p_binary_to_its_teachers_detector_target(tmp_path):
+    """Teachers whose detector learned ``double_lined`` make a student fitted and scored against
+    the same truth, recorded in its manifest (so ``ModelSet`` and the outputs say what p_binary
+    means); resuming that run with teachers of another target is refused."""
+    from distributed import Client, LocalCluster
+
+    from model_fixtures import random_model_set
+    from sb2dask.dataset.factory import SplitSpec, generate
+    from sb2dask.labels import double_lined
+    from sb2dask.simulate.config import SimulationConfig
+    from sb2dask.train.distill import (
+        distill,
+        finalize_student,
+        label_with_teachers,
+        load_distill_data,
+    )
+
+    store = tmp_path / "s.zarr"
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
+                      dashboard_address=":0") as lc, Client(lc) as c:
+        generate(store, SimulationConfig.paper(seed=4, binary_fraction=0.7,
+                                               snr_range=(100, 350)),
+                 160, 80, client=c, split=SplitSpec(0.5, 0.25, 0.25), progress=False)
+    teachers = random_model_set(tmp_path / "t")
+    for m in teachers.glob("p_binary-*.json"):  # as `train --set p_binary.detector_target=...`
+        man = json.loads(m.read_text())
+        man["training"]["config"] = dict(detector_target="double_lined")
+        m.write_text(json.dumps(man))
+    assert ModelSet(teachers, "cpu").detector_target == "double_lined"
+    cache = tmp_path / "cache"
+    label_with_teachers(teachers, store, "train", 16, cache, chunk=16, progress=False)
+    stores = {"detector": store}
+    state = distill(stores, cache, teachers, tmp_path / "st", max_train={}, max_validation={},
+                    epochs=1, batch_size=32, progress=False)
+    assert json.loads(state.read_text())["detector_target"] == "double_lined"
+    wave = ModelSet(teachers, "cpu").wave
+    val = load_distill_data(stores, "validation", {}, None, "rest", wave, "double_lined")
+    from sb2dask.dataset.store import load_split, split_indices
+
+    lab = load_split(store, split_indices(store, "validation"),
+                     ["is_binary", "light_fraction", "rv_separation"]).labels
+    want = double_lined(lab["is_binary"], lab["light_fraction"], lab["rv_separation"])
+    np.testing.assert_array_equal(val.p_truth, want)
+    assert (val.p_truth != val.is_binary).any()  # a binary that does not show two stars
+    path = finalize_student(state, stores, teachers, cache, tmp_path / "m", max_calibration={})
+    assert json.loads(path.read_text())["training"]["detector_target"] == "double_lined"
+    student = ModelSet(tmp_path / "m", "cpu")
+    assert student.detector_target == "double_lined"
+    assert student.provenance["student"][0]["detector_target"] == "double_lined"
+    # the same run resumed with is_binary teachers would fit another truth
+    for m in teachers.glob("p_binary-*.json"):
+        man = json.loads(m.read_text())
+        del man["training"]["config"]
+        m.write_text(json.dumps(man))
+    with pytest.raises(ValueError, match="resume with the same teachers"):
+        distill(stores, cache, teachers, tmp_path / "st", max_train={}, max_validation={},
+                epochs=2, progress=False)

@@ -106,9 +106,10 @@ class ModelManifest:
 
 def detector_target(training: dict) -> str:
     """What a detector was trained to recognise (:data:`sb2dask.labels.DETECTOR_TARGETS`), from
-    its manifest's ``training`` record: ``is_binary`` for models trained before the setting
-    existed."""
-    return (training.get("config") or {}).get("detector_target", "is_binary")
+    its manifest's ``training`` record (a detector's training configuration, or a distilled
+    student's own entry): ``is_binary`` for models trained before the setting existed."""
+    return training.get("detector_target") or (training.get("config") or {}).get(
+        "detector_target", "is_binary")
 
 
 def save_model(directory: str | Path, model: torch.nn.Module, manifest: ModelManifest) -> Path:

@@ -29,7 +29,7 @@ import torch
 
 from ..dataset.store import load_split, split_indices
 from ..fileio import atomic_path, atomic_write_json
-from ..labels import PARAMETERS
+from ..labels import PARAMETERS, detector_fields, detector_truth
 
 __all__ = ["TEACHER_KEYS", "DEFAULT_BLEND", "label_with_teachers", "load_teacher_labels"]
 
@@ -40,15 +40,11 @@ logger = logging.getLogger(__name__)
 TEACHER_KEYS = ("p_binary", "p_binary_err") + PARAMETERS + tuple(f"{k}_err" for k in PARAMETERS)
 
 
-def _teachers(models):
-    """``models`` (a :class:`~sb2dask.infer.predict.ModelSet`), checked as teachers: the student's
-    p_binary is fitted to a blend of ``is_binary`` and the teachers' p_binary, so a teacher
-    detector trained for another target (``double_lined``) would teach a contradiction."""
-    if models.detector_target not in (None, "is_binary"):
-        raise ValueError(f"{models.directory}: the teachers' detector was trained for "
-                         f"{models.detector_target!r}; distillation blends p_binary with "
-                         "is_binary and needs an is_binary detector")
-    return models
+def _detector_target(models) -> str:
+    """What the student's p_binary is fitted to: the teachers' detector target
+    (:data:`sb2dask.labels.DETECTOR_TARGETS`), so the hard truth and the teachers' probability of
+    the blend answer the same question (``is_binary`` for teachers without a detector)."""
+    return models.detector_target or "is_binary"
 
 #: Weights of the loss terms (see :func:`distill`): ``p_binary_hard`` / ``p_binary_soft`` mix
 #: the target of the detector's cross-entropy (truth 0/1 and the teachers' mean probability),
@@ -96,7 +92,7 @@ def label_with_teachers(model_dir: str | Path, store: str | Path, split: str, n:
         if path.exists():
             continue
         if teachers is None:
-            teachers = _teachers(ModelSet(model_dir, device="cpu", precision=precision))
+            teachers = ModelSet(model_dir, device="cpu", precision=precision)
         rows = index[s:s + chunk]
         data = load_split(store, rows, ["is_binary"], frame=teachers.frame, wave=teachers.wave)
         pred = teachers.predict(data.flux, calibrated=False)  # *_err: the raw spreads
@@ -125,8 +121,13 @@ def load_teacher_labels(store: str | Path, split: str, out_dir: str | Path,
     return {k: v[keep] for k, v in out.items()}
 
 
-#: Label fields read from the stores for distillation and calibration.
+#: Label fields read from the stores for distillation and calibration (with the detector
+#: target's, :func:`sb2dask.labels.detector_fields`).
 _FIELDS = ["is_binary", *PARAMETERS, "light_fraction", "snr"]
+
+
+def _fields(target: str) -> list[str]:
+    return _FIELDS + [f for f in detector_fields(target) if f not in _FIELDS]
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,9 @@ class DistillData:
     flux : float32 (n, n_pix), in the teachers' frame
     y : float32 (n, 9) scaled truths (:func:`~sb2dask.models.student.scaled_targets`), NaN for
         single stars
-    is_binary : bool (n,)
+    is_binary : bool (n,): whether a row has a second component to label
+    p_truth : bool (n,): the detector target's truth (:func:`sb2dask.labels.detector_truth`;
+        ``is_binary`` itself for that target), what p_binary is fitted and scored against
     detector_row : bool (n,), rows of the detector store (half single stars): the p_binary term
         is fitted on these only, whose class balance is the detector's
     p_teacher : float32 (n,) teachers' p_binary (NaN: not labelled)
@@ -150,6 +153,7 @@ class DistillData:
     flux: np.ndarray
     y: np.ndarray
     is_binary: np.ndarray
+    p_truth: np.ndarray
     detector_row: np.ndarray
     p_teacher: np.ndarray
     y_teacher: np.ndarray
@@ -165,15 +169,17 @@ def _teacher_scaled(teach: dict) -> np.ndarray:
 
 
 def load_distill_data(stores: dict[str, str | Path], split: str, max_rows: dict[str, int],
-                      teacher_dir: str | Path | None, frame: str, wave: np.ndarray) -> DistillData:
+                      teacher_dir: str | Path | None, frame: str, wave: np.ndarray,
+                      target: str = "is_binary") -> DistillData:
     """Rows of ``split`` from the ``detector`` and ``labels`` stores (``stores`` keys), the first
-    ``max_rows[key]`` of each, with the cached teacher labels of ``teacher_dir`` where present."""
+    ``max_rows[key]`` of each, with the cached teacher labels of ``teacher_dir`` where present;
+    p_binary's truth for detector ``target``."""
     from ..models.student import scaled_targets
 
     parts = []
     for key, store in stores.items():
         index = split_indices(store, split)[: max_rows.get(key)]
-        d = load_split(store, index, _FIELDS, frame=frame, wave=wave)
+        d = load_split(store, index, _fields(target), frame=frame, wave=wave)
         n = len(index)
         p_t = np.full(n, np.nan, np.float32)
         y_t = np.full((n, 9), np.nan, np.float32)
@@ -188,7 +194,8 @@ def load_distill_data(stores: dict[str, str | Path], split: str, max_rows: dict[
         y = scaled_targets(d.labels)
         y[~binary] = np.nan  # a single star has no second component to label
         y_t[~binary] = np.nan
-        parts.append(DistillData(d.flux, y, binary, np.full(n, key == "detector"), p_t, y_t,
+        parts.append(DistillData(d.flux, y, binary, detector_truth(target, d.labels),
+                                 np.full(n, key == "detector"), p_t, y_t,
                                  d.labels["snr"].astype(np.float32)))
     return DistillData(*(np.concatenate([getattr(p, f) for p in parts])
                          for f in DistillData.__dataclass_fields__))
@@ -198,8 +205,8 @@ def distill_loss(logit, mean, log_width, batch: dict, blend: dict) -> tuple[torc
     """The student's loss on one batch and its terms.
 
     * p_binary (detector rows): binary cross-entropy on the logit against
-      ``p_binary_hard * is_binary + p_binary_soft * p_teacher`` (the truth alone where a row
-      has no teacher label);
+      ``p_binary_hard * p_truth + p_binary_soft * p_teacher`` (the truth alone where a row
+      has no teacher label; ``p_truth`` the detector target's truth);
     * every finite truth: beta-NLL (Seitzer et al. 2022), the Gaussian NLL of the truth under
       (mean, width) weighted by ``width^(2 beta)`` (detached), which keeps the means learning
       where the NLL alone would widen the widths instead; times ``nll_hard``;
@@ -208,7 +215,7 @@ def distill_loss(logit, mean, log_width, batch: dict, blend: dict) -> tuple[torc
     det = batch["detector_row"]
     terms = {}
     if det.any():
-        hard = batch["is_binary"][det].float()
+        hard = batch["p_truth"][det].float()
         pt = batch["p_teacher"][det]
         soft = torch.where(torch.isfinite(pt), blend["p_binary_hard"] * hard
                            + blend["p_binary_soft"] * torch.nan_to_num(pt), hard)
@@ -230,7 +237,7 @@ def distill_loss(logit, mean, log_width, batch: dict, blend: dict) -> tuple[torc
 
 def _batch(data: DistillData, rows: np.ndarray) -> dict:
     return dict(flux=torch.from_numpy(data.flux[rows]), y=torch.from_numpy(data.y[rows]),
-                is_binary=torch.from_numpy(data.is_binary[rows]),
+                p_truth=torch.from_numpy(data.p_truth[rows]),
                 detector_row=torch.from_numpy(data.detector_row[rows]),
                 p_teacher=torch.from_numpy(data.p_teacher[rows]),
                 y_teacher=torch.from_numpy(data.y_teacher[rows]))
@@ -254,14 +261,14 @@ def validation_summary(model, val: DistillData) -> dict:
 
     logit, mean, logw = student_outputs(model, val.flux)
     b = {k: torch.from_numpy(v) for k, v in dict(
-        y=val.y, is_binary=val.is_binary, detector_row=val.detector_row,
+        y=val.y, p_truth=val.p_truth, detector_row=val.detector_row,
         p_teacher=val.p_teacher, y_teacher=val.y_teacher).items()}
     total, terms = distill_loss(torch.from_numpy(logit), torch.from_numpy(mean),
                                 torch.from_numpy(logw), b, DEFAULT_BLEND)
     det = val.detector_row
     rmse = np.sqrt(np.nanmean((mean - val.y) ** 2, axis=0))
     return dict(val_loss=float(total), **{f"val_{k}": v for k, v in terms.items()},
-                auc=roc_auc(val.is_binary[det], logit[det]),
+                auc=roc_auc(val.p_truth[det], logit[det]),
                 rmse_scaled={n: float(r) for n, r in zip(OUTPUTS, rmse)})
 
 
@@ -292,9 +299,19 @@ def distill(stores: dict[str, str | Path], teacher_dir: str | Path, teachers: st
     ckpt.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     # the teachers' frame and pixel grid
-    tset = _teachers(ModelSet(teachers, device="cpu", members=1))
-    train = load_distill_data(stores, "train", max_train, teacher_dir, tset.frame, tset.wave)
-    val = load_distill_data(stores, "validation", max_validation, None, tset.frame, tset.wave)
+    tset = ModelSet(teachers, device="cpu", members=1)
+    target = _detector_target(tset)
+    state_json = ckpt / "student-state.json"
+    if state_json.exists():  # before loading the data: a resume must fit the same truth
+        done = json.loads(state_json.read_text()).get("detector_target", "is_binary")
+        if done != target:
+            raise ValueError(f"{state_json}: this run fitted p_binary to {done!r}, the "
+                             f"teachers {teachers} detect {target!r}; resume with the same "
+                             "teachers or use a new output directory")
+    train = load_distill_data(stores, "train", max_train, teacher_dir, tset.frame, tset.wave,
+                              target)
+    val = load_distill_data(stores, "validation", max_validation, None, tset.frame, tset.wave,
+                            target)
     if progress:
         print(f"student: {len(train.flux)} training rows ({np.isfinite(train.p_teacher).sum()} "
               f"with teacher labels), {len(val.flux)} validation rows, loaded in "
@@ -304,14 +321,14 @@ def distill(stores: dict[str, str | Path], teacher_dir: str | Path, teachers: st
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
     steps = epochs * -(-len(train.flux) // batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps))
-    state_json = ckpt / "student-state.json"
     state = dict(epoch=0, history=[], best=float("inf"), n_train=len(train.flux),
                  n_teacher=int(np.isfinite(train.p_teacher).sum()
                                + np.isfinite(train.y_teacher[:, 0]).sum()
                                - (np.isfinite(train.p_teacher)
                                   & np.isfinite(train.y_teacher[:, 0])).sum()),
-                 n_validation=len(val.flux), blend=blend, epochs=epochs, batch_size=batch_size,
-                 learning_rate=learning_rate, seed=seed, seconds=0.0)
+                 n_validation=len(val.flux), blend=blend, detector_target=target,
+                 epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                 seconds=0.0)
     if state_json.exists():
         state = json.loads(state_json.read_text())
         load_canonical_state_dict(model, load_file(str(ckpt / "student-last.safetensors")))
@@ -407,11 +424,13 @@ def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
     state_json = Path(state_json)
     state = json.loads(state_json.read_text())
     tset = ModelSet(teachers, device="cpu")
+    target = state.get("detector_target", "is_binary")
     model = StudentNet(n_pix=len(tset.wave))
     load_canonical_state_dict(model, load_file(str(state_json.with_name(
         "student-best.safetensors"))))
     model.eval()
-    val = load_distill_data(stores, "validation", max_calibration, None, tset.frame, tset.wave)
+    val = load_distill_data(stores, "validation", max_calibration, None, tset.frame, tset.wave,
+                            target)
     calibration = calibrate_widths(model, val)
     logit, mean, logw = student_outputs(model, val.flux)
     dec = decode(logit, mean, logw, val.snr, np.asarray(calibration["scales"]))
@@ -427,7 +446,7 @@ def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
     metrics["rmse_light_fraction_faint"] = float(np.sqrt(np.nanmean(
         (dec["light_fraction_faint"] - np.clip(val.y[:, -1], 0, 0.5)) ** 2)))
     det = val.detector_row
-    metrics["auc"] = roc_auc(val.is_binary[det], dec["p_binary"][det])
+    metrics["auc"] = roc_auc(val.p_truth[det], dec["p_binary"][det])
     # label space of the training rows (binaries), as the ensembles' manifests record it
     labels = {k: [] for k in PARAMETERS}
     snr_ranges = []
@@ -453,7 +472,8 @@ def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
         architecture_kwargs=dict(n_pix=len(tset.wave)), seed=state["seed"],
         training_set={k: store_fingerprint(s) for k, s in stores.items()},
         training=dict(
-            frame=tset.frame, n_train=state["n_train"], n_validation=state["n_validation"],
+            frame=tset.frame, detector_target=target, n_train=state["n_train"],
+            n_validation=state["n_validation"],
             epochs=state["epoch"], best_epoch=state.get("best_epoch"),
             batch_size=state["batch_size"], learning_rate=state["learning_rate"],
             seconds=state["seconds"], mflop_per_spectrum=count_flops(model, len(tset.wave)) / 1e6,
