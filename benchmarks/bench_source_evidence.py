@@ -2,23 +2,32 @@
 of :mod:`sb2dask.infer.sources`, on simulated single stars and SB2s with 20 epochs each.
 
     python benchmarks/bench_source_evidence.py [--sources 200] [--epochs 20] [--snr 10 20 50]
-        [--recipes paper realistic] [--workdir DIR]
+        [--recipes paper realistic] [--models DIR_OR_PRESET --tag _NAME] [--workdir DIR]
 
 For each recipe and S/N a mock epoch catalogue (``sb2dask.dataset.mock_catalogue``: each source
 keeps its stars, orbit and nuisances, an SB2 is seen at a new orbital phase at every epoch) of
 ``--sources`` sources, half of them SB2s, ``--epochs`` epochs each at one S/N, is read back with
-the catalogue reader, preprocessed like ``sb2dask infer`` and run through the shipped detector
-ensemble (rest frame off: the shipped models and these spectra are at rest). ``paper`` is the
-shipped models' own training recipe; ``realistic`` adds Gaia's nuisances of
-``SimulationConfig.realistic()`` (continuum errors, line-depth and Ca II scaling, activity,
-correlated noise, gaps), drawn once per source and so shared by its epochs like a library mismatch,
-with the systemic velocity set to 0 (the shipped models are rest-frame models).
+the catalogue reader, preprocessed and framed like ``sb2dask infer``
+(:func:`sb2dask.infer.predict.preprocess_in_frame`: the bulk velocity removed when
+``ModelSet.uses_rest_frame("auto", frames)`` says so, i.e. for models trained in the ``rv_bulk``
+frame) and run through the detector ensemble of ``--models`` alone (``ModelSet.detect``; default:
+the shipped set, trained on the paper's recipe at rest). ``paper`` is the shipped models' own
+training recipe; ``realistic`` adds Gaia's nuisances of ``SimulationConfig.realistic()``
+(continuum errors, line-depth and Ca II scaling, activity, correlated noise, gaps), drawn once per
+source and so shared by its epochs like a library mismatch. With models that remove the bulk
+velocity the realistic recipe keeps its systemic velocities (±300 km/s); with rest-frame models
+(the shipped ones) they are set to 0, since those models never see a moved spectrum.
 
-Prints, per recipe and S/N, the epoch-level false-positive rate and recall at p_binary > 0.5, the
-intra-source correlation of the epochs' log likelihood ratios (one-way ANOVA estimator) and, per
-rule, the source-level false-positive rate on singles and recall on SB2s at p > 0.5; writes
-``benchmarks/results/bench_source_evidence.json``. The detector outputs of each catalogue are kept
-in ``--workdir`` (``--reuse`` evaluates the rules again without simulating).
+Prints, per recipe and S/N, the epoch-level false-positive rate and recall at p_binary > 0.5
+against both truths of a detector (``is_binary``: any binary; ``double_lined``: a binary whose
+spectrum at that epoch shows both stars, :func:`sb2dask.labels.double_lined`), the intra-source
+correlation of the epochs' log likelihood ratios (one-way ANOVA estimator) and, per rule, the
+source-level false-positive rate on singles and recall on SB2s (the source's truth is
+``is_binary``). The S/N weights' floor is the models' training S/N floor (their manifests). Writes
+``benchmarks/results/bench_source_evidence{--tag}.json`` with the models' directory, detector
+target and frame; a model set other than the shipped one needs a ``--tag`` (the shipped set's
+results file is not overwritten). The detector outputs of each catalogue are kept in
+``--workdir`` (``--reuse`` evaluates the rules again without simulating).
 """
 
 from __future__ import annotations
@@ -34,47 +43,71 @@ import pandas as pd
 from _results import write_results  # benchmarks/ is on sys.path when run as a script
 
 
-def _config(recipe: str, snr: float):
+def _config(recipe: str, snr: float, systemic: bool):
+    """The recipe at one S/N; ``systemic`` false sets the realistic recipe's systemic velocities
+    to 0 (for rest-frame models)."""
     from sb2dask.simulate.config import SimulationConfig
     from sb2dask.simulate.realism import Realism
 
     if recipe == "paper":
         cfg = SimulationConfig.paper()
+    elif systemic:
+        cfg = SimulationConfig.realistic()
     else:
         cfg = SimulationConfig.realistic(realism=Realism(systemic_velocity=(0.0, 0.0)))
     return cfg.replace(snr_range=(snr, snr))
 
 
-def detector_epochs(recipe: str, snr: float, n_sources: int, epochs: int, seed: int,
+def detector_epochs(models, recipe: str, snr: float, n_sources: int, epochs: int, seed: int,
                     workdir: Path) -> pd.DataFrame:
-    """Simulate, read, preprocess and detect one catalogue: the epoch table's columns that the
-    combination reads, plus the truth's ``is_binary`` and ``rv_separation``."""
+    """Simulate, read, preprocess, frame and detect one catalogue with ``models`` (a
+    ``ModelSet``): the epoch table's columns that the combination reads, ``rv_bulk`` (the
+    velocity removed, km/s; NaN where none), and the truth of :func:`epoch_truth`."""
     from sb2dask.dataset.mock_catalogue import mock_catalogue
-    from sb2dask.infer.config import InferenceConfig
-    from sb2dask.infer.predict import get_model_set
+    from sb2dask.gaia import FRAME_UNKNOWN
+    from sb2dask.infer.predict import preprocess_in_frame
     from sb2dask.infer.readers import read_catalogue
     from sb2dask.infer.schema import empty_frame
-    from sb2dask.observe.preprocess import preprocess
 
-    models = get_model_set(InferenceConfig(device="cpu"))
     cat = mock_catalogue(workdir / f"{recipe}_snr{snr:g}", n_sources=n_sources,
                          epochs=(epochs, epochs), binary_fraction=0.5, n_files=1,
-                         config=_config(recipe, snr), seed=seed)
+                         config=_config(recipe, snr, models.uses_rest_frame("auto")), seed=seed)
     df = pd.concat([p for f in cat["files"] for p in read_catalogue(f, partition_rows=1 << 30)],
                    ignore_index=True)
-    pre = preprocess(list(df["wave"]), list(df["flux"]), list(df["flux_error"]), models.wave)
+    frames = df["frame"].to_numpy(object) if "frame" in df else \
+        np.full(len(df), FRAME_UNKNOWN, dtype=object)
+    pre, rv_bulk, _ = preprocess_in_frame(list(df["wave"]), list(df["flux"]),
+                                          list(df["flux_error"]), models.wave,
+                                          models.uses_rest_frame("auto", frames))
     out = empty_frame("epoch", len(df))
     out["source_id"] = df["source_id"].to_numpy(np.int64)
     out["epoch_id"] = df["epoch_id"].to_numpy(np.int64)
     out["usable"] = pre.usable
     out["snr_estimate"] = pre.snr_estimate
+    out["rv_bulk"] = rv_bulk.astype(np.float32)
     p = np.full(len(df), np.nan, np.float32)
     if pre.usable.any():
         p[pre.usable] = models.detect(pre.flux[pre.usable])["p_binary"]
     out["p_binary"] = p
-    truth = pd.read_parquet(cat["truth"], columns=["source_id", "epoch_id", "is_binary",
-                                                   "rv_separation"])
-    return out.merge(truth, on=["source_id", "epoch_id"], how="left", validate="1:1")
+    truth = pd.read_parquet(cat["truth"])
+    return out.merge(epoch_truth(truth), on=["source_id", "epoch_id"], how="left",
+                     validate="1:1")
+
+
+def epoch_truth(truth: pd.DataFrame) -> pd.DataFrame:
+    """The truth per epoch that the rates need, from a mock catalogue's ``truth.parquet``:
+    ``is_binary``, ``rv_separation`` [km/s], ``light_fraction_faint_true`` (the fainter star's
+    share of the light) and ``double_lined`` (whether the epoch's spectrum shows both stars:
+    :func:`sb2dask.labels.detector_truth` for that target)."""
+    from sb2dask.labels import detector_truth
+
+    lf = truth[["light_fraction_1", "light_fraction_2"]].to_numpy(np.float64)
+    dl = detector_truth("double_lined", dict(is_binary=truth["is_binary"].to_numpy(bool),
+                                             light_fraction=lf,
+                                             rv_separation=truth["rv_separation"].to_numpy()))
+    return pd.DataFrame({"source_id": truth["source_id"], "epoch_id": truth["epoch_id"],
+                         "is_binary": truth["is_binary"], "rv_separation": truth["rv_separation"],
+                         "light_fraction_faint_true": lf.min(axis=1), "double_lined": dl})
 
 
 def intra_source_correlation(values: np.ndarray, groups: np.ndarray) -> float:
@@ -131,11 +164,19 @@ def evaluate(ep: pd.DataFrame, snr_floor: float) -> dict:
     from sb2dask.infer.sources import EvidenceRule, combine_sources, epoch_log_odds
 
     y = ep["is_binary"].to_numpy(bool)
+    dl = ep["double_lined"].to_numpy(bool)
     p = ep["p_binary"].to_numpy(float)
     lo = epoch_log_odds(p, EvidenceRule())
     sid = ep["source_id"].to_numpy()
+    called = p > 0.5  # NaN (unusable) counts as not called
     res = dict(epochs=len(ep), usable=int(ep["usable"].sum()),
-               epoch_fpr=float(np.mean(p[~y] > 0.5)), epoch_recall=float(np.mean(p[y] > 0.5)),
+               epoch_fpr=float(np.mean(called[~y])), epoch_recall=float(np.mean(called[y])),
+               # against the double-lined truth: negatives are singles and the SB2 epochs that
+               # show one star (conjunction, faint companion)
+               epoch_fpr_double_lined=float(np.mean(called[~dl])),
+               epoch_recall_double_lined=float(np.mean(called[dl])),
+               sb2_epochs_double_lined=float(np.mean(dl[y])),
+               epoch_rate_sb2_not_double_lined=float(np.mean(called[y & ~dl])),
                icc_single=intra_source_correlation(lo[~y], sid[~y]),
                icc_sb2=intra_source_correlation(lo[y], sid[y]))
     truth = ep.groupby("source_id")["is_binary"].first()
@@ -158,36 +199,50 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--workdir", default=None, help="keep catalogues and detector outputs here")
     ap.add_argument("--reuse", action="store_true", help="reuse detector outputs in --workdir")
-    ap.add_argument("--tag", default="", help="suffix of the results file")
+    ap.add_argument("--models", default=None,
+                    help="model directory or preset (default: the shipped models)")
+    ap.add_argument("--tag", default="", help="suffix of the results file and detector outputs "
+                    "(needed with --models)")
     args = ap.parse_args(argv)
 
     from sb2dask.infer.config import InferenceConfig
-    from sb2dask.infer.predict import get_model_set
+    from sb2dask.infer.predict import DEFAULT_MODEL_DIR, get_model_set, resolve_model_dir
 
-    models = get_model_set(InferenceConfig(device="cpu"))
+    if (resolve_model_dir(args.models).resolve() != DEFAULT_MODEL_DIR.resolve()
+            and not args.tag):
+        ap.error(f"--models {args.models}: give a --tag, or the shipped models' "
+                 "results/bench_source_evidence.json would be overwritten")
+    models = get_model_set(InferenceConfig(args.models, "cpu"))
     snr_floor = float(models.training["snr_range"][0])
+    frame = "rv_bulk removed" if models.uses_rest_frame("auto") else "as read (rest)"
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_source_evidence_"))
     work.mkdir(parents=True, exist_ok=True)
     results, t0 = [], time.perf_counter()
     for recipe in args.recipes:
         for snr in args.snr:
-            cache = work / f"epochs_{recipe}_snr{snr:g}.parquet"
+            cache = work / f"epochs_{recipe}_snr{snr:g}{args.tag}.parquet"
             if args.reuse and cache.exists():
                 ep = pd.read_parquet(cache)
             else:
-                ep = detector_epochs(recipe, snr, args.sources, args.epochs,
+                ep = detector_epochs(models, recipe, snr, args.sources, args.epochs,
                                      args.seed + int(snr), work)
                 ep.to_parquet(cache, index=False)
             results.append(dict(recipe=recipe, snr=snr, **evaluate(ep, snr_floor)))
     seconds = time.perf_counter() - t0
 
-    print(f"\n{args.epochs} epochs per source; detector: the shipped ensemble (trained on the "
-          f"paper's recipe, S/N {snr_floor:g}+); source decision at p > 0.5\n")
-    print("| recipe | S/N | singles / SB2s | epoch FPR | epoch recall | rho singles | rho SB2s |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\n{args.epochs} epochs per source; detector: {models.directory} (target "
+          f"{models.detector_target}, frame {models.frame}: spectra {frame}; S/N floor "
+          f"{snr_floor:g}); epoch calls and source decision at p > 0.5\n")
+    print("| recipe | S/N | singles / SB2s | SB2 epochs double-lined | epoch FPR / recall, "
+          "is_binary | epoch FPR / recall, double_lined | called, SB2 epochs not double-lined "
+          "| rho singles | rho SB2s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['recipe']} | {r['snr']:g} | {r['singles']} / {r['sb2s']} | "
-              f"{r['epoch_fpr']:.3f} | {r['epoch_recall']:.3f} | {r['icc_single']:.2f} | "
+              f"{r['sb2_epochs_double_lined']:.3f} | "
+              f"{r['epoch_fpr']:.3f} / {r['epoch_recall']:.3f} | "
+              f"{r['epoch_fpr_double_lined']:.3f} / {r['epoch_recall_double_lined']:.3f} | "
+              f"{r['epoch_rate_sb2_not_double_lined']:.3f} | {r['icc_single']:.2f} | "
               f"{r['icc_sb2']:.2f} |")
     names = list(results[0]["rules"]) if results else []
     cols = [f"{r['recipe']} {r['snr']:g}" for r in results]
@@ -206,7 +261,10 @@ def main(argv=None) -> None:
             print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"\n{seconds:.0f} s")
     write_results(f"bench_source_evidence{args.tag}", sources=args.sources, epochs=args.epochs,
-                  seed=args.seed, snr_floor=snr_floor, seconds=seconds, results=results)
+                  seed=args.seed, models=str(models.directory),
+                  detector_target=models.detector_target, frame=models.frame,
+                  rest_frame_removed=bool(models.uses_rest_frame("auto")), snr_floor=snr_floor,
+                  seconds=seconds, results=results)
 
 
 if __name__ == "__main__":

@@ -93,3 +93,30 @@ def test_template_bank_is_built_once_per_grid():
     b = template_bank(float(MODEL_WAVE[0]), float(MODEL_WAVE[-1]))
     assert a is b
     assert np.allclose(np.sqrt((a.depth ** 2).sum(axis=1)), 1.0)
+
+
+def test_preprocess_in_frame_moves_only_the_spectra_asked_for():
+    """The frame step that predict_partition and bench_source_evidence share: a star at 97.3
+    km/s moved to rest where asked, left where not; noise (no lines) and an unusable row keep
+    velocity NaN."""
+    from sb2dask.infer.predict import preprocess_in_frame
+    from sb2dask.observe.rv_bulk import LINE_DETECTION_PEAK
+
+    wave, moved = _template_star(97.3)
+    noise = 1 + np.random.default_rng(1).normal(0, 0.01, wave.size)
+    fluxes = [moved, moved, noise, np.full(wave.size, np.nan)]
+    pre, rv_bulk, ccf_peak = preprocess_in_frame([wave] * 4, fluxes, None, MODEL_WAVE,
+                                                 [True, False, True, True])
+    assert rv_bulk[0] == pytest.approx(97.3, abs=0.5)
+    assert np.isnan(rv_bulk[1:]).all()
+    # one resampling from the observed pixels into the star's frame, the other left moved
+    direct = preprocess([wave], [moved], None, MODEL_WAVE, rv_kms=rv_bulk[:1])
+    np.testing.assert_array_equal(pre.flux[0], direct.flux[0])
+    # (within the 2 km/s lag grid's interpolation of each of the two estimates)
+    assert estimate_rv(MODEL_WAVE, pre.flux[:2]).rv == pytest.approx([0.0, 97.3], abs=1.5)
+    assert ccf_peak[0] > 0.9 and ccf_peak[1] > 0.9 and ccf_peak[2] < LINE_DETECTION_PEAK
+    assert pre.usable[:3].all() and not pre.usable[3] and np.isnan(ccf_peak[3])
+    # one flag for all spectra: the same as asking for each
+    again, rv_all, _ = preprocess_in_frame([wave] * 2, fluxes[:2], None, MODEL_WAVE, True)
+    np.testing.assert_allclose(rv_all, [rv_bulk[0]] * 2)
+    np.testing.assert_array_equal(again.flux[1], pre.flux[0])
