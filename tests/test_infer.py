@@ -269,7 +269,10 @@ def test_source_table_gathers_epochs_from_many_parts(models, tmp_path):
     assert src.loc[19, "epoch_p_binary"].tolist() == pytest.approx([0.7, 0.7])
     meta = pq.read_schema(next((tmp_path / "src.parquet").glob("part-*.parquet")))
     assert meta.field("epoch_rv_1").metadata[b"unit"] == b"km / s"
-    assert json.loads(meta.metadata[b"sb2dask.evidence_rule"])["correlation"] == 0.5
+    rule = json.loads(meta.metadata[b"sb2dask.evidence_rule"])
+    # the rule as the models set it: their S/N floor; f = 1 for their is_binary detector
+    assert rule["correlation"] == 0.5 and rule["snr_full"] == 30.0
+    assert rule["double_lined_fraction"] == 1.0 == summary["rule"]["double_lined_fraction"]
 
 
 def _simulated_partition(n=40):

@@ -11,10 +11,12 @@ from sb2dask.infer.schema import empty_frame, load_schema
 from sb2dask.infer.sources import (
     EvidenceRule,
     combine_sources,
+    epoch_log_evidence,
     epoch_log_odds,
     epoch_weights,
     source_arrow_schema,
 )
+from sb2dask.labels import DOUBLE_LINED_EPOCH_FRACTION
 
 
 def _epochs(p_by_source: dict[int, list[float]], snr: float = np.nan) -> pd.DataFrame:
@@ -146,5 +148,95 @@ def test_rule_settings_are_checked():
         EvidenceRule(correlation=1.5)
     with pytest.raises(ValueError, match="detector_prior"):
         EvidenceRule(detector_prior=1.0)
-    rule = EvidenceRule(correlation=0.2, snr_full=25.0)
+    rule = EvidenceRule(correlation=0.2, snr_full=25.0, double_lined_fraction=0.6)
     assert EvidenceRule.from_dict(rule.to_dict()) == rule
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="double_lined_fraction must lie in") as err:
+            EvidenceRule(double_lined_fraction=bad)
+        assert "\n" not in str(err.value)
+
+
+def _mixed_sources() -> pd.DataFrame:
+    """Sources of many kinds (confident, weak, clipped, one epoch) at S/N around the floor."""
+    ep = _epochs({1: [0.6] * 20, 2: [0.995] * 6 + [0.5] * 14, 3: [0.9] + [0.05] * 19,
+                  4: [1.0] + [0.02] * 10, 5: [0.8], 6: [0.99] * 4 + [0.01] * 16})
+    ep["snr_estimate"] = np.linspace(5.0, 60.0, len(ep)).astype(np.float32)
+    return ep
+
+
+def test_f_1_is_the_sum_of_the_detectors_log_likelihood_ratios():
+    """f = 1 (and f unset) is the rule as it was before the mixture, bit for bit."""
+    p = np.array([1e-9, 0.01, 0.3, 0.5, 0.8, 0.999999, np.nan])
+    for f in (None, 1.0):
+        rule = EvidenceRule(double_lined_fraction=f, snr_full=30.0)
+        lo = epoch_log_evidence(p, rule)
+        assert np.array_equal(lo, epoch_log_odds(p, rule), equal_nan=True)
+    ep = _mixed_sources()
+    old = combine_sources(ep, EvidenceRule(snr_full=30.0))
+    new = combine_sources(ep, EvidenceRule(snr_full=30.0, double_lined_fraction=1.0))
+    pd.testing.assert_frame_equal(new, old, check_exact=True)
+    # the old formula, sum w l / (1 + (n_w - 1) rho), written out for source 6 at weight 1
+    src = combine_sources(_epochs({6: [0.99] * 4 + [0.01] * 16}),
+                          EvidenceRule(double_lined_fraction=1.0)).iloc[0]
+    assert src["log_bayes_factor"] == pytest.approx(-12 * np.log(99.0) / 10.5, rel=1e-6)
+
+
+def test_a_binary_seen_double_lined_at_a_few_epochs_is_not_outvoted_by_its_one_star_epochs():
+    """4 clearly double-lined epochs (p 0.99) among 16 one-star ones (p 0.01), from a
+    double_lined detector: the sum of l (f = 1) calls it single, the mixture (f = 0.5) a binary:
+    each epoch's evidence is log(f 99 + 1 - f) or log(f / 99 + 1 - f)."""
+    ep = _epochs({1: [0.99] * 4 + [0.01] * 16})
+    f1 = combine_sources(ep, EvidenceRule(double_lined_fraction=1.0)).iloc[0]
+    mix = combine_sources(ep, EvidenceRule(double_lined_fraction=0.5)).iloc[0]
+    assert f1["p_binary"] < 0.5 < mix["p_binary"]
+    expected = (4 * np.log(0.5 * 99 + 0.5) + 16 * np.log(0.5 / 99 + 0.5)) / (1 + 19 * 0.5)
+    assert mix["log_bayes_factor"] == pytest.approx(expected, rel=1e-6)
+    assert mix["p_binary"] == pytest.approx(_sigmoid(expected), rel=1e-6)
+    # one epoch no longer keeps its own p: its odds become f lambda + 1 - f (p 0.8: 2.5 : 1)
+    one = combine_sources(_epochs({1: [0.8]}), EvidenceRule(double_lined_fraction=0.5)).iloc[0]
+    assert one["p_binary"] == pytest.approx(2.5 / 3.5, rel=1e-6)
+
+
+def test_one_star_epochs_lower_a_source_only_down_to_log_1_minus_f_each():
+    """A source of only one-star epochs ends below the prior, but each epoch lowers its log odds
+    by at most -log(1 - f), however confident the detector and however many epochs."""
+    f = 0.5
+    rule = EvidenceRule(double_lined_fraction=f, max_log_odds=50.0)
+    m = epoch_log_evidence(np.array([1e-30, 1e-6, 0.5, 1.0 - 1e-12, np.nan]), rule)
+    assert np.all(m[:4] >= np.log(1 - f)) and m[0] == pytest.approx(np.log(1 - f), abs=1e-12)
+    assert m[2] == pytest.approx(0.0, abs=1e-12) and np.isfinite(m[3]) and np.isnan(m[4])
+    for n, rho in ((20, 0.5), (40, 0.0)):
+        r = EvidenceRule(double_lined_fraction=f, correlation=rho)
+        src = combine_sources(_epochs({1: [1e-6] * n}), r).iloc[0]
+        bound = n * np.log(1 - f) / (1 + (n - 1) * rho)  # the log Bayes factor's floor
+        assert bound < src["log_bayes_factor"] < 0.0 and src["p_binary"] < 0.5
+        assert src["p_binary"] >= np.float32(_sigmoid(bound))
+        # just above the floor: the clip at L = 4.6 leaves each epoch log(1 - f + f / 99.5)
+        assert src["log_bayes_factor"] == pytest.approx(bound, rel=0.02)
+        # the sum of l has no such floor
+        f1 = combine_sources(_epochs({1: [1e-6] * n}), r.replace(double_lined_fraction=1.0))
+        assert f1.iloc[0]["log_bayes_factor"] < 2 * bound
+
+
+def test_the_models_detector_target_sets_the_double_lined_fraction(tmp_path):
+    """``for_models``: f = 1 for an is_binary detector, DOUBLE_LINED_EPOCH_FRACTION for a
+    double_lined one, a user's f kept; the S/N floor from the manifests either way."""
+    import json
+
+    from model_fixtures import random_model_set
+    from sb2dask.infer.predict import ModelSet
+
+    models = random_model_set(tmp_path / "m")
+    rule = EvidenceRule().for_models(ModelSet(models, "cpu"))
+    assert rule.double_lined_fraction == 1.0 and rule.snr_full == 30.0
+    for m in models.glob("p_binary-*.json"):  # as `train --set p_binary.detector_target=...`
+        man = json.loads(m.read_text())
+        man["training"]["config"] = dict(detector_target="double_lined")
+        m.write_text(json.dumps(man))
+    ms = ModelSet(models, "cpu")
+    assert ms.detector_target == "double_lined"
+    rule = EvidenceRule().for_models(ms)
+    assert rule.double_lined_fraction == DOUBLE_LINED_EPOCH_FRACTION and rule.snr_full == 30.0
+    assert 0.0 < DOUBLE_LINED_EPOCH_FRACTION < 1.0
+    mine = EvidenceRule(double_lined_fraction=0.8, snr_full=20.0).for_models(ms)
+    assert mine.double_lined_fraction == 0.8 and mine.snr_full == 20.0

@@ -79,12 +79,13 @@ import numpy as np
 import pandas as pd
 
 from ..config import ConfigMixin
-from ..labels import PARAMETERS
+from ..labels import DOUBLE_LINED_EPOCH_FRACTION, PARAMETERS
 from .schema import arrow_schema, empty_frame
 
-__all__ = ["EvidenceRule", "epoch_log_odds", "epoch_weights", "tempered_log_bayes_factor",
-           "combine_sources", "source_arrow_schema", "epoch_list_columns", "EPOCH_LIST_COLUMNS",
-           "EPOCH_COLUMNS_NEEDED", "SB2_EPOCH_THRESHOLD"]
+__all__ = ["EvidenceRule", "epoch_log_odds", "epoch_log_evidence", "epoch_weights",
+           "tempered_log_bayes_factor", "combine_sources", "source_arrow_schema",
+           "epoch_list_columns", "EPOCH_LIST_COLUMNS", "EPOCH_COLUMNS_NEEDED",
+           "SB2_EPOCH_THRESHOLD"]
 
 #: ``n_sb2_epochs`` counts usable epochs with p_binary above this.
 SB2_EPOCH_THRESHOLD = 0.5
@@ -118,7 +119,7 @@ class EvidenceRule(ConfigMixin):
     source_prior : float or None
         Prior of the reported per-source ``p_binary``; ``None``: ``detector_prior``.
     correlation : float
-        Intra-source correlation ``rho`` of the per-epoch log likelihood ratios, in [0, 1]
+        Intra-source correlation ``rho`` of the per-epoch log evidence, in [0, 1]
         (0: independent epochs; 1: all epochs together count as one; default 0.5, measured).
     max_log_odds : float
         ``L``: each epoch's log likelihood ratio is clipped to [-L, L].
@@ -127,6 +128,12 @@ class EvidenceRule(ConfigMixin):
         the models' training floor; without one, every epoch gets weight 1).
     snr_zero_fraction : float
         Weights fall linearly to 0 at ``snr_zero_fraction * snr_full``.
+    double_lined_fraction : float or None
+        ``f`` in (0, 1]: the fraction of an SB2's epochs at which the detector is expected to see
+        two stars (step 1's mixture; 1: every epoch, today's sum of ``l_i``). ``None``: not set
+        yet (:meth:`for_models` takes 1 for ``is_binary`` detectors and
+        :data:`~sb2dask.labels.DOUBLE_LINED_EPOCH_FRACTION` for ``double_lined`` ones; unset at
+        :func:`combine_sources`, 1).
     """
 
     detector_prior: float = 0.5
@@ -135,6 +142,7 @@ class EvidenceRule(ConfigMixin):
     max_log_odds: float = 4.6
     snr_full: float | None = None
     snr_zero_fraction: float = 1.0 / 3.0
+    double_lined_fraction: float | None = None
 
     def __post_init__(self):
         for name in ("detector_prior", "source_prior"):
@@ -150,13 +158,24 @@ class EvidenceRule(ConfigMixin):
         if not 0.0 <= self.snr_zero_fraction < 1.0:
             raise ValueError(f"snr_zero_fraction must lie in [0, 1), got "
                              f"{self.snr_zero_fraction}")
+        f = self.double_lined_fraction
+        if f is not None and not 0.0 < f <= 1.0:
+            raise ValueError(f"double_lined_fraction must lie in (0, 1] or be None, got {f}")
 
     def for_models(self, models) -> EvidenceRule:
-        """This rule with ``snr_full`` taken from the models' training S/N floor when unset."""
-        if self.snr_full is not None:
-            return self
-        lo = (models.training.get("snr_range") or [None])[0]
-        return self.replace(snr_full=float(lo)) if lo else self
+        """This rule with the settings left ``None`` taken from ``models`` (a ``ModelSet``):
+        ``snr_full`` from their training S/N floor (unset without one), ``double_lined_fraction``
+        from their detector's target (1 for ``is_binary`` and for models without a detector,
+        :data:`~sb2dask.labels.DOUBLE_LINED_EPOCH_FRACTION` for ``double_lined``)."""
+        changes = {}
+        if self.snr_full is None:
+            lo = (models.training.get("snr_range") or [None])[0]
+            if lo:
+                changes["snr_full"] = float(lo)
+        if self.double_lined_fraction is None:
+            dl = getattr(models, "detector_target", None) == "double_lined"
+            changes["double_lined_fraction"] = DOUBLE_LINED_EPOCH_FRACTION if dl else 1.0
+        return self.replace(**changes) if changes else self
 
 
 def _logit(p):
@@ -164,11 +183,26 @@ def _logit(p):
 
 
 def epoch_log_odds(p_binary: np.ndarray, rule: EvidenceRule) -> np.ndarray:
-    """Step 1: per-epoch log likelihood ratios ``l_i`` (float64, same shape; NaN stays NaN)."""
+    """Step 1: per-epoch log likelihood ratios ``l_i`` of the detector's target (float64, same
+    shape; NaN stays NaN)."""
     p = np.asarray(p_binary, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         lo = _logit(p) - _logit(rule.detector_prior)
     return np.clip(lo, -rule.max_log_odds, rule.max_log_odds)
+
+
+def epoch_log_evidence(p_binary: np.ndarray, rule: EvidenceRule) -> np.ndarray:
+    """Step 1: per-epoch log evidence ``m_i = log(f exp(l_i) + 1 - f)`` for "the source is an
+    SB2" against "single", ``f`` the rule's ``double_lined_fraction`` (``None``: 1), ``l_i``
+    :func:`epoch_log_odds` (float64, same shape; NaN stays NaN). ``f = 1`` returns ``l_i``
+    itself; ``f < 1`` bounds it below by ``log(1 - f)``."""
+    lo = epoch_log_odds(p_binary, rule)
+    f = rule.double_lined_fraction
+    if f is None or f == 1.0:
+        return lo
+    # logaddexp: exp(l_i) would overflow for a large clip L, and log1p keeps 1 - f exact
+    with np.errstate(invalid="ignore"):  # NaN (no p_binary) stays NaN
+        return np.logaddexp(np.log(f) + lo, np.log1p(-f))
 
 
 def epoch_weights(snr: np.ndarray, rule: EvidenceRule) -> np.ndarray:
@@ -181,11 +215,11 @@ def epoch_weights(snr: np.ndarray, rule: EvidenceRule) -> np.ndarray:
     return np.where(np.isfinite(snr), np.clip(w, 0.0, 1.0), 1.0)
 
 
-def tempered_log_bayes_factor(sum_wl: np.ndarray, n_w: np.ndarray,
+def tempered_log_bayes_factor(sum_wm: np.ndarray, n_w: np.ndarray,
                               rule: EvidenceRule) -> np.ndarray:
-    """Step 3: ``sum_i w_i l_i`` of each source divided by ``1 + (max(n_w, 1) - 1) rho``."""
+    """Step 3: ``sum_i w_i m_i`` of each source divided by ``1 + (max(n_w, 1) - 1) rho``."""
     n_w = np.asarray(n_w, np.float64)
-    return np.asarray(sum_wl, np.float64) / (1.0 + (np.maximum(n_w, 1.0) - 1.0)
+    return np.asarray(sum_wm, np.float64) / (1.0 + (np.maximum(n_w, 1.0) - 1.0)
                                              * rule.correlation)
 
 
@@ -246,9 +280,9 @@ def combine_sources(epochs: pd.DataFrame, rule: EvidenceRule | None = None,
     has_p = usable & np.isfinite(p)
     n_usable = total(usable)
     w = np.where(has_p, epoch_weights(epochs["snr_estimate"].to_numpy(np.float64), rule), 0.0)
-    lo = np.where(has_p, epoch_log_odds(p, rule), 0.0)
-    n_w, sum_wl = total(w), total(w * lo)
-    log_bf = tempered_log_bayes_factor(sum_wl, n_w, rule)
+    m = np.where(has_p, epoch_log_evidence(p, rule), 0.0)
+    n_w, sum_wm = total(w), total(w * m)
+    log_bf = tempered_log_bayes_factor(sum_wm, n_w, rule)
     prior = rule.detector_prior if rule.source_prior is None else rule.source_prior
     evidence = n_w > 0
     with np.errstate(over="ignore"):
