@@ -21,13 +21,17 @@ velocity the realistic recipe keeps its systemic velocities (±300 km/s); with r
 Prints, per recipe and S/N, the epoch-level false-positive rate and recall at p_binary > 0.5
 against both truths of a detector (``is_binary``: any binary; ``double_lined``: a binary whose
 spectrum at that epoch shows both stars, :func:`sb2dask.labels.double_lined`), the intra-source
-correlation of the epochs' log likelihood ratios (one-way ANOVA estimator) and, per rule, the
-source-level false-positive rate on singles and recall on SB2s (the source's truth is
-``is_binary``). The S/N weights' floor is the models' training S/N floor (their manifests). Writes
-``benchmarks/results/bench_source_evidence{--tag}.json`` with the models' directory, detector
-target and frame; a model set other than the shipped one needs a ``--tag`` (the shipped set's
-results file is not overwritten). The detector outputs of each catalogue are kept in
-``--workdir`` (``--reuse`` evaluates the rules again without simulating).
+correlation of the epochs' log likelihood ratios ``l`` and log evidence ``m`` (one-way ANOVA
+estimator) and, per rule, the source-level false-positive rate on singles and recall on SB2s (the
+source's truth is ``is_binary``), also among the SB2s with at least one double-lined epoch. The
+rules are the default one as ``sb2dask infer`` sets it from the models
+(``EvidenceRule().for_models``: S/N floor from their manifests, the mixture's double-lined
+fraction f from their detector's target) and variants of it (f = 1 as for ``is_binary``, rho 0,
+0.3, 0.7, 1, no S/N weights). Writes ``benchmarks/results/bench_source_evidence{--tag}.json`` with
+the models' directory, detector target, frame and default rule; a model set other than the
+shipped one needs a ``--tag`` (the shipped set's results file is not overwritten). The detector
+outputs of each catalogue are kept in ``--workdir`` (``--reuse`` evaluates the rules again
+without simulating).
 """
 
 from __future__ import annotations
@@ -125,48 +129,59 @@ def intra_source_correlation(values: np.ndarray, groups: np.ndarray) -> float:
     return float((msb - msw) / (msb + (k - 1) * msw))
 
 
-def rules(snr_floor: float) -> dict:
-    """The per-source rules compared: name -> (EvidenceRule, column of the source table)."""
-    from sb2dask.infer.sources import EvidenceRule
-
-    default = EvidenceRule(snr_full=snr_floor)
-    rho = default.correlation
+def rules(default) -> dict:
+    """The per-source rules compared: name -> (EvidenceRule, column of the source table).
+    ``default`` is the rule ``sb2dask infer`` uses with the models (``EvidenceRule().for_models``:
+    their S/N floor and, for a ``double_lined`` detector, the mixture's double-lined fraction f);
+    the variants change one setting of it."""
+    rho, f = default.correlation, default.double_lined_fraction
     return {
         "max p_binary (v1 table)": (default, "p_binary_max"),
         "mean p_binary": (default, "p_binary_mean"),
         "evidence, independent epochs (rho 0, no S/N weights)": (
-            EvidenceRule(correlation=0.0), "p_binary"),
-        f"evidence, rho {rho:g}, no S/N weights": (EvidenceRule(correlation=rho), "p_binary"),
-        f"**evidence, rho {rho:g} (default)**": (default, "p_binary"),
-        "evidence, rho 0.3": (default.replace(correlation=0.3), "p_binary"),
-        "evidence, rho 0.7": (default.replace(correlation=0.7), "p_binary"),
+            default.replace(correlation=0.0, snr_full=None), "p_binary"),
+        f"evidence, rho {rho:g}, no S/N weights": (default.replace(snr_full=None), "p_binary"),
+        f"**evidence, rho {rho:g}, f {f:g} (default)**": (default, "p_binary"),
+        f"evidence, rho {rho:g}, f 1 (as is_binary)": (default.replace(double_lined_fraction=1.0),
+                                                       "p_binary"),
+        **{f"evidence, rho {r:g}, f {f:g}": (default.replace(correlation=r), "p_binary")
+           for r in (0.3, 0.7, 1.0)},
     }
 
 
-def _rates(v: np.ndarray, b: np.ndarray) -> dict:
+def _rates(v: np.ndarray, b: np.ndarray, seen: np.ndarray) -> dict:
     """False-positive rate and recall at p > 0.5 and p > 0.9, ROC AUC, the recall at the score
     that keeps 1 % of the singles (NaN scores rank lowest), and the log loss of ``v`` as a
-    probability (NaN as 0.5; the catalogues are half SB2s, so a calibrated rule minimises it)."""
+    probability (NaN as 0.5; the catalogues are half SB2s, so a calibrated rule minimises it);
+    ``_seen``: the recalls among the SB2s ``seen`` (at least one double-lined epoch), the only
+    ones a spectrum-level detector can find."""
     from sb2dask.stats import roc_auc
 
     s = np.nan_to_num(v, nan=-1.0)
     thr = np.quantile(s[~b], 0.99) if (~b).any() else np.nan
     q = np.clip(np.nan_to_num(v, nan=0.5), 1e-6, 1 - 1e-6)
     log_loss = -np.mean(np.where(b, np.log(q), np.log1p(-q)))
+    bs = b & seen
     return dict(fpr=float(np.mean(s[~b] > 0.5)), recall=float(np.mean(s[b] > 0.5)),
                 log_loss=float(log_loss),
                 fpr_0_9=float(np.mean(s[~b] > 0.9)), recall_0_9=float(np.mean(s[b] > 0.9)),
-                auc=roc_auc(b, s), recall_at_fpr_1pc=float(np.mean(s[b] > thr)))
+                auc=roc_auc(b, s), recall_at_fpr_1pc=float(np.mean(s[b] > thr)),
+                recall_seen=float(np.mean(s[bs] > 0.5)),
+                recall_seen_0_9=float(np.mean(s[bs] > 0.9)),
+                recall_seen_at_fpr_1pc=float(np.mean(s[bs] > thr)))
 
 
-def evaluate(ep: pd.DataFrame, snr_floor: float) -> dict:
-    """Epoch-level rates, the intra-source correlations and each rule's source-level rates."""
-    from sb2dask.infer.sources import EvidenceRule, combine_sources, epoch_log_odds
+def evaluate(ep: pd.DataFrame, default) -> dict:
+    """Epoch-level rates, the intra-source correlations (of the detector's ``l`` and of the
+    default rule's per-epoch evidence ``m``) and each rule of :func:`rules` (``default``)'s
+    source-level rates."""
+    from sb2dask.infer.sources import combine_sources, epoch_log_evidence, epoch_log_odds
 
     y = ep["is_binary"].to_numpy(bool)
     dl = ep["double_lined"].to_numpy(bool)
     p = ep["p_binary"].to_numpy(float)
-    lo = epoch_log_odds(p, EvidenceRule())
+    lo = epoch_log_odds(p, default)
+    m = epoch_log_evidence(p, default)
     sid = ep["source_id"].to_numpy()
     called = p > 0.5  # NaN (unusable) counts as not called
     res = dict(epochs=len(ep), usable=int(ep["usable"].sum()),
@@ -178,14 +193,20 @@ def evaluate(ep: pd.DataFrame, snr_floor: float) -> dict:
                sb2_epochs_double_lined=float(np.mean(dl[y])),
                epoch_rate_sb2_not_double_lined=float(np.mean(called[y & ~dl])),
                icc_single=intra_source_correlation(lo[~y], sid[~y]),
-               icc_sb2=intra_source_correlation(lo[y], sid[y]))
-    truth = ep.groupby("source_id")["is_binary"].first()
+               icc_sb2=intra_source_correlation(lo[y], sid[y]),
+               icc_single_evidence=intra_source_correlation(m[~y], sid[~y]),
+               icc_sb2_evidence=intra_source_correlation(m[y], sid[y]))
+    by_source = ep.groupby("source_id")
+    truth = by_source["is_binary"].first()
+    seen_all = by_source["double_lined"].any()
     res["singles"], res["sb2s"] = int((~truth).sum()), int(truth.sum())
+    res["sb2s_seen"] = int((truth & seen_all).sum())
     res["rules"] = {}
-    for name, (rule, col) in rules(snr_floor).items():
+    for name, (rule, col) in rules(default).items():
         src = combine_sources(ep, rule).set_index("source_id")
         b = truth.reindex(src.index).to_numpy(bool)
-        res["rules"][name] = _rates(src[col].to_numpy(float), b)
+        seen = seen_all.reindex(src.index).to_numpy(bool)
+        res["rules"][name] = _rates(src[col].to_numpy(float), b, seen)
     return res
 
 
@@ -207,6 +228,7 @@ def main(argv=None) -> None:
 
     from sb2dask.infer.config import InferenceConfig
     from sb2dask.infer.predict import DEFAULT_MODEL_DIR, get_model_set, resolve_model_dir
+    from sb2dask.infer.sources import EvidenceRule
 
     if (resolve_model_dir(args.models).resolve() != DEFAULT_MODEL_DIR.resolve()
             and not args.tag):
@@ -214,6 +236,7 @@ def main(argv=None) -> None:
                  "results/bench_source_evidence.json would be overwritten")
     models = get_model_set(InferenceConfig(args.models, "cpu"))
     snr_floor = float(models.training["snr_range"][0])
+    default = EvidenceRule().for_models(models)  # what `sb2dask infer` combines with
     frame = "rv_bulk removed" if models.uses_rest_frame("auto") else "as read (rest)"
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_source_evidence_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -227,23 +250,25 @@ def main(argv=None) -> None:
                 ep = detector_epochs(models, recipe, snr, args.sources, args.epochs,
                                      args.seed + int(snr), work)
                 ep.to_parquet(cache, index=False)
-            results.append(dict(recipe=recipe, snr=snr, **evaluate(ep, snr_floor)))
+            results.append(dict(recipe=recipe, snr=snr, **evaluate(ep, default)))
     seconds = time.perf_counter() - t0
 
     print(f"\n{args.epochs} epochs per source; detector: {models.directory} (target "
           f"{models.detector_target}, frame {models.frame}: spectra {frame}; S/N floor "
-          f"{snr_floor:g}); epoch calls and source decision at p > 0.5\n")
-    print("| recipe | S/N | singles / SB2s | SB2 epochs double-lined | epoch FPR / recall, "
-          "is_binary | epoch FPR / recall, double_lined | called, SB2 epochs not double-lined "
-          "| rho singles | rho SB2s |")
+          f"{snr_floor:g}; default rule {default.to_dict()}); epoch calls and source decision "
+          "at p > 0.5\n")
+    print("| recipe | S/N | singles / SB2s (seen double-lined) | SB2 epochs double-lined | "
+          "epoch FPR / recall, is_binary | epoch FPR / recall, double_lined | called, SB2 "
+          "epochs not double-lined | rho singles / SB2s: l | m (default rule) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['recipe']} | {r['snr']:g} | {r['singles']} / {r['sb2s']} | "
-              f"{r['sb2_epochs_double_lined']:.3f} | "
+        print(f"| {r['recipe']} | {r['snr']:g} | {r['singles']} / {r['sb2s']} "
+              f"({r['sb2s_seen']}) | {r['sb2_epochs_double_lined']:.3f} | "
               f"{r['epoch_fpr']:.3f} / {r['epoch_recall']:.3f} | "
               f"{r['epoch_fpr_double_lined']:.3f} / {r['epoch_recall_double_lined']:.3f} | "
-              f"{r['epoch_rate_sb2_not_double_lined']:.3f} | {r['icc_single']:.2f} | "
-              f"{r['icc_sb2']:.2f} |")
+              f"{r['epoch_rate_sb2_not_double_lined']:.3f} | {r['icc_single']:.2f} / "
+              f"{r['icc_sb2']:.2f} | {r['icc_single_evidence']:.2f} / "
+              f"{r['icc_sb2_evidence']:.2f} |")
     names = list(results[0]["rules"]) if results else []
     cols = [f"{r['recipe']} {r['snr']:g}" for r in results]
     for title, keys in (("false-positive rate on singles / recall on SB2s, p > 0.5",
@@ -251,19 +276,22 @@ def main(argv=None) -> None:
                         ("false-positive rate on singles / recall on SB2s, p > 0.9",
                          ("fpr_0_9", "recall_0_9")),
                         ("ROC AUC / recall at 1 % false positives", ("auc", "recall_at_fpr_1pc")),
-                        ("log loss as a probability (calibration) / ROC AUC", ("log_loss", "auc"))):
+                        ("log loss as a probability (calibration) / ROC AUC", ("log_loss", "auc")),
+                        ("recall on SB2s with >= 1 double-lined epoch: p > 0.5 / p > 0.9 / at "
+                         "1 % false positives",
+                         ("recall_seen", "recall_seen_0_9", "recall_seen_at_fpr_1pc"))):
         print(f"\nper source, {title}:\n")
         print("| rule | " + " | ".join(cols) + " |")
         print("|---|" + "---|" * len(cols))
         for name in names:
-            cells = [f"{r['rules'][name][keys[0]]:.2f} / {r['rules'][name][keys[1]]:.2f}"
-                     for r in results]
+            cells = [" / ".join(f"{r['rules'][name][k]:.2f}" for k in keys) for r in results]
             print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"\n{seconds:.0f} s")
     write_results(f"bench_source_evidence{args.tag}", sources=args.sources, epochs=args.epochs,
                   seed=args.seed, models=str(models.directory),
                   detector_target=models.detector_target, frame=models.frame,
                   rest_frame_removed=bool(models.uses_rest_frame("auto")), snr_floor=snr_floor,
+                  rule=default.to_dict(), reused_detector_outputs=bool(args.reuse),
                   seconds=seconds, results=results)
 
 
