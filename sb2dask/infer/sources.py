@@ -8,15 +8,31 @@ many noisy epochs look like an SB2: with an epoch false-positive rate ``q`` the 
 
 The rule (docs/inference.md, "Per-source evidence across epochs")
 -----------------------------------------------------------------
-1. **Per-epoch log likelihood ratio.** The detector is trained with its positives weighted by
+1. **Per-epoch log evidence.** The detector is trained with its positives weighted by
    ``n_single / n_sb2`` (:func:`sb2dask.train.fit.training_loss`), so its output is a posterior
    for a training prior ``pi_det = 0.5`` whatever the binary fraction of its store. Bayes' rule
-   turns it into the likelihood ratio of the epoch's spectrum under "SB2" against "single"::
+   turns it into the likelihood ratio ``lambda_i = exp(l_i)`` of the epoch's spectrum under the
+   detector's positive class against its negative one::
 
        l_i = clip(logit(p_i) - logit(pi_det), -L, L)
 
    ``L`` (:attr:`EvidenceRule.max_log_odds`, default 4.6 = a factor 100) keeps one over-confident
    epoch from deciding a source alone (and ``p = 0`` or ``1`` in float32 from being infinite).
+   For an ``is_binary`` detector that class is "the source is an SB2" at every epoch. A
+   ``double_lined`` detector (``TrainConfig.detector_target``) answers "does this spectrum show
+   two stars", which a binary's epochs near conjunction or with a faint companion truly do not.
+   So under "SB2" an epoch shows two stars with probability ``f`` (the double-lined fraction of
+   a binary's epochs, :attr:`EvidenceRule.double_lined_fraction`) and looks single otherwise;
+   under "single" every epoch looks single. The epoch's likelihood ratio of "SB2" against
+   "single" is ``f lambda_i + 1 - f``::
+
+       m_i = log(f exp(l_i) + 1 - f)        (logaddexp(log f + l_i, log1p(-f)))
+
+   ``f = 1`` (``is_binary`` detectors) gives ``m_i = l_i``. With ``f < 1`` the evidence of an
+   epoch is bounded below by ``log(1 - f)``, so one-star epochs cannot cancel a clearly
+   double-lined one. :meth:`EvidenceRule.for_models` takes ``f`` from the detector's target:
+   1 for ``is_binary``, :data:`sb2dask.labels.DOUBLE_LINED_EPOCH_FRACTION` (0.55, measured on
+   the double_lined detector's training store) for ``double_lined``.
 2. **Epoch weights** ``w_i`` in [0, 1] for how far the epoch lies inside the detector's domain:
    1 at or above the S/N floor of its training set (``snr_full``, the models' ``snr_range[0]``),
    falling linearly to 0 at ``snr_zero = snr_full / 3`` (S/N 10 for the shipped models, where the
@@ -24,41 +40,45 @@ The rule (docs/inference.md, "Per-source evidence across epochs")
    estimate count fully; unusable epochs not at all. This is a power likelihood ("tempered"
    likelihood of general Bayesian updating): an epoch of weight ``w`` counts as ``w`` epochs.
 3. **Correlation tempering.** The epochs of one source share its star, its library mismatch and
-   its nuisances (line depths, activity, continuum), so their log likelihood ratios are
-   correlated; summed as if independent, 20 epochs of p = 0.6 would make p = 0.9997. With an
-   intra-source correlation ``rho`` of the ``l_i`` the sum of ``n`` of them carries the
-   information of ``n_eff = n / (1 + (n - 1) rho)`` independent ones (Kish's design effect), so
-   the weighted sum is scaled by that factor, with ``n_w = sum w_i`` in place of ``n``::
+   its nuisances (line depths, activity, continuum), so their log evidence is correlated; summed
+   as if independent, 20 epochs of p = 0.6 would make p = 0.9997. With an intra-source
+   correlation ``rho`` of the ``m_i`` the sum of ``n`` of them carries the information of
+   ``n_eff = n / (1 + (n - 1) rho)`` independent ones (Kish's design effect), so the weighted sum
+   is scaled by that factor, with ``n_w = sum w_i`` in place of ``n``::
 
-       log_bayes_factor = sum_i w_i l_i / (1 + (max(n_w, 1) - 1) rho)
+       log_bayes_factor = sum_i w_i m_i / (1 + (max(n_w, 1) - 1) rho)
 
-   The price: an SB2 whose lines are blended at most epochs (small K or unlucky phases) has
-   single-looking epochs that count against it. A mixture over the fraction of epochs at which a
-   source shows two line systems (marginalised on a grid) was tried on the same detector outputs
-   (exploratory, not kept in the benchmark) and gained at most 0.01-0.02 in recall, so the
-   simpler sum is used; ``n_sb2_epochs`` and ``p_binary_max`` stay in the table for such
-   sources. A detector trained for ``double_lined`` (``TrainConfig.detector_target``) makes
-   that price larger by design: it answers "does this spectrum show two stars", which a
-   binary's conjunction epochs truly do not, so for such models read ``n_sb2_epochs`` and
-   ``p_binary_max`` beside the combined ``p_binary``. Measured (docs/inference.md, "With the
-   realistic-recipe detectors"): with such a detector the rule calls 0-1 % of single stars and
-   14-52 % of binaries SB2s at S/N 20-50 (20 epochs; 26-32 % of those binaries are never
-   double-lined), against 7-26 % and 51-80 % with the ``is_binary`` detector of the same recipe.
+   With ``f = 1`` the price is that an SB2 whose lines are blended at most epochs (small K or
+   unlucky phases) has single-looking epochs that count against it (with an ``is_binary``
+   detector, a mixture over ``f`` marginalised on a grid gained at most 0.01-0.02 in recall, so
+   ``f = 1`` is kept there); ``n_sb2_epochs`` and ``p_binary_max`` stay in the table for such
+   sources. With a ``double_lined`` detector that price is large by design, which the mixture of
+   step 1 (``f = 0.55``) pays back in part. Measured (docs/inference.md, "With the
+   realistic-recipe detectors", 20 epochs at S/N 20-50): the mixture calls 1-3 % of single stars
+   and 19-57 % of binaries SB2s (``f = 1``: 0-1 % and 14-52 %; 26-32 % of those binaries are
+   never double-lined; among those double-lined at least once 26-78 % against 20-72 %), with a
+   log loss of 0.48-0.67 against 0.51-0.81; the ``is_binary`` detector of the same recipe
+   (``f = 1``) calls 7-26 % and 51-80 %.
 
    One epoch (``n_w = 1``) keeps its own evidence; many epochs add up to at most
-   ``mean(l) / rho``. The default ``rho = 0.5`` (:attr:`EvidenceRule.correlation`) is what
+   ``mean(m) / rho``. The default ``rho = 0.5`` (:attr:`EvidenceRule.correlation`) is what
    ``benchmarks/bench_source_evidence.py`` measured with the shipped detector on simulated
    sources of 20 epochs: the intra-source correlation of ``l_i`` is 0.35-0.43 for single stars of
    the paper's recipe and 0.54-0.56 with the realistic recipe's nuisances shared by a source's
    epochs, and ``rho`` 0.5 minimises the log loss of the source probabilities at S/N 20 (0.3 at
    S/N 50 in the training domain, 0.7-1 with the nuisances). The decision at ``p > 0.5`` does not
    depend on ``rho``; thresholds above it do. Refit it for other models (and on real data from
-   the correlation among likely singles): with the realistic-recipe ``double_lined`` detector the
-   correlations are 0.40-0.61 but the log loss is lowest at ``rho`` 0.7-1, since its one-star
-   epochs of binaries are evidence against "binary", not noise.
+   the correlation among likely singles): with the realistic-recipe ``double_lined`` detector and
+   the mixture the correlations of ``m_i`` are 0.23-0.39 (singles) and 0.29-0.62 (binaries) and
+   the log loss is flat in ``rho`` at S/N 20 and lowest at 0.3 at S/N 50.
 4. **Posterior.** ``p_binary = sigmoid(logit(pi_src) + log_bayes_factor)`` with
-   ``pi_src = pi_det`` by default, so that a source with one epoch gets that epoch's p_binary;
-   for a population prior ``pi`` (the SB2 fraction of a sample) use
+   ``pi_src = pi_det`` by default (also when ``f < 1``: the prior is the source's, the mixture
+   changes only the likelihood). With ``f = 1`` a source with one epoch gets that epoch's
+   p_binary (up to the clip); with ``f < 1`` it gets
+   ``sigmoid(logit(pi_src) + log(f lambda + 1 - f))``, the probability that the source is an
+   SB2 given one epoch of which a binary shows two stars with probability ``f``: pulled from the
+   epoch's p towards the prior (``f = 0.55``: p 0.99 gives 0.98, p 0.8 gives 0.73, p 0.01 gives
+   0.31). For a population prior ``pi`` (the SB2 fraction of a sample) use
    ``sigmoid(logit(pi) + log_bayes_factor)``. NaN when no usable epoch carries weight.
 
 The table also gives ``p_binary_max`` and ``p_binary_mean`` for reference, ``n_sb2_epochs`` (usable
