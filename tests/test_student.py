@@ -144,6 +144,9 @@ def test_shipped_student_manifest_records_distillation_and_calibration():
     assert {"p_binary-0", "teff-0", "logg-0", "feh-0", "vsini-0"} <= names
     assert all(len(m["weights_sha256"]) == 64 for m in dist["teacher_models"])
     assert dist["teacher_rows"] and man.training["frame"] == "rv_bulk"
+    # distilled from teachers whose detector learned what a spectrum shows (docs/models.md)
+    assert man.training["detector_target"] == "double_lined"
+    assert ModelSet(FAST, "cpu").detector_target == "double_lined"
     cal = man.training["calibration"]
     scales = np.asarray(cal["scales"])
     assert scales.shape == (len(cal["snr_edges"]) + 1, len(OUTPUTS))
@@ -216,10 +219,15 @@ def test_student_fits_p_binary_to_its_teachers_detector_target(tmp_path):
     assert ModelSet(teachers, "cpu").detector_target == "double_lined"
     cache = tmp_path / "cache"
     label_with_teachers(teachers, store, "train", 16, cache, chunk=16, progress=False)
+    # the detector alone on the next rows: its probability, no teacher means
+    teach = label_with_teachers(teachers, store, "train", 16, cache, chunk=16, progress=False,
+                                first=16, detector_only=True)
+    assert np.isfinite(teach["p_binary"]).all() and np.isnan(teach["teff"]).all()
     stores = {"detector": store}
     state = distill(stores, cache, teachers, tmp_path / "st", max_train={}, max_validation={},
                     epochs=1, batch_size=32, progress=False)
-    assert json.loads(state.read_text())["detector_target"] == "double_lined"
+    st = json.loads(state.read_text())
+    assert st["detector_target"] == "double_lined" and st["n_teacher"] == 32
     wave = ModelSet(teachers, "cpu").wave
     val = load_distill_data(stores, "validation", {}, None, "rest", wave, "double_lined")
     from sb2dask.dataset.store import load_split, split_indices

@@ -63,8 +63,9 @@ def _cache_name(store: str | Path, split: str, start: int) -> str:
 
 def label_with_teachers(model_dir: str | Path, store: str | Path, split: str, n: int,
                         out_dir: str | Path, chunk: int = 1000, precision: str = "fp32",
-                        progress: bool = True) -> dict[str, np.ndarray]:
-    """Teacher predictions for the first ``n`` rows of ``split`` of ``store``, cached.
+                        progress: bool = True, first: int = 0,
+                        detector_only: bool = False) -> dict[str, np.ndarray]:
+    """Teacher predictions for ``n`` rows of ``split`` of ``store`` from its ``first``, cached.
 
     Parameters
     ----------
@@ -72,8 +73,12 @@ def label_with_teachers(model_dir: str | Path, store: str | Path, split: str, n:
         ensembles); the spectra are framed as its manifests say (``rest`` or ``rv_bulk``)
     store : simulated Zarr store
     split : ``train``, ``validation`` or ``test``
-    n : rows (the first ``n`` of the split; fewer if the split is shorter)
-    out_dir : the cache directory (one ``.npz`` per ``chunk`` rows, written atomically)
+    n : rows (rows ``first`` to ``first + n`` of the split; fewer if the split is shorter)
+    out_dir : the cache directory (one ``.npz`` per ``chunk`` rows, named by its first row,
+        written atomically; a chunk already there is kept, whichever call wrote it)
+    detector_only : the detector ensemble alone (:meth:`~sb2dask.infer.predict.ModelSet.detect`,
+        ~30× cheaper than the whole set): ``p_binary`` and ``p_binary_err`` cached, every label
+        key NaN (the student then has the teachers' probability but no teacher means there)
 
     Returns
     -------
@@ -84,7 +89,7 @@ def label_with_teachers(model_dir: str | Path, store: str | Path, split: str, n:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    index = split_indices(store, split)[:n]
+    index = split_indices(store, split)[first:first + n]
     teachers = None
     t0, done = time.perf_counter(), 0
     for s in range(0, len(index), chunk):
@@ -95,7 +100,11 @@ def label_with_teachers(model_dir: str | Path, store: str | Path, split: str, n:
             teachers = ModelSet(model_dir, device="cpu", precision=precision)
         rows = index[s:s + chunk]
         data = load_split(store, rows, ["is_binary"], frame=teachers.frame, wave=teachers.wave)
-        pred = teachers.predict(data.flux, calibrated=False)  # *_err: the raw spreads
+        if detector_only:
+            pred = {k: np.full((len(rows), 2), np.nan) for k in TEACHER_KEYS}
+            pred.update(teachers.detect(data.flux))
+        else:
+            pred = teachers.predict(data.flux, calibrated=False)  # *_err: the raw spreads
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez(tmp, index=rows, **{k: pred[k].astype(np.float32) for k in TEACHER_KEYS})
         done += len(rows)
