@@ -1,7 +1,7 @@
 """The distilled student against its teachers on the same independent test rows.
 
-    python benchmarks/bench_student_accuracy.py [--teachers /work/runs/models_v2]
-        [--teacher-cache /work/runs/student/teachers/fp32] [--n-detector 2000] [--n-labels 2000]
+    python benchmarks/bench_student_accuracy.py [--teachers /work/runs/s8/mC]
+        [--teacher-cache /work/runs/s9/teachers_dl] [--n-detector 2000] [--n-labels 2000]
 
 Rows: the first ``--n-detector`` of the test split (split 2) of the detector store (half single
 stars: ROC AUC) and the first ``--n-labels`` of the labels store's test split (SB2s), with the
@@ -30,8 +30,8 @@ from _results import write_results  # benchmarks/ is on sys.path when run as a s
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--teachers", default="/work/runs/models_v2")
-    ap.add_argument("--teacher-cache", default="/work/runs/student/teachers/fp32")
+    ap.add_argument("--teachers", default="/work/runs/s8/mC")
+    ap.add_argument("--teacher-cache", default="/work/runs/s9/teachers_dl")
     ap.add_argument("--detector-store", default="/work/runs/det_v2.zarr")
     ap.add_argument("--labels-store", default="/work/runs/train_v2.zarr")
     ap.add_argument("--models", default="fast", help="the student (default: the shipped one)")
