@@ -145,12 +145,35 @@ def test_library_satisfies_protocol(lib, fixture_dir):
     assert lib.wave[0] >= 8440.0 and lib.wave[-1] <= 8740.0
     assert lib.wave[0] < 8440.1 and lib.wave[-1] > 8739.9
     assert np.all(np.diff(lib.wave) > 0)
-    expected = {PRODUCT_LOGLAM: 100_000.0, PRODUCT_HIRES: 500_000.0}[lib.product]
+    expected = {PRODUCT_LOGLAM: 10_000.0, PRODUCT_HIRES: 500_000.0}[lib.product]
     assert lib.resolution == expected
     assert lib.product == fixture_dir.name.rstrip("0123456789")
     prov = lib.provenance
     assert prov["n_files"] == 8 and prov["product"] == lib.product
     assert len(prov["files_sha256"]) == 64
+
+
+def test_renderer_adds_only_the_missing_broadening(lib):
+    """Widths add in quadrature: the R = 10 000 log-λ product is broader than RVS already and
+    gets no Gaussian; HiRes gets nearly the instrument's (it used to get R = 11 500 on top of
+    any library, doubling the log-λ files' line widths)."""
+    from sb2dask.simulate.broadening import added_resolution, gaussian_lsf_ft
+    from sb2dask.simulate.config import SimulationConfig
+    from sb2dask.simulate.spectra import SpectrumRenderer
+
+    cfg = SimulationConfig.paper()
+    r = SpectrumRenderer(lib, cfg)
+    if lib.product == PRODUCT_LOGLAM:
+        assert np.all(r.lsf == 1.0)
+    else:
+        r_add = 1.0 / np.sqrt(1 / cfg.resolution ** 2 - 1 / 500_000.0 ** 2)
+        want = gaussian_lsf_ft(r.freq, r_add)
+        np.testing.assert_allclose(r.lsf, want, rtol=1e-12)
+        assert r.lsf[-1] < gaussian_lsf_ft(r.freq[-1:], 1e6)[0]
+    assert added_resolution(11_500.0, np.inf) == 11_500.0  # the embedded grid: unchanged
+    assert added_resolution(11_500.0, 10_000.0) == np.inf
+    np.testing.assert_allclose(added_resolution(np.array([9_000.0, 11_500.0]), 10_000.0),
+                               [1.0 / np.sqrt(1 / 9e3 ** 2 - 1 / 1e4 ** 2), np.inf])
 
 
 @pytest.mark.parametrize("node", NODES)
@@ -352,7 +375,7 @@ def test_real_files_axes(real):
     assert real.axes.teff == tuple(float(t) for t in range(5000, 6401, 200))
     assert real.axes.logg == (4.5,) and real.axes.feh == (0.0,)
     assert real.available.all()
-    assert real.product == PRODUCT_LOGLAM and real.resolution == 100_000.0
+    assert real.product == PRODUCT_LOGLAM and real.resolution == 10_000.0
 
 
 def test_real_files_calcium_line_in_air(real):

@@ -17,7 +17,7 @@ import numpy as np
 from ..constants import C_KMS
 from ..library.base import RVS_WINDOW, SpectralLibrary
 from ..library.continuum import pseudo_continuum
-from ..simulate.broadening import gaussian_lsf_ft
+from ..simulate.broadening import added_resolution, gaussian_lsf_ft
 
 __all__ = ["CA_BANDS", "observe", "equivalent_width", "compare_libraries", "write_report"]
 
@@ -35,10 +35,8 @@ def observe(lib: SpectralLibrary, teff: float, logg: float, feh: float,
     w = np.exp(x / C_KMS)
     depth = 1.0 - np.interp(w, lib.wave, lib.flux(teff, logg, feh))
     freq = np.fft.rfftfreq(len(x), d=dv)
-    native = lib.resolution
     # Gaussian of width sqrt(σ_R² - σ_native²) brings a finite-resolution library to R.
-    r_eff = resolution if not np.isfinite(native) else 1.0 / np.sqrt(
-        max(1.0 / resolution ** 2 - 1.0 / native ** 2, 1e-30))
+    r_eff = added_resolution(resolution, lib.resolution)
     flux = 1.0 - np.fft.irfft(np.fft.rfft(depth) * gaussian_lsf_ft(freq, r_eff), n=len(x))
     sel = (w >= RVS_WINDOW[0]) & (w <= RVS_WINDOW[1])
     w, flux = w[sel], flux[sel]

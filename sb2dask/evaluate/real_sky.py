@@ -40,6 +40,8 @@ import pandas as pd
 from ..constants import C_KMS
 from ..gaia import RVS_RESOLVING_POWER, RVS_WAVE_VAC_NM
 from ..labels import PARAMETERS
+from ..library.phoenix import LOGLAM_RESOLUTION
+from ..simulate.broadening import added_resolution
 
 __all__ = ["HELDOUT_DIR", "REAL_REFERENCES", "SHIFTS_KMS", "RealSkyCase", "doppler_factor_rel",
            "shift_on_fixed_grid", "read_phoenix_vacuum", "gaussian_lsf", "upper_envelope",
@@ -137,7 +139,10 @@ def read_phoenix_vacuum(path: str | Path, lo: float = 8400.0, hi: float = 8800.0
 
 def gaussian_lsf(ln_wave: np.ndarray, flux: np.ndarray, resolution: float) -> np.ndarray:
     """Convolve a spectrum sampled uniformly in ln λ with a Gaussian of FWHM λ/R, directly in
-    pixel space (edges: the kernel is renormalised over the pixels it covers)."""
+    pixel space (edges: the kernel is renormalised over the pixels it covers); R = inf returns
+    ``flux`` unchanged."""
+    if not np.isfinite(resolution):
+        return np.asarray(flux, dtype=np.float64)
     step = float(np.median(np.diff(ln_wave)))
     sigma = (1.0 / resolution) / (2.0 * np.sqrt(2.0 * np.log(2.0))) / step
     half = int(np.ceil(5 * sigma))
@@ -179,6 +184,11 @@ def render_phoenix(components: list[tuple[np.ndarray, np.ndarray, float, float]]
                    resolution: float = GAIA_RESOLUTION) -> tuple[np.ndarray, np.ndarray]:
     """Gaia-like normalised spectrum on :data:`GAIA_DR3_VAC_NM` from PHOENIX components.
 
+    The log-λ files are at R ≈ 10 000 (:data:`sb2dask.library.phoenix.LOGLAM_RESOLUTION`,
+    measured), below Gaia's ≈ 11 500: they are used at their own resolution, about 15 % broader
+    lines than an RVS spectrum (a sharper spectrum cannot be made from them). Before this was
+    known an R = 11 500 Gaussian was added on top (effective R ≈ 7 500).
+
     Parameters
     ----------
     components : list of (wave_vac [Å], F_λ, weight, rv [km/s])
@@ -196,7 +206,9 @@ def render_phoenix(components: list[tuple[np.ndarray, np.ndarray, float, float]]
     for wave, flux, weight, rv in components:
         moved = wave * doppler_factor_rel(rv)
         total += weight * np.interp(base_wave, moved, flux)
-    smooth = gaussian_lsf(ln_base, total, resolution)
+    # the files are at R ≈ 10 000 already (LOGLAM_RESOLUTION): only the Gaussian that takes
+    # them to ``resolution`` is added, none where they are broader already
+    smooth = gaussian_lsf(ln_base, total, added_resolution(resolution, LOGLAM_RESOLUTION))
     target = GAIA_DR3_VAC_NM * 10.0
     on_grid = np.interp(target, base_wave, smooth)
     norm = on_grid / upper_envelope(target, on_grid)

@@ -49,7 +49,8 @@ from .wavelength import vac_to_air
 
 __all__ = ["PhoenixLibrary", "PhoenixFileError", "fetch_phoenix", "phoenix_filename",
            "parse_phoenix_filename", "phoenix_url", "WAVE_FILENAME", "PHOENIX_TEFF",
-           "PHOENIX_LOGG", "PHOENIX_FEH", "PRODUCT_HIRES", "PRODUCT_LOGLAM", "DEFAULT_WINDOW"]
+           "PHOENIX_LOGG", "PHOENIX_FEH", "PRODUCT_HIRES", "PRODUCT_LOGLAM", "DEFAULT_WINDOW",
+           "LOGLAM_RESOLUTION"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ R_SUN_CM = 6.957e10
 #: erg s⁻¹ cm⁻² cm⁻¹ → erg s⁻¹ cm⁻² Å⁻¹.
 PER_CM_TO_PER_ANGSTROM = 1e-8
 _HIRES_RESOLUTION = 500_000.0
+#: Resolving power of the log-λ product (the library's R = 10 000 files on a ln λ grid of step
+#: 1e-5, i.e. sampled ten times finer than they resolve). Measured on the eight shared files
+#: (``benchmarks/library_fidelity.py``): their lines match the embedded grid convolved to
+#: R = 10 100-12 100 (median 10 400) best, not 1/CDELT1 = 100 000 as the sampling suggests.
+LOGLAM_RESOLUTION = 10_000.0
 _CONVERSIONS = (
     "wavelength: vacuum -> air (IAU standard, Morton 2000), for both products",
     "flux: erg/s/cm^2/cm -> erg/s/cm^2/Angstrom (x 1e-8), surface flux",
@@ -380,7 +386,7 @@ class PhoenixLibrary:
             gkey = (PRODUCT_LOGLAM, crval, cdelt, crpix, n)
             if gkey not in self._grids:
                 wave = vac_to_air(np.exp(crval + cdelt * (np.arange(n) + 1.0 - crpix)))
-                self._grids[gkey] = self._cut(path, wave, PRODUCT_LOGLAM, round(1.0 / cdelt))
+                self._grids[gkey] = self._cut(path, wave, PRODUCT_LOGLAM, LOGLAM_RESOLUTION)
             return self._grids[gkey], None
         wave_vac = self._hires_wave_vac(path)
         if wave_vac.size != n:
@@ -521,7 +527,8 @@ class PhoenixLibrary:
 
     @property
     def resolution(self) -> float:
-        """λ/Δλ: 1/CDELT1 = 100 000 for the log-λ product, 500 000 for HiRes."""
+        """λ/Δλ of the spectra: :data:`LOGLAM_RESOLUTION` (10 000) for the log-λ product,
+        500 000 for HiRes."""
         return self._reference.resolution
 
     @property

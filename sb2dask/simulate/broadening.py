@@ -21,8 +21,8 @@ from scipy.special import j1
 
 from ..constants import C_KMS
 
-__all__ = ["rotation_kernel_ft", "gaussian_lsf_ft", "doppler_shift_ft", "doppler_factor",
-           "rotational_broadening"]
+__all__ = ["rotation_kernel_ft", "gaussian_lsf_ft", "added_resolution", "doppler_shift_ft",
+           "doppler_factor", "rotational_broadening"]
 
 
 def rotation_kernel_ft(freq: np.ndarray, vsini, epsilon: float = 0.6) -> np.ndarray:
@@ -56,6 +56,19 @@ def gaussian_lsf_ft(freq: np.ndarray, resolution: float) -> np.ndarray:
     """Fourier transform of a Gaussian line-spread function of resolving power R = λ/FWHM."""
     sigma = C_KMS / resolution / (2.0 * np.sqrt(2.0 * np.log(2.0)))
     return np.exp(-2.0 * (np.pi * sigma * np.asarray(freq)) ** 2)
+
+
+def added_resolution(resolution, native: float):
+    """Resolving power of the Gaussian that brings a spectrum of resolving power ``native`` to
+    ``resolution`` (Gaussian widths add in quadrature): ``resolution`` itself for a library
+    at infinite resolution, ``inf`` (no kernel) where ``native`` is not above ``resolution``: such
+    a spectrum is already as broad or broader and cannot be sharpened. Scalar or array."""
+    if not np.isfinite(native):
+        return resolution
+    target = np.asarray(resolution, dtype=np.float64)
+    d = 1.0 / target ** 2 - 1.0 / float(native) ** 2
+    out = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), np.inf)
+    return float(out) if out.ndim == 0 else out
 
 
 def doppler_factor(rv) -> np.ndarray:

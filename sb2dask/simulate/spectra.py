@@ -22,7 +22,7 @@ from ..gaia import median_normalise
 from ..library.base import SpectralLibrary
 from ..library.wavelength import vac_to_air
 from . import transits
-from .broadening import doppler_shift_ft, gaussian_lsf_ft, rotation_kernel_ft
+from .broadening import added_resolution, doppler_shift_ft, gaussian_lsf_ft, rotation_kernel_ft
 from .config import OUTPUT_GRIDS, SimulationConfig
 from .realism import (
     NUISANCE_FIELDS,
@@ -55,11 +55,16 @@ class SpectrumRenderer:
         self.x = x0 + self.dv * np.arange(self.n_work)
         self.wave_work = np.exp(self.x / C_KMS)
         freq = np.fft.rfftfreq(self.n_work, d=self.dv)
+        # a library of finite resolving power (PHOENIX files) gets only the Gaussian that takes
+        # it to the instrument's: widths add in quadrature
+        self.native_resolution = float(library.resolution)
         # the sharpest LSF a spectrum may get decides which frequencies carry anything
-        r_max = max(config.resolution, config.realism.resolution[1])
+        r_max = added_resolution(max(config.resolution, config.realism.resolution[1]),
+                                 self.native_resolution)
         self.n_freq = int(np.flatnonzero(gaussian_lsf_ft(freq, r_max) > 1e-12)[-1]) + 1
         self.freq = freq[: self.n_freq]
-        self.lsf = gaussian_lsf_ft(self.freq, config.resolution)
+        self.lsf = gaussian_lsf_ft(self.freq, added_resolution(config.resolution,
+                                                               self.native_resolution))
         self.out_wave = np.asarray(config.wave, dtype=np.float64)
 
         out_wave = config.wave
@@ -121,8 +126,8 @@ class SpectrumRenderer:
             if paper:
                 ft *= self.lsf
             else:
-                ft *= gaussian_lsf_ft(self.freq, labels["resolution"][s:e, None].astype(
-                    np.float64))
+                ft *= gaussian_lsf_ft(self.freq, added_resolution(
+                    labels["resolution"][s:e, None].astype(np.float64), self.native_resolution))
             depth = np.fft.irfft(ft, n=self.n_work, axis=-1)
             if self._ccd:
                 out[s:e] = self._transit(depth, labels, s, e, rv, frac,
