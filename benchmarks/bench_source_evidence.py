@@ -8,7 +8,7 @@ For each recipe and S/N a mock epoch catalogue (``sb2dask.dataset.mock_catalogue
 keeps its stars, orbit and nuisances, an SB2 is seen at a new orbital phase at every epoch) of
 ``--sources`` sources, half of them SB2s, ``--epochs`` epochs each at one S/N, is read back with
 the catalogue reader, preprocessed and framed like ``sb2dask infer``
-(:func:`sb2dask.infer.predict.preprocess_in_frame`: the bulk velocity removed when
+(:func:`sb2dask.observe.rv_bulk.preprocess_in_frame`: the bulk velocity removed when
 ``ModelSet.uses_rest_frame("auto", frames)`` says so, i.e. for models trained in the ``rv_bulk``
 frame) and run through the detector ensemble of ``--models`` alone (``ModelSet.detect``; default:
 the shipped set, trained on the paper's recipe at rest). ``paper`` is the shipped models' own
@@ -69,9 +69,9 @@ def detector_epochs(models, recipe: str, snr: float, n_sources: int, epochs: int
     velocity removed, km/s; NaN where none), and the truth of :func:`epoch_truth`."""
     from sb2dask.dataset.mock_catalogue import mock_catalogue
     from sb2dask.gaia import FRAME_UNKNOWN
-    from sb2dask.infer.predict import preprocess_in_frame
     from sb2dask.infer.readers import read_catalogue
     from sb2dask.infer.schema import empty_frame
+    from sb2dask.observe.rv_bulk import preprocess_in_frame
 
     cat = mock_catalogue(workdir / f"{recipe}_snr{snr:g}", n_sources=n_sources,
                          epochs=(epochs, epochs), binary_fraction=0.5, n_files=1,

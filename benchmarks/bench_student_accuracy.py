@@ -50,13 +50,13 @@ def main(argv=None) -> int:
     student = ModelSet(args.models, "cpu")
     stores = {"detector": args.detector_store, "labels": args.labels_store}
     sizes = {"detector": args.n_detector, "labels": args.n_labels}
-    teach = {k: label_with_teachers(args.teachers, s, "test", sizes[k], args.teacher_cache,
-                                    progress=False) for k, s in stores.items()}
     target = student.detector_target or "is_binary"
     tset = ModelSet(args.teachers, "cpu")
     if (tset.detector_target or "is_binary") != target:
         raise SystemExit(f"the student detects {target!r}, its teachers {args.teachers} "
                          f"{tset.detector_target!r}: pass the teachers it was distilled from")
+    teach = {k: label_with_teachers(args.teachers, s, "test", sizes[k], args.teacher_cache,
+                                    progress=False) for k, s in stores.items()}
     data = load_distill_data(stores, "test", sizes, None, student.frame, student.wave, target)
     teacher = {k: np.concatenate([teach[s][k] for s in stores]) for k in teach["detector"]
                if k != "index"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -43,4 +44,17 @@ def random_model_set(directory: Path, grid: str = "gaia_dr3_903", members: int =
                 x = 1.0 + 0.02 * torch.randn(600, len(wave))
                 with torch.inference_mode():
                     save_feature_statistics(path, feature_statistics(model.trunk(x).numpy()))
+    return Path(directory)
+
+
+def retarget_detector(directory: Path, target: str = "double_lined", members=None) -> Path:
+    """Record ``target`` as the detector target of the p_binary manifests in ``directory`` (all,
+    or the member numbers in ``members``), as ``train --set p_binary.detector_target=...``
+    writes it in the training configuration."""
+    for path in sorted(Path(directory).glob("p_binary-*.json")):
+        man = json.loads(path.read_text())
+        if members is not None and man.get("member") not in members:
+            continue
+        man["training"]["config"] = {"target": "p_binary", "detector_target": target}
+        path.write_text(json.dumps(man))
     return Path(directory)

@@ -453,9 +453,7 @@ def test_errors_are_carried_to_the_model_grid_and_filled_pixels_have_none():
 
 
 def test_the_detector_target_is_read_from_the_manifests_and_must_be_shared(tmp_path):
-    import json as _json
-
-    from model_fixtures import random_model_set
+    from model_fixtures import random_model_set, retarget_detector
     from sb2dask.infer.predict import ModelSet
     from sb2dask.models.io import ModelFileError
 
@@ -465,15 +463,9 @@ def test_the_detector_target_is_read_from_the_manifests_and_must_be_shared(tmp_p
     assert all(e["detector_target"] == "is_binary" for e in ms.provenance["p_binary"])
     assert "detector_target" not in ms.provenance["teff"][0]
 
-    def retarget(member):
-        path = models / f"p_binary-{member}.json"
-        man = _json.loads(path.read_text())
-        man["training"]["config"] = {"target": "p_binary", "detector_target": "double_lined"}
-        path.write_text(_json.dumps(man))
-
-    retarget(1)
+    retarget_detector(models, members=[1])
     with pytest.raises(ModelFileError, match="different targets"):
         ModelSet(models)
     assert ModelSet(models, members=1).detector_target == "is_binary"
-    retarget(0)
+    retarget_detector(models, members=[0])
     assert ModelSet(models).detector_target == "double_lined"

@@ -99,8 +99,7 @@ def test_preprocess_in_frame_moves_only_the_spectra_asked_for():
     """The frame step that predict_partition and bench_source_evidence share: a star at 97.3
     km/s moved to rest where asked, left where not; noise (no lines) and an unusable row keep
     velocity NaN."""
-    from sb2dask.infer.predict import preprocess_in_frame
-    from sb2dask.observe.rv_bulk import LINE_DETECTION_PEAK
+    from sb2dask.observe.rv_bulk import LINE_DETECTION_PEAK, preprocess_in_frame
 
     wave, moved = _template_star(97.3)
     noise = 1 + np.random.default_rng(1).normal(0, 0.01, wave.size)

@@ -221,19 +221,13 @@ def test_one_star_epochs_lower_a_source_only_down_to_log_1_minus_f_each():
 def test_the_models_detector_target_sets_the_double_lined_fraction(tmp_path):
     """``for_models``: f = 1 for an is_binary detector, DOUBLE_LINED_EPOCH_FRACTION for a
     double_lined one, a user's f kept; the S/N floor from the manifests either way."""
-    import json
-
-    from model_fixtures import random_model_set
+    from model_fixtures import random_model_set, retarget_detector
     from sb2dask.infer.predict import ModelSet
 
     models = random_model_set(tmp_path / "m")
     rule = EvidenceRule().for_models(ModelSet(models, "cpu"))
     assert rule.double_lined_fraction == 1.0 and rule.snr_full == 30.0
-    for m in models.glob("p_binary-*.json"):  # as `train --set p_binary.detector_target=...`
-        man = json.loads(m.read_text())
-        man["training"]["config"] = dict(detector_target="double_lined")
-        m.write_text(json.dumps(man))
-    ms = ModelSet(models, "cpu")
+    ms = ModelSet(retarget_detector(models), "cpu")
     assert ms.detector_target == "double_lined"
     rule = EvidenceRule().for_models(ms)
     assert rule.double_lined_fraction == DOUBLE_LINED_EPOCH_FRACTION and rule.snr_full == 30.0

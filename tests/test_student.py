@@ -29,13 +29,14 @@ from sb2dask.train.distill import DEFAULT_BLEND, distill_loss
 FAST = MODEL_PRESETS["fast"]
 
 
-def _student_dir(tmp_path, scales=None, seed=0):
+def _student_dir(tmp_path, scales=None, seed=0, offset=0.0):
     """A student with seeded random weights and a calibration, saved as training saves it."""
     torch.manual_seed(seed)
     wave = tuple(float(w) for w in output_wave("gaia_dr3_903"))
     model = StudentNet(n_pix=len(wave)).eval()
     cal = dict(snr_edges=[60.0, 120.0], outputs=list(OUTPUTS),
-               scales=(np.ones((3, 9)) if scales is None else scales).tolist())
+               scales=(np.ones((3, 9)) if scales is None else scales).tolist(),
+               p_binary_logit_offset=offset)
     training = dict(frame="rest", calibration=cal, snr_range=[30.0, 350.0],
                     label_limits={"teff": [3500.0, 6500.0], "logg": [3.0, 6.0],
                                   "feh": [-4.0, 1.0], "vsini": [0.0, 100.0]})
@@ -96,6 +97,24 @@ def test_scaled_targets_and_singles():
     assert np.isnan(y[1, OUTPUTS.index("teff_2")])
 
 
+def test_balanced_logit_offset_gives_the_detectors_prior():
+    """A student whose logits are the posterior for its rows' prior (25 % positives) is moved to
+    the posterior for prior 0.5, what the class-weighted detectors give and the per-source
+    evidence assumes: offset log 3 here; a balanced one is left alone."""
+    from sb2dask.models.student import balanced_logit_offset
+
+    rng = np.random.default_rng(3)
+    truth = rng.random(4000) < 0.25
+    logit = np.full(4000, np.log(truth.mean() / (1 - truth.mean())))
+    b = balanced_logit_offset(logit, truth)
+    assert b == pytest.approx(-np.log(truth.mean() / (1 - truth.mean())), rel=1e-6)
+    p = decode(logit, np.zeros((4000, 9)), np.zeros((4000, 9)), logit_offset=b)["p_binary"]
+    np.testing.assert_allclose(p, 0.5, atol=1e-9)
+    assert balanced_logit_offset(np.zeros(10), np.arange(10) < 5) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="positives and negatives"):
+        balanced_logit_offset(np.zeros(3), np.ones(3, bool))
+
+
 def test_distill_loss_blends_teacher_probabilities():
     logit, mean, logw = torch.zeros(2), torch.full((2, 9), 0.5), torch.zeros(2, 9)
     batch = dict(detector_row=torch.tensor([True, True]), p_truth=torch.tensor([True, False]),
@@ -132,6 +151,11 @@ def test_model_set_runs_a_student_in_the_ensemble_schema(tmp_path):
     x = np.ones((2, 903), np.float32)
     np.testing.assert_allclose(pre.predict(x)["logg_err"], 2 * plain.predict(x)["logg_err"],
                                rtol=1e-5)
+    # and its p_binary logit offset
+    moved = ModelSet(_student_dir(tmp_path / "o", offset=1.5), "cpu").predict(x)["p_binary"]
+    base = plain.predict(x)["p_binary"]
+    np.testing.assert_allclose(np.log(moved / (1 - moved)) - np.log(base / (1 - base)), 1.5,
+                               rtol=1e-4)
 
 
 def test_shipped_student_manifest_records_distillation_and_calibration():
@@ -194,7 +218,7 @@ def test_student_fits_p_binary_to_its_teachers_detector_target(tmp_path):
     means); resuming that run with teachers of another target is refused."""
     from distributed import Client, LocalCluster
 
-    from model_fixtures import random_model_set
+    from model_fixtures import random_model_set, retarget_detector
     from sb2dask.dataset.factory import SplitSpec, generate
     from sb2dask.labels import double_lined
     from sb2dask.simulate.config import SimulationConfig
@@ -212,11 +236,7 @@ def test_student_fits_p_binary_to_its_teachers_detector_target(tmp_path):
                                                snr_range=(100, 350)),
                  160, 80, client=c, split=SplitSpec(0.5, 0.25, 0.25), progress=False)
     teachers = random_model_set(tmp_path / "t")
-    for m in teachers.glob("p_binary-*.json"):  # as `train --set p_binary.detector_target=...`
-        man = json.loads(m.read_text())
-        man["training"]["config"] = dict(detector_target="double_lined")
-        m.write_text(json.dumps(man))
-    assert ModelSet(teachers, "cpu").detector_target == "double_lined"
+    assert ModelSet(retarget_detector(teachers), "cpu").detector_target == "double_lined"
     cache = tmp_path / "cache"
     label_with_teachers(teachers, store, "train", 16, cache, chunk=16, progress=False)
     # the detector alone on the next rows: its probability, no teacher means
@@ -243,10 +263,7 @@ def test_student_fits_p_binary_to_its_teachers_detector_target(tmp_path):
     assert student.detector_target == "double_lined"
     assert student.provenance["student"][0]["detector_target"] == "double_lined"
     # the same run resumed with is_binary teachers would fit another truth
-    for m in teachers.glob("p_binary-*.json"):
-        man = json.loads(m.read_text())
-        del man["training"]["config"]
-        m.write_text(json.dumps(man))
+    retarget_detector(teachers, "is_binary")
     with pytest.raises(ValueError, match="resume with the same teachers"):
         distill(stores, cache, teachers, tmp_path / "st", max_train={}, max_validation={},
                 epochs=2, progress=False)

@@ -28,8 +28,7 @@ from ..models.io import (
 from ..models.layers import run_with_float32_stem
 from ..models.predict import sort_pairs
 from ..observe.flags import QualityFlag
-from ..observe.preprocess import Preprocessed, preprocess
-from ..observe.rv_bulk import LINE_DETECTION_PEAK, estimate_rv
+from ..observe.rv_bulk import LINE_DETECTION_PEAK, preprocess_in_frame
 from ..runtime import release_free_memory, tune_process
 from ..train.calibrate import Calibration
 from .config import PRECISIONS, InferenceConfig
@@ -38,8 +37,7 @@ from .readers.base import TRANSIT_COLUMNS
 from .schema import empty_frame
 
 __all__ = ["PARAMETERS", "PRECISIONS", "DEFAULT_MODEL_DIR", "MODEL_PRESETS", "BATCH_SIZE",
-           "PAD_STEPS", "ModelSet", "get_model_set", "predict_partition", "preprocess_in_frame",
-           "resolve_model_dir"]
+           "PAD_STEPS", "ModelSet", "get_model_set", "predict_partition", "resolve_model_dir"]
 
 #: The models shipped with the package (trained on the embedded grid; see docs/models.md).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
@@ -172,6 +170,9 @@ class ModelSet:
         #: per-S/N-bin width factors (n_bins, 9) and the bin edges, from the manifest
         self.width_scales = np.asarray(cal["scales"]) if cal.get("scales") else None
         self.snr_edges = tuple(cal.get("snr_edges", ()))
+        #: added to the p_binary logit: its prior made 0.5, the detectors' (0 for students
+        #: calibrated before the offset existed)
+        self.logit_offset = float(cal.get("p_binary_logit_offset", 0.0))
         self.calibration = None  # its widths are calibrated in its manifest (above)
         self.lock = threading.Lock()
 
@@ -312,7 +313,8 @@ class ModelSet:
         x = torch.from_numpy(np.ascontiguousarray(flux, dtype=np.float32)).to(self.device)
         feats = model.trunk(run_with_float32_stem(model.features, model.ops.prepare(x)))
         logit, mean, log_width = (t.float().cpu().numpy() for t in model.heads(feats))
-        res = decode(logit, mean, log_width, snr, self.width_scales, self.snr_edges)
+        res = decode(logit, mean, log_width, snr, self.width_scales, self.snr_edges,
+                     self.logit_offset)
         res["p_binary_err"] = np.full(len(flux), np.nan)
         res["ood_distance"] = self._ood_distance(feats)
         return res
@@ -437,53 +439,6 @@ def get_model_set(config: InferenceConfig | None = None) -> ModelSet:
             _MODEL_SETS[key] = ModelSet(directory, device, config.precision, config.batch_size,
                                         members=config.members)
         return _MODEL_SETS[key]
-
-
-def preprocess_in_frame(waves: list[np.ndarray], fluxes: list[np.ndarray], errors: list | None,
-                        model_wave: np.ndarray, remove_bulk, max_nan_fraction: float = 0.2,
-                        carry_errors: bool = False) -> tuple[Preprocessed, np.ndarray, np.ndarray]:
-    """:func:`~sb2dask.observe.preprocess.preprocess` into the frame the networks expect: each
-    spectrum where ``remove_bulk`` is true is moved to its bulk radial velocity's frame, the
-    others are left where they are (what :func:`predict_partition` and
-    ``benchmarks/bench_source_evidence.py`` feed the networks).
-
-    Parameters
-    ----------
-    waves, fluxes, errors, max_nan_fraction, carry_errors : as for ``preprocess``
-    model_wave : (n_pix,) the models' input grid [Å, air]
-    remove_bulk : bool, or array_like of bool (n,)
-        Which spectra to move (:meth:`ModelSet.uses_rest_frame` with the spectra's frames).
-
-    Returns
-    -------
-    pre : Preprocessed
-        The spectra on ``model_wave``, in the frame asked for.
-    rv_bulk : ndarray (n,)
-        The velocity removed [km/s]: :func:`~sb2dask.observe.rv_bulk.estimate_rv`'s where lines
-        were detected and a move was asked for, NaN elsewhere (those spectra are not moved).
-    ccf_peak : ndarray (n,)
-        The cross-correlation peak of every usable spectrum (NaN for unusable ones).
-    """
-    n = len(fluxes)
-    pre = preprocess(waves, fluxes, errors, model_wave, max_nan_fraction,
-                     carry_errors=carry_errors)
-    rv_bulk = np.full(n, np.nan)
-    ccf_peak = np.full(n, np.nan)
-    # cheap next to the networks: 4700-5900 against 47-48 spectra/s (shipped two-member set, one
-    # thread, 512 simulated spectra, two repeats), i.e. ~1 % of a partition's time
-    if pre.usable.any():
-        est = estimate_rv(model_wave, pre.flux[pre.usable])
-        ccf_peak[pre.usable] = est.peak
-        shift = np.broadcast_to(np.asarray(remove_bulk, bool), (n,)) & pre.usable
-        if shift.any():
-            # remove each spectrum's bulk velocity (none where no lines were detected: that
-            # velocity is noise) by resampling again, into that frame, from the observed pixels
-            # (one interpolation, not two); the others keep velocity 0
-            rv_bulk[pre.usable] = est.rv_if_detected
-            rv_bulk[~shift] = np.nan
-            pre = preprocess(waves, fluxes, errors, model_wave, max_nan_fraction,
-                             rv_kms=np.nan_to_num(rv_bulk), carry_errors=carry_errors)
-    return pre, rv_bulk, ccf_peak
 
 
 def predict_partition(df: pd.DataFrame, config: InferenceConfig | None = None) -> pd.DataFrame:

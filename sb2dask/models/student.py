@@ -39,7 +39,7 @@ from .layers import Ops, run_with_float32_stem
 from .predict import sort_pairs
 
 __all__ = ["StudentNet", "OUTPUTS", "MAX_MFLOP", "count_flops", "decode", "scaled_targets",
-           "width_scales", "SNR_EDGES"]
+           "width_scales", "balanced_logit_offset", "SNR_EDGES"]
 
 #: The regression outputs in head order: each label for components 1 and 2 (cooler first),
 #: then the light fraction of the fainter star (of the 8600 Å continuum; unscaled, in [0, 0.5]).
@@ -160,9 +160,36 @@ def width_scales(z: np.ndarray, snr: np.ndarray, edges=SNR_EDGES) -> np.ndarray:
     return out
 
 
+def balanced_logit_offset(logit: np.ndarray, truth: np.ndarray) -> float:
+    """The constant ``b`` that makes ``sigmoid(logit + b)`` the posterior for a prior of 0.5:
+    the minimum of the class-balanced cross-entropy (positives weighted by n_neg / n_pos, as the
+    detectors' own loss weights them, :func:`sb2dask.train.fit.training_loss`) over ``b``.
+
+    The student's p_binary is fitted on rows whose share of positives is its store's (27 % for
+    ``double_lined`` on a half-binary store) against a blend with teachers whose output has
+    prior 0.5, so its raw logit carries a prior in between; the per-source evidence
+    (:mod:`sb2dask.infer.sources`) and every threshold assume the 0.5 of the detectors.
+    ``logit`` (n,), ``truth`` bool (n,) with both classes present."""
+    z = np.asarray(logit, np.float64)
+    y = np.asarray(truth, bool)
+    if y.all() or not y.any():
+        raise ValueError("balanced_logit_offset needs positives and negatives")
+    w = np.where(y, (~y).sum() / y.sum(), 1.0)
+    b = 0.0
+    for _ in range(50):  # Newton on a convex function of one variable
+        p = 1.0 / (1.0 + np.exp(-(z + b)))
+        grad = np.sum(w * (p - y))
+        hess = np.sum(w * p * (1.0 - p))
+        step = grad / max(hess, 1e-12)
+        b -= step
+        if abs(step) < 1e-10:
+            break
+    return float(b)
+
+
 def decode(logit: np.ndarray, mean: np.ndarray, log_width: np.ndarray,
            snr: np.ndarray | None = None, scales: np.ndarray | None = None,
-           edges=SNR_EDGES) -> dict[str, np.ndarray]:
+           edges=SNR_EDGES, logit_offset: float = 0.0) -> dict[str, np.ndarray]:
     """Network outputs → labels in physical units, in the ensembles' layout.
 
     Parameters
@@ -170,6 +197,7 @@ def decode(logit: np.ndarray, mean: np.ndarray, log_width: np.ndarray,
     logit : (n,) ; mean, log_width : (n, 9), scaled, :data:`OUTPUTS` order
     snr : (n,) S/N of each spectrum, selects the calibration bin (NaN: the middle bin)
     scales : (n_bins, 9) width factors of :func:`width_scales` (None: uncalibrated)
+    logit_offset : added to ``logit`` before the sigmoid (:func:`balanced_logit_offset`)
 
     Returns
     -------
@@ -188,7 +216,7 @@ def decode(logit: np.ndarray, mean: np.ndarray, log_width: np.ndarray,
         mid = np.full(len(snr), len(scales) // 2)
         b = np.where(np.isfinite(snr), np.searchsorted(np.asarray(edges), snr), mid)
         width = width * scales[np.clip(b, 0, len(scales) - 1)]
-    out = {"p_binary": 1.0 / (1.0 + np.exp(-np.asarray(logit, np.float64)))}
+    out = {"p_binary": 1.0 / (1.0 + np.exp(-(np.asarray(logit, np.float64) + logit_offset)))}
     phys, err = {}, {}
     for j, name in enumerate(OUTPUTS):
         lo, hi = _scaling(name)

@@ -89,6 +89,8 @@ def label_with_teachers(model_dir: str | Path, store: str | Path, split: str, n:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if first < 0 or n < 0:
+        raise ValueError(f"label_with_teachers: first and n must be >= 0, got {first}, {n}")
     index = split_indices(store, split)[first:first + n]
     teachers = None
     t0, done = time.perf_counter(), 0
@@ -395,16 +397,23 @@ def distill(stores: dict[str, str | Path], teacher_dir: str | Path, teachers: st
 def calibrate_widths(model, val: DistillData) -> dict:
     """The width calibration of ``model`` on validation rows ``val``: per output and S/N bin
     (:data:`~sb2dask.models.student.SNR_EDGES`), the factor that brings the 1σ coverage of the
-    truths to 68.3 % (:func:`~sb2dask.models.student.width_scales`). For the manifest's
-    ``training["calibration"]``."""
-    from ..models.student import OUTPUTS, SNR_EDGES, width_scales
+    truths to 68.3 % (:func:`~sb2dask.models.student.width_scales`); and the p_binary logit
+    offset that makes its output the posterior for prior 0.5, as the detectors'
+    (:func:`~sb2dask.models.student.balanced_logit_offset`, on the detector rows). For the
+    manifest's ``training["calibration"]``."""
+    from ..models.student import OUTPUTS, SNR_EDGES, balanced_logit_offset, width_scales
 
-    _, mean, logw = student_outputs(model, val.flux)
+    logit, mean, logw = student_outputs(model, val.flux)
     z = (val.y - mean) / np.exp(logw)
     scales = width_scales(z, val.snr)
+    det = val.detector_row
     return dict(method="per output and S/N bin: 68.27th percentile of |truth - mean| / width "
                        "on the validation split", snr_edges=list(SNR_EDGES), outputs=list(OUTPUTS),
-                scales=scales.tolist(), n=int(np.isfinite(val.y[:, 0]).sum()))
+                scales=scales.tolist(), n=int(np.isfinite(val.y[:, 0]).sum()),
+                p_binary_logit_offset=balanced_logit_offset(logit[det], val.p_truth[det]),
+                p_binary_offset_method="class-balanced cross-entropy on the validation "
+                                       "detector rows: p_binary is the posterior for prior 0.5",
+                n_p_binary=int(det.sum()))
 
 
 def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
@@ -434,6 +443,10 @@ def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
     state = json.loads(state_json.read_text())
     tset = ModelSet(teachers, device="cpu")
     target = state.get("detector_target", "is_binary")
+    if _detector_target(tset) != target:
+        raise ValueError(f"{state_json}: the student fitted p_binary to {target!r}, the teachers "
+                         f"{teachers} detect {_detector_target(tset)!r}; finalize with the "
+                         "teachers it was distilled from")
     model = StudentNet(n_pix=len(tset.wave))
     load_canonical_state_dict(model, load_file(str(state_json.with_name(
         "student-best.safetensors"))))
@@ -442,7 +455,8 @@ def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
                             target)
     calibration = calibrate_widths(model, val)
     logit, mean, logw = student_outputs(model, val.flux)
-    dec = decode(logit, mean, logw, val.snr, np.asarray(calibration["scales"]))
+    dec = decode(logit, mean, logw, val.snr, np.asarray(calibration["scales"]),
+                 logit_offset=calibration["p_binary_logit_offset"])
     # validation RMSE in physical units (binaries of both stores; per output and pooled over
     # the components): the reference of the LARGE_SPREAD flag
     truth = decode(logit, val.y, logw)
@@ -468,12 +482,14 @@ def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
     labels = {k: np.concatenate(v) for k, v in labels.items()}
     teacher_models = [dict(name=m["name"], weights_sha256=m["weights_sha256"])
                       for ms in tset.manifests.values() for m in ms]
-    teacher_rows = {}
+    teacher_rows = {}  # rows with the teachers' p_binary / with their label means
     for store in stores.values():
         for split in ("train", "test"):
-            n = len(load_teacher_labels(store, split, teacher_dir)["index"])
-            if n:
-                teacher_rows[f"{Path(store).stem}/{split}"] = n
+            t = load_teacher_labels(store, split, teacher_dir)
+            if len(t["index"]):
+                teacher_rows[f"{Path(store).stem}/{split}"] = dict(
+                    p_binary=int(np.isfinite(t["p_binary"]).sum()),
+                    labels=int(np.isfinite(t["teff"][:, 0]).sum()))
     from ..dataset.store import store_fingerprint
 
     manifest = ModelManifest(
