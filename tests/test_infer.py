@@ -469,3 +469,25 @@ def test_the_detector_target_is_read_from_the_manifests_and_must_be_shared(tmp_p
     assert ModelSet(models, members=1).detector_target == "is_binary"
     retarget_detector(models, members=[0])
     assert ModelSet(models).detector_target == "double_lined"
+
+
+def test_new_weights_or_targets_under_the_same_path_are_another_run(tmp_path):
+    """A finished run is continued only with the same model manifests: weights retrained into
+    the same directory, or a detector of another target (p_binary with another meaning), need
+    --overwrite (a per-source table would otherwise mix the two)."""
+    import json as _json
+
+    from model_fixtures import random_model_set, retarget_detector
+    from sb2dask.infer.run import _run_settings, check_output
+
+    models = random_model_set(tmp_path / "m")
+    out = tmp_path / "out.parquet"
+    out.mkdir()
+    inputs = [str(tmp_path / "a.csv")]
+    config = InferenceConfig(model_dir=models)
+    (out / "_inputs.json").write_text(_json.dumps(dict(_run_settings(inputs, config),
+                                                       finished=True)))
+    check_output(out, inputs, config)  # the same models: continued
+    retarget_detector(models)
+    with pytest.raises(ValueError, match="other models"):
+        check_output(out, inputs, config)

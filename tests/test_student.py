@@ -267,3 +267,9 @@ def test_student_fits_p_binary_to_its_teachers_detector_target(tmp_path):
     with pytest.raises(ValueError, match="resume with the same teachers"):
         distill(stores, cache, teachers, tmp_path / "st", max_train={}, max_validation={},
                 epochs=2, progress=False)
+    # and the cache those teachers did not write is not blended in, nor added to
+    with pytest.raises(ValueError, match="other teachers"):
+        distill(stores, cache, teachers, tmp_path / "st2", max_train={}, max_validation={},
+                epochs=1, progress=False)
+    with pytest.raises(ValueError, match="other teachers"):
+        label_with_teachers(teachers, store, "train", 16, cache, chunk=16, progress=False)

@@ -22,6 +22,7 @@ by quality flag.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -295,7 +296,7 @@ def _read_record(out: Path) -> dict | None:
 
 
 #: The settings of a run a rerun into the same ``--out`` must share to continue it.
-_RUN_KEYS = ("inputs", "model_dir", "precision", "members", "fit", "fit_threshold",
+_RUN_KEYS = ("inputs", "model_dir", "models", "precision", "members", "fit", "fit_threshold",
              "calibration", "fit_config")
 
 
@@ -356,7 +357,12 @@ def _run_settings(inputs: list[str], config: InferenceConfig) -> dict:
     # the evidence fits' whole configuration: a run fitted with other settings (or by an older
     # fitter, whose records lack this) is not the same run
     fit_config = config.fit_config().to_dict() if config.fit else None
-    return dict(inputs=list(inputs), model_dir=str(model_dir.resolve()),
+    # the manifests (weights' hashes, detector target, a student's calibration): new weights
+    # under the same path, or p_binary with another meaning, are another run
+    manifests = sorted(model_dir.glob("*.json"))
+    models = hashlib.sha256("".join(f"{m.name}:{file_sha256(m)};" for m in manifests
+                                    if m.name != CALIBRATION_FILE).encode()).hexdigest()
+    return dict(inputs=list(inputs), model_dir=str(model_dir.resolve()), models=models,
                 precision=config.precision, members=config.members, fit=config.fit,
                 fit_threshold=config.fit_threshold,
                 calibration=file_sha256(cal) if cal.exists() else None, fit_config=fit_config)

@@ -31,7 +31,8 @@ from ..dataset.store import load_split, split_indices
 from ..fileio import atomic_path, atomic_write_json
 from ..labels import PARAMETERS, detector_fields, detector_truth
 
-__all__ = ["TEACHER_KEYS", "DEFAULT_BLEND", "label_with_teachers", "load_teacher_labels"]
+__all__ = ["TEACHER_KEYS", "DEFAULT_BLEND", "label_with_teachers", "load_teacher_labels",
+           "teachers_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,17 @@ DEFAULT_BLEND = dict(p_binary_hard=0.5, p_binary_soft=0.5, nll_hard=1.0, mean_so
 
 def _cache_name(store: str | Path, split: str, start: int) -> str:
     return f"teacher-{Path(store).stem}-{split}-{start:06d}.npz"
+
+
+def teachers_digest(models) -> str:
+    """Which teachers wrote a cache chunk: SHA-256 over the detector target and the weights'
+    hashes of every member of ``models`` (a :class:`~sb2dask.infer.predict.ModelSet`), so a
+    cache of other teachers (another target, retrained weights) is not blended in unnoticed."""
+    import hashlib
+
+    hashes = sorted(m["weights_sha256"] for ms in models.manifests.values() for m in ms)
+    key = f"{_detector_target(models)}:" + ",".join(hashes)
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def label_with_teachers(model_dir: str | Path, store: str | Path, split: str, n: int,
@@ -92,14 +104,18 @@ def label_with_teachers(model_dir: str | Path, store: str | Path, split: str, n:
     if first < 0 or n < 0:
         raise ValueError(f"label_with_teachers: first and n must be >= 0, got {first}, {n}")
     index = split_indices(store, split)[first:first + n]
-    teachers = None
+    teachers = ModelSet(model_dir, device="cpu", precision=precision)
+    digest = teachers_digest(teachers)
     t0, done = time.perf_counter(), 0
     for s in range(0, len(index), chunk):
         path = out_dir / _cache_name(store, split, int(index[s]))
         if path.exists():
+            with np.load(path) as cached:
+                theirs = str(cached["teachers"]) if "teachers" in cached else None
+            if theirs is not None and theirs != digest:
+                raise ValueError(f"{path}: written by other teachers than {model_dir} (another "
+                                 "detector target or other weights); use another cache directory")
             continue
-        if teachers is None:
-            teachers = ModelSet(model_dir, device="cpu", precision=precision)
         rows = index[s:s + chunk]
         data = load_split(store, rows, ["is_binary"], frame=teachers.frame, wave=teachers.wave)
         if detector_only:
@@ -108,7 +124,8 @@ def label_with_teachers(model_dir: str | Path, store: str | Path, split: str, n:
         else:
             pred = teachers.predict(data.flux, calibrated=False)  # *_err: the raw spreads
         with atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, index=rows, **{k: pred[k].astype(np.float32) for k in TEACHER_KEYS})
+            np.savez(tmp, index=rows, teachers=np.array(digest),
+                     **{k: pred[k].astype(np.float32) for k in TEACHER_KEYS})
         done += len(rows)
         if progress:
             rate = done / (time.perf_counter() - t0)
@@ -123,7 +140,12 @@ def load_teacher_labels(store: str | Path, split: str, out_dir: str | Path,
     ``index`` that are cached), in row order, each row once (chunks of runs with other chunk
     sizes may overlap); ``{"index": []}`` when none are cached."""
     paths = sorted(Path(out_dir).glob(_cache_name(store, split, 0).replace("000000", "*")))
-    parts = [dict(np.load(p)) for p in paths]
+    parts = []
+    for path in paths:
+        part = dict(np.load(path))
+        # per row: which teachers wrote it ("" in caches written before that was recorded)
+        part["teachers"] = np.full(len(part["index"]), str(part.get("teachers", "")))
+        parts.append(part)
     if not parts:
         return {"index": np.zeros(0, np.int64)}
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -283,6 +305,22 @@ def validation_summary(model, val: DistillData) -> dict:
                 rmse_scaled={n: float(r) for n, r in zip(OUTPUTS, rmse)})
 
 
+def _check_cache(stores: dict[str, str | Path], teacher_dir, digest: str, teachers) -> None:
+    """The cached training rows were labelled by ``teachers`` (:func:`teachers_digest`); a cache
+    written before the digest was recorded is accepted with a warning."""
+    if teacher_dir is None:
+        return
+    seen = set()
+    for store in stores.values():
+        seen |= set(load_teacher_labels(store, "train", teacher_dir).get("teachers", []))
+    if seen - {digest, ""}:
+        raise ValueError(f"{teacher_dir}: cached rows labelled by other teachers than {teachers} "
+                         "(another detector target or other weights); use another cache")
+    if "" in seen:
+        logger.warning("%s: cache chunks without a record of their teachers; assumed to be %s's",
+                       teacher_dir, teachers)
+
+
 def distill(stores: dict[str, str | Path], teacher_dir: str | Path, teachers: str | Path,
             out_dir: str | Path, max_train: dict[str, int], max_validation: dict[str, int],
             epochs: int = 6, batch_size: int = 256, learning_rate: float = 2e-3,
@@ -319,6 +357,7 @@ def distill(stores: dict[str, str | Path], teacher_dir: str | Path, teachers: st
             raise ValueError(f"{state_json}: this run fitted p_binary to {done!r}, the "
                              f"teachers {teachers} detect {target!r}; resume with the same "
                              "teachers or use a new output directory")
+    _check_cache(stores, teacher_dir, teachers_digest(tset), teachers)
     train = load_distill_data(stores, "train", max_train, teacher_dir, tset.frame, tset.wave,
                               target)
     val = load_distill_data(stores, "validation", max_validation, None, tset.frame, tset.wave,
