@@ -163,6 +163,9 @@ def test_renderer_adds_only_the_missing_broadening(lib):
 
     cfg = SimulationConfig.paper()
     r = SpectrumRenderer(lib, cfg)
+    # the band is the instrument's either way (not every frequency for the R = 10 000 files)
+    freq = np.fft.rfftfreq(r.n_work, d=r.dv)
+    assert r.n_freq == np.flatnonzero(gaussian_lsf_ft(freq, cfg.resolution) > 1e-12)[-1] + 1
     if lib.product == PRODUCT_LOGLAM:
         assert np.all(r.lsf == 1.0)
     else:

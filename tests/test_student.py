@@ -110,7 +110,12 @@ def test_balanced_logit_offset_gives_the_detectors_prior():
     assert b == pytest.approx(-np.log(truth.mean() / (1 - truth.mean())), rel=1e-6)
     p = decode(logit, np.zeros((4000, 9)), np.zeros((4000, 9)), logit_offset=b)["p_binary"]
     np.testing.assert_allclose(p, 0.5, atol=1e-9)
-    assert balanced_logit_offset(np.zeros(10), np.arange(10) < 5) == pytest.approx(0.0, abs=1e-12)
+    assert balanced_logit_offset(np.zeros(10), np.arange(10) < 5) == pytest.approx(0.0, abs=1e-9)
+    # far from 0, and with one positive row: the root, not a diverged Newton step
+    assert balanced_logit_offset(np.full(40, 15.0), np.arange(40) < 10) == pytest.approx(-15.0)
+    assert balanced_logit_offset(np.full(40, -30.0), np.arange(40) < 10) == pytest.approx(30.0)
+    one = balanced_logit_offset(rng.normal(-4.5, 1.0, 400), np.arange(400) < 1)
+    assert np.isfinite(one) and abs(one) < 20
     with pytest.raises(ValueError, match="positives and negatives"):
         balanced_logit_offset(np.zeros(3), np.ones(3, bool))
 
@@ -152,7 +157,9 @@ def test_model_set_runs_a_student_in_the_ensemble_schema(tmp_path):
     np.testing.assert_allclose(pre.predict(x)["logg_err"], 2 * plain.predict(x)["logg_err"],
                                rtol=1e-5)
     # and its p_binary logit offset
-    moved = ModelSet(_student_dir(tmp_path / "o", offset=1.5), "cpu").predict(x)["p_binary"]
+    offset_set = ModelSet(_student_dir(tmp_path / "o", offset=1.5), "cpu")
+    assert offset_set.provenance["student"][0]["p_binary_logit_offset"] == 1.5
+    moved = offset_set.predict(x)["p_binary"]
     base = plain.predict(x)["p_binary"]
     np.testing.assert_allclose(np.log(moved / (1 - moved)) - np.log(base / (1 - base)), 1.5,
                                rtol=1e-4)
@@ -235,7 +242,7 @@ def test_student_fits_p_binary_to_its_teachers_detector_target(tmp_path):
         generate(store, SimulationConfig.paper(seed=4, binary_fraction=0.7,
                                                snr_range=(100, 350)),
                  160, 80, client=c, split=SplitSpec(0.5, 0.25, 0.25), progress=False)
-    teachers = random_model_set(tmp_path / "t")
+    teachers = random_model_set(tmp_path / "t", members=2)  # the cache's digest covers both
     assert ModelSet(retarget_detector(teachers), "cpu").detector_target == "double_lined"
     cache = tmp_path / "cache"
     label_with_teachers(teachers, store, "train", 16, cache, chunk=16, progress=False)

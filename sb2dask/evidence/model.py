@@ -32,7 +32,7 @@ import torch
 from ..constants import C_KMS
 from ..gaia import RVS_RESOLVING_POWER
 from ..library.base import SpectralLibrary
-from ..simulate.broadening import rotation_kernel_ft
+from ..simulate.broadening import gaussian_lsf_ft, rotation_kernel_ft
 from ..simulate.config import SimulationConfig
 from ..simulate.spectra import SpectrumRenderer
 from ..simulate.systems import GridSampler
@@ -100,7 +100,9 @@ class ForwardModel:
         # the renderer's node transforms (private: built once there, reused here, not redone)
         # the band the LSF lets through: frequencies where its transform exceeds band_cut
         # (1e-6 keeps 792 of the renderer's 1120 at R = 11 500; pixel values change by < 1e-7)
-        n_freq = int(np.flatnonzero(renderer.lsf > band_cut)[-1]) + 1
+        # (the instrument's LSF, not the part the renderer adds to a finite-resolution library)
+        n_freq = int(np.flatnonzero(gaussian_lsf_ft(renderer.freq, resolution)
+                                    > band_cut)[-1]) + 1
         cube = fill_missing_nodes(renderer._cube[..., :n_freq], avail)
         self._shape = cube.shape[:3]
         self._corner_bits = torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)])

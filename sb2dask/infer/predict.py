@@ -228,6 +228,9 @@ class ModelSet:
                      training_set=m["training_set"].get("sha256"), metrics=m["metrics"])
             if t in ("p_binary", "student"):
                 d["detector_target"] = detector_target(m.get("training") or {})
+            if t == "student":  # calibrated in the manifest, not in the weights
+                d["p_binary_logit_offset"] = ((m.get("training") or {}).get(
+                    "calibration") or {}).get("p_binary_logit_offset", 0.0)
             return d
 
         return {t: [entry(t, m) for m in ms] for t, ms in self.manifests.items()}

@@ -170,21 +170,20 @@ def balanced_logit_offset(logit: np.ndarray, truth: np.ndarray) -> float:
     prior 0.5, so its raw logit carries a prior in between; the per-source evidence
     (:mod:`sb2dask.infer.sources`) and every threshold assume the 0.5 of the detectors.
     ``logit`` (n,), ``truth`` bool (n,) with both classes present."""
+    from scipy.optimize import brentq
+    from scipy.special import expit
+
     z = np.asarray(logit, np.float64)
     y = np.asarray(truth, bool)
     if y.all() or not y.any():
         raise ValueError("balanced_logit_offset needs positives and negatives")
     w = np.where(y, (~y).sum() / y.sum(), 1.0)
-    b = 0.0
-    for _ in range(50):  # Newton on a convex function of one variable
-        p = 1.0 / (1.0 + np.exp(-(z + b)))
-        grad = np.sum(w * (p - y))
-        hess = np.sum(w * p * (1.0 - p))
-        step = grad / max(hess, 1e-12)
-        b -= step
-        if abs(step) < 1e-10:
-            break
-    return float(b)
+
+    def grad(b):  # of the convex loss: increasing in b, one root
+        return float(np.sum(w * (expit(z + b) - y)))
+
+    span = float(np.max(np.abs(z))) + 50.0  # the root lies inside: grad(−span) < 0 < grad(span)
+    return float(brentq(grad, -span, span, xtol=1e-10))
 
 
 def decode(logit: np.ndarray, mean: np.ndarray, log_width: np.ndarray,

@@ -190,7 +190,7 @@ def preprocess_in_frame(waves: list[np.ndarray], fluxes: list[np.ndarray], error
                         carry_errors: bool = False) -> tuple[Preprocessed, np.ndarray, np.ndarray]:
     """:func:`~sb2dask.observe.preprocess.preprocess` into the frame the networks expect: each
     spectrum where ``remove_bulk`` is true is moved to its bulk radial velocity's frame, the
-    others are left where they are (what :func:`predict_partition` and
+    others are left where they are (what :func:`sb2dask.infer.predict.predict_partition` and
     ``benchmarks/bench_source_evidence.py`` feed the networks).
 
     Parameters

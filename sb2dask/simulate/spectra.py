@@ -14,6 +14,8 @@ instead, and the CCD spectra are combined onto the output pixels as DPAC does
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from scipy.interpolate import CubicSpline
 
@@ -33,6 +35,8 @@ from .realism import (
     noise_sigma,
     scale_line_depths,
 )
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SpectrumRenderer"]
 
@@ -58,9 +62,13 @@ class SpectrumRenderer:
         # a library of finite resolving power (PHOENIX files) gets only the Gaussian that takes
         # it to the instrument's: widths add in quadrature
         self.native_resolution = float(library.resolution)
-        # the sharpest LSF a spectrum may get decides which frequencies carry anything
-        r_max = added_resolution(max(config.resolution, config.realism.resolution[1]),
-                                 self.native_resolution)
+        # the sharpest total LSF a spectrum may get decides which frequencies carry anything (the
+        # instrument's: a library of finite resolution only narrows the band further)
+        r_max = max(config.resolution, config.realism.resolution[1])
+        if self.native_resolution <= r_max:
+            logger.warning("library %s is at R = %g, at or below the R = %g asked for: spectra "
+                           "keep the library's resolution (their resolution labels say what "
+                           "was asked)", library.name, self.native_resolution, r_max)
         self.n_freq = int(np.flatnonzero(gaussian_lsf_ft(freq, r_max) > 1e-12)[-1]) + 1
         self.freq = freq[: self.n_freq]
         self.lsf = gaussian_lsf_ft(self.freq, added_resolution(config.resolution,

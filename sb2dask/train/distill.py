@@ -348,7 +348,7 @@ def distill(stores: dict[str, str | Path], teacher_dir: str | Path, teachers: st
     ckpt.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     # the teachers' frame and pixel grid
-    tset = ModelSet(teachers, device="cpu", members=1)
+    tset = ModelSet(teachers, device="cpu")  # every member: the cache's digest covers them all
     target = _detector_target(tset)
     state_json = ckpt / "student-state.json"
     if state_json.exists():  # before loading the data: a resume must fit the same truth
