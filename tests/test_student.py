@@ -269,6 +269,18 @@ def test_student_fits_p_binary_to_its_teachers_detector_target(tmp_path):
     student = ModelSet(tmp_path / "m", "cpu")
     assert student.detector_target == "double_lined"
     assert student.provenance["student"][0]["detector_target"] == "double_lined"
+    # without teachers: the truths alone, in the store's frame and grid, p_binary to the target
+    # asked for (which is then required)
+    alone = distill(stores, None, None, tmp_path / "alone", max_train={}, max_validation={},
+                    epochs=1, batch_size=32, progress=False, detector_target="double_lined")
+    path = finalize_student(alone, stores, None, None, tmp_path / "m2", max_calibration={})
+    man = json.loads(path.read_text())
+    assert man["training"]["distillation"]["teachers"] is None
+    assert man["training"]["distillation"]["teacher_models"] == []
+    assert ModelSet(tmp_path / "m2", "cpu").detector_target == "double_lined"
+    with pytest.raises(ValueError, match="detector_target"):
+        distill(stores, None, None, tmp_path / "alone2", max_train={}, max_validation={},
+                epochs=1, progress=False)
     # the same run resumed with is_binary teachers would fit another truth
     retarget_detector(teachers, "is_binary")
     with pytest.raises(ValueError, match="resume with the same teachers"):

@@ -305,6 +305,40 @@ def validation_summary(model, val: DistillData) -> dict:
                 rmse_scaled={n: float(r) for n, r in zip(OUTPUTS, rmse)})
 
 
+@dataclass(frozen=True)
+class _Setting:
+    """What the student is fitted in: the frame and pixel grid of its inputs, p_binary's target,
+    and the teachers (None: the truths alone)."""
+
+    frame: str
+    wave: np.ndarray
+    target: str
+    teachers: object = None  # a ModelSet
+
+
+def _setting(teachers, stores: dict[str, str | Path], detector_target: str | None) -> _Setting:
+    """The teachers' frame, grid and detector target; without teachers the first store's frame
+    and grid and ``detector_target`` (required then)."""
+    from ..infer.predict import ModelSet
+
+    if teachers is not None:
+        tset = ModelSet(teachers, device="cpu")  # every member: the cache digest covers all
+        target = _detector_target(tset)
+        if detector_target not in (None, target):
+            raise ValueError(f"detector_target {detector_target!r}: the teachers {teachers} "
+                             f"detect {target!r}")
+        return _Setting(tset.frame, tset.wave, target, tset)
+    if detector_target is None:
+        raise ValueError("without teachers, say what p_binary is fitted to (detector_target)")
+    import zarr
+
+    from ..dataset.store import store_frame
+
+    first = next(iter(stores.values()))
+    return _Setting(store_frame(first), zarr.open_group(str(first), mode="r")["wave"][...],
+                    detector_target)
+
+
 def _check_cache(stores: dict[str, str | Path], teacher_dir, digest: str, teachers) -> None:
     """The cached training rows were labelled by ``teachers`` (:func:`teachers_digest`); a cache
     written before the digest was recorded is accepted with a warning."""
@@ -321,12 +355,16 @@ def _check_cache(stores: dict[str, str | Path], teacher_dir, digest: str, teache
                        teacher_dir, teachers)
 
 
-def distill(stores: dict[str, str | Path], teacher_dir: str | Path, teachers: str | Path,
-            out_dir: str | Path, max_train: dict[str, int], max_validation: dict[str, int],
-            epochs: int = 6, batch_size: int = 256, learning_rate: float = 2e-3,
-            blend: dict | None = None, budget_s: float | None = None, seed: int = 0,
-            threads: int | None = None, progress: bool = True) -> Path:
+def distill(stores: dict[str, str | Path], teacher_dir: str | Path | None,
+            teachers: str | Path | None, out_dir: str | Path, max_train: dict[str, int],
+            max_validation: dict[str, int], epochs: int = 6, batch_size: int = 256,
+            learning_rate: float = 2e-3, blend: dict | None = None,
+            budget_s: float | None = None, seed: int = 0, threads: int | None = None,
+            progress: bool = True, detector_target: str | None = None) -> Path:
     """Fit (or resume) the student; returns the path of its last checkpoint's progress file.
+
+    Without ``teachers`` (and ``teacher_dir``) the student is fitted to the truths alone, in the
+    first store's frame and on its pixel grid, p_binary to ``detector_target``.
 
     Checkpoints after every epoch in ``out_dir/checkpoints`` (weights, optimiser, scheduler,
     progress); a rerun resumes after the last finished epoch. ``budget_s`` stops after the
@@ -335,7 +373,6 @@ def distill(stores: dict[str, str | Path], teacher_dir: str | Path, teachers: st
     """
     from safetensors.torch import load_file, save_file
 
-    from ..infer.predict import ModelSet
     from ..models.layers import canonical_state_dict, load_canonical_state_dict
     from ..models.student import StudentNet
     from .fit import warmup_cosine
@@ -347,9 +384,8 @@ def distill(stores: dict[str, str | Path], teacher_dir: str | Path, teachers: st
     ckpt = out_dir / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    # the teachers' frame and pixel grid
-    tset = ModelSet(teachers, device="cpu")  # every member: the cache's digest covers them all
-    target = _detector_target(tset)
+    setting = _setting(teachers, stores, detector_target)
+    target = setting.target
     state_json = ckpt / "student-state.json"
     if state_json.exists():  # before loading the data: a resume must fit the same truth
         done = json.loads(state_json.read_text()).get("detector_target", "is_binary")
@@ -357,17 +393,18 @@ def distill(stores: dict[str, str | Path], teacher_dir: str | Path, teachers: st
             raise ValueError(f"{state_json}: this run fitted p_binary to {done!r}, the "
                              f"teachers {teachers} detect {target!r}; resume with the same "
                              "teachers or use a new output directory")
-    _check_cache(stores, teacher_dir, teachers_digest(tset), teachers)
-    train = load_distill_data(stores, "train", max_train, teacher_dir, tset.frame, tset.wave,
-                              target)
-    val = load_distill_data(stores, "validation", max_validation, None, tset.frame, tset.wave,
-                            target)
+    if setting.teachers is not None:
+        _check_cache(stores, teacher_dir, teachers_digest(setting.teachers), teachers)
+    train = load_distill_data(stores, "train", max_train, teacher_dir, setting.frame,
+                              setting.wave, target)
+    val = load_distill_data(stores, "validation", max_validation, None, setting.frame,
+                            setting.wave, target)
     if progress:
         print(f"student: {len(train.flux)} training rows ({np.isfinite(train.p_teacher).sum()} "
               f"with teacher labels), {len(val.flux)} validation rows, loaded in "
               f"{time.perf_counter() - t_start:.0f} s", file=sys.stderr, flush=True)
     torch.manual_seed(seed)
-    model = StudentNet(n_pix=len(tset.wave))
+    model = StudentNet(n_pix=len(setting.wave))
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
     steps = epochs * -(-len(train.flux) // batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps))
@@ -456,8 +493,9 @@ def calibrate_widths(model, val: DistillData) -> dict:
 
 
 def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
-                     teachers: str | Path, teacher_dir: str | Path, out_dir: str | Path,
-                     max_calibration: dict[str, int], name: str = "student-0") -> Path:
+                     teachers: str | Path | None, teacher_dir: str | Path | None,
+                     out_dir: str | Path, max_calibration: dict[str, int],
+                     name: str = "student-0") -> Path:
     """Save the best student of a :func:`distill` run with its manifest: architecture and pixel
     grid, frame, the distillation (blend, teacher model names and hashes, teacher-labelled rows),
     the width calibration (:func:`calibrate_widths` on ``max_calibration`` validation rows), the
@@ -466,7 +504,6 @@ def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
     from safetensors.torch import load_file
 
     from ..dataset.factory import store_metadata
-    from ..infer.predict import ModelSet
     from ..models.io import (
         ModelManifest,
         feature_statistics,
@@ -480,12 +517,12 @@ def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
 
     state_json = Path(state_json)
     state = json.loads(state_json.read_text())
-    tset = ModelSet(teachers, device="cpu")
     target = state.get("detector_target", "is_binary")
-    if _detector_target(tset) != target:
+    tset = _setting(teachers, stores, None if teachers is not None else target)
+    if tset.target != target:
         raise ValueError(f"{state_json}: the student fitted p_binary to {target!r}, the teachers "
-                         f"{teachers} detect {_detector_target(tset)!r}; finalize with the "
-                         "teachers it was distilled from")
+                         f"{teachers} detect {tset.target!r}; finalize with the teachers it was "
+                         "distilled from")
     model = StudentNet(n_pix=len(tset.wave))
     load_canonical_state_dict(model, load_file(str(state_json.with_name(
         "student-best.safetensors"))))
@@ -519,10 +556,11 @@ def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
             labels[k].append(d.labels[k][d.labels["is_binary"].astype(bool)])
         snr_ranges.append(store_metadata(store)["config"]["snr_range"])
     labels = {k: np.concatenate(v) for k, v in labels.items()}
-    teacher_models = [dict(name=m["name"], weights_sha256=m["weights_sha256"])
-                      for ms in tset.manifests.values() for m in ms]
+    teacher_models = [] if tset.teachers is None else [
+        dict(name=m["name"], weights_sha256=m["weights_sha256"])
+        for ms in tset.teachers.manifests.values() for m in ms]
     teacher_rows = {}  # rows with the teachers' p_binary / with their label means
-    for store in stores.values():
+    for store in stores.values() if teacher_dir is not None else ():
         for split in ("train", "test"):
             t = load_teacher_labels(store, split, teacher_dir)
             if len(t["index"]):
@@ -541,7 +579,8 @@ def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
             epochs=state["epoch"], best_epoch=state.get("best_epoch"),
             batch_size=state["batch_size"], learning_rate=state["learning_rate"],
             seconds=state["seconds"], mflop_per_spectrum=count_flops(model, len(tset.wave)) / 1e6,
-            distillation=dict(blend=state["blend"], teachers=str(Path(teachers).resolve()),
+            distillation=dict(blend=state["blend"],
+                              teachers=None if teachers is None else str(Path(teachers).resolve()),
                               teacher_models=teacher_models, teacher_rows=teacher_rows,
                               n_train_with_teacher=state["n_teacher"],
                               teacher_precision="fp32"),
