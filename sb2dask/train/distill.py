@@ -390,9 +390,9 @@ def distill(stores: dict[str, str | Path], teacher_dir: str | Path | None,
     if state_json.exists():  # before loading the data: a resume must fit the same truth
         done = json.loads(state_json.read_text()).get("detector_target", "is_binary")
         if done != target:
-            raise ValueError(f"{state_json}: this run fitted p_binary to {done!r}, the "
-                             f"teachers {teachers} detect {target!r}; resume with the same "
-                             "teachers or use a new output directory")
+            raise ValueError(f"{state_json}: this run fitted p_binary to {done!r}, now "
+                             f"{target!r} (teachers {teachers}); resume with the same teachers "
+                             "and target or use a new output directory")
     if setting.teachers is not None:
         _check_cache(stores, teacher_dir, teachers_digest(setting.teachers), teachers)
     train = load_distill_data(stores, "train", max_train, teacher_dir, setting.frame,
