@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     student = ModelSet(args.models, "cpu")
     stores = {"detector": args.detector_store, "labels": args.labels_store}
     sizes = {"detector": args.n_detector, "labels": args.n_labels}
-    target = student.detector_target or "is_binary"
+    target = student.p_binary_target
     tset = ModelSet(args.teachers, "cpu")
-    if (tset.detector_target or "is_binary") != target:
+    if tset.p_binary_target != target:
         raise SystemExit(f"the student detects {target!r}, its teachers {args.teachers} "
                          f"{tset.detector_target!r}: pass the teachers it was distilled from")
     teach = {k: label_with_teachers(args.teachers, s, "test", sizes[k], args.teacher_cache,

@@ -247,7 +247,7 @@ def evaluate(store: str | Path, model_dir: str | Path, out_dir: str | Path,
         res["single_star_test"] = dict(store=str(single_store), n=len(sdata.flux), **single)
 
     det = None
-    target = models.detector_target or "is_binary"
+    target = models.p_binary_target
     if detector_store is not None:
         if Path(detector_store).resolve() == Path(store).resolve():
             dlab, dpred = all_lab, all_pred

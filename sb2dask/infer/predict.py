@@ -206,6 +206,12 @@ class ModelSet:
                              "again or remove the file")
 
     @property
+    def p_binary_target(self) -> str:
+        """The truth p_binary is fitted and scored against: :attr:`detector_target`, or
+        ``is_binary`` for a set without a detector."""
+        return self.detector_target or "is_binary"
+
+    @property
     def calibration_record(self) -> dict | None:
         """What the outputs' metadata and a run's settings record of the calibration applied:
         the file's SHA-256 and where it was fitted (None without one)."""
@@ -229,8 +235,7 @@ class ModelSet:
             if t in ("p_binary", "student"):
                 d["detector_target"] = detector_target(m.get("training") or {})
             if t == "student":  # calibrated in the manifest, not in the weights
-                d["p_binary_logit_offset"] = ((m.get("training") or {}).get(
-                    "calibration") or {}).get("p_binary_logit_offset", 0.0)
+                d["p_binary_logit_offset"] = self.logit_offset
             return d
 
         return {t: [entry(t, m) for m in ms] for t, ms in self.manifests.items()}

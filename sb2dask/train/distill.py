@@ -41,12 +41,6 @@ logger = logging.getLogger(__name__)
 TEACHER_KEYS = ("p_binary", "p_binary_err") + PARAMETERS + tuple(f"{k}_err" for k in PARAMETERS)
 
 
-def _detector_target(models) -> str:
-    """What the student's p_binary is fitted to: the teachers' detector target
-    (:data:`sb2dask.labels.DETECTOR_TARGETS`), so the hard truth and the teachers' probability of
-    the blend answer the same question (``is_binary`` for teachers without a detector)."""
-    return models.detector_target or "is_binary"
-
 #: Weights of the loss terms (see :func:`distill`): ``p_binary_hard`` / ``p_binary_soft`` mix
 #: the target of the detector's cross-entropy (truth 0/1 and the teachers' mean probability),
 #: ``nll_hard`` weights the heteroscedastic (beta-)NLL of every label against the truth,
@@ -69,7 +63,7 @@ def teachers_digest(models) -> str:
     import hashlib
 
     hashes = sorted(m["weights_sha256"] for ms in models.manifests.values() for m in ms)
-    key = f"{_detector_target(models)}:" + ",".join(hashes)
+    key = f"{models.p_binary_target}:" + ",".join(hashes)
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -323,7 +317,7 @@ def _setting(teachers, stores: dict[str, str | Path], detector_target: str | Non
 
     if teachers is not None:
         tset = ModelSet(teachers, device="cpu")  # every member: the cache digest covers all
-        target = _detector_target(tset)
+        target = tset.p_binary_target
         if detector_target not in (None, target):
             raise ValueError(f"detector_target {detector_target!r}: the teachers {teachers} "
                              f"detect {target!r}")
