@@ -264,6 +264,13 @@ def test_student_fits_p_binary_to_its_teachers_detector_target(tmp_path):
     want = double_lined(lab["is_binary"], lab["light_fraction"], lab["rv_separation"])
     np.testing.assert_array_equal(val.p_truth, want)
     assert (val.p_truth != val.is_binary).any()  # a binary that does not show two stars
+    # more detector stores (``detector_*``) train p_binary too; ``labels*`` stores do not
+    more = load_distill_data({"detector": store, "detector_b": store, "labels": store},
+                             "validation", {}, None, "rest", wave, "double_lined")
+    n = len(val.flux)
+    assert more.detector_row.tolist() == [True] * (2 * n) + [False] * n
+    with pytest.raises(ValueError, match="store role 'teachers'"):
+        load_distill_data({"teachers": store}, "validation", {}, None, "rest", wave)
     path = finalize_student(state, stores, teachers, cache, tmp_path / "m", max_calibration={})
     assert json.loads(path.read_text())["training"]["detector_target"] == "double_lined"
     student = ModelSet(tmp_path / "m", "cpu")

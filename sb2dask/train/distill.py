@@ -195,10 +195,21 @@ def _teacher_scaled(teach: dict) -> np.ndarray:
     return scaled_targets(lab)
 
 
+def is_detector_role(key: str) -> bool:
+    """Whether the store under ``key`` of a distillation's ``stores`` trains p_binary: the
+    ``detector`` store and any other under a ``detector_*`` key (their class balance is the
+    detector's); every other store (``labels``) trains the labels only."""
+    if not (key in ("detector", "labels") or key.startswith(("detector_", "labels_"))):
+        raise ValueError(f"distillation store role {key!r}: use 'detector', 'labels', "
+                         "'detector_*' or 'labels_*'")
+    return key == "detector" or key.startswith("detector_")
+
+
 def load_distill_data(stores: dict[str, str | Path], split: str, max_rows: dict[str, int],
                       teacher_dir: str | Path | None, frame: str, wave: np.ndarray,
                       target: str = "is_binary") -> DistillData:
-    """Rows of ``split`` from the ``detector`` and ``labels`` stores (``stores`` keys), the first
+    """Rows of ``split`` from the ``detector`` and ``labels`` stores (``stores`` keys; more
+    detector stores as ``detector_*`` keys, see :func:`is_detector_role`), the first
     ``max_rows[key]`` of each, with the cached teacher labels of ``teacher_dir`` where present;
     p_binary's truth for detector ``target``."""
     from ..models.student import scaled_targets
@@ -222,7 +233,7 @@ def load_distill_data(stores: dict[str, str | Path], split: str, max_rows: dict[
         y[~binary] = np.nan  # a single star has no second component to label
         y_t[~binary] = np.nan
         parts.append(DistillData(d.flux, y, binary, detector_truth(target, d.labels),
-                                 np.full(n, key == "detector"), p_t, y_t,
+                                 np.full(n, is_detector_role(key)), p_t, y_t,
                                  d.labels["snr"].astype(np.float32)))
     return DistillData(*(np.concatenate([getattr(p, f) for p in parts])
                          for f in DistillData.__dataclass_fields__))
