@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from _results import write_results  # benchmarks/ is on sys.path when run as a script
-from sb2dask.infer.predict import DEFAULT_MODEL_DIR
+from sb2dask.infer.predict import resolve_model_dir
 
 
 def stage_breakdown(files: list[str], model_dir, precision: str, threads: int,
@@ -45,7 +45,7 @@ def stage_breakdown(files: list[str], model_dir, precision: str, threads: int,
     parts = [p for f in files for p in read_catalogue(f, partition_rows=1000)]
     t_parse = time.perf_counter() - t0
     n = sum(len(p) for p in parts)
-    models = ModelSet(model_dir or DEFAULT_MODEL_DIR, "cpu", precision=precision, members=members)
+    models = ModelSet(resolve_model_dir(model_dir), "cpu", precision=precision, members=members)
     t0 = time.perf_counter()
     pre = [preprocess(list(p["wave"]), list(p["flux"]), list(p["flux_error"]), models.wave)
            for p in parts]
@@ -127,7 +127,8 @@ def end_to_end(files: list[str], model_dir, workers: int, threads: int, precisio
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--models", default=None, help="model directory (default: shipped models)")
+    ap.add_argument("--models", default="paper",
+                    help="model directory or preset (default: the paper-recipe ensembles)")
     ap.add_argument("--n-sources", type=int, default=2500)
     ap.add_argument("--files", type=int, default=8, help="bulk ECSV files (one partition each)")
     ap.add_argument("--layouts", nargs="+", default=["2x1", "1x2"],
@@ -190,7 +191,7 @@ def main(argv=None) -> int:
         for N, v in proj[prec]["hours"].items():
             print(f"  {N} spectra: " + ", ".join(f"{c} cores {h:,.1f} h" for c, h in v.items()))
     write_results(f"bench_infer{'_' + args.tag if args.tag else ''}",
-                  models=str(args.models or DEFAULT_MODEL_DIR), members=args.members,
+                  models=str(resolve_model_dir(args.models)), members=args.members,
                   stages=stages, bf16_vs_fp32=agree, end_to_end=e2e, projection=proj)
     return 0
 

@@ -94,7 +94,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spectra", type=int, default=80000)
     ap.add_argument("--memory-limit", default="1.4GB")
-    ap.add_argument("--models", default=None)
+    ap.add_argument("--models", default="paper",
+                    help="model directory or preset (default: the paper-recipe ensembles)")
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     ap.add_argument("--members", type=int, default=None, help="members per network (all)")
     ap.add_argument("--workers", type=int, default=2)

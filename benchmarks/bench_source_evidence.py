@@ -10,13 +10,14 @@ keeps its stars, orbit and nuisances, an SB2 is seen at a new orbital phase at e
 the catalogue reader, preprocessed and framed like ``sb2dask infer``
 (:func:`sb2dask.observe.rv_bulk.preprocess_in_frame`: the bulk velocity removed when
 ``ModelSet.uses_rest_frame("auto", frames)`` says so, i.e. for models trained in the ``rv_bulk``
-frame) and run through the detector ensemble of ``--models`` alone (``ModelSet.detect``; default:
-the shipped set, trained on the paper's recipe at rest). ``paper`` is the shipped models' own
-training recipe; ``realistic`` adds Gaia's nuisances of ``SimulationConfig.realistic()``
-(continuum errors, line-depth and Ca II scaling, activity, correlated noise, gaps), drawn once per
-source and so shared by its epochs like a library mismatch. With models that remove the bulk
+frame) and run through the detector ensemble of ``--models`` alone (``ModelSet.detect``;
+default: ``paper``, the shipped ensembles trained on the paper's recipe at rest). The recipe
+``paper`` is those models' own training recipe; ``realistic`` adds Gaia's nuisances of
+``SimulationConfig.realistic()`` (continuum errors, line-depth and Ca II scaling, activity,
+correlated noise, gaps), drawn once per source and so shared by its epochs like a library
+mismatch. With models that remove the bulk
 velocity the realistic recipe keeps its systemic velocities (±300 km/s); with rest-frame models
-(the shipped ones) they are set to 0, since those models never see a moved spectrum.
+(the paper-recipe ones) they are set to 0, since those models never see a moved spectrum.
 
 Prints, per recipe and S/N, the epoch-level false-positive rate and recall at p_binary > 0.5
 against both truths of a detector (``is_binary``: any binary; ``double_lined``: a binary whose
@@ -29,7 +30,7 @@ rules are the default one as ``sb2dask infer`` sets it from the models
 fraction f from their detector's target) and variants of it (f = 1 as for ``is_binary``, rho 0,
 0.3, 0.7, 1, no S/N weights). Writes ``benchmarks/results/bench_source_evidence{--tag}.json`` with
 the models' directory, detector target, frame and default rule; a model set other than the
-shipped one needs a ``--tag`` (the shipped set's results file is not overwritten). The detector
+paper-recipe ensembles needs a ``--tag`` (their results file is not overwritten). The detector
 outputs of each catalogue are kept in ``--workdir`` (``--reuse`` evaluates the rules again
 without simulating).
 """
@@ -220,19 +221,19 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--workdir", default=None, help="keep catalogues and detector outputs here")
     ap.add_argument("--reuse", action="store_true", help="reuse detector outputs in --workdir")
-    ap.add_argument("--models", default=None,
-                    help="model directory or preset (default: the shipped models)")
+    ap.add_argument("--models", default="paper",
+                    help="model directory or preset (default: the paper-recipe ensembles)")
     ap.add_argument("--tag", default="", help="suffix of the results file and detector outputs "
                     "(needed with --models)")
     args = ap.parse_args(argv)
 
     from sb2dask.infer.config import InferenceConfig
-    from sb2dask.infer.predict import DEFAULT_MODEL_DIR, get_model_set, resolve_model_dir
+    from sb2dask.infer.predict import PAPER_MODEL_DIR, get_model_set, resolve_model_dir
     from sb2dask.infer.sources import EvidenceRule
 
-    if (resolve_model_dir(args.models).resolve() != DEFAULT_MODEL_DIR.resolve()
+    if (resolve_model_dir(args.models).resolve() != PAPER_MODEL_DIR.resolve()
             and not args.tag):
-        ap.error(f"--models {args.models}: give a --tag, or the shipped models' "
+        ap.error(f"--models {args.models}: give a --tag, or the paper-recipe ensembles' "
                  "results/bench_source_evidence.json would be overwritten")
     models = get_model_set(InferenceConfig(args.models, "cpu"))
     snr_floor = float(models.training["snr_range"][0])

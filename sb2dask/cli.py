@@ -378,6 +378,7 @@ def _cmd_mock(args) -> int:
 def _cmd_real_sky(args) -> int:
     from .evaluate.real_sky import HELDOUT_DIR, build_cases, run_suite, summarise, write_report
     from .infer.config import InferenceConfig
+    from .infer.predict import DEFAULT_PRESET
 
     for name in ("gaia_dir", "phoenix_dir", "heldout_dir"):
         if getattr(args, name) is None:
@@ -389,7 +390,7 @@ def _cmd_real_sky(args) -> int:
     heldout = None if args.no_heldout else (args.heldout_dir or HELDOUT_DIR)
     results = run_suite(build_cases(args.gaia_dir, args.phoenix_dir, heldout_dir=heldout), config)
     summary = summarise(results)
-    md = write_report(results, summary, args.out, models=args.models or "shipped")
+    md = write_report(results, summary, args.out, models=args.models or DEFAULT_PRESET)
     print(md.read_text())
     return 0
 
@@ -493,9 +494,10 @@ def _add_simulation_options(p: argparse.ArgumentParser, seed: int | None = None,
                    help="spectral resolution R of the paper's recipe (default 11500; the "
                         "realistic recipe draws R per spectrum)")
     g.add_argument("--recipe", choices=["realistic", "paper", "dr4"], default=None,
-                   help="paper (default, what the shipped models were trained on): Binnenfeld "
-                        "et al.'s recipe, every star at rest; realistic: stars at any systemic "
-                        "velocity with Gaia's nuisances drawn per spectrum; dr4: realistic, as "
+                   help="paper (default, what the paper-recipe ensembles were trained on): "
+                        "Binnenfeld et al.'s recipe, every star at rest; realistic: stars at any "
+                        "systemic velocity with Gaia's nuisances drawn per spectrum; dr4: "
+                        "realistic, as "
                         "Gaia DR4 epoch spectra (961 pixels, CCD spectra combined, S/N 5-150 "
                         "from G_RVS; docs/simulation.md)")
 
@@ -703,9 +705,10 @@ def _add_infer_parser(sub, command: _Command) -> None:
     p.add_argument("--config", default=None,
                    help="YAML file of InferenceConfig fields (the options below override it)")
     p.add_argument("--models", default=None,
-                   help="model directory, or 'fast': the shipped distilled one-pass student "
-                        "(one network instead of the ensembles' ten; docs/models.md), which also "
-                        "gives light_fraction_faint (default: the shipped ensembles)")
+                   help="model directory, or a shipped set: 'fast' (the default), the distilled "
+                        "one-pass student validated on real Gaia spectra, which also gives "
+                        "light_fraction_faint; 'paper', the paper-recipe ensembles (stars at rest; "
+                        "not for real spectra; docs/models.md)")
     p.add_argument("--partition-rows", type=_positive_int, default=None,
                    help="spectra per partition (default: sized from the worker memory limit)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
@@ -777,7 +780,8 @@ def _add_evaluate_parser(sub, command: _Command) -> None:
                                       "and detector and label quality per S/N bin")
     p.add_argument("--store", required=True, help="simulated SB2 store (its test split is used; "
                    "another pixel grid is resampled onto the models')")
-    p.add_argument("--models", default=None, help="model directory (default: the shipped models)")
+    p.add_argument("--models", default=None,
+                   help="model directory or shipped set ('fast', the default; 'paper')")
     p.add_argument("--out", default="docs/evaluation")
     p.add_argument("--single-store", default=None, help="single-star store (Sect. 4.4 test)")
     p.add_argument("--detector-store", default=None,
@@ -822,7 +826,8 @@ def _add_real_sky_parser(sub, command: _Command) -> None:
 
     p = command(sub, "real-sky", help="the real-sky validation: real Gaia spectra at any shift, "
                                       "PHOENIX singles and SB2s rendered independently, noise")
-    p.add_argument("--models", default=None, help="model directory (default: the shipped models)")
+    p.add_argument("--models", default=None,
+                   help="model directory or shipped set ('fast', the default; 'paper')")
     p.add_argument("--out", default="real-sky-report", help="report directory")
     p.add_argument("--gaia-dir", default="../shared/data/gaia_rvs",
                    help="real Gaia DR3 DataLink CSV spectra (default ../shared/data/gaia_rvs)")
@@ -871,7 +876,8 @@ def _add_demo_parser(sub, command: _Command) -> None:
                    help="output directory (default: sb2dask-demo in the current directory)")
     p.add_argument("--n-sources", type=_positive_int, default=300,
                    help="sources of the mock catalogue (default 300)")
-    p.add_argument("--models", default=None, help="model directory (default: the shipped models)")
+    p.add_argument("--models", default=None,
+                   help="model directory or shipped set ('fast', the default; 'paper')")
     p.add_argument("--no-progress", action="store_true")
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_demo)

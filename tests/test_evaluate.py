@@ -33,7 +33,7 @@ from sb2dask.evaluate.metrics import (
 )
 from sb2dask.evaluate.report import evaluate, snr_table
 from sb2dask.infer.config import InferenceConfig
-from sb2dask.infer.predict import DEFAULT_MODEL_DIR, get_model_set
+from sb2dask.infer.predict import PAPER_MODEL_DIR, get_model_set
 from sb2dask.labels import PARAMETERS, UNITS
 from sb2dask.library.base import GridAxes, MissingNodeError
 from sb2dask.simulate.config import SimulationConfig
@@ -174,14 +174,14 @@ def evaluated(tmp_path_factory):
         mix = _store(root / "mix.zarr", N_MIX, 8, client, seed=21, binary_fraction=0.5)
         single = _store(root / "single.zarr", N_SINGLE, N_SINGLE, client, seed=22,
                         binary_fraction=0.0)
-    res = evaluate(mix, DEFAULT_MODEL_DIR, root / "out", single_store=single,
+    res = evaluate(mix, PAPER_MODEL_DIR, root / "out", single_store=single,
                    detector_store=mix, max_test=MAX_TEST, n_perm=N_PERM)
     # the test split is the last quarter; max_test keeps its first MAX_TEST rows
     lo = int(N_MIX * 0.75)
     fields = list(PARAMETERS) + ["is_binary", "snr", "rv_separation"]
     flux, lab = _rows(mix, lo, lo + MAX_TEST, fields)
     sflux, slab = _rows(single, 0, MAX_TEST, fields)
-    pred = get_model_set(InferenceConfig(device="cpu")).predict(np.concatenate([flux, sflux]))
+    pred = get_model_set(InferenceConfig("paper", device="cpu")).predict(np.concatenate([flux, sflux]))
     return dict(res=res, out=root / "out", lab=lab, single_lab=slab,
                 pred={k: v[:MAX_TEST] for k, v in pred.items()},
                 single_pred={k: v[MAX_TEST:] for k, v in pred.items()})
@@ -275,7 +275,7 @@ def test_report_resamples_a_dr4_store_and_removes_rv_bulk_on_request(tmp_path):
         store = tmp_path / "dr4.zarr"
         generate(store, SimulationConfig.dr4(seed=23, binary_fraction=0.5), 8, 8, client=client,
                  split=SplitSpec(0.0, 0.0, 1.0), progress=False)
-    res = evaluate(store, DEFAULT_MODEL_DIR, tmp_path / "out", detector_store=store, n_perm=5,
+    res = evaluate(store, PAPER_MODEL_DIR, tmp_path / "out", detector_store=store, n_perm=5,
                    rest_frame="on")
     assert res["frame"] == "rv_bulk" and res["rest_frame"] == "on"
     assert res["detector"]["n"] == 8 and sum(r["n"] for r in res["by_snr"]) == 8
@@ -290,7 +290,7 @@ def test_report_files(evaluated):
     res, out = evaluated["res"], evaluated["out"]
     on_disk = json.loads((out / "evaluation.json").read_text())
     assert on_disk["n_test"] == res["n_test"] and on_disk["table4"] == res["table4"]
-    assert on_disk["store"].endswith("mix.zarr") and on_disk["model_dir"] == str(DEFAULT_MODEL_DIR)
+    assert on_disk["store"].endswith("mix.zarr") and on_disk["model_dir"] == str(PAPER_MODEL_DIR)
     assert set(on_disk["models"]) == {"p_binary", "teff", *PARAMETERS}
     assert [m["name"] for m in on_disk["models"]["teff"]] == ["teff-0", "teff-1"]
     md = (out / "evaluation.md").read_text().splitlines()
@@ -313,7 +313,7 @@ def test_report_refuses_a_store_on_another_pixel_grid(tmp_path):
                       dashboard_address=":0") as lc, Client(lc) as client:
         store = _store(tmp_path / "s.zarr", 4, 4, client, grid="rvs903", seed=3)
     with pytest.raises(ValueError, match="pixel grid differs"):
-        evaluate(store, DEFAULT_MODEL_DIR, tmp_path / "out", n_perm=5)
+        evaluate(store, PAPER_MODEL_DIR, tmp_path / "out", n_perm=5)
 
 
 # ---------------------------------------------------------------------------------------------

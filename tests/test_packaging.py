@@ -78,18 +78,22 @@ def test_installed_package_finds_its_data_through_importlib_resources(tmp_path, 
 
 
 def test_shipped_grid_and_models_are_package_data():
-    from sb2dask.infer.predict import DEFAULT_MODEL_DIR
+    from sb2dask.infer.predict import DEFAULT_MODEL_DIR, MODEL_PRESETS, PAPER_MODEL_DIR
     from sb2dask.library.embedded import EMBEDDED_GRID_PATH
 
     package = resources.files("sb2dask")
     assert EMBEDDED_GRID_PATH == package / "library" / "data" / "embedded_grid.zarr.zip"
     assert EMBEDDED_GRID_PATH.stat().st_size > 1_000_000
-    manifests = sorted(p.stem for p in DEFAULT_MODEL_DIR.glob("*-*.json"))
-    assert DEFAULT_MODEL_DIR == package / "data" / "models"
+    manifests = sorted(p.stem for p in PAPER_MODEL_DIR.glob("*-*.json"))
+    assert PAPER_MODEL_DIR == package / "data" / "models" == MODEL_PRESETS["paper"]
     assert {m.split("-")[0] for m in manifests} == {"teff", "logg", "feh", "vsini", "p_binary"}
-    assert all((DEFAULT_MODEL_DIR / f"{m}.safetensors").is_file() for m in manifests)
+    assert all((PAPER_MODEL_DIR / f"{m}.safetensors").is_file() for m in manifests)
     # the label uncertainties' calibration (docs/models.md) ships beside the manifests
-    assert (DEFAULT_MODEL_DIR / "calibration.json").is_file()
+    assert (PAPER_MODEL_DIR / "calibration.json").is_file()
+    # the default: the distilled student
+    assert DEFAULT_MODEL_DIR == package / "data" / "models" / "fast" == MODEL_PRESETS["fast"]
+    assert (DEFAULT_MODEL_DIR / "student-0.json").is_file()
+    assert (DEFAULT_MODEL_DIR / "student-0.safetensors").is_file()
 
 
 def test_version_has_one_source():
@@ -125,7 +129,7 @@ import json, sys
 from pathlib import Path
 import sb2dask
 from sb2dask.cluster import find_config
-from sb2dask.infer.predict import DEFAULT_MODEL_DIR
+from sb2dask.infer.predict import DEFAULT_MODEL_DIR, PAPER_MODEL_DIR
 from sb2dask.infer.schema import load_schema
 from sb2dask.library import load_library
 from sb2dask.packagedata import data_folder
@@ -135,7 +139,8 @@ print(json.dumps(dict(
     catalogs=str(data_folder("catalogs")), deploy=str(data_folder("deploy")),
     slurm_gpu=str(find_config("slurm-gpu")),
     grid_nodes=int(load_library("embedded").available.sum()),
-    models=sorted(p.name for p in DEFAULT_MODEL_DIR.glob("*.json")))))
+    models=sorted(p.name for p in PAPER_MODEL_DIR.glob("*.json")),
+    default_models=sorted(p.name for p in DEFAULT_MODEL_DIR.glob("*.json")))))
 """
 
 
@@ -185,4 +190,5 @@ def test_wheel_carries_the_data_and_finds_it_away_from_the_source_tree(tmp_path)
     assert Path(got["slurm_gpu"]) == installed / "deploy" / "slurm-gpu.yaml"
     assert got["grid_nodes"] == int(load_library("embedded").available.sum()) > 1000
     assert len(got["models"]) == len(list((REPO / "sb2dask" / "data" / "models").glob("*.json")))
+    assert got["default_models"] == ["student-0.json"]
     assert os.access(installed / "deploy" / "run_pipeline.sh", os.X_OK)

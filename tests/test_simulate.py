@@ -272,10 +272,11 @@ def test_default_output_grid_is_the_shipped_models_grid():
     default `sb2dask simulate` store gave `usable: 0` in `sb2dask infer`."""
     import json
 
-    from sb2dask.infer.predict import DEFAULT_MODEL_DIR
+    from sb2dask.infer.predict import MODEL_PRESETS
 
-    manifests = sorted(DEFAULT_MODEL_DIR.glob("*-*.json"))  # not calibration.json
-    assert len(manifests) >= 5
+    manifests = [p for d in MODEL_PRESETS.values()  # not calibration.json
+                 for p in sorted(d.glob("*-*.json"))]
+    assert len(manifests) >= 6
     for path in manifests:
         wave = np.asarray(json.loads(path.read_text())["wave"])
         np.testing.assert_array_equal(SimulationConfig().wave, wave, err_msg=str(path))

@@ -234,17 +234,22 @@ def test_inference_resamples_961_pixel_barycentric_spectra_and_removes_rv_bulk_w
                        "wave": [DR4_EPOCH_WAVE] * n, "flux": list(noisy), "flux_error": [None] * n,
                        "file": "dr4-sim", "row": np.arange(n),
                        "read_flags": np.zeros(n, np.int32)})
-    models = get_model_set(InferenceConfig(device="cpu"))
+    models = get_model_set(InferenceConfig("paper", device="cpu"))
     assert len(models.wave) == 903  # the shipped models read another grid: resampled
-    on = predict_partition(df, InferenceConfig(device="cpu", rest_frame="on"))
+    on = predict_partition(df, InferenceConfig("paper", device="cpu", rest_frame="on"))
     assert len(on) == n and on["usable"].all()
     # v sin i up to 100 km/s: the correlation peak is broad
     np.testing.assert_allclose(on["rv_bulk"], lab["gamma"], atol=6.0)
     assert np.median(np.abs(on["rv_bulk"] - lab["gamma"])) < 2.0
-    # the shipped models were trained at rest, so `auto` leaves barycentric spectra where they
-    # are: DR4 spectra need `--rest-frame on` with them (or models trained in the rv_bulk frame)
-    auto = predict_partition(df, InferenceConfig(device="cpu"))
+    # the paper-recipe models were trained at rest, so `auto` leaves spectra of unknown frame
+    # where they are: DR4 spectra need `--rest-frame on` with them (or models trained in the
+    # rv_bulk frame, as the default set is)
+    auto = predict_partition(df, InferenceConfig("paper", device="cpu"))
     assert models.frame == "rest" and auto["rv_bulk"].isna().all()
+    # the default set (the student) was trained in the rv_bulk frame: `auto` removes it
+    assert get_model_set(InferenceConfig(device="cpu")).frame == "rv_bulk"
+    default = predict_partition(df, InferenceConfig(device="cpu"))
+    np.testing.assert_allclose(default["rv_bulk"], on["rv_bulk"], atol=1e-3)
 
 
 def test_simulate_recipe_dr4_on_the_command_line(tmp_path):

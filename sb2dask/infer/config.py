@@ -39,9 +39,10 @@ class InferenceConfig(ConfigMixin):
     Attributes
     ----------
     model_dir : str or None
-        Directory of model manifests (``teff-0.json`` + ``.safetensors`` ...); ``None`` means the
-        models shipped with the package (:data:`sb2dask.infer.predict.DEFAULT_MODEL_DIR`);
-        ``"fast"`` the shipped distilled student (:data:`sb2dask.infer.predict.MODEL_PRESETS`).
+        Directory of model manifests (``teff-0.json`` + ``.safetensors`` ...) or the name of a
+        shipped set (:data:`sb2dask.infer.predict.MODEL_PRESETS`): ``"fast"``, the distilled
+        student, ``"paper"``, the paper-recipe ensembles; ``None`` means the default,
+        :data:`sb2dask.infer.predict.DEFAULT_PRESET` (``"fast"``).
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"`` (:func:`sb2dask.devices.
         resolve_device`).

@@ -36,15 +36,27 @@ from .flags import BoundaryFlag
 from .readers.base import TRANSIT_COLUMNS
 from .schema import empty_frame
 
-__all__ = ["PARAMETERS", "PRECISIONS", "DEFAULT_MODEL_DIR", "MODEL_PRESETS", "BATCH_SIZE",
+__all__ = ["PARAMETERS", "PRECISIONS", "DEFAULT_MODEL_DIR", "DEFAULT_PRESET", "MODEL_PRESETS",
+           "PAPER_MODEL_DIR", "BATCH_SIZE",
            "PAD_STEPS", "ModelSet", "get_model_set", "predict_partition", "resolve_model_dir"]
 
-#: The models shipped with the package (trained on the embedded grid; see docs/models.md).
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
+#: The paper-recipe ensembles shipped with the package (Binnenfeld et al. 2025's recipe on the
+#: embedded grid: stars at rest, no survey nuisances; docs/models.md): ``--models paper``. Not
+#: the default: on real Gaia spectra they call single stars binaries (docs/validation/real_sky).
+PAPER_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
 
 #: Named model sets shipped with the package (``--models NAME``): ``fast`` is the distilled
-#: one-pass student (sb2dask.models.student; docs/models.md), one network instead of nine.
-MODEL_PRESETS = {"fast": DEFAULT_MODEL_DIR / "fast"}
+#: one-pass student (sb2dask.models.student; docs/models.md), one network instead of nine,
+#: trained on the realistic recipe for what a spectrum shows (``double_lined``); ``paper`` the
+#: paper-recipe ensembles.
+MODEL_PRESETS = {"fast": PAPER_MODEL_DIR / "fast", "paper": PAPER_MODEL_DIR}
+
+#: The preset used where no model set is named: the one validated on real Gaia spectra
+#: (docs/validation/real_sky_fast; docs/models.md, "The default model set").
+DEFAULT_PRESET = "fast"
+
+#: The directory of the default model set (:data:`DEFAULT_PRESET`).
+DEFAULT_MODEL_DIR = MODEL_PRESETS[DEFAULT_PRESET]
 
 
 def resolve_model_dir(model_dir: str | Path | None) -> Path:

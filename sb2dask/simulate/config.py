@@ -98,8 +98,9 @@ class SimulationConfig(ConfigMixin):
         Survey and astrophysical nuisances drawn per spectrum (:mod:`sb2dask.simulate.realism`):
         systemic velocity, resolving power, continuum errors, line-depth and Ca II scaling,
         correlated Gaia-like noise, gaps. The default is the paper's recipe (everything fixed,
-        stars at rest), which the shipped models were trained on; :meth:`realistic` randomises
-        them as measured on real Gaia spectra.
+        stars at rest), which the paper-recipe ensembles (``--models paper``) were trained on;
+        :meth:`realistic` randomises them as measured on real Gaia spectra (the default model
+        set, ``fast``, was distilled from models trained on it).
     """
 
     library: str = "embedded"
@@ -149,7 +150,7 @@ class SimulationConfig(ConfigMixin):
     def paper(cls, **changes) -> SimulationConfig:
         """The recipe of Binnenfeld et al. (2025): every star at rest (γ = 0), one resolving
         power, white sqrt(flux) noise, the library's line strengths and continuum. The default
-        while the shipped models are the ones trained on it."""
+        recipe: the paper's reproduction (``--models paper``) was trained on it."""
         res = changes.get("resolution", cls.__dataclass_fields__["resolution"].default)
         return cls(**{"realism": Realism.paper(res), **changes})
 
