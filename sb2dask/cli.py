@@ -388,7 +388,8 @@ def _cmd_real_sky(args) -> int:
                   "are left out", file=sys.stderr)
     config = InferenceConfig(model_dir=args.models, rest_frame=args.rest_frame, fit=args.fit)
     heldout = None if args.no_heldout else (args.heldout_dir or HELDOUT_DIR)
-    results = run_suite(build_cases(args.gaia_dir, args.phoenix_dir, heldout_dir=heldout), config)
+    results = run_suite(build_cases(args.gaia_dir, args.phoenix_dir, heldout_dir=heldout,
+                                    twins=not args.no_twins), config)
     summary = summarise(results)
     md = write_report(results, summary, args.out, models=args.models or DEFAULT_PRESET)
     print(md.read_text())
@@ -839,6 +840,10 @@ def _add_real_sky_parser(sub, command: _Command) -> None:
                            "sb2dask/data/real_sky, never used to tune anything)")
     held.add_argument("--no-heldout", action="store_true",
                       help="leave the held-out spectra out")
+    p.add_argument("--no-twins", action="store_true",
+                   help="leave out the controls: the PHOENIX cases made from the embedded grid "
+                        "at the same labels (which failures are the library's, which the "
+                        "detector's)")
     p.add_argument("--rest-frame", choices=REST_FRAME_MODES, default="auto",
                    help="as for infer (default auto)")
     p.add_argument("--fit", action="store_true",

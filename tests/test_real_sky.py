@@ -207,3 +207,65 @@ def test_summary_reports_heldout_singles_binaries_and_reference_labels(tmp_path)
     md = rs.write_report(res.assign(p_binary_err=np.nan, rv_bulk=np.nan, snr_estimate=100.0,
                                     ood_distance=0.0), s, tmp_path).read_text()
     assert "Kepler-409 (single, held out)" in md and "| Kepler-409 (held out) | 0.15 |" in md
+
+
+def test_twins_put_the_training_library_in_place_of_each_phoenix_file(tmp_path):
+    """The controls: the embedded grid at each file's node, on the file's continuum level, through
+    the same rendering and pair weights; a node the grid lacks is left out and named; the
+    summary sets each PHOENIX single beside its twin."""
+    import pandas as pd
+
+    from phoenix_fixtures import write_loglam_file
+
+    d = tmp_path / "phoenix"
+    d.mkdir()
+    for teff, logg in ((5000.0, 4.5), (6000.0, 4.5), (6000.0, 5.5)):  # 6000/5.5: not computed
+        write_loglam_file(d, teff, logg, 0.0)
+    stars = rs.read_phoenix_stars(d)
+    cases, missing = rs.twin_cases(stars, np.random.default_rng(0))
+    assert missing == [stars[2][0]]
+    kinds = [c.kind for c in cases]
+    assert kinds == ["twin_single", "twin_single", "twin_sb2", "twin_sb2"]
+    assert cases[0].case == "twin 5000/4.5/+0.0" and cases[2].case == "twin SB2 5000+6000 dv 30"
+    # the twin is the grid's spectrum: Ca II 8542 at its air wavelength on a unit continuum,
+    # as deep as the grid's own line at the files' resolution (the fixture's line differs)
+    from sb2dask.library import load_library
+
+    lib = load_library("embedded")
+    name, wave, flux, h = stars[0]
+    tw, tf = rs.embedded_twin(lib, h, wave, flux)
+    band = (wave > rs.CONTINUUM_BAND[0]) & (wave < rs.CONTINUUM_BAND[1])
+    assert np.median(tf[(tw > 8560) & (tw < 8590)]) == pytest.approx(np.median(flux[band]),
+                                                                       rel=0.02)
+    f, _ = rs.render_phoenix([(tw, tf, 1.0, 0.0)], np.random.default_rng(0), snr=1e6)
+    air = rs._gaia_air()
+    core = (air > 8535) & (air < 8550)
+    assert abs(air[core][np.argmin(f[core])] - 8542.09) < 0.15
+    assert 0.98 < np.percentile(f, 95) < 1.02
+    fixture, _ = rs.render_phoenix([(wave, flux, 1.0, 0.0)], np.random.default_rng(0), snr=1e6)
+    assert np.max(np.abs(f - fixture)) > 0.05  # another library, another spectrum
+    # pairs: the same light fractions as the PHOENIX pairs of the same files (same weights)
+    phx = rs.phoenix_pair_cases(stars[:2], np.random.default_rng(0))
+    for a, b in zip(phx, cases[2:]):
+        assert a.truth["rv_separation"] == b.truth["rv_separation"]
+        assert b.truth["light_fraction_2"] == pytest.approx(a.truth["light_fraction_2"], abs=0.02)
+    # build_cases appends them last: every other case is drawn as without them
+    without = rs.build_cases(None, d, heldout_dir=None, twins=False)
+    with_ = rs.build_cases(None, d, heldout_dir=None)
+    assert len(with_) == len(without) + 4
+    for a, b in zip(without, with_):
+        assert a.case == b.case and np.array_equal(a.flux, b.flux)
+    # summary: controls beside the PHOENIX cases, no target of their own
+    res = pd.DataFrame(dict(
+        case=[c.case for c in with_], kind=[c.kind for c in with_],
+        truth=[json.dumps(c.truth) for c in with_],
+        p_binary=[0.6 if c.kind == "phoenix_single" else 0.1 if c.kind == "twin_single"
+                  else 0.3 if c.kind.endswith("sb2") and c.case.endswith("dv 30") else 0.9
+                  for c in with_],
+        teff_2=5500.0, flag_boundary=0, quality_flags=0, usable=True))
+    s = rs.summarise(res)
+    assert s["twins"]["phoenix"]["singles_max"] == 0.6 and s["twins"]["twin"]["singles_max"] == 0.1
+    assert s["twins"]["twin"]["pairs_found_per_dv"] == {"30 km/s": "0 of 1", "60 km/s": "1 of 1"}
+    assert s["twins"]["singles"]["5000/4.5/+0.0"] == {"phoenix": 0.6, "twin": 0.1}
+    assert not any("twin" in t for t in s["targets"])
+    assert s["twins"]["twin"]["auc_singles_vs_pairs"] == pytest.approx(1.0)

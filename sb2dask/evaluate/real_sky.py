@@ -21,6 +21,13 @@ none of which passes through the training renderer:
     SB2 pairs are weighted by R²·F_λ (PHXREFF and the surface flux) at ΔRV 30 and 60 km/s.
 ``noise`` / ``flat``
     Pure noise around 1 and perfectly flat spectra: a trustworthy pipeline flags them.
+``twin_single`` / ``twin_sb2``
+    Controls, not targets: the PHOENIX cases again with the **embedded grid** (the training
+    library) at the PHOENIX stars' labels in place of the files, through the same independent
+    rendering (the grid's spectrum on a vacuum ln-λ grid at the files' resolution, scaled to the
+    file's continuum level so the pairs keep their light fractions, then :func:`render_phoenix`
+    with its noise, envelope and pair weights). A PHOENIX case that fails where its twin passes
+    fails on the library; one that fails with its twin fails on the detector's power.
 
 The suite measures; it never tunes. Its targets (issue 14) are reported with pass/fail:
 every real single star p_binary < 0.2 at every shift; PHOENIX singles median p_binary < 0.1 and none
@@ -45,7 +52,8 @@ from ..simulate.broadening import added_resolution
 
 __all__ = ["HELDOUT_DIR", "REAL_REFERENCES", "SHIFTS_KMS", "RealSkyCase", "doppler_factor_rel",
            "shift_on_fixed_grid", "read_phoenix_vacuum", "gaussian_lsf", "upper_envelope",
-           "render_phoenix", "read_phoenix_stars", "phoenix_pair_cases", "build_cases",
+           "render_phoenix", "read_phoenix_stars", "phoenix_pair_cases", "embedded_twin",
+           "twin_cases", "build_cases",
            "run_suite", "summarise", "write_report"]
 
 #: Velocity shifts [km/s] applied to the real spectra on their fixed wavelength grid.
@@ -251,10 +259,12 @@ def read_phoenix_stars(phoenix_dir: str | Path) -> list[tuple]:
 
 
 def phoenix_pair_cases(stars: list[tuple], rng: np.random.Generator,
-                       separations=(30.0, 60.0), gamma_max: float = 0.0) -> list[RealSkyCase]:
+                       separations=(30.0, 60.0), gamma_max: float = 0.0,
+                       kind: str = "phoenix_sb2", label: str = "PHOENIX") -> list[RealSkyCase]:
     """SB2 cases from every pair of ``stars`` (:func:`read_phoenix_stars`) at least 400 K apart
     (cooler first), at each velocity separation, light weights R² from the headers; with
-    ``gamma_max`` a systemic velocity uniform in ±``gamma_max`` (drawn before each rendering)."""
+    ``gamma_max`` a systemic velocity uniform in ±``gamma_max`` (drawn before each rendering).
+    ``kind`` and ``label`` (the case names' first word) name the cases (twins: ``twin_sb2``)."""
     cases = []
     for i, (_, w1, f1, h1) in enumerate(stars):
         for _, w2, f2, h2 in stars[i + 1:]:
@@ -271,23 +281,74 @@ def phoenix_pair_cases(stars: list[tuple], rng: np.random.Generator,
                 truth = dict(teff_1=float(h1["PHXTEFF"]), teff_2=float(h2["PHXTEFF"]),
                              rv_separation=dv, light_fraction_2=float(cont[1] / sum(cont)))
                 cases.append(RealSkyCase(
-                    case=f"PHOENIX SB2 {h1['PHXTEFF']:.0f}+{h2['PHXTEFF']:.0f} dv {dv:.0f}",
-                    kind="phoenix_sb2", wave=_gaia_air(), flux=f, flux_error=e,
+                    case=f"{label} SB2 {h1['PHXTEFF']:.0f}+{h2['PHXTEFF']:.0f} dv {dv:.0f}",
+                    kind=kind, wave=_gaia_air(), flux=f, flux_error=e,
                     truth=dict(truth, gamma=gamma) if gamma_max else truth))
     return cases
 
 
-def _phoenix_cases(phoenix_dir: Path, rng: np.random.Generator) -> list[RealSkyCase]:
-    stars = read_phoenix_stars(phoenix_dir)
+def _single_and_pair_cases(stars: list[tuple], rng: np.random.Generator, kind: str = "phoenix",
+                           label: str = "PHOENIX", **truth) -> list[RealSkyCase]:
+    """Each of ``stars`` (:func:`read_phoenix_stars`) alone (``{kind}_single``), then every pair
+    (:func:`phoenix_pair_cases`, ``{kind}_sb2``); ``truth`` is added to the singles' truth."""
     cases = []
     for name, wave, flux, h in stars:
         f, e = render_phoenix([(wave, flux, 1.0, 0.0)], rng)
         cases.append(RealSkyCase(
-            case=f"PHOENIX {h['PHXTEFF']:.0f}/{h['PHXLOGG']:.1f}/{h['PHXM_H']:+.1f}",
-            kind="phoenix_single", wave=_gaia_air(), flux=f, flux_error=e,
+            case=f"{label} {h['PHXTEFF']:.0f}/{h['PHXLOGG']:.1f}/{h['PHXM_H']:+.1f}",
+            kind=f"{kind}_single", wave=_gaia_air(), flux=f, flux_error=e,
             truth=dict(file=name, teff=float(h["PHXTEFF"]), logg=float(h["PHXLOGG"]),
-                       feh=float(h["PHXM_H"]))))
-    return cases + phoenix_pair_cases(stars, rng)
+                       feh=float(h["PHXM_H"]), **truth)))
+    return cases + phoenix_pair_cases(stars, rng, kind=f"{kind}_sb2", label=label)
+
+
+def _phoenix_cases(phoenix_dir: Path, rng: np.random.Generator) -> list[RealSkyCase]:
+    return _single_and_pair_cases(read_phoenix_stars(phoenix_dir), rng)
+
+
+#: Where a PHOENIX file's continuum level is read [Å, vacuum]: the pairs' light fractions use it.
+CONTINUUM_BAND = (8560.0, 8590.0)
+
+
+def embedded_twin(library, header: dict, wave: np.ndarray,
+                  flux: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The training library's spectrum standing in for one PHOENIX file (a twin; the module
+    docstring): ``library`` (a :class:`~sb2dask.library.base.SpectralLibrary`, normalised flux
+    on air wavelengths) at the header's PHXTEFF / PHXLOGG / PHXM_H node, moved to vacuum and
+    onto a ln-λ grid of 0.5 km/s, brought to the files' resolution
+    (:data:`~sb2dask.library.phoenix.LOGLAM_RESOLUTION`, so that :func:`render_phoenix` treats
+    both alike) and scaled to the file's continuum level (median F_λ of ``flux`` over
+    :data:`CONTINUUM_BAND`). Raises ``KeyError`` for a node the library does not have.
+
+    Returns ``(wave_vac [Å], flux)`` in the form :func:`read_phoenix_vacuum` gives.
+    """
+    from ..library.wavelength import air_to_vac
+
+    node = (float(header["PHXTEFF"]), float(header["PHXLOGG"]), float(header["PHXM_H"]))
+    normalised = library.flux(*node)  # KeyError for a missing node
+    vac = air_to_vac(np.asarray(library.wave, float))
+    ln = np.arange(np.log(vac[0]), np.log(vac[-1]), 0.5 / C_KMS)
+    out = np.interp(np.exp(ln), vac, normalised)
+    out = gaussian_lsf(ln, out, added_resolution(LOGLAM_RESOLUTION, library.resolution))
+    band = (wave > CONTINUUM_BAND[0]) & (wave < CONTINUUM_BAND[1])
+    return np.exp(ln), out * float(np.median(flux[band]))
+
+
+def twin_cases(stars: list[tuple], rng: np.random.Generator,
+               library: str = "embedded") -> tuple[list[RealSkyCase], list[str]]:
+    """The controls ``twin_single`` and ``twin_sb2``: every PHOENIX case of ``stars``
+    (:func:`read_phoenix_stars`) again with :func:`embedded_twin` in place of each file.
+    Returns the cases and the files whose node ``library`` lacks (left out)."""
+    from ..library import load_library
+
+    lib = load_library(library)
+    twins, missing = [], []
+    for name, wave, flux, h in stars:
+        try:
+            twins.append((name, *embedded_twin(lib, h, wave, flux), h))
+        except KeyError:
+            missing.append(name)
+    return _single_and_pair_cases(twins, rng, "twin", "twin", library=library), missing
 
 
 def _noise_cases(rng: np.random.Generator, n: int = 5) -> list[RealSkyCase]:
@@ -306,19 +367,25 @@ def _noise_cases(rng: np.random.Generator, n: int = 5) -> list[RealSkyCase]:
 
 def build_cases(gaia_dir: str | Path | None, phoenix_dir: str | Path | None,
                 seed: int = 20261202,
-                heldout_dir: str | Path | None = HELDOUT_DIR) -> list[RealSkyCase]:
+                heldout_dir: str | Path | None = HELDOUT_DIR,
+                twins: bool = True) -> list[RealSkyCase]:
     """Every case of the suite; a missing directory leaves its cases out (said in the report).
     ``heldout_dir``: the held-out real spectra (default: those shipped, :data:`HELDOUT_DIR`;
-    None leaves them out)."""
+    None leaves them out). ``twins``: the embedded-grid controls of the PHOENIX cases
+    (:func:`twin_cases`), drawn after every other case so that those are the same with or
+    without them."""
     rng = np.random.default_rng(seed)
     cases: list[RealSkyCase] = []
     if gaia_dir is not None and Path(gaia_dir).is_dir():
         cases += _real_cases(Path(gaia_dir))
     if heldout_dir is not None and Path(heldout_dir).is_dir():
         cases += _real_cases(Path(heldout_dir), heldout=True)
-    if phoenix_dir is not None and Path(phoenix_dir).is_dir():
+    phoenix = phoenix_dir is not None and Path(phoenix_dir).is_dir()
+    if phoenix:
         cases += _phoenix_cases(Path(phoenix_dir), rng)
     cases += _noise_cases(rng)
+    if phoenix and twins:
+        cases += twin_cases(read_phoenix_stars(phoenix_dir), rng)[0]
     return cases
 
 
@@ -436,6 +503,8 @@ def summarise(results: pd.DataFrame) -> dict:
         recall = float(np.mean(pb["p_binary"] > 0.5))
         targets["PHOENIX SB2 pairs: recall (p_binary > 0.5) >= 0.8"] = dict(
             value=recall, passed=recall >= 0.8, what=f"recall over {len(pb)} pairs")
+    if results["kind"].isin(["twin_single", "twin_sb2"]).any():
+        out["twins"] = _twin_summary(results)
     junk = results[results["kind"].isin(["noise", "flat"])]
     if len(junk):
         flagged = float(np.mean([_flagged(r) for _, r in junk.iterrows()]))
@@ -448,6 +517,42 @@ def summarise(results: pd.DataFrame) -> dict:
     for t in targets.values():
         t["passed"] = bool(t["passed"])
     out["targets"] = targets
+    return out
+
+
+def _twin_summary(results: pd.DataFrame) -> dict:
+    """The PHOENIX cases beside their embedded-grid twins (controls, not targets): per library
+    the singles' median and max p_binary, the pairs' recall at 0.5 (all, and per separation) and
+    the ROC AUC of singles against pairs; per PHOENIX single its p_binary and its twin's."""
+    from ..stats import roc_auc
+
+    def _sep(case: str) -> str:
+        return case.rsplit(" ", 1)[-1]
+
+    out: dict = {}
+    for lib, (ks, kb) in {"phoenix": ("phoenix_single", "phoenix_sb2"),
+                          "twin": ("twin_single", "twin_sb2")}.items():
+        s = results.loc[results["kind"] == ks, "p_binary"].to_numpy(float)
+        b = results[results["kind"] == kb]
+        pb = b["p_binary"].to_numpy(float)
+        seps = b["case"].map(_sep)
+        out[lib] = dict(
+            n_singles=int(s.size), n_pairs=int(pb.size),
+            singles_median=float(np.nanmedian(s)) if s.size else None,
+            singles_max=float(np.nanmax(s)) if s.size else None,
+            pairs_recall=float(np.mean(pb > 0.5)) if pb.size else None,
+            pairs_found_per_dv={f"{dv} km/s": f"{int((pb[(seps == dv).to_numpy()] > 0.5).sum())}"
+                                f" of {int((seps == dv).sum())}" for dv in sorted(set(seps),
+                                                                                 key=float)},
+            auc_singles_vs_pairs=roc_auc(np.r_[np.zeros(s.size), np.ones(pb.size)],
+                                         np.r_[s, pb]) if s.size and pb.size else None)
+    singles = {}
+    for kind in ("phoenix_single", "twin_single"):
+        for _, r in results[results["kind"] == kind].iterrows():
+            t = json.loads(r["truth"])
+            key = f"{t['teff']:.0f}/{t['logg']:.1f}/{t['feh']:+.1f}"
+            singles.setdefault(key, {})[kind.split("_")[0]] = float(r["p_binary"])
+    out["singles"] = singles
     return out
 
 
@@ -479,6 +584,8 @@ def _evidence_summary(results: pd.DataFrame, truth: pd.Series) -> tuple[dict, di
                       ("real, multiplicity unknown", real & ~single & ~binary),
                       ("PHOENIX singles", results["kind"].eq("phoenix_single")),
                       ("PHOENIX SB2s", results["kind"].eq("phoenix_sb2")),
+                      ("twin singles (control)", results["kind"].eq("twin_single")),
+                      ("twin SB2s (control)", results["kind"].eq("twin_sb2")),
                       ("noise, flat", results["kind"].isin(["noise", "flat"]))):
         r = results[sel]
         if not len(r):
@@ -538,12 +645,16 @@ def _figure(results: pd.DataFrame, path: Path) -> None:
     ax1.set(xlabel="shift on the fixed grid [km/s]", ylabel="p_binary", ylim=(-0.02, 1.02),
             title="real Gaia DR3 spectra")
     ax1.legend(fontsize=8)
-    kinds = ["phoenix_single", "phoenix_sb2", "noise", "flat"]
+    kinds = ["phoenix_single", "phoenix_sb2", "twin_single", "twin_sb2", "noise", "flat"]
+    names = ["PHOENIX\nsingle", "PHOENIX\nSB2", "twin\nsingle", "twin\nSB2", "noise", "flat"]
+    keep = [i for i, k in enumerate(kinds) if (results["kind"] == k).any()
+            or not k.startswith("twin")]
+    kinds, names = [kinds[i] for i in keep], [names[i] for i in keep]
     for i, k in enumerate(kinds):
         v = results.loc[results["kind"] == k, "p_binary"].to_numpy(float)
         ax2.scatter(np.full(v.size, i) + np.linspace(-0.15, 0.15, max(v.size, 1))[:v.size], v,
                     s=14)
-    ax2.set_xticks(range(len(kinds)), ["PHOENIX\nsingle", "PHOENIX\nSB2", "noise", "flat"])
+    ax2.set_xticks(range(len(kinds)), names)
     ax2.axhline(0.5, color="k", ls=":", lw=1)
     ax2.set(ylabel="p_binary", ylim=(-0.02, 1.02), title="independent cross-library cases")
     fig.tight_layout()
@@ -593,6 +704,34 @@ def write_report(results: pd.DataFrame, summary: dict, out: str | Path,
         if any(info.get("heldout") for info in stars.values()):
             lines += ["", "Held out: shipped in `sb2dask/data/real_sky` (NOTICE.md there), added "
                           "after every threshold was set; nothing is tuned on them."]
+    if "twins" in summary:
+        tw = summary["twins"]
+        lines += ["", "## Controls: the PHOENIX cases with the training library (twins)", "",
+                  "The same cases with the embedded grid at the PHOENIX stars' labels in place of "
+                  "the files, through the same rendering, noise and pair weights (not targets). "
+                  "What fails only with PHOENIX fails on the library; what fails with both fails "
+                  "on the detector's power.", "",
+                  "| | PHOENIX | twins (embedded grid) |", "|---|---|---|"]
+
+        def _f(v):
+            return "-" if v is None else f"{v:.3f}"
+
+        ph, tws = tw["phoenix"], tw["twin"]
+        lines += [f"| singles: median / max p_binary | {_f(ph['singles_median'])} / "
+                  f"{_f(ph['singles_max'])} | {_f(tws['singles_median'])} / "
+                  f"{_f(tws['singles_max'])} |",
+                  f"| SB2 pairs: recall at 0.5 | {_f(ph['pairs_recall'])} | "
+                  f"{_f(tws['pairs_recall'])} |"]
+        for dv in sorted(set(ph["pairs_found_per_dv"]) | set(tws["pairs_found_per_dv"]),
+                         key=lambda s: float(s.split()[0])):
+            lines.append(f"| SB2 pairs found at Δv {dv} | {ph['pairs_found_per_dv'].get(dv, '-')}"
+                         f" | {tws['pairs_found_per_dv'].get(dv, '-')} |")
+        lines += [f"| singles against pairs: ROC AUC | {_f(ph['auc_singles_vs_pairs'])} | "
+                  f"{_f(tws['auc_singles_vs_pairs'])} |", "",
+                  "| single star (Teff/logg/[M/H]) | PHOENIX p_binary | twin p_binary |",
+                  "|---|---|---|"]
+        for key, d in tw["singles"].items():
+            lines.append(f"| {key} | {_f(d.get('phoenix'))} | {_f(d.get('twin'))} |")
     if "kepler93" in summary:
         k = summary["kepler93"]
         p = k["predicted"]
