@@ -181,7 +181,8 @@ def evaluated(tmp_path_factory):
     fields = list(PARAMETERS) + ["is_binary", "snr", "rv_separation"]
     flux, lab = _rows(mix, lo, lo + MAX_TEST, fields)
     sflux, slab = _rows(single, 0, MAX_TEST, fields)
-    pred = get_model_set(InferenceConfig("paper", device="cpu")).predict(np.concatenate([flux, sflux]))
+    models = get_model_set(InferenceConfig("paper", device="cpu"))
+    pred = models.predict(np.concatenate([flux, sflux]))
     return dict(res=res, out=root / "out", lab=lab, single_lab=slab,
                 pred={k: v[:MAX_TEST] for k, v in pred.items()},
                 single_pred={k: v[MAX_TEST:] for k, v in pred.items()})
