@@ -443,7 +443,11 @@ def _cmd_demo(args) -> int:
           f"({inf['usable']} usable) in {inf['seconds']:.1f} s "
           f"({inf['spectra_per_s']:.0f} spectra/s); {inf['sources']['sources']} sources")
     if "p_binary_roc_auc" in m:
-        print(f"mock catalogue: SB2 detection ROC AUC {m['p_binary_roc_auc']:.3f} "
+        against = ""
+        if "p_binary_roc_auc_target" in m:
+            against = (f" against every binary, {m['p_binary_roc_auc_target']:.3f} against "
+                       f"the models' target ({m['detector_target']})")
+        print(f"mock catalogue: SB2 detection ROC AUC {m['p_binary_roc_auc']:.3f}{against} "
               f"(median p_binary: SB2 {m['p_binary_median_sb2']:.2f}, "
               f"single {m['p_binary_median_single']:.2f})")
         print("  SB2 components, RMSE / MAE against the truth: " + ", ".join(

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -334,6 +335,29 @@ def test_demo_writes_where_the_user_expects(capsys, tmp_path, scheduler, monkeyp
     assert summary["inference"]["rows_out"] == len(pd.read_parquet(demo / "sb2dask_epochs.parquet"))
     assert not list(demo.glob(".*.tmp"))  # written atomically: no temporaries left
     assert f"and {Path('sb2dask-demo') / 'summary.json'}" in out
+    # the default models' p_binary is scored against their own target too
+    assert summary["mock"]["detector_target"] == "double_lined"
+    auc = summary["mock"]["p_binary_roc_auc_target"]  # NaN: 4 sources may hold no SB2 at all
+    assert auc is None or np.isnan(auc) or 0.0 <= auc <= 1.0
+    assert "against the models' target (double_lined)" in out
+
+
+def test_demo_summary_scores_p_binary_against_the_models_target():
+    from sb2dask.evaluate.demo import summarise
+
+    # two SB2s, one of them single-lined (its companion gives 2 % of the light), two singles
+    truth = pd.DataFrame(dict(
+        source_id=[1, 2, 3, 4], epoch_id=-1, is_binary=[True, True, False, False],
+        rv_separation=[40.0, 40.0, np.nan, np.nan], light_fraction_1=[0.6, 0.98, 1.0, 1.0],
+        light_fraction_2=[0.4, 0.02, np.nan, np.nan],
+        **{f"{p}_{c}": 1.0 for p in ("teff", "logg", "feh", "vsini") for c in (1, 2)}))
+    epochs = truth[["source_id", "epoch_id"]].assign(
+        usable=True, p_binary=[0.9, 0.1, 0.2, 0.3],
+        **{f"{p}_{c}": 1.0 for p in ("teff", "logg", "feh", "vsini") for c in (1, 2)})
+    s = summarise(epochs, truth, "double_lined")
+    assert s["p_binary_roc_auc"] == pytest.approx(0.5)  # the single-lined one scores lowest
+    assert s["p_binary_roc_auc_target"] == pytest.approx(1.0)
+    assert "p_binary_roc_auc_target" not in summarise(epochs, truth)
 
 
 # -- the console script -----------------------------------------------------------------------

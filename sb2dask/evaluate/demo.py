@@ -26,9 +26,12 @@ __all__ = ["REAL_SPECTRA", "run_demo", "summarise"]
 REAL_SPECTRA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gaia_rvs"
 
 
-def summarise(epochs: pd.DataFrame, truth: pd.DataFrame | None) -> dict:
+def summarise(epochs: pd.DataFrame, truth: pd.DataFrame | None,
+              detector_target: str = "is_binary") -> dict:
     """What was found: counts, flags, p_binary separation and parameter errors against the
-    truth."""
+    truth. p_binary's ROC AUC against every binary and, for models whose detector learned
+    another target (:data:`sb2dask.labels.DETECTOR_TARGETS`), against that one too."""
+    from ..labels import detector_truth
     from .metrics import rmse_mae, roc_auc
 
     s = dict(epoch_rows=int(len(epochs)), usable=int(epochs["usable"].sum()),
@@ -40,6 +43,12 @@ def summarise(epochs: pd.DataFrame, truth: pd.DataFrame | None) -> dict:
         y = m["is_binary"].to_numpy(bool)
         s["mock_matched"] = int(len(m))
         s["p_binary_roc_auc"] = roc_auc(y, m["p_binary"].to_numpy())
+        s["detector_target"] = detector_target
+        if detector_target != "is_binary":
+            lab = dict(is_binary=y, rv_separation=m["rv_separation"].to_numpy(float),
+                       light_fraction=m[["light_fraction_1", "light_fraction_2"]].to_numpy(float))
+            s["p_binary_roc_auc_target"] = roc_auc(detector_truth(detector_target, lab),
+                                                   m["p_binary"].to_numpy())
         s["p_binary_median_sb2"] = float(np.median(m.loc[y, "p_binary"])) if y.any() else None
         s["p_binary_median_single"] = (float(np.median(m.loc[~y, "p_binary"]))
                                        if (~y).any() else None)
@@ -73,8 +82,11 @@ def run_demo(out: str | Path, n_sources: int = 300, client=None, model_dir=None,
                         progress=progress, overwrite=True)
     epochs = pd.read_parquet(out / "sb2dask_epochs.parquet")
     truth = pd.read_parquet(mock["truth"])
+    from ..infer.predict import ModelSet
+
+    target = ModelSet(model_dir, "cpu").p_binary_target  # what its p_binary is the probability of
     summary = dict(inference=res, mock=summarise(epochs[~epochs["file"].isin(
-        [str(p.resolve()) for p in real_files])], truth))
+        [str(p.resolve()) for p in real_files])], truth, target))
     if real_files:
         cols = ["source_id", "p_binary", "teff_1", "teff_2", "logg_1", "logg_2", "feh_1",
                 "feh_2", "vsini_1", "vsini_2", "flag_boundary", "quality_flags", "usable", "file"]
