@@ -10,6 +10,7 @@ import pytest
 
 from sb2dask.constants import C_KMS
 from sb2dask.evaluate import real_sky as rs
+from sb2dask.labels import PARAMETERS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PHOENIX = SHARED / "phoenix"
@@ -249,23 +250,46 @@ def test_twins_put_the_training_library_in_place_of_each_phoenix_file(tmp_path):
     for a, b in zip(phx, cases[2:]):
         assert a.truth["rv_separation"] == b.truth["rv_separation"]
         assert b.truth["light_fraction_2"] == pytest.approx(a.truth["light_fraction_2"], abs=0.02)
+    # at Gaia's resolving power too (the files cannot be sharpened, the grid can): sharper lines
+    sharp, _ = rs.twin_cases(stars, np.random.default_rng(0), kind="twin_rvs")
+    assert [c.kind for c in sharp][:2] == ["twin_rvs_single"] * 2
+    assert sharp[0].case == "twin R11500 5000/4.5/+0.0"
+    assert sharp[0].truth["resolution"] == rs.GAIA_RESOLUTION > cases[0].truth["resolution"]
+    tw2, tf2 = rs.embedded_twin(lib, h, wave, flux, rs.GAIA_RESOLUTION)
+    f_sharp, _ = rs.render_phoenix([(tw2, tf2, 1.0, 0.0)], np.random.default_rng(0), snr=1e6)
+    assert f_sharp[core].min() < f[core].min() - 0.005  # a deeper, narrower Ca II core
     # build_cases appends them last: every other case is drawn as without them
     without = rs.build_cases(None, d, heldout_dir=None, twins=False)
     with_ = rs.build_cases(None, d, heldout_dir=None)
-    assert len(with_) == len(without) + 4
+    assert len(with_) == len(without) + 8
     for a, b in zip(without, with_):
         assert a.case == b.case and np.array_equal(a.flux, b.flux)
     # summary: controls beside the PHOENIX cases, no target of their own
     res = pd.DataFrame(dict(
         case=[c.case for c in with_], kind=[c.kind for c in with_],
         truth=[json.dumps(c.truth) for c in with_],
-        p_binary=[0.6 if c.kind == "phoenix_single" else 0.1 if c.kind == "twin_single"
+        p_binary=[0.6 if c.kind == "phoenix_single" else 0.1 if c.kind.endswith("_single")
                   else 0.3 if c.kind.endswith("sb2") and c.case.endswith("dv 30") else 0.9
                   for c in with_],
         teff_2=5500.0, flag_boundary=0, quality_flags=0, usable=True))
     s = rs.summarise(res)
     assert s["twins"]["phoenix"]["singles_max"] == 0.6 and s["twins"]["twin"]["singles_max"] == 0.1
     assert s["twins"]["twin"]["pairs_found_per_dv"] == {"30 km/s": "0 of 1", "60 km/s": "1 of 1"}
-    assert s["twins"]["singles"]["5000/4.5/+0.0"] == {"phoenix": 0.6, "twin": 0.1}
+    assert s["twins"]["singles"]["5000/4.5/+0.0"] == {"phoenix": 0.6, "twin": 0.1,
+                                                      "twin_rvs": 0.1}
+    assert s["twins"]["singles"]["6000/5.5/+0.0"] == {"phoenix": 0.6}
+    assert s["twins"]["no_twin"] == ["6000/5.5/+0.0"]
     assert not any("twin" in t for t in s["targets"])
     assert s["twins"]["twin"]["auc_singles_vs_pairs"] == pytest.approx(1.0)
+    # the same pairs found: none only with one library
+    assert s["twins"]["twin"]["found_only_phoenix"] == s["twins"]["twin"]["found_only_twin"] == []
+    res.loc[res["case"] == "twin SB2 5000+6000 dv 60", "p_binary"] = 0.2
+    s = rs.summarise(res)
+    assert s["twins"]["twin"]["found_only_phoenix"] == ["5000+6000 dv 60"]
+    assert s["twins"]["twin_rvs"]["found_only_phoenix"] == []
+    md = rs.write_report(res.assign(p_binary_err=np.nan, rv_bulk=np.nan, snr_estimate=100.0,
+                                    ood_distance=0.0, **{f"{p}_{c}": 1.0 for p in PARAMETERS
+                                                         for c in (1, 2)}),
+                         s, tmp_path / "r").read_text()
+    assert "| pairs found with PHOENIX only / as twins only | - | 5000+6000 dv 60 / none |" in md
+    assert "No twin (a node the training library lacks): 6000/5.5/+0.0." in md

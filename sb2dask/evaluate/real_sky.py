@@ -21,13 +21,15 @@ none of which passes through the training renderer:
     SB2 pairs are weighted by R²·F_λ (PHXREFF and the surface flux) at ΔRV 30 and 60 km/s.
 ``noise`` / ``flat``
     Pure noise around 1 and perfectly flat spectra: a trustworthy pipeline flags them.
-``twin_single`` / ``twin_sb2``
+``twin_single`` / ``twin_sb2``, ``twin_rvs_single`` / ``twin_rvs_sb2``
     Controls, not targets: the PHOENIX cases again with the **embedded grid** (the training
     library) at the PHOENIX stars' labels in place of the files, through the same independent
-    rendering (the grid's spectrum on a vacuum ln-λ grid at the files' resolution, scaled to the
-    file's continuum level so the pairs keep their light fractions, then :func:`render_phoenix`
-    with its noise, envelope and pair weights). A PHOENIX case that fails where its twin passes
-    fails on the library; one that fails with its twin fails on the detector's power.
+    rendering (the grid's spectrum on a vacuum ln-λ grid, scaled to the file's continuum level so
+    the pairs keep their light fractions, then :func:`render_phoenix` with its noise, envelope and
+    pair weights): ``twin`` at the files' resolving power (R ≈ 10 000, below the range the
+    realistic recipe trains on), ``twin_rvs`` at Gaia's (11 500), which the files cannot give. A
+    PHOENIX case that fails where its twin passes fails on the library; one that fails with its
+    twins at both resolutions fails on the detector's power.
 
 The suite measures; it never tunes. Its targets (issue 14) are reported with pass/fail:
 every real single star p_binary < 0.2 at every shift; PHOENIX singles median p_binary < 0.1 and none
@@ -310,15 +312,16 @@ def _phoenix_cases(phoenix_dir: Path, rng: np.random.Generator) -> list[RealSkyC
 CONTINUUM_BAND = (8560.0, 8590.0)
 
 
-def embedded_twin(library, header: dict, wave: np.ndarray,
-                  flux: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def embedded_twin(library, header: dict, wave: np.ndarray, flux: np.ndarray,
+                  resolution: float = LOGLAM_RESOLUTION) -> tuple[np.ndarray, np.ndarray]:
     """The training library's spectrum standing in for one PHOENIX file (a twin; the module
     docstring): ``library`` (a :class:`~sb2dask.library.base.SpectralLibrary`, normalised flux
     on air wavelengths) at the header's PHXTEFF / PHXLOGG / PHXM_H node, moved to vacuum and
-    onto a ln-λ grid of 0.5 km/s, brought to the files' resolution
-    (:data:`~sb2dask.library.phoenix.LOGLAM_RESOLUTION`, so that :func:`render_phoenix` treats
-    both alike) and scaled to the file's continuum level (median F_λ of ``flux`` over
-    :data:`CONTINUUM_BAND`). Raises ``KeyError`` for a node the library does not have.
+    onto a ln-λ grid of 0.5 km/s, brought to ``resolution`` (default the files' own,
+    :data:`~sb2dask.library.phoenix.LOGLAM_RESOLUTION`; :func:`render_phoenix` adds no kernel to
+    a spectrum at or above that, so a sharper twin keeps its resolution) and scaled to the file's
+    continuum level (median F_λ of ``flux`` over :data:`CONTINUUM_BAND`). Raises ``KeyError``
+    for a node the library does not have.
 
     Returns ``(wave_vac [Å], flux)`` in the form :func:`read_phoenix_vacuum` gives.
     """
@@ -329,26 +332,34 @@ def embedded_twin(library, header: dict, wave: np.ndarray,
     vac = air_to_vac(np.asarray(library.wave, float))
     ln = np.arange(np.log(vac[0]), np.log(vac[-1]), 0.5 / C_KMS)
     out = np.interp(np.exp(ln), vac, normalised)
-    out = gaussian_lsf(ln, out, added_resolution(LOGLAM_RESOLUTION, library.resolution))
+    out = gaussian_lsf(ln, out, added_resolution(resolution, library.resolution))
     band = (wave > CONTINUUM_BAND[0]) & (wave < CONTINUUM_BAND[1])
     return np.exp(ln), out * float(np.median(flux[band]))
 
 
-def twin_cases(stars: list[tuple], rng: np.random.Generator,
-               library: str = "embedded") -> tuple[list[RealSkyCase], list[str]]:
-    """The controls ``twin_single`` and ``twin_sb2``: every PHOENIX case of ``stars``
+#: The control sets: kind prefix -> (resolving power of the twins, case-name label).
+TWIN_SETS = {"twin": (LOGLAM_RESOLUTION, "twin"),
+             "twin_rvs": (GAIA_RESOLUTION, f"twin R{GAIA_RESOLUTION:.0f}")}
+
+
+def twin_cases(stars: list[tuple], rng: np.random.Generator, library: str = "embedded",
+               kind: str = "twin") -> tuple[list[RealSkyCase], list[str]]:
+    """The controls ``{kind}_single`` and ``{kind}_sb2`` (``kind`` a key of :data:`TWIN_SETS`,
+    which sets their resolving power): every PHOENIX case of ``stars``
     (:func:`read_phoenix_stars`) again with :func:`embedded_twin` in place of each file.
-    Returns the cases and the files whose node ``library`` lacks (left out)."""
+    Returns the cases and the files whose node ``library`` lacks (left out; the summary names
+    the PHOENIX stars without a twin)."""
     from ..library import load_library
 
     lib = load_library(library)
     twins, missing = [], []
     for name, wave, flux, h in stars:
         try:
-            twins.append((name, *embedded_twin(lib, h, wave, flux), h))
+            twins.append((name, *embedded_twin(lib, h, wave, flux, TWIN_SETS[kind][0]), h))
         except KeyError:
             missing.append(name)
-    return _single_and_pair_cases(twins, rng, "twin", "twin", library=library), missing
+    return _single_and_pair_cases(twins, rng, kind, TWIN_SETS[kind][1], library=library,
+                                  resolution=TWIN_SETS[kind][0]), missing
 
 
 def _noise_cases(rng: np.random.Generator, n: int = 5) -> list[RealSkyCase]:
@@ -372,8 +383,8 @@ def build_cases(gaia_dir: str | Path | None, phoenix_dir: str | Path | None,
     """Every case of the suite; a missing directory leaves its cases out (said in the report).
     ``heldout_dir``: the held-out real spectra (default: those shipped, :data:`HELDOUT_DIR`;
     None leaves them out). ``twins``: the embedded-grid controls of the PHOENIX cases
-    (:func:`twin_cases`), drawn after every other case so that those are the same with or
-    without them."""
+    (:func:`twin_cases`, every set of :data:`TWIN_SETS`), drawn after every other case so that
+    those are the same with or without them."""
     rng = np.random.default_rng(seed)
     cases: list[RealSkyCase] = []
     if gaia_dir is not None and Path(gaia_dir).is_dir():
@@ -385,7 +396,9 @@ def build_cases(gaia_dir: str | Path | None, phoenix_dir: str | Path | None,
         cases += _phoenix_cases(Path(phoenix_dir), rng)
     cases += _noise_cases(rng)
     if phoenix and twins:
-        cases += twin_cases(read_phoenix_stars(phoenix_dir), rng)[0]
+        stars = read_phoenix_stars(phoenix_dir)
+        for kind in TWIN_SETS:
+            cases += twin_cases(stars, rng, kind=kind)[0]
     return cases
 
 
@@ -520,22 +533,30 @@ def summarise(results: pd.DataFrame) -> dict:
     return out
 
 
+def _pair_key(case: str) -> str:
+    """``"5000+5400 dv 30"`` of a pair case's name (whichever library's label precedes it)."""
+    return " ".join(case.split()[-3:])
+
+
 def _twin_summary(results: pd.DataFrame) -> dict:
     """The PHOENIX cases beside their embedded-grid twins (controls, not targets): per library
-    the singles' median and max p_binary, the pairs' recall at 0.5 (all, and per separation) and
-    the ROC AUC of singles against pairs; per PHOENIX single its p_binary and its twin's."""
+    the singles' median and max p_binary, the pairs' recall at 0.5 (all, and per separation),
+    the ROC AUC of singles against pairs and, for the twins, which pairs only one of the two
+    libraries finds; per PHOENIX single its p_binary and its twins'; the PHOENIX singles that
+    have no twin (a node the training library lacks)."""
     from ..stats import roc_auc
 
-    def _sep(case: str) -> str:
-        return case.rsplit(" ", 1)[-1]
-
+    libs = ["phoenix"] + [k for k in TWIN_SETS if results["kind"].isin(
+        [f"{k}_single", f"{k}_sb2"]).any()]
     out: dict = {}
-    for lib, (ks, kb) in {"phoenix": ("phoenix_single", "phoenix_sb2"),
-                          "twin": ("twin_single", "twin_sb2")}.items():
-        s = results.loc[results["kind"] == ks, "p_binary"].to_numpy(float)
-        b = results[results["kind"] == kb]
+    found = {}
+    for lib in libs:
+        s = results.loc[results["kind"] == f"{lib}_single", "p_binary"].to_numpy(float)
+        b = results[results["kind"] == f"{lib}_sb2"]
         pb = b["p_binary"].to_numpy(float)
-        seps = b["case"].map(_sep)
+        seps = b["case"].map(lambda c: c.rsplit(" ", 1)[-1])
+        found[lib] = {_pair_key(c): bool(p > 0.5) for c, p in zip(b["case"], pb)}
+        ok = np.isfinite(np.r_[s, pb])
         out[lib] = dict(
             n_singles=int(s.size), n_pairs=int(pb.size),
             singles_median=float(np.nanmedian(s)) if s.size else None,
@@ -544,15 +565,23 @@ def _twin_summary(results: pd.DataFrame) -> dict:
             pairs_found_per_dv={f"{dv} km/s": f"{int((pb[(seps == dv).to_numpy()] > 0.5).sum())}"
                                 f" of {int((seps == dv).sum())}" for dv in sorted(set(seps),
                                                                                  key=float)},
-            auc_singles_vs_pairs=roc_auc(np.r_[np.zeros(s.size), np.ones(pb.size)],
-                                         np.r_[s, pb]) if s.size and pb.size else None)
-    singles = {}
-    for kind in ("phoenix_single", "twin_single"):
-        for _, r in results[results["kind"] == kind].iterrows():
+            auc_singles_vs_pairs=roc_auc(np.r_[np.zeros(s.size), np.ones(pb.size)][ok],
+                                         np.r_[s, pb][ok]) if s.size and pb.size else None)
+        if lib != "phoenix":
+            both = sorted(set(found[lib]) & set(found["phoenix"]))
+            out[lib]["found_only_phoenix"] = [k for k in both
+                                              if found["phoenix"][k] and not found[lib][k]]
+            out[lib]["found_only_twin"] = [k for k in both
+                                           if found[lib][k] and not found["phoenix"][k]]
+    singles: dict = {}
+    for lib in libs:
+        for _, r in results[results["kind"] == f"{lib}_single"].iterrows():
             t = json.loads(r["truth"])
             key = f"{t['teff']:.0f}/{t['logg']:.1f}/{t['feh']:+.1f}"
-            singles.setdefault(key, {})[kind.split("_")[0]] = float(r["p_binary"])
+            singles.setdefault(key, {})[lib] = float(r["p_binary"])
     out["singles"] = singles
+    out["no_twin"] = sorted(k for k, d in singles.items() if "phoenix" in d
+                            and not any(lib in d for lib in libs[1:]))
     return out
 
 
@@ -586,6 +615,9 @@ def _evidence_summary(results: pd.DataFrame, truth: pd.Series) -> tuple[dict, di
                       ("PHOENIX SB2s", results["kind"].eq("phoenix_sb2")),
                       ("twin singles (control)", results["kind"].eq("twin_single")),
                       ("twin SB2s (control)", results["kind"].eq("twin_sb2")),
+                      ("twin singles at Gaia's R (control)", results["kind"].eq(
+                          "twin_rvs_single")),
+                      ("twin SB2s at Gaia's R (control)", results["kind"].eq("twin_rvs_sb2")),
                       ("noise, flat", results["kind"].isin(["noise", "flat"]))):
         r = results[sel]
         if not len(r):
@@ -630,7 +662,7 @@ def _figure(results: pd.DataFrame, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4.2))
+    fig = Figure(figsize=(12, 4.2))
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.subplots(1, 2, gridspec_kw=dict(width_ratios=[1.2, 1]))
     real = results[results["kind"] == "real"]
@@ -644,9 +676,12 @@ def _figure(results: pd.DataFrame, path: Path) -> None:
     ax1.set_xscale("symlog", linthresh=3)
     ax1.set(xlabel="shift on the fixed grid [km/s]", ylabel="p_binary", ylim=(-0.02, 1.02),
             title="real Gaia DR3 spectra")
-    ax1.legend(fontsize=8)
-    kinds = ["phoenix_single", "phoenix_sb2", "twin_single", "twin_sb2", "noise", "flat"]
-    names = ["PHOENIX\nsingle", "PHOENIX\nSB2", "twin\nsingle", "twin\nSB2", "noise", "flat"]
+    if len(real):  # no real spectra, no legend (matplotlib would warn)
+        ax1.legend(fontsize=8)
+    kinds = ["phoenix_single", "phoenix_sb2", "twin_single", "twin_sb2", "twin_rvs_single",
+             "twin_rvs_sb2", "noise", "flat"]
+    names = ["PHOENIX\nsingle", "PHOENIX\nSB2", "twin\nsingle", "twin\nSB2", "twin R11500\nsingle",
+             "twin R11500\nSB2", "noise", "flat"]
     keep = [i for i, k in enumerate(kinds) if (results["kind"] == k).any()
             or not k.startswith("twin")]
     kinds, names = [kinds[i] for i in keep], [names[i] for i in keep]
@@ -654,7 +689,7 @@ def _figure(results: pd.DataFrame, path: Path) -> None:
         v = results.loc[results["kind"] == k, "p_binary"].to_numpy(float)
         ax2.scatter(np.full(v.size, i) + np.linspace(-0.15, 0.15, max(v.size, 1))[:v.size], v,
                     s=14)
-    ax2.set_xticks(range(len(kinds)), names)
+    ax2.set_xticks(range(len(kinds)), names, fontsize=7)
     ax2.axhline(0.5, color="k", ls=":", lw=1)
     ax2.set(ylabel="p_binary", ylim=(-0.02, 1.02), title="independent cross-library cases")
     fig.tight_layout()
@@ -706,32 +741,46 @@ def write_report(results: pd.DataFrame, summary: dict, out: str | Path,
                           "after every threshold was set; nothing is tuned on them."]
     if "twins" in summary:
         tw = summary["twins"]
+        libs = [k for k in ("phoenix", *TWIN_SETS) if k in tw]
+        head = {"phoenix": "PHOENIX", "twin": "twins, files' R ≈ 10 000",
+                "twin_rvs": f"twins, Gaia's R {GAIA_RESOLUTION:.0f}"}
         lines += ["", "## Controls: the PHOENIX cases with the training library (twins)", "",
                   "The same cases with the embedded grid at the PHOENIX stars' labels in place of "
-                  "the files, through the same rendering, noise and pair weights (not targets). "
-                  "What fails only with PHOENIX fails on the library; what fails with both fails "
-                  "on the detector's power.", "",
-                  "| | PHOENIX | twins (embedded grid) |", "|---|---|---|"]
+                  "the files, through the same rendering, noise and pair weights, at the files' "
+                  "resolving power and at Gaia's (not targets). What fails only with PHOENIX "
+                  "fails on the library; what fails with the twins too fails on the detector's "
+                  "power.", "",
+                  "| | " + " | ".join(head[k] for k in libs) + " |",
+                  "|---" * (len(libs) + 1) + "|"]
 
         def _f(v):
             return "-" if v is None else f"{v:.3f}"
 
-        ph, tws = tw["phoenix"], tw["twin"]
-        lines += [f"| singles: median / max p_binary | {_f(ph['singles_median'])} / "
-                  f"{_f(ph['singles_max'])} | {_f(tws['singles_median'])} / "
-                  f"{_f(tws['singles_max'])} |",
-                  f"| SB2 pairs: recall at 0.5 | {_f(ph['pairs_recall'])} | "
-                  f"{_f(tws['pairs_recall'])} |"]
-        for dv in sorted(set(ph["pairs_found_per_dv"]) | set(tws["pairs_found_per_dv"]),
-                         key=lambda s: float(s.split()[0])):
-            lines.append(f"| SB2 pairs found at Δv {dv} | {ph['pairs_found_per_dv'].get(dv, '-')}"
-                         f" | {tws['pairs_found_per_dv'].get(dv, '-')} |")
-        lines += [f"| singles against pairs: ROC AUC | {_f(ph['auc_singles_vs_pairs'])} | "
-                  f"{_f(tws['auc_singles_vs_pairs'])} |", "",
-                  "| single star (Teff/logg/[M/H]) | PHOENIX p_binary | twin p_binary |",
-                  "|---|---|---|"]
+        def _row(name, cell):
+            return f"| {name} | " + " | ".join(cell(tw[k]) for k in libs) + " |"
+
+        lines += [_row("singles: median / max p_binary",
+                       lambda d: f"{_f(d['singles_median'])} / {_f(d['singles_max'])}"),
+                  _row("SB2 pairs: recall at 0.5", lambda d: _f(d["pairs_recall"]))]
+        dvs = sorted({dv for k in libs for dv in tw[k]["pairs_found_per_dv"]},
+                     key=lambda v: float(v.split()[0]))
+        for dv in dvs:
+            lines.append(_row(f"SB2 pairs found at Δv {dv}",
+                              lambda d, dv=dv: d["pairs_found_per_dv"].get(dv, "-")))
+        lines += [_row("singles against pairs: ROC AUC",
+                       lambda d: _f(d["auc_singles_vs_pairs"])),
+                  _row("pairs found with PHOENIX only / as twins only",
+                       lambda d: "-" if "found_only_twin" not in d else
+                       (", ".join(d["found_only_phoenix"]) or "none") + " / "
+                       + (", ".join(d["found_only_twin"]) or "none")), "",
+                  "| single star (Teff/logg/[M/H]) | " + " | ".join(
+                      f"{head[k]}: p_binary" for k in libs) + " |",
+                  "|---" * (len(libs) + 1) + "|"]
         for key, d in tw["singles"].items():
-            lines.append(f"| {key} | {_f(d.get('phoenix'))} | {_f(d.get('twin'))} |")
+            lines.append(f"| {key} | " + " | ".join(_f(d.get(k)) for k in libs) + " |")
+        if tw.get("no_twin"):
+            lines += ["", "No twin (a node the training library lacks): "
+                      + ", ".join(tw["no_twin"]) + "."]
     if "kepler93" in summary:
         k = summary["kepler93"]
         p = k["predicted"]
