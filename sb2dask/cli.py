@@ -419,12 +419,14 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_calibrate(args) -> int:
+    from .infer.predict import resolve_model_dir
     from .train.calibrate import CALIBRATION_FILE, calibrate
 
     res = calibrate(args.models, args.store, split=args.split, max_n=args.max_n,
                     snr_edges=args.snr_edges or (), value_bins=args.value_bins,
                     rest_frame=args.rest_frame, predictions=args.predictions)
-    print(json.dumps(dict(written=str(Path(args.models) / CALIBRATION_FILE),
+    # a preset name ('paper') is written where it resolves, which the message must say
+    print(json.dumps(dict(written=str(resolve_model_dir(args.models) / CALIBRATION_FILE),
                           n=res["provenance"]["n"], seconds=round(res["seconds"], 1),
                           coverage_on_calibration_rows=res["fit_summary"]), indent=1))
     return 0
@@ -725,7 +727,8 @@ def _add_infer_parser(sub, command: _Command) -> None:
                    help="spectra per forward pass (default 256 on CPU, 2048 on GPU)")
     p.add_argument("--members", type=_positive_int, default=None,
                    help="ensemble members per network to use (default: all; 1 is fastest and "
-                        "leaves the per-epoch _err columns NaN)")
+                        "leaves the per-epoch _err columns NaN; ensembles only: the default "
+                        "student is one network)")
     p.add_argument("--rest-frame", choices=REST_FRAME_MODES, default=None,
                    help="measure and remove each spectrum's bulk radial velocity (rv_bulk) "
                         "before the networks: auto (default) as the models were trained, and "

@@ -372,7 +372,8 @@ def test_infer_end_to_end_on_dr4_mock_and_a_real_spectrum_in_dr4_layout(tmp_path
               write_dr4_epoch(tmp_path / "k93.fits", real, structure="DATAMODEL_GAIA",
                               fmt="fits")]
     inputs += [p for s in mock["files"].values() for f in s.values() for p in f]
-    config = InferenceConfig(members=1, device="cpu", partition_rows=50)
+    # the paper-recipe (rest-frame) ensembles: `auto` must shift barycentric DR4 spectra anyway
+    config = InferenceConfig("paper", members=1, device="cpu", partition_rows=50)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                       dashboard_address=":0") as lc, Client(lc) as client:
         summary = run_inference(inputs, tmp_path / "out.parquet", client, config,
@@ -391,6 +392,7 @@ def test_infer_end_to_end_on_dr4_mock_and_a_real_spectrum_in_dr4_layout(tmp_path
     np.testing.assert_array_equal(both["obs_time_rv"], both["obs_time_rv_true"])
     assert (out["frame"] == "barycentric").all() and out["usable"].all()
     assert out["rv_bulk"].notna().all()  # auto: DR4 spectra shifted although the models are not
+    # (the default student is trained in the rv_bulk frame: it always shifts)
     k93 = out[out["source_id"] == real["source_id"][0]].sort_values(["file", "epoch_id"])
     assert len(k93) == 10
     for _, rows in k93.groupby("file"):

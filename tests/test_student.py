@@ -140,6 +140,8 @@ def test_model_set_runs_a_student_in_the_ensemble_schema(tmp_path):
     from test_infer import _simulated_partition
 
     d = _student_dir(tmp_path / "m", scales=np.full((3, 9), 2.0))
+    with pytest.warns(UserWarning, match="members=1 has no effect"):
+        ModelSet(d, "cpu", members=1)  # one network: --members means nothing to it
     df = _simulated_partition(6)
     out = predict_partition(df, InferenceConfig(d, "cpu"))
     schema = [c["name"] for c in load_schema("epoch")["columns"]]

@@ -9,6 +9,7 @@ ensembles) once per process. :func:`predict_partition` takes a reader partition 
 from __future__ import annotations
 
 import threading
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -113,6 +114,7 @@ class ModelSet:
     batch_size : spectra per forward pass (default :data:`BATCH_SIZE` of the device)
     members : use at most this many ensemble members per network (the lowest-numbered ones);
         ``None`` uses all. Fewer members run proportionally faster and give no spreads at 1.
+        A student directory has one network: a value is ignored with a warning.
     layout : ``"1d"`` (Conv1d) or ``"2d"`` (Conv2d 1×k, channels-last); same function. On this
         project's 2-core test machine Conv1d was the faster of the two for the full model set
         (95 against 86 spectra/s in fp32, 211 against 167 in bf16, one thread, batch 256).
@@ -131,6 +133,10 @@ class ModelSet:
         #: the one-pass student (model, manifest) when the directory holds one, else None
         self.student = None
         if students:
+            if members is not None:
+                warnings.warn(f"{self.directory}: members={members} has no effect: a one-pass "
+                              "student is one network (its _err columns are its calibrated "
+                              "widths)", UserWarning, stacklevel=2)
             self._init_student(students[0], layout)
             return
         for target in ("p_binary", "teff") + PARAMETERS:
@@ -196,8 +202,6 @@ class ModelSet:
         the one it was fitted on) is not applied, with a warning: the errors are then the raw
         spreads and the source table adds the validation RMSE floor again.
         """
-        import warnings
-
         from ..train.calibrate import CALIBRATION_FILE, members_digest
 
         cal = Calibration.load(self.directory)
