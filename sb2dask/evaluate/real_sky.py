@@ -351,6 +351,8 @@ def twin_cases(stars: list[tuple], rng: np.random.Generator, library: str = "emb
     the PHOENIX stars without a twin)."""
     from ..library import load_library
 
+    if kind not in TWIN_SETS:
+        raise ValueError(f"twin_cases: kind must be one of {sorted(TWIN_SETS)}, got {kind!r}")
     lib = load_library(library)
     twins, missing = [], []
     for name, wave, flux, h in stars:
@@ -516,7 +518,7 @@ def summarise(results: pd.DataFrame) -> dict:
         recall = float(np.mean(pb["p_binary"] > 0.5))
         targets["PHOENIX SB2 pairs: recall (p_binary > 0.5) >= 0.8"] = dict(
             value=recall, passed=recall >= 0.8, what=f"recall over {len(pb)} pairs")
-    if results["kind"].isin(["twin_single", "twin_sb2"]).any():
+    if results["kind"].isin([f"{k}_{c}" for k in TWIN_SETS for c in ("single", "sb2")]).any():
         out["twins"] = _twin_summary(results)
     junk = results[results["kind"].isin(["noise", "flat"])]
     if len(junk):
