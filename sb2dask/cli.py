@@ -726,9 +726,9 @@ def _add_infer_parser(sub, command: _Command) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="spectra per forward pass (default 256 on CPU, 2048 on GPU)")
     p.add_argument("--members", type=_positive_int, default=None,
-                   help="ensemble members per network to use (default: all; 1 is fastest and "
-                        "leaves the per-epoch _err columns NaN; ensembles only: the default "
-                        "student is one network)")
+                   help="ensemble members per network to use, or students of a student "
+                        "ensemble (default: all; 1 is fastest and leaves the ensembles' per-epoch "
+                        "_err columns and p_binary_err NaN)")
     p.add_argument("--rest-frame", choices=REST_FRAME_MODES, default=None,
                    help="measure and remove each spectrum's bulk radial velocity (rv_bulk) "
                         "before the networks: auto (default) as the models were trained, and "

@@ -46,6 +46,48 @@ def _student_dir(tmp_path, scales=None, seed=0, offset=0.0):
     return tmp_path
 
 
+def test_students_of_one_directory_form_an_equal_mixture(tmp_path):
+    """student-0, student-1 (seeds of one recipe) run as one model set: p_binary the members'
+    mean with their standard deviation as p_binary_err, each label the mean with the mixture's
+    width; ``members`` keeps the first ones; students that disagree on the grid are refused."""
+    import shutil
+
+    from sb2dask.models.io import ModelFileError
+
+    a = _student_dir(tmp_path / "a", seed=0, scales=np.full((3, 9), 1.5))
+    b = _student_dir(tmp_path / "b", seed=1)
+    both = tmp_path / "both"
+    shutil.copytree(a, both)
+    shutil.copy(b / "student-0.safetensors", both / "student-1.safetensors")
+    man = json.loads((b / "student-0.json").read_text())
+    (both / "student-1.json").write_text(json.dumps(dict(man, name="student-1")))
+    rng = np.random.default_rng(0)
+    flux = (1.0 - 0.3 * rng.random((4, 903)) ** 8).astype(np.float32)  # spectrum-like lines
+    snr = np.array([50.0, 100.0, 200.0, np.nan])
+    pa, pb = (ModelSet(d, "cpu").predict(flux, snr=snr) for d in (a, b))
+    ens = ModelSet(both, "cpu")
+    assert len(ens.students) == 2 and ens.student is not None
+    assert [m["name"] for m in ens.provenance["student"]] == ["student-0", "student-1"]
+    pe = ens.predict(flux, snr=snr)
+    np.testing.assert_allclose(pe["p_binary"], (pa["p_binary"] + pb["p_binary"]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(pe["p_binary_err"], np.abs(pa["p_binary"] - pb["p_binary"])
+                               / np.sqrt(2), rtol=1e-5, atol=1e-9)
+    for k in ("teff", "logg", "light_fraction_faint"):
+        np.testing.assert_allclose(pe[k], (pa[k] + pb[k]) / 2, rtol=1e-6)
+        var = (pa[f"{k}_err"] ** 2 + pb[f"{k}_err"] ** 2) / 2 + ((pa[k] - pb[k]) / 2) ** 2
+        np.testing.assert_allclose(pe[f"{k}_err"], np.sqrt(var), rtol=1e-6)
+    assert np.isnan(pa["p_binary_err"]).all()
+    # --members 1: the first student alone, as its own directory gives it
+    one = ModelSet(both, "cpu", members=1).predict(flux, snr=snr)
+    np.testing.assert_array_equal(one["teff"], pa["teff"])
+    # a student of another grid cannot join
+    man = json.loads((both / "student-1.json").read_text())
+    man["wave"] = man["wave"][1:] + [man["wave"][-1] + 0.1]
+    (both / "student-1.json").write_text(json.dumps(man))
+    with pytest.raises(ModelFileError, match="one student ensemble must share"):
+        ModelSet(both, "cpu")
+
+
 def test_student_stays_under_the_flop_bound():
     flops = count_flops(StudentNet())
     # the issue's bound, and a floor that catches a counter that counts nothing
@@ -140,8 +182,6 @@ def test_model_set_runs_a_student_in_the_ensemble_schema(tmp_path):
     from test_infer import _simulated_partition
 
     d = _student_dir(tmp_path / "m", scales=np.full((3, 9), 2.0))
-    with pytest.warns(UserWarning, match="members=1 has no effect"):
-        ModelSet(d, "cpu", members=1)  # one network: --members means nothing to it
     df = _simulated_partition(6)
     out = predict_partition(df, InferenceConfig(d, "cpu"))
     schema = [c["name"] for c in load_schema("epoch")["columns"]]

@@ -114,7 +114,8 @@ class ModelSet:
     batch_size : spectra per forward pass (default :data:`BATCH_SIZE` of the device)
     members : use at most this many ensemble members per network (the lowest-numbered ones);
         ``None`` uses all. Fewer members run proportionally faster and give no spreads at 1.
-        A student directory has one network: a value is ignored with a warning.
+        In a student directory: the first this many students (``student-0``, ``student-1``,
+        ...; one student gives no ``p_binary_err``).
     layout : ``"1d"`` (Conv1d) or ``"2d"`` (Conv2d 1×k, channels-last); same function. On this
         project's 2-core test machine Conv1d was the faster of the two for the full model set
         (95 against 86 spectra/s in fp32, 211 against 167 in bf16, one thread, batch 256).
@@ -129,15 +130,16 @@ class ModelSet:
         self.precision = precision
         self.batch_size = int(batch_size or BATCH_SIZE.get(self.device.type, 256))
         self.members: dict[str, list] = {}
-        students = sorted(self.directory.glob("student-*.json"))
-        #: the one-pass student (model, manifest) when the directory holds one, else None
+        students = sorted(self.directory.glob("student-*.json"),
+                          key=lambda q: (len(q.stem), q.stem))[:members]
+        #: the one-pass student (model, manifest) when the directory holds one, else None; with
+        #: several (``student-0``, ``student-1``, ...: seeds of one recipe) the first, and all of
+        #: them in :attr:`students`
         self.student = None
+        #: every student of the directory: dicts of model, manifest and its calibration
+        self.students: list[dict] = []
         if students:
-            if members is not None:
-                warnings.warn(f"{self.directory}: members={members} has no effect: a one-pass "
-                              "student is one network (its _err columns are its calibrated "
-                              "widths)", UserWarning, stacklevel=2)
-            self._init_student(students[0], layout)
+            self._init_student(students, layout)
             return
         for target in ("p_binary", "teff") + PARAMETERS:
             paths = sorted(self.directory.glob(f"{target}-*.json"),
@@ -174,23 +176,41 @@ class ModelSet:
         self.calibration = self._load_calibration()
         self.lock = threading.Lock()  # one forward pass at a time per process (torch threads)
 
-    def _init_student(self, path: Path, layout: str) -> None:
-        self.student = load_model(path, layout=layout, device=self.device)
-        man = self.student[1]
+    def _init_student(self, paths: list[Path], layout: str) -> None:
+        for path in paths:
+            model, man = load_model(path, layout=layout, device=self.device)
+            cal = man.training.get("calibration") or {}
+            self.students.append(dict(
+                model=model, manifest=man,
+                # per-S/N-bin width factors (n_bins, 9) and the bin edges, from the manifest
+                width_scales=np.asarray(cal["scales"]) if cal.get("scales") else None,
+                snr_edges=tuple(cal.get("snr_edges", ())),
+                # added to the p_binary logit: its prior made 0.5, the detectors' (0 for
+                # students calibrated before the offset existed)
+                logit_offset=float(cal.get("p_binary_logit_offset", 0.0)),
+                feature_stats=load_feature_statistics(man, self.directory)))
+        first = self.students[0]
+        man = first["manifest"]
+        self.student = (first["model"], man)
+        for other in self.students[1:]:
+            m = other["manifest"]
+            same = (np.array_equal(np.round(m.wave, 6), np.round(man.wave, 6))
+                    and m.training.get("frame", "rest") == man.training.get("frame", "rest")
+                    and detector_target(m.training) == detector_target(man.training))
+            if not same:
+                raise ModelFileError(f"{self.directory}: {m.name} and {man.name} differ in "
+                                     "pixel grid, frame or detector target; one student "
+                                     "ensemble must share them")
         self.members = {t: [] for t in ("p_binary", "teff") + PARAMETERS}
         self.wave = np.asarray(man.wave)
         self.training = man.training
         self.frame = man.training.get("frame", "rest")
         self.detector_target = detector_target(man.training)
-        self.feature_stats = load_feature_statistics(man, self.directory)
-        self.manifests = {"student": [man.to_dict()]}
-        cal = man.training.get("calibration") or {}
-        #: per-S/N-bin width factors (n_bins, 9) and the bin edges, from the manifest
-        self.width_scales = np.asarray(cal["scales"]) if cal.get("scales") else None
-        self.snr_edges = tuple(cal.get("snr_edges", ()))
-        #: added to the p_binary logit: its prior made 0.5, the detectors' (0 for students
-        #: calibrated before the offset existed)
-        self.logit_offset = float(cal.get("p_binary_logit_offset", 0.0))
+        self.feature_stats = first["feature_stats"]
+        self.manifests = {"student": [s["manifest"].to_dict() for s in self.students]}
+        self.width_scales = first["width_scales"]
+        self.snr_edges = first["snr_edges"]
+        self.logit_offset = first["logit_offset"]
         self.calibration = None  # its widths are calibrated in its manifest (above)
         self.lock = threading.Lock()
 
@@ -251,7 +271,8 @@ class ModelSet:
             if t in ("p_binary", "student"):
                 d["detector_target"] = detector_target(m.get("training") or {})
             if t == "student":  # calibrated in the manifest, not in the weights
-                d["p_binary_logit_offset"] = self.logit_offset
+                cal = (m.get("training") or {}).get("calibration") or {}
+                d["p_binary_logit_offset"] = float(cal.get("p_binary_logit_offset", 0.0))
             return d
 
         return {t: [entry(t, m) for m in ms] for t, ms in self.manifests.items()}
@@ -331,24 +352,45 @@ class ModelSet:
         return {k: v[:n] for k, v in res.items()}
 
     def _student_batch(self, flux: np.ndarray, snr: np.ndarray) -> dict[str, np.ndarray]:
+        """One batch through every student. Several (seeds of one recipe) are combined as an
+        equal mixture: p_binary the mean probability and ``p_binary_err`` the members' standard
+        deviation; each label the mean and, as ``_err``, the mixture's width (the members'
+        calibrated variances averaged plus the variance of their means); ``ood_distance`` the
+        mean. One student is returned as it decodes (``p_binary_err`` NaN)."""
         from ..models.student import decode
 
-        model, _ = self.student
         x = torch.from_numpy(np.ascontiguousarray(flux, dtype=np.float32)).to(self.device)
-        feats = model.trunk(run_with_float32_stem(model.features, model.ops.prepare(x)))
-        logit, mean, log_width = (t.float().cpu().numpy() for t in model.heads(feats))
-        res = decode(logit, mean, log_width, snr, self.width_scales, self.snr_edges,
-                     self.logit_offset)
-        res["p_binary_err"] = np.full(len(flux), np.nan)
-        res["ood_distance"] = self._ood_distance(feats)
-        return res
+        runs = []
+        for st in self.students:
+            model = st["model"]
+            feats = model.trunk(run_with_float32_stem(model.features, model.ops.prepare(x)))
+            logit, mean, log_width = (t.float().cpu().numpy() for t in model.heads(feats))
+            res = decode(logit, mean, log_width, snr, st["width_scales"], st["snr_edges"],
+                         st["logit_offset"])
+            res["ood_distance"] = self._ood_distance(feats, st["feature_stats"])
+            runs.append(res)
+        if len(runs) == 1:
+            res = runs[0]
+            res["p_binary_err"] = np.full(len(flux), np.nan)
+            return res
+        out = {}
+        p = np.stack([r["p_binary"] for r in runs])
+        out["p_binary"], out["p_binary_err"] = p.mean(0), p.std(0, ddof=1)
+        for k in ("teff",) + PARAMETERS + ("light_fraction_faint",):
+            means = np.stack([r[k] for r in runs])
+            var = np.stack([r[f"{k}_err"] for r in runs]) ** 2
+            out[k] = means.mean(0)
+            out[f"{k}_err"] = np.sqrt(var.mean(0) + means.var(0))
+        out["ood_distance"] = np.mean([r["ood_distance"] for r in runs], axis=0)
+        return out
 
-    def _ood_distance(self, feats: torch.Tensor) -> np.ndarray:
+    def _ood_distance(self, feats: torch.Tensor, stats: dict | None = None) -> np.ndarray:
         """Mahalanobis distance of trunk features from the training set's, in units of its
-        99.5 % quantile (NaN without reference statistics)."""
-        if self.feature_stats is None:
+        99.5 % quantile (NaN without reference statistics); ``stats``: a student's own (default
+        :attr:`feature_stats`)."""
+        fs = self.feature_stats if stats is None else stats
+        if fs is None:
             return np.full(len(feats), np.nan)
-        fs = self.feature_stats
         return (mahalanobis(feats.float().cpu().numpy(), fs["mean"], fs["precision"])
                 / fs["threshold"][0])
 
@@ -424,7 +466,8 @@ class ModelSet:
         for target in ("teff",) + PARAMETERS:
             width = pred[f"{target}_err"]
             if self.student is not None:  # its calibrated width against its validation RMSE
-                rmse = self.student[1].metrics.get(f"rmse_{target}", np.nan)
+                rmse = np.median([st["manifest"].metrics.get(f"rmse_{target}", np.nan)
+                                  for st in self.students])
             elif len(self.members[target]) > 1:
                 rmse = np.median([m["metrics"].get("rmse", np.nan)
                                   for m in self.manifests[target]])
