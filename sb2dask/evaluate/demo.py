@@ -77,14 +77,15 @@ def run_demo(out: str | Path, n_sources: int = 300, client=None, model_dir=None,
     inputs = list(mock["files"])
     real_files = sorted(real.glob("*.csv")) if real is not None and real.is_dir() else []
     inputs += [str(p) for p in real_files]
-    res = run_inference(inputs, out / "sb2dask_epochs.parquet", client,
-                        InferenceConfig(model_dir=model_dir, partition_rows=1000),
+    config = InferenceConfig(model_dir=model_dir, partition_rows=1000)
+    res = run_inference(inputs, out / "sb2dask_epochs.parquet", client, config,
                         progress=progress, overwrite=True)
     epochs = pd.read_parquet(out / "sb2dask_epochs.parquet")
     truth = pd.read_parquet(mock["truth"])
-    from ..infer.predict import ModelSet
+    from ..infer.predict import get_model_set
 
-    target = ModelSet(model_dir, "cpu").p_binary_target  # what its p_binary is the probability of
+    # what its p_binary is the probability of: the set run_inference loaded here (cached)
+    target = get_model_set(config.replace(device="cpu")).p_binary_target
     summary = dict(inference=res, mock=summarise(epochs[~epochs["file"].isin(
         [str(p.resolve()) for p in real_files])], truth, target))
     if real_files:

@@ -208,9 +208,6 @@ class ModelSet:
         self.detector_target = detector_target(man.training)
         self.feature_stats = first["feature_stats"]
         self.manifests = {"student": [s["manifest"].to_dict() for s in self.students]}
-        self.width_scales = first["width_scales"]
-        self.snr_edges = first["snr_edges"]
-        self.logit_offset = first["logit_offset"]
         self.calibration = None  # its widths are calibrated in its manifest (above)
         self.lock = threading.Lock()
 
