@@ -8,6 +8,7 @@ ensembles) once per process. :func:`predict_partition` takes a reader partition 
 
 from __future__ import annotations
 
+import json
 import threading
 import warnings
 from contextlib import nullcontext
@@ -138,6 +139,9 @@ class ModelSet:
         self.student = None
         #: every student of the directory: dicts of model, manifest and its calibration
         self.students: list[dict] = []
+        #: several students: the directory's width calibration of their mixture
+        #: (:data:`~sb2dask.models.student.ENSEMBLE_CALIBRATION_FILE`), or None
+        self.ensemble_calibration: dict | None = None
         if students:
             self._init_student(students, layout)
             return
@@ -209,7 +213,41 @@ class ModelSet:
         self.feature_stats = first["feature_stats"]
         self.manifests = {"student": [s["manifest"].to_dict() for s in self.students]}
         self.calibration = None  # its widths are calibrated in its manifest (above)
+        self.ensemble_calibration = self._load_ensemble_calibration()
         self.lock = threading.Lock()
+
+    def _load_ensemble_calibration(self) -> dict | None:
+        """The width calibration of the loaded students' mixture, when the directory has one
+        fitted with exactly these students (names and weights). One student is calibrated by
+        its own manifest; fewer students than were fitted (``--members``) run uncalibrated
+        with a warning; a calibration of other weights is an error."""
+        from ..models.student import ENSEMBLE_CALIBRATION_FILE
+
+        path = self.directory / ENSEMBLE_CALIBRATION_FILE
+        if len(self.students) < 2 or not path.exists():
+            return None
+        try:
+            rec = json.loads(path.read_text())
+            fitted = [(m["name"], m["weights_sha256"]) for m in rec["members"]]
+            scales = np.asarray(rec["scales"], np.float64)
+            edges = tuple(float(e) for e in rec["snr_edges"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ModelFileError(f"{path}: not a student-ensemble calibration "
+                                 f"({type(err).__name__}: {err})") from None
+        if scales.shape != (len(edges) + 1, 9):
+            raise ModelFileError(f"{path}: scales of shape {scales.shape}, expected "
+                                 f"({len(edges) + 1}, 9)")
+        loaded = [(s["manifest"].name, s["manifest"].weights_sha256) for s in self.students]
+        if loaded == fitted:
+            return dict(rec, scales=scales, snr_edges=edges)
+        if set(loaded) < set(fitted):
+            warnings.warn(f"{path} was fitted for {len(fitted)} students, {len(loaded)} are "
+                          "loaded (--members): not applied; the widths are the members' "
+                          "mixture, which over-covers", stacklevel=3)
+            return None
+        raise ModelFileError(f"{path} was fitted with other students than this directory's; "
+                             "fit it again (sb2dask.train.distill.calibrate_student_ensemble) "
+                             "or remove the file")
 
     def _load_calibration(self) -> Calibration | None:
         """The directory's calibration when it was fitted with exactly the loaded members.
@@ -248,9 +286,18 @@ class ModelSet:
     def calibration_record(self) -> dict | None:
         """What the outputs' metadata and a run's settings record of the calibration applied:
         the file's SHA-256 and where it was fitted (None without one)."""
+        from ..fileio import file_sha256
+
+        ens = self.ensemble_calibration
+        if ens is not None:
+            from ..models.student import ENSEMBLE_CALIBRATION_FILE
+
+            return dict(sha256=file_sha256(self.directory / ENSEMBLE_CALIBRATION_FILE),
+                        kind="student_ensemble", split=ens.get("split"), n=ens.get("n"),
+                        store_sha256={k: v.get("sha256") for k, v in
+                                      (ens.get("stores") or {}).items()})
         if self.calibration is None:
             return None
-        from ..fileio import file_sha256
         from ..train.calibrate import CALIBRATION_FILE
 
         prov = self.calibration.provenance
@@ -354,7 +401,7 @@ class ModelSet:
         deviation; each label the mean and, as ``_err``, the mixture's width (the members'
         calibrated variances averaged plus the variance of their means); ``ood_distance`` the
         mean. One student is returned as it decodes (``p_binary_err`` NaN)."""
-        from ..models.student import decode
+        from ..models.student import decode, scale_decoded_widths
 
         x = torch.from_numpy(np.ascontiguousarray(flux, dtype=np.float32)).to(self.device)
         runs = []
@@ -379,6 +426,9 @@ class ModelSet:
             out[k] = means.mean(0)
             out[f"{k}_err"] = np.sqrt(var.mean(0) + means.var(0))
         out["ood_distance"] = np.mean([r["ood_distance"] for r in runs], axis=0)
+        cal = self.ensemble_calibration
+        if cal is not None:
+            out = scale_decoded_widths(out, cal["scales"], snr, cal["snr_edges"])
         return out
 
     def _ood_distance(self, feats: torch.Tensor, stats: dict | None = None) -> np.ndarray:

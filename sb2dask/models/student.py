@@ -39,7 +39,8 @@ from .layers import Ops, run_with_float32_stem
 from .predict import sort_pairs
 
 __all__ = ["StudentNet", "OUTPUTS", "MAX_MFLOP", "count_flops", "decode", "scaled_targets",
-           "width_scales", "balanced_logit_offset", "SNR_EDGES"]
+           "width_scales", "balanced_logit_offset", "SNR_EDGES", "ENSEMBLE_CALIBRATION_FILE",
+           "snr_bins", "decoded_z", "scale_decoded_widths"]
 
 #: The regression outputs in head order: each label for components 1 and 2 (cooler first),
 #: then the light fraction of the fainter star (of the 8600 Å continuum; unscaled, in [0, 0.5]).
@@ -51,6 +52,13 @@ MAX_MFLOP = 15.0
 #: S/N bin edges of the width calibration (the realistic recipe draws S/N 30-350; the first and
 #: last bins are open).
 SNR_EDGES = (60.0, 120.0)
+
+#: The width calibration of a student ensemble as a whole (a directory of several students,
+#: :class:`~sb2dask.infer.predict.ModelSet`), written by
+#: :func:`sb2dask.train.distill.calibrate_student_ensemble`: the members' mixture width
+#: over-covers (each member's width is calibrated alone, and the mixture adds the spread of
+#: their means), so the directory carries its own factors.
+ENSEMBLE_CALIBRATION_FILE = "students.json"
 
 
 class _ResBlock(nn.Module):
@@ -160,6 +168,46 @@ def width_scales(z: np.ndarray, snr: np.ndarray, edges=SNR_EDGES) -> np.ndarray:
     return out
 
 
+def snr_bins(snr, edges, n_bins: int, n: int | None = None) -> np.ndarray:
+    """The calibration bin of each spectrum's S/N (``edges`` as :data:`SNR_EDGES`; NaN, or
+    ``snr`` None for ``n`` spectra: the middle bin), clipped to ``n_bins``."""
+    snr = np.full(n, np.nan) if snr is None else np.asarray(snr, np.float64)
+    mid = np.full(len(snr), n_bins // 2)
+    b = np.where(np.isfinite(snr), np.searchsorted(np.asarray(edges), snr), mid)
+    return np.clip(b, 0, n_bins - 1)
+
+
+def decoded_z(pred: dict, truth: dict) -> np.ndarray:
+    """Standardised errors ``(truth - mean) / width``, ``(n, 9)`` in :data:`OUTPUTS` order, of
+    predictions in the decoded layout (:func:`decode`'s keys and ``_err`` widths, component 1
+    the cooler) against truths in the same layout (each sorted by its own Teff)."""
+    cols = []
+    for name in OUTPUTS:
+        if name == "light_fraction_faint":
+            cols.append((truth[name] - pred[name]) / pred[f"{name}_err"])
+        else:
+            key, comp = name.rsplit("_", 1)
+            c = int(comp) - 1
+            cols.append((truth[key][:, c] - pred[key][:, c]) / pred[f"{key}_err"][:, c])
+    return np.stack(cols, axis=1)
+
+
+def scale_decoded_widths(pred: dict, scales: np.ndarray, snr, edges) -> dict:
+    """``pred`` (decoded layout) with every ``_err`` width multiplied by its output's factor in
+    its S/N bin (``scales`` ``(n_bins, 9)`` of :func:`width_scales`, :data:`OUTPUTS` order);
+    the other keys unchanged. Returns a new dict."""
+    scales = np.asarray(scales, np.float64)
+    n = len(pred["p_binary"])
+    f = scales[snr_bins(snr, edges, len(scales), n)]  # (n, 9)
+    out = dict(pred)
+    for key in PARAMETERS:
+        j = OUTPUTS.index(f"{key}_1")
+        out[f"{key}_err"] = pred[f"{key}_err"] * f[:, j:j + 2]
+    j = OUTPUTS.index("light_fraction_faint")
+    out["light_fraction_faint_err"] = pred["light_fraction_faint_err"] * f[:, j]
+    return out
+
+
 def balanced_logit_offset(logit: np.ndarray, truth: np.ndarray) -> float:
     """The constant ``b`` that makes ``sigmoid(logit + b)`` the posterior for a prior of 0.5:
     the minimum of the class-balanced cross-entropy (positives weighted by n_neg / n_pos, as the
@@ -209,12 +257,7 @@ def decode(logit: np.ndarray, mean: np.ndarray, log_width: np.ndarray,
     width = np.exp(np.asarray(log_width, np.float64))
     if scales is not None:
         scales = np.asarray(scales, np.float64)
-        if snr is None:
-            snr = np.full(len(mean), np.nan)
-        snr = np.asarray(snr, np.float64)
-        mid = np.full(len(snr), len(scales) // 2)
-        b = np.where(np.isfinite(snr), np.searchsorted(np.asarray(edges), snr), mid)
-        width = width * scales[np.clip(b, 0, len(scales) - 1)]
+        width = width * scales[snr_bins(snr, edges, len(scales), len(mean))]
     out = {"p_binary": 1.0 / (1.0 + np.exp(-(np.asarray(logit, np.float64) + logit_offset)))}
     phys, err = {}, {}
     for j, name in enumerate(OUTPUTS):

@@ -13,6 +13,9 @@ The steps, each resumable from files under one work directory:
    checkpoint per epoch.
 3. :func:`calibrate_widths`: one scale per label and S/N bin makes the predicted widths cover
    the validation truths (:func:`sb2dask.models.student.width_scales`); stored in the manifest.
+4. For an ensemble of students (seeds of one recipe in one directory):
+   :func:`calibrate_student_ensemble` does the same for their mixture as inference forms it, in
+   the directory's :data:`~sb2dask.models.student.ENSEMBLE_CALIBRATION_FILE`.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ..fileio import atomic_path, atomic_write_json
 from ..labels import PARAMETERS, detector_fields, detector_truth
 
 __all__ = ["TEACHER_KEYS", "DEFAULT_BLEND", "label_with_teachers", "load_teacher_labels",
-           "teachers_digest"]
+           "teachers_digest", "calibrate_student_ensemble"]
 
 logger = logging.getLogger(__name__)
 
@@ -601,4 +604,71 @@ def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
             flux[s:s + 512]))).numpy() for s in range(0, len(flux), 512)])
     # the reference set is validation rows (spectra the student was not fitted to)
     save_feature_statistics(path, feature_statistics(feats))
+    return path
+
+
+def calibrate_student_ensemble(model_dir: str | Path, stores: dict[str, str | Path],
+                               max_rows: dict[str, int], split: str = "validation") -> Path:
+    """Fit the width calibration of a directory of several students as one mixture.
+
+    Each student's widths are calibrated alone (its manifest); their equal mixture, as
+    :class:`~sb2dask.infer.predict.ModelSet` forms it (the members' variances averaged plus the
+    variance of their means), then over-covers. This predicts the first ``max_rows[key]`` rows
+    of ``split`` of each store (``stores`` as :func:`distill` takes them; use the rows the
+    members were calibrated on, never the rows the result is then tested on) through the
+    uncalibrated mixture, with each row's true S/N selecting its bin, and writes per output and
+    S/N bin the 68.27th percentile of ``|truth - mean| / width``
+    (:func:`~sb2dask.models.student.width_scales`) with the members' names and weight hashes,
+    the rows' stores, and the coverage before and after, to the directory's
+    :data:`~sb2dask.models.student.ENSEMBLE_CALIBRATION_FILE` (replacing one there). Returns
+    its path.
+    """
+    from ..dataset.store import store_fingerprint
+    from ..infer.predict import ModelSet
+    from ..models.student import (
+        ENSEMBLE_CALIBRATION_FILE,
+        OUTPUTS,
+        SNR_EDGES,
+        decode,
+        decoded_z,
+        width_scales,
+    )
+    from ..provenance import package_versions, utc_now
+
+    models = ModelSet(model_dir, "cpu")
+    if len(models.students) < 2:
+        raise ValueError(f"{models.directory}: {len(models.students)} student(s); an ensemble "
+                         "calibration needs several (student-0, student-1, ...)")
+    models.ensemble_calibration = None  # fit on the mixture as it is, not as calibrated before
+    val = load_distill_data(stores, split, max_rows, None, models.frame, models.wave,
+                            models.p_binary_target)
+    binary = np.isfinite(val.y[:, 0])
+    if binary.sum() < 50 * (len(SNR_EDGES) + 1):
+        raise ValueError(f"{int(binary.sum())} binaries in the {split} rows: too few for "
+                         f"{len(SNR_EDGES) + 1} S/N bins of at least 50")
+    pred = models.predict(val.flux[binary], snr=val.snr[binary])
+    truth = decode(np.zeros(int(binary.sum())), val.y[binary], np.zeros_like(val.y[binary]))
+    truth["light_fraction_faint"] = np.clip(val.y[binary, -1].astype(np.float64), 0.0, 0.5)
+    z = decoded_z(pred, truth)
+    scales = width_scales(z, val.snr[binary], SNR_EDGES)
+    bins = np.searchsorted(np.asarray(SNR_EDGES), val.snr[binary])
+    after = z / scales[bins]
+
+    def coverage(v):
+        return {o: float(np.mean(np.abs(v[np.isfinite(v[:, j]), j]) < 1.0))
+                for j, o in enumerate(OUTPUTS)}
+
+    record = dict(
+        kind="student_ensemble_calibration",
+        method="per output and S/N bin: 68.27th percentile of |truth - mean| / width of the "
+               "students' equal mixture (ModelSet) on the rows below",
+        members=[dict(name=s["manifest"].name, weights_sha256=s["manifest"].weights_sha256)
+                 for s in models.students],
+        snr_edges=list(SNR_EDGES), outputs=list(OUTPUTS), scales=scales.tolist(),
+        split=split, n=int(binary.sum()), max_rows=dict(max_rows),
+        stores={k: store_fingerprint(v) for k, v in stores.items()},
+        coverage_1sigma_before=coverage(z), coverage_1sigma_after=coverage(after),
+        versions=package_versions("torch", "numpy"), created=utc_now())
+    path = models.directory / ENSEMBLE_CALIBRATION_FILE
+    atomic_write_json(path, record)
     return path
