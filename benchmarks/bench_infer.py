@@ -54,8 +54,8 @@ def stage_breakdown(files: list[str], model_dir, precision: str, threads: int,
     temps = torch.full((models.batch_size, 2), 0.5)
     per_model = {}
     with torch.inference_mode(), models._autocast():
-        if models.student is not None:  # one network does it all
-            model, man = models.student
+        for st in models.students:  # a student: one network does it all (several: seeds)
+            model, man = st["model"], st["manifest"]
             model(x[:8])
             t0 = time.perf_counter()
             for s in range(0, len(x), models.batch_size):

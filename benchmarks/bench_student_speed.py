@@ -2,13 +2,15 @@
 ECSV.gz → Parquet path.
 
     python benchmarks/bench_student_speed.py [--n-sources 1000] [--files 4] [--layouts 2x1]
-                                             [--ensemble DIR] [--tag NAME]
+                                             [--ensemble DIR] [--also NAME=DIR ...] [--tag NAME]
 
 One mock catalogue (``sb2dask.dataset.mock_catalogue``, Gaia bulk ECSV.gz) is run through both
 model sets: the stages timed on their own in one process on one torch thread (parse, preprocess,
 the networks, ``predict_partition`` as a whole, Parquet write; :func:`bench_infer.
 stage_breakdown`), then ``run_inference`` end to end (epoch and source tables) on LocalClusters
-(:func:`bench_infer.end_to_end`), fp32. Prints both tables with the ratio and writes
+(:func:`bench_infer.end_to_end`), fp32. ``--also`` adds more model sets (e.g.
+``students=students``, the student ensemble), timed the same way in the same run. Prints the
+tables with each set's ratio to the ensemble and writes
 ``benchmarks/results/bench_student_speed.json``; ``os.getloadavg()`` before and after says how
 busy the machine was.
 """
@@ -28,16 +30,24 @@ from bench_infer import end_to_end, stage_breakdown
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--ensemble", default=None, help="ensemble directory (default: shipped)")
+    ap.add_argument("--ensemble", default="paper",
+                    help="ensemble directory (default: the shipped paper-recipe set)")
     ap.add_argument("--n-sources", type=int, default=1000)
     ap.add_argument("--files", type=int, default=4)
     ap.add_argument("--layouts", nargs="+", default=["2x1"])
+    ap.add_argument("--also", nargs="*", default=[], metavar="NAME=DIR",
+                    help="more model sets to time beside them (a directory or a preset name)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
     from sb2dask.dataset.mock_catalogue import mock_catalogue
     from sb2dask.infer.predict import resolve_model_dir
 
     sets = {"ensemble": args.ensemble, "fast": "fast"}
+    for item in args.also:
+        name, sep, d = item.partition("=")
+        if not sep or not name or name in sets:
+            raise SystemExit(f"--also {item!r}: expected NAME=DIR with a new NAME")
+        sets[name] = d
     load = {"before": os.getloadavg()}
     tmp = Path(tempfile.mkdtemp(prefix="sb2dask-bench-student-"))
     try:
@@ -51,18 +61,23 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     load["after"] = os.getloadavg()
     n = stages["fast"]["spectra"]
-    print(f"\nStages, one process, one torch thread, fp32, {n} spectra (spectra/s):")
-    print(f"  {'stage':<18}{'ensemble':>10}{'fast':>10}{'ratio':>8}")
+    names = list(sets)
+    others = names[1:]
+    print(f"\nStages, one process, one torch thread, fp32, {n} spectra (spectra/s; ratio: "
+          "time of the ensemble / of the set):")
+    print(f"  {'stage':<18}" + "".join(f"{k:>10}" for k in names)
+          + "".join(f"{'x ' + k:>12}" for k in others))
 
-    def line(name, a, b):
-        print(f"  {name:<18}{n / a:10.0f}{n / b:10.0f}{a / b:8.1f}")
+    def line(name, times):
+        print(f"  {name:<18}" + "".join(f"{n / times[k]:10.0f}" for k in names)
+              + "".join(f"{times['ensemble'] / times[k]:12.1f}" for k in others))
 
-    e, f = stages["ensemble"], stages["fast"]
-    line("parse ECSV.gz", e["parse_s"], f["parse_s"])
-    line("preprocess", e["preprocess_s"], f["preprocess_s"])
-    line("networks", sum(e["models_s"].values()), sum(f["models_s"].values()))
-    line("predict_partition", e["predict_partition_s"], f["predict_partition_s"])
-    line("write Parquet", e["write_s"], f["write_s"])
+    for label, get in (("parse ECSV.gz", lambda st: st["parse_s"]),
+                       ("preprocess", lambda st: st["preprocess_s"]),
+                       ("networks", lambda st: sum(st["models_s"].values())),
+                       ("predict_partition", lambda st: st["predict_partition_s"]),
+                       ("write Parquet", lambda st: st["write_s"])):
+        line(label, {k: get(st) for k, st in stages.items()})
     for k, st in stages.items():
         total = st["parse_s"] + st["predict_partition_s"] + st["write_s"]
         share = {"parse": st["parse_s"], "predict_partition (preprocess, rv_bulk, networks)":
@@ -70,11 +85,13 @@ def main(argv=None) -> int:
         print(f"  {k}: one thread end to end {n / total:.0f} spectra/s; shares " + ", ".join(
             f"{name} {v / total:.0%}" for name, v in share.items()))
     print(f"\nEnd to end (bulk ECSV.gz -> epoch + source Parquet, LocalCluster, "
-          f"{os.cpu_count()} cores, fp32):")
-    print(f"{'layout':>8}{'ensemble/s':>12}{'fast/s':>10}{'ratio':>8}")
+          f"{os.cpu_count()} cores, fp32; spectra/s and the ratio to the ensemble):")
+    print(f"{'layout':>8}" + "".join(f"{k:>10}" for k in names)
+          + "".join(f"{'x ' + k:>12}" for k in others))
     for i, shape in enumerate(args.layouts):
-        a, b = e2e["ensemble"][i]["spectra_per_s"], e2e["fast"][i]["spectra_per_s"]
-        print(f"{shape:>8}{a:12.0f}{b:10.0f}{b / a:8.1f}")
+        rate = {k: e2e[k][i]["spectra_per_s"] for k in names}
+        print(f"{shape:>8}" + "".join(f"{rate[k]:10.0f}" for k in names)
+              + "".join(f"{rate[k] / rate['ensemble']:12.1f}" for k in others))
     print(f"\nload average (1, 5, 15 min) before {load['before']}, after {load['after']}")
     write_results(f"bench_student_speed{'_' + args.tag if args.tag else ''}",
                   machine=dict(loadavg=load),
