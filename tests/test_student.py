@@ -167,9 +167,19 @@ def test_a_student_ensemble_applies_its_own_width_calibration(tmp_path):
         warnings.simplefilter("error")
         alone = ModelSet(d, "cpu", members=1)
     assert alone.ensemble_calibration is None
-    with pytest.warns(UserWarning, match="fitted for 3 students, 2 are loaded"):
+    with pytest.warns(UserWarning, match="fitted for 3 students, 2 are loaded") as rec_w:
         two = ModelSet(d, "cpu", members=2)
     assert two.ensemble_calibration is None
+    assert rec_w[0].filename == __file__  # the warning points at the caller
+    # a student missing from the directory is not --members: refused
+    import shutil
+
+    gone = tmp_path / "gone"
+    shutil.copytree(d, gone)
+    for f in gone.glob("student-1.*"):
+        f.unlink()
+    with pytest.raises(ModelFileError, match="fitted with other students"):
+        ModelSet(gone, "cpu")
     # other weights: refused
     bad = dict(rec, members=[dict(m, weights_sha256="0" * 64) for m in members])
     (d / ENSEMBLE_CALIBRATION_FILE).write_text(json.dumps(bad))
@@ -218,8 +228,25 @@ def test_calibrate_student_ensemble_fits_the_mixture_on_validation_rows(tmp_path
     a = raw.predict(flux, snr=np.array([80.0, 80.0]))
     b = ens.predict(flux, snr=np.array([80.0, 80.0]))
     np.testing.assert_allclose(b["vsini_err"], a["vsini_err"] * scales[1, 6:8], rtol=1e-6)
+    # the factor of the cooler star's Teff, recomputed from the store's own labels (cooler
+    # first) and the uncalibrated mixture's predictions: decoded_z pairs the right components
+    from sb2dask.dataset.store import load_split, split_indices
+
+    d_val = load_split(store, split_indices(store, "validation"), ["teff", "is_binary", "snr"],
+                       frame="rest", wave=ens.wave)
+    binary = d_val.labels["is_binary"].astype(bool)
+    pv = raw.predict(d_val.flux[binary], snr=d_val.labels["snr"][binary])
+    true_cool = np.sort(d_val.labels["teff"][binary], axis=1)[:, 0]
+    z = (true_cool - pv["teff"][:, 0]) / pv["teff_err"][:, 0]
+    assert scales[1, 0] == pytest.approx(np.quantile(np.abs(z), 0.6827), rel=1e-4)
     again = json.loads(calibrate_student_ensemble(d, {"labels": store}, {}).read_text())
     np.testing.assert_allclose(again["scales"], rec["scales"], rtol=1e-6)
+    # a stale file (other weights) is replaced by a refit, not in its way
+    stale = dict(rec, members=[dict(m, weights_sha256="0" * 64) for m in rec["members"]])
+    path.write_text(json.dumps(stale))
+    refit = json.loads(calibrate_student_ensemble(d, {"labels": store}, {}).read_text())
+    assert refit["members"] == rec["members"]
+    np.testing.assert_allclose(refit["scales"], rec["scales"], rtol=1e-6)
 
 
 def test_student_stays_under_the_flop_bound():

@@ -117,13 +117,18 @@ class ModelSet:
         ``None`` uses all. Fewer members run proportionally faster and give no spreads at 1.
         In a student directory: the first this many students (``student-0``, ``student-1``,
         ...; one student gives no ``p_binary_err``).
+    ensemble_calibration : bool
+        Several students: apply the directory's width calibration of their mixture
+        (:data:`~sb2dask.models.student.ENSEMBLE_CALIBRATION_FILE`). False leaves the file
+        unread (what :func:`~sb2dask.train.distill.calibrate_student_ensemble` fits on).
     layout : ``"1d"`` (Conv1d) or ``"2d"`` (Conv2d 1×k, channels-last); same function. On this
         project's 2-core test machine Conv1d was the faster of the two for the full model set
         (95 against 86 spectra/s in fp32, 211 against 167 in bf16, one thread, batch 256).
     """
 
     def __init__(self, directory: str | Path, device: str = "auto", precision: str = "fp32",
-                 batch_size: int | None = None, layout: str = "1d", members: int | None = None):
+                 batch_size: int | None = None, layout: str = "1d", members: int | None = None,
+                 ensemble_calibration: bool = True):
         self.directory = resolve_model_dir(directory)
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
@@ -131,6 +136,8 @@ class ModelSet:
         self.precision = precision
         self.batch_size = int(batch_size or BATCH_SIZE.get(self.device.type, 256))
         self.members: dict[str, list] = {}
+        #: the ``members`` cap asked for (None: every member)
+        self.members_cap = members
         students = sorted(self.directory.glob("student-*.json"),
                           key=lambda q: (len(q.stem), q.stem))[:members]
         #: the one-pass student (model, manifest) when the directory holds one, else None; with
@@ -143,7 +150,7 @@ class ModelSet:
         #: (:data:`~sb2dask.models.student.ENSEMBLE_CALIBRATION_FILE`), or None
         self.ensemble_calibration: dict | None = None
         if students:
-            self._init_student(students, layout)
+            self._init_student(students, layout, ensemble_calibration)
             return
         for target in ("p_binary", "teff") + PARAMETERS:
             paths = sorted(self.directory.glob(f"{target}-*.json"),
@@ -180,7 +187,7 @@ class ModelSet:
         self.calibration = self._load_calibration()
         self.lock = threading.Lock()  # one forward pass at a time per process (torch threads)
 
-    def _init_student(self, paths: list[Path], layout: str) -> None:
+    def _init_student(self, paths: list[Path], layout: str, ensemble_calibration: bool) -> None:
         for path in paths:
             model, man = load_model(path, layout=layout, device=self.device)
             cal = man.training.get("calibration") or {}
@@ -213,7 +220,8 @@ class ModelSet:
         self.feature_stats = first["feature_stats"]
         self.manifests = {"student": [s["manifest"].to_dict() for s in self.students]}
         self.calibration = None  # its widths are calibrated in its manifest (above)
-        self.ensemble_calibration = self._load_ensemble_calibration()
+        if ensemble_calibration:
+            self.ensemble_calibration = self._load_ensemble_calibration()
         self.lock = threading.Lock()
 
     def _load_ensemble_calibration(self) -> dict | None:
@@ -240,10 +248,10 @@ class ModelSet:
         loaded = [(s["manifest"].name, s["manifest"].weights_sha256) for s in self.students]
         if loaded == fitted:
             return dict(rec, scales=scales, snr_edges=edges)
-        if set(loaded) < set(fitted):
+        if self.members_cap is not None and loaded == fitted[:len(loaded)]:
             warnings.warn(f"{path} was fitted for {len(fitted)} students, {len(loaded)} are "
                           "loaded (--members): not applied; the widths are the members' "
-                          "mixture, which over-covers", stacklevel=3)
+                          "mixture, which over-covers", stacklevel=4)
             return None
         raise ModelFileError(f"{path} was fitted with other students than this directory's; "
                              "fit it again (sb2dask.train.distill.calibrate_student_ensemble) "

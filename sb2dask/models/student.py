@@ -156,8 +156,9 @@ def width_scales(z: np.ndarray, snr: np.ndarray, edges=SNR_EDGES) -> np.ndarray:
     split; the factor of a bin is the 68.27th percentile of ``|z|`` there, so 68 % of the
     rescaled errors fall within ±1 width (the 2σ coverage then follows the error distribution's
     shape). Returns ``(len(edges) + 1, 9)``; 1 where a bin has fewer than 50 finite values.
+    Rows of unknown (NaN) S/N count in the middle bin, as :func:`decode` applies it.
     """
-    bins = np.searchsorted(np.asarray(edges), snr)
+    bins = snr_bins(snr, edges, len(edges) + 1)
     out = np.ones((len(edges) + 1, z.shape[1]))
     for b in range(len(edges) + 1):
         for j in range(z.shape[1]):

@@ -631,15 +631,17 @@ def calibrate_student_ensemble(model_dir: str | Path, stores: dict[str, str | Pa
         SNR_EDGES,
         decode,
         decoded_z,
+        snr_bins,
         width_scales,
     )
     from ..provenance import package_versions, utc_now
 
-    models = ModelSet(model_dir, "cpu")
+    # the mixture as it is: a students.json there (of these students or, stale, of others) is
+    # neither applied nor checked, and is replaced below
+    models = ModelSet(model_dir, "cpu", ensemble_calibration=False)
     if len(models.students) < 2:
         raise ValueError(f"{models.directory}: {len(models.students)} student(s); an ensemble "
                          "calibration needs several (student-0, student-1, ...)")
-    models.ensemble_calibration = None  # fit on the mixture as it is, not as calibrated before
     val = load_distill_data(stores, split, max_rows, None, models.frame, models.wave,
                             models.p_binary_target)
     binary = np.isfinite(val.y[:, 0])
@@ -651,8 +653,7 @@ def calibrate_student_ensemble(model_dir: str | Path, stores: dict[str, str | Pa
     truth["light_fraction_faint"] = np.clip(val.y[binary, -1].astype(np.float64), 0.0, 0.5)
     z = decoded_z(pred, truth)
     scales = width_scales(z, val.snr[binary], SNR_EDGES)
-    bins = np.searchsorted(np.asarray(SNR_EDGES), val.snr[binary])
-    after = z / scales[bins]
+    after = z / scales[snr_bins(val.snr[binary], SNR_EDGES, len(scales))]
 
     def coverage(v):
         return {o: float(np.mean(np.abs(v[np.isfinite(v[:, j]), j]) < 1.0))
