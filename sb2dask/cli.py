@@ -712,9 +712,11 @@ def _add_infer_parser(sub, command: _Command) -> None:
     p.add_argument("--config", default=None,
                    help="YAML file of InferenceConfig fields (the options below override it)")
     p.add_argument("--models", default=None,
-                   help="model directory, or a shipped set: 'fast' (the default), the distilled "
-                        "one-pass student validated on real Gaia spectra, which also gives "
-                        "light_fraction_faint; 'paper', the paper-recipe ensembles (stars at rest; "
+                   help="model directory, or a shipped set: 'students' (the default), three "
+                        "distilled one-pass students as one calibrated mixture, validated on "
+                        "real Gaia spectra, which also give light_fraction_faint and p_binary_err; "
+                        "'fast', the first of them alone (a quarter faster end to end, for "
+                        "DR4-scale runs); 'paper', the paper-recipe ensembles (stars at rest; "
                         "not for real spectra; docs/models.md)")
     p.add_argument("--partition-rows", type=_positive_int, default=None,
                    help="spectra per partition (default: sized from the worker memory limit)")
@@ -789,7 +791,7 @@ def _add_evaluate_parser(sub, command: _Command) -> None:
     p.add_argument("--store", required=True, help="simulated SB2 store (its test split is used; "
                    "another pixel grid is resampled onto the models')")
     p.add_argument("--models", default=None,
-                   help="model directory or shipped set ('fast', the default; 'paper')")
+                   help="model directory or shipped set ('students', the default; 'fast'; 'paper')")
     p.add_argument("--out", default="docs/evaluation")
     p.add_argument("--single-store", default=None, help="single-star store (Sect. 4.4 test)")
     p.add_argument("--detector-store", default=None,
@@ -835,7 +837,7 @@ def _add_real_sky_parser(sub, command: _Command) -> None:
     p = command(sub, "real-sky", help="the real-sky validation: real Gaia spectra at any shift, "
                                       "PHOENIX singles and SB2s rendered independently, noise")
     p.add_argument("--models", default=None,
-                   help="model directory or shipped set ('fast', the default; 'paper')")
+                   help="model directory or shipped set ('students', the default; 'fast'; 'paper')")
     p.add_argument("--out", default="real-sky-report", help="report directory")
     p.add_argument("--gaia-dir", default="../shared/data/gaia_rvs",
                    help="real Gaia DR3 DataLink CSV spectra (default ../shared/data/gaia_rvs)")
@@ -889,7 +891,7 @@ def _add_demo_parser(sub, command: _Command) -> None:
     p.add_argument("--n-sources", type=_positive_int, default=300,
                    help="sources of the mock catalogue (default 300)")
     p.add_argument("--models", default=None,
-                   help="model directory or shipped set ('fast', the default; 'paper')")
+                   help="model directory or shipped set ('students', the default; 'fast'; 'paper')")
     p.add_argument("--no-progress", action="store_true")
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_demo)

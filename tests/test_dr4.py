@@ -392,7 +392,7 @@ def test_infer_end_to_end_on_dr4_mock_and_a_real_spectrum_in_dr4_layout(tmp_path
     np.testing.assert_array_equal(both["obs_time_rv"], both["obs_time_rv_true"])
     assert (out["frame"] == "barycentric").all() and out["usable"].all()
     assert out["rv_bulk"].notna().all()  # auto: DR4 spectra shifted although the models are not
-    # (the default student is trained in the rv_bulk frame: it always shifts)
+    # (the default students are trained in the rv_bulk frame: they always shift)
     k93 = out[out["source_id"] == real["source_id"][0]].sort_values(["file", "epoch_id"])
     assert len(k93) == 10
     for _, rows in k93.groupby("file"):

@@ -260,7 +260,7 @@ def test_infer_fit_hook_fills_the_evidence_columns(sim):
     df = build_partition(source_id=np.arange(2), epoch_id=np.zeros(2, np.int64),
                          wave=sim["cfg"].wave, flux=flux, flux_error=None, file="sim",
                          row=np.arange(2), read_flags=np.zeros(2, np.int32))
-    plain = predict_partition(df, InferenceConfig())  # the default set: the student
+    plain = predict_partition(df, InferenceConfig())  # the default set: the students
     assert plain["delta_bic"].isna().all() and (plain["sb2_class"] == "").all()
     out = predict_partition(df, InferenceConfig(fit=True))
     assert out["delta_bic"].notna().all() and out["n_fit_pixels"].gt(800).all()

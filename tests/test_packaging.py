@@ -90,10 +90,18 @@ def test_shipped_grid_and_models_are_package_data():
     assert all((PAPER_MODEL_DIR / f"{m}.safetensors").is_file() for m in manifests)
     # the label uncertainties' calibration (docs/models.md) ships beside the manifests
     assert (PAPER_MODEL_DIR / "calibration.json").is_file()
-    # the default: the distilled student
-    assert DEFAULT_MODEL_DIR == package / "data" / "models" / "fast" == MODEL_PRESETS["fast"]
-    assert (DEFAULT_MODEL_DIR / "student-0.json").is_file()
-    assert (DEFAULT_MODEL_DIR / "student-0.safetensors").is_file()
+    # the default: three distilled students with their mixture's calibration; ``fast`` the
+    # first of them alone
+    assert DEFAULT_MODEL_DIR == package / "data" / "models" / "students" \
+        == MODEL_PRESETS["students"]
+    for i in range(3):
+        assert (DEFAULT_MODEL_DIR / f"student-{i}.json").is_file()
+        assert (DEFAULT_MODEL_DIR / f"student-{i}.safetensors").is_file()
+    assert (DEFAULT_MODEL_DIR / "students.json").is_file()
+    fast = package / "data" / "models" / "fast"
+    assert MODEL_PRESETS["fast"] == fast
+    assert (fast / "student-0.safetensors").read_bytes() \
+        == (DEFAULT_MODEL_DIR / "student-0.safetensors").read_bytes()
 
 
 def test_version_has_one_source():
@@ -190,5 +198,6 @@ def test_wheel_carries_the_data_and_finds_it_away_from_the_source_tree(tmp_path)
     assert Path(got["slurm_gpu"]) == installed / "deploy" / "slurm-gpu.yaml"
     assert got["grid_nodes"] == int(load_library("embedded").available.sum()) > 1000
     assert len(got["models"]) == len(list((REPO / "sb2dask" / "data" / "models").glob("*.json")))
-    assert got["default_models"] == ["student-0.json"]
+    assert got["default_models"] == ["student-0.json", "student-1.json", "student-2.json",
+                                     "students.json"]
     assert os.access(installed / "deploy" / "run_pipeline.sh", os.X_OK)

@@ -387,6 +387,26 @@ def test_shipped_student_manifest_records_distillation_and_calibration():
     assert np.all(scales > 0) and not np.allclose(scales, 1.0)
 
 
+def test_shipped_students_are_seeds_of_fast_with_their_own_calibration():
+    """The default set: ``fast`` (student-0) and two more seeds of its recipe, with a mixture
+    calibration fitted on validation rows for exactly these three (else ModelSet refuses)."""
+    ens = ModelSet("students", "cpu")
+    assert resolve_model_dir(None) == resolve_model_dir("students") == ens.directory
+    mans = [st["manifest"] for st in ens.students]
+    assert [m.name for m in mans] == ["student-0", "student-1", "student-2"]
+    assert len({m.seed for m in mans}) == 3
+    assert mans[0].weights_sha256 == load_model(FAST / "student-0.json")[1].weights_sha256
+    assert {m.training["detector_target"] for m in mans} == {"double_lined"}
+    cal = ens.ensemble_calibration
+    assert cal is not None and cal["split"] == "validation"
+    assert np.all((cal["scales"] > 0.5) & (cal["scales"] < 1.0))  # the mixture over-covered
+    assert ens.calibration_record["kind"] == "student_ensemble"
+    rng = np.random.default_rng(2)
+    flux = (1.0 - 0.3 * rng.random((2, 903)) ** 8).astype(np.float32)
+    out = ens.predict(flux, snr=np.array([50.0, 150.0]))
+    assert np.all(out["p_binary_err"] > 0) and np.isfinite(out["teff_err"]).all()
+
+
 def test_infer_models_fast_end_to_end(capsys, tmp_path):
     from sb2dask.cli import main
     from sb2dask.dataset.mock_catalogue import mock_catalogue

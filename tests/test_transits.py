@@ -246,7 +246,7 @@ def test_inference_resamples_961_pixel_barycentric_spectra_and_removes_rv_bulk_w
     # rv_bulk frame, as the default set is)
     auto = predict_partition(df, InferenceConfig("paper", device="cpu"))
     assert models.frame == "rest" and auto["rv_bulk"].isna().all()
-    # the default set (the student) was trained in the rv_bulk frame: `auto` removes it
+    # the default set (the students) was trained in the rv_bulk frame: `auto` removes it
     assert get_model_set(InferenceConfig(device="cpu")).frame == "rv_bulk"
     default = predict_partition(df, InferenceConfig(device="cpu"))
     np.testing.assert_allclose(default["rv_bulk"], on["rv_bulk"], atol=1e-3)
