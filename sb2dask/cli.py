@@ -715,7 +715,7 @@ def _add_infer_parser(sub, command: _Command) -> None:
                    help="model directory, or a shipped set: 'students' (the default), three "
                         "distilled one-pass students as one calibrated mixture, validated on "
                         "real Gaia spectra, which also give light_fraction_faint and p_binary_err; "
-                        "'fast', the first of them alone (a quarter faster end to end, for "
+                        "'fast', one student (a quarter faster end to end, for "
                         "DR4-scale runs); 'paper', the paper-recipe ensembles (stars at rest; "
                         "not for real spectra; docs/models.md)")
     p.add_argument("--partition-rows", type=_positive_int, default=None,

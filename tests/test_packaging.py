@@ -90,8 +90,8 @@ def test_shipped_grid_and_models_are_package_data():
     assert all((PAPER_MODEL_DIR / f"{m}.safetensors").is_file() for m in manifests)
     # the label uncertainties' calibration (docs/models.md) ships beside the manifests
     assert (PAPER_MODEL_DIR / "calibration.json").is_file()
-    # the default: three distilled students with their mixture's calibration; ``fast`` the
-    # first of them alone
+    # the default: three distilled students with their mixture's calibration; ``fast`` one
+    # student
     assert DEFAULT_MODEL_DIR == package / "data" / "models" / "students" \
         == MODEL_PRESETS["students"]
     for i in range(3):
@@ -100,8 +100,7 @@ def test_shipped_grid_and_models_are_package_data():
     assert (DEFAULT_MODEL_DIR / "students.json").is_file()
     fast = package / "data" / "models" / "fast"
     assert MODEL_PRESETS["fast"] == fast
-    assert (fast / "student-0.safetensors").read_bytes() \
-        == (DEFAULT_MODEL_DIR / "student-0.safetensors").read_bytes()
+    assert (fast / "student-0.safetensors").is_file()
 
 
 def test_version_has_one_source():

@@ -387,16 +387,23 @@ def test_shipped_student_manifest_records_distillation_and_calibration():
     assert np.all(scales > 0) and not np.allclose(scales, 1.0)
 
 
-def test_shipped_students_are_seeds_of_fast_with_their_own_calibration():
-    """The default set: ``fast`` (student-0) and two more seeds of its recipe, with a mixture
-    calibration fitted on validation rows for exactly these three (else ModelSet refuses)."""
+def test_shipped_students_are_seeds_of_one_recipe_with_their_own_calibration():
+    """The default set: three seeds of one recipe (fast's, with more detector stores), with a
+    mixture calibration fitted on validation rows for exactly these three (else ModelSet
+    refuses)."""
     ens = ModelSet("students", "cpu")
     assert resolve_model_dir(None) == resolve_model_dir("students") == ens.directory
     mans = [st["manifest"] for st in ens.students]
     assert [m.name for m in mans] == ["student-0", "student-1", "student-2"]
     assert len({m.seed for m in mans}) == 3
-    assert mans[0].weights_sha256 == load_model(FAST / "student-0.json")[1].weights_sha256
+    fast = load_model(FAST / "student-0.json")[1]
     assert {m.training["detector_target"] for m in mans} == {"double_lined"}
+    # the same recipe: fast's stores and teachers, plus more detector stores
+    for m in mans:
+        assert set(fast.training_set) < set(m.training_set)
+        assert m.training["distillation"]["blend"] == fast.training["distillation"]["blend"]
+        assert {k: v["sha256"] for k, v in m.training_set.items() if k in fast.training_set} \
+            == {k: v["sha256"] for k, v in fast.training_set.items()}
     cal = ens.ensemble_calibration
     assert cal is not None and cal["split"] == "validation"
     assert np.all((cal["scales"] > 0.5) & (cal["scales"] < 1.0))  # the mixture over-covered

@@ -41,8 +41,8 @@ class InferenceConfig(ConfigMixin):
     model_dir : str or None
         Directory of model manifests (``teff-0.json`` + ``.safetensors`` ...) or the name of a
         shipped set (:data:`sb2dask.infer.predict.MODEL_PRESETS`): ``"students"``, three
-        distilled students as one calibrated mixture, ``"fast"``, the first of them alone (a
-        quarter faster end to end), ``"paper"``, the paper-recipe ensembles; ``None`` means the
+        distilled students as one calibrated mixture, ``"fast"``, one student (a quarter faster
+        end to end), ``"paper"``, the paper-recipe ensembles; ``None`` means the
         default, :data:`sb2dask.infer.predict.DEFAULT_PRESET` (``"students"``).
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"`` (:func:`sb2dask.devices.

@@ -49,11 +49,11 @@ PAPER_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
 
 #: Named model sets shipped with the package (``--models NAME``), all but ``paper`` trained on
 #: the realistic recipe for what a spectrum shows (``double_lined``; docs/models.md):
-#: ``students``, three distilled one-pass students (seeds of one recipe) run as an equal mixture
-#: with a width calibration of its own: ``p_binary_err`` is their disagreement; ``fast``, the
-#: first of them alone (sb2dask.models.student), one network instead of nine and a quarter
-#: faster end to end than ``students``, for DR4-scale throughput; ``paper``, the paper-recipe
-#: ensembles.
+#: ``students``, three distilled one-pass students (seeds of one recipe, with 3.7x the detector
+#: rows of ``fast``'s) run as an equal mixture with a width calibration of its own:
+#: ``p_binary_err`` is their disagreement; ``fast``, one student (sb2dask.models.student) of the
+#: earlier recipe, one network instead of nine and a quarter faster end to end than
+#: ``students``, for DR4-scale throughput; ``paper``, the paper-recipe ensembles.
 MODEL_PRESETS = {"students": PAPER_MODEL_DIR / "students", "fast": PAPER_MODEL_DIR / "fast",
                  "paper": PAPER_MODEL_DIR}
 
