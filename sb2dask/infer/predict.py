@@ -141,8 +141,6 @@ class ModelSet:
         self.precision = precision
         self.batch_size = int(batch_size or BATCH_SIZE.get(self.device.type, 256))
         self.members: dict[str, list] = {}
-        #: the ``members`` cap asked for (None: every member)
-        self.members_cap = members
         students = sorted(self.directory.glob("student-*.json"),
                           key=lambda q: (len(q.stem), q.stem))[:members]
         #: the one-pass student (model, manifest) when the directory holds one, else None; with
@@ -155,7 +153,7 @@ class ModelSet:
         #: (:data:`~sb2dask.models.student.ENSEMBLE_CALIBRATION_FILE`), or None
         self.ensemble_calibration: dict | None = None
         if students:
-            self._init_student(students, layout, ensemble_calibration)
+            self._init_student(students, layout, ensemble_calibration, capped=members is not None)
             return
         for target in ("p_binary", "teff") + PARAMETERS:
             paths = sorted(self.directory.glob(f"{target}-*.json"),
@@ -192,7 +190,8 @@ class ModelSet:
         self.calibration = self._load_calibration()
         self.lock = threading.Lock()  # one forward pass at a time per process (torch threads)
 
-    def _init_student(self, paths: list[Path], layout: str, ensemble_calibration: bool) -> None:
+    def _init_student(self, paths: list[Path], layout: str, ensemble_calibration: bool,
+                      capped: bool) -> None:
         for path in paths:
             model, man = load_model(path, layout=layout, device=self.device)
             cal = man.training.get("calibration") or {}
@@ -226,14 +225,15 @@ class ModelSet:
         self.manifests = {"student": [s["manifest"].to_dict() for s in self.students]}
         self.calibration = None  # its widths are calibrated in its manifest (above)
         if ensemble_calibration:
-            self.ensemble_calibration = self._load_ensemble_calibration()
+            self.ensemble_calibration = self._load_ensemble_calibration(capped)
         self.lock = threading.Lock()
 
-    def _load_ensemble_calibration(self) -> dict | None:
+    def _load_ensemble_calibration(self, capped: bool) -> dict | None:
         """The width calibration of the loaded students' mixture, when the directory has one
         fitted with exactly these students (names and weights). One student is calibrated by
-        its own manifest; fewer students than were fitted (``--members``) run uncalibrated
-        with a warning; a calibration of other weights is an error."""
+        its own manifest; the first students of those fitted, loaded so by ``--members``
+        (``capped``), run uncalibrated with a warning; a calibration of other weights is an
+        error."""
         from ..models.student import ENSEMBLE_CALIBRATION_FILE
 
         path = self.directory / ENSEMBLE_CALIBRATION_FILE
@@ -253,7 +253,7 @@ class ModelSet:
         loaded = [(s["manifest"].name, s["manifest"].weights_sha256) for s in self.students]
         if loaded == fitted:
             return dict(rec, scales=scales, snr_edges=edges)
-        if self.members_cap is not None and loaded == fitted[:len(loaded)]:
+        if capped and loaded == fitted[:len(loaded)]:
             warnings.warn(f"{path} was fitted for {len(fitted)} students, {len(loaded)} are "
                           "loaded (--members): not applied; the widths are the members' "
                           "mixture, which over-covers", stacklevel=4)

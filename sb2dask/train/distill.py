@@ -649,8 +649,9 @@ def calibrate_student_ensemble(model_dir: str | Path, stores: dict[str, str | Pa
         raise ValueError(f"{int(binary.sum())} binaries in the {split} rows: too few for "
                          f"{len(SNR_EDGES) + 1} S/N bins of at least 50")
     pred = models.predict(val.flux[binary], snr=val.snr[binary])
+    # the truths in the decoded layout (each pair sorted by its true Teff; the light fraction
+    # clipped to [0, 0.5] as predicted)
     truth = decode(np.zeros(int(binary.sum())), val.y[binary], np.zeros_like(val.y[binary]))
-    truth["light_fraction_faint"] = np.clip(val.y[binary, -1].astype(np.float64), 0.0, 0.5)
     z = decoded_z(pred, truth)
     scales = width_scales(z, val.snr[binary], SNR_EDGES)
     after = z / scales[snr_bins(val.snr[binary], SNR_EDGES, len(scales))]
