@@ -5,7 +5,8 @@ from __future__ import annotations
 
 __all__ = ["PARAMETERS", "UNITS", "DESCRIPTIONS", "TABLE1_RANGES", "TARGETS", "TRUE_PREFIX",
            "DETECTOR_TARGETS", "MIN_LIGHT_FRACTION", "DOUBLE_LINED_EPOCH_FRACTION",
-           "min_separation", "double_lined", "detector_fields", "detector_truth"]
+           "min_separation", "double_lined", "near_double_lined_threshold", "detector_fields",
+           "detector_truth"]
 
 #: The per-component labels of the temperature and parameter networks, in the paper's order.
 PARAMETERS = ("teff", "logg", "feh", "vsini")
@@ -78,6 +79,31 @@ def double_lined(is_binary, light_fraction, rv_separation, resolving_power: floa
     sep = np.nan_to_num(np.asarray(rv_separation, np.float64), nan=0.0)
     return (np.asarray(is_binary, bool) & (faint >= min_light_fraction)
             & (sep >= min_separation(resolving_power)))
+
+
+def near_double_lined_threshold(is_binary, light_fraction, rv_separation, factor: float,
+                                resolving_power: float | None = None,
+                                min_light_fraction: float = MIN_LIGHT_FRACTION):
+    """Binaries within a factor ``factor`` (> 1) of either threshold of :func:`double_lined`:
+    the fainter star's light fraction in [min_light_fraction / factor, min_light_fraction ×
+    factor) or the separation in [:func:`min_separation` / factor, × factor). At a few per cent
+    of the light or half a resolution element the spectrum says little about which side of the
+    line a pair falls, so a detector fitted to them hedges on every star that looks single; a
+    fit may leave them out (:func:`sb2dask.train.head.refit_student_heads`). Same inputs as
+    :func:`double_lined`; returns a boolean (n,) array."""
+    import numpy as np
+
+    if factor <= 1:
+        raise ValueError(f"the margin factor must be > 1, got {factor}")
+    if resolving_power is None:
+        from .gaia import RVS_RESOLVING_POWER as resolving_power
+
+    faint = np.nan_to_num(np.min(np.asarray(light_fraction, np.float64), axis=1), nan=0.0)
+    sep = np.nan_to_num(np.abs(np.asarray(rv_separation, np.float64)), nan=0.0)
+    s0 = min_separation(resolving_power)
+    return np.asarray(is_binary, bool) & (
+        ((faint >= min_light_fraction / factor) & (faint < min_light_fraction * factor))
+        | ((sep >= s0 / factor) & (sep < s0 * factor)))
 
 
 def detector_fields(target: str) -> tuple[str, ...]:

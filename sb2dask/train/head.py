@@ -1,0 +1,217 @@
+"""Refitting the students' p_binary head on their frozen trunk features, with the pairs that sit
+at the ``double_lined`` thresholds left out.
+
+Why: a detector fitted to :func:`sb2dask.labels.double_lined` is paid to call a companion at 5 %
+of the light or 13 km/s away a binary and one at 4 % or 12 km/s a single star. The spectrum says
+little about which side of that line such a pair falls, so the network hedges, and every
+spectrum that looks single inherits the hedge: a third of the simulated single stars of the
+realistic recipe get p_binary above 0.2 from the distilled students (docs/models.md). Leaving
+the pairs within a factor of the thresholds out of the fit (:func:`~sb2dask.labels.
+near_double_lined_threshold`) keeps the question the detector answers and drops the hedge.
+
+Only the head (``StudentNet.p_binary``, 256 weights and a bias) is refitted: a class-balanced
+logistic regression on the trunk features of a store's training rows (the pure core,
+:func:`fit_logistic_head`), started from the shipped head, and the logit offset
+(:func:`~sb2dask.models.student.balanced_logit_offset`) on its validation rows. The label heads,
+their width calibration, the trunk and with it the out-of-distribution distance and the speed
+stay bit for bit what they were; the directory's ensemble width calibration is carried over with
+the new weights' hashes and a record saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["DEFAULT_MARGIN", "DEFAULT_L2", "fit_logistic_head", "trunk_features",
+           "refit_student_heads"]
+
+#: The factor around each ``double_lined`` threshold within which pairs are left out: chosen on
+#: the validation split of the refit store among 1 (none), 1.5 and 2 (docs/models.md).
+DEFAULT_MARGIN = 2.0
+
+#: L2 penalty on the head's weights (per weight, against the mean weighted cross-entropy).
+DEFAULT_L2 = 1e-4
+
+
+def fit_logistic_head(features: np.ndarray, truth: np.ndarray, weight: np.ndarray,
+                      weight0: np.ndarray, bias0: float, l2: float = DEFAULT_L2,
+                      max_iter: int = 500) -> tuple[np.ndarray, float]:
+    """Weights ``(d,)`` and bias of a logistic head on ``features`` ``(n, d)``: the minimum of
+    the class-balanced cross-entropy against ``truth`` (bool (n,); positives weighted by
+    n_neg / n_pos among rows of non-zero ``weight``, as the detectors' loss weights them),
+    times ``weight`` (n,) per row, plus ``l2`` × |w|². Started from ``weight0``, ``bias0`` (the
+    head being refitted); L-BFGS in float64 (the problem is convex)."""
+    y = np.asarray(truth, bool)
+    w = np.asarray(weight, np.float64)
+    keep = w > 0
+    n_pos, n_neg = int((y & keep).sum()), int((~y & keep).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"the head needs positives and negatives with weight > 0 "
+                         f"({n_pos} and {n_neg})")
+    x = torch.from_numpy(np.asarray(features, np.float64))
+    yt = torch.from_numpy(y.astype(np.float64))
+    wt = torch.from_numpy(w * np.where(y, n_neg / n_pos, 1.0))
+    wt = wt / wt.sum()
+    wv = torch.tensor(np.asarray(weight0, np.float64), requires_grad=True)
+    bv = torch.tensor([float(bias0)], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([wv, bv], max_iter=max_iter, tolerance_grad=1e-9,
+                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        ce = torch.nn.functional.binary_cross_entropy_with_logits(x @ wv + bv, yt,
+                                                                  reduction="none")
+        loss = (wt * ce).sum() + l2 * (wv ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return wv.detach().numpy().copy(), float(bv.detach()[0])
+
+
+def trunk_features(model, flux: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """A student's trunk features ``(n, hidden)`` float32 on ``flux`` ``(n, n_pix)``: what its
+    heads read, as inference computes them."""
+    from ..models.layers import run_with_float32_stem
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(flux), batch):
+            x = torch.from_numpy(np.ascontiguousarray(flux[s:s + batch], dtype=np.float32))
+            out.append(model.trunk(run_with_float32_stem(model.features, model.ops.prepare(x)))
+                       .float().numpy())
+    return np.concatenate(out) if out else np.empty((0, model.p_binary.in_features), np.float32)
+
+
+def _rows(store, split: str, n: int | None, ms, target_fields):
+    from ..dataset.store import load_split, split_indices
+
+    index = split_indices(store, split)[:n]
+    if not len(index):
+        raise ValueError(f"{store}: no {split} rows to refit the heads on")
+    return load_split(store, index, target_fields, frame=ms.frame, wave=ms.wave)
+
+
+def refit_student_heads(model_dir: str | Path, store: str | Path, out_dir: str | Path,
+                        margin: float | None = DEFAULT_MARGIN, l2: float = DEFAULT_L2,
+                        max_train: int | None = None,
+                        max_validation: int | None = None) -> dict:
+    """Copy the student directory ``model_dir`` to ``out_dir`` with every student's p_binary
+    head refitted on ``store`` (a detector store: single stars and binaries, the students' frame
+    and a grid covering theirs), the pairs within ``margin`` of the ``double_lined`` thresholds
+    left out (None: none left out).
+
+    Each student's manifest gets the new logit offset and a ``detector_head`` record (store
+    fingerprint, margin, rows, the previous weights' hash, validation numbers before and after);
+    the ensemble width calibration file, when present, is carried over to the new weights'
+    hashes with a ``carried_over`` record (the label heads are unchanged). Returns a summary
+    dict (also the records). ``out_dir`` must not exist."""
+    from ..dataset.store import store_fingerprint
+    from ..fileio import atomic_write_json
+    from ..infer.predict import ModelSet
+    from ..labels import double_lined, near_double_lined_threshold
+    from ..models.io import load_model, save_model
+    from ..models.student import ENSEMBLE_CALIBRATION_FILE, balanced_logit_offset
+    from ..provenance import package_versions
+    from ..stats import roc_auc
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists; refit into a new directory")
+    ms = ModelSet(model_dir, device="cpu", ensemble_calibration=False)
+    if not ms.students:
+        raise ValueError(f"{model_dir}: no students (student-*.json) to refit")
+    if ms.detector_target != "double_lined":
+        raise ValueError(f"{model_dir}: its students detect {ms.detector_target!r}; the margin "
+                         "is defined around the double_lined thresholds")
+    t0 = time.perf_counter()
+    fields = ["is_binary", "light_fraction", "rv_separation", "snr"]
+    tr = _rows(store, "train", max_train, ms, fields)
+    va = _rows(store, "validation", max_validation, ms, fields)
+
+    def target(d):
+        lab = d.labels
+        truth = double_lined(lab["is_binary"], lab["light_fraction"], lab["rv_separation"])
+        weight = np.ones(len(truth))
+        if margin is not None:
+            weight[near_double_lined_threshold(lab["is_binary"], lab["light_fraction"],
+                                               lab["rv_separation"], margin)] = 0.0
+        return truth, weight
+
+    y_tr, w_tr = target(tr)
+    y_va, w_va = target(va)
+    kept = w_va > 0
+    fits, p_old, p_new = [], [], []
+    for st in ms.students:
+        model = st["model"]
+        head = model.p_binary
+        f_tr = trunk_features(model, tr.flux).astype(np.float64)
+        f_va = trunk_features(model, va.flux).astype(np.float64)
+        w0 = head.weight.detach().numpy()[0].astype(np.float64)
+        b0 = float(head.bias.detach()[0])
+        w, b = fit_logistic_head(f_tr, y_tr, w_tr, w0, b0, l2=l2)
+        z_va = f_va @ w + b
+        offset = balanced_logit_offset(z_va[kept], y_va[kept])
+        p_old.append(1 / (1 + np.exp(-(f_va @ w0 + b0 + st["logit_offset"]))))
+        p_new.append(1 / (1 + np.exp(-(z_va + offset))))
+        fits.append((w, b, offset))
+    # the students' mixture (the mean probability, as ModelSet forms it) on the validation rows
+    snr = va.labels["snr"]
+    single = ~va.labels["is_binary"].astype(bool)
+
+    def scores(p):
+        p = np.mean(p, axis=0)
+        return dict(auc_double_lined=roc_auc(y_va, p),
+                    auc_kept=roc_auc(y_va[kept], p[kept]),
+                    recall_double_lined=float((p[y_va] > 0.5).mean()),
+                    singles_above_0_2=float((p[single] > 0.2).mean()),
+                    singles_above_0_5=float((p[single] > 0.5).mean()),
+                    singles_above_0_2_snr_below_100=float((p[single & (snr < 100)] > 0.2).mean()))
+
+    mixture = dict(before=scores(p_old), after=scores(p_new))
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    fingerprint = store_fingerprint(store)
+    shutil.copytree(model_dir, out_dir)
+    records = []
+    for st, (w, b, offset) in zip(ms.students, fits):
+        model, man = st["model"], st["manifest"]
+        head = model.p_binary
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(w[None]).to(head.weight.dtype))
+            head.bias.copy_(torch.tensor([b], dtype=head.bias.dtype))
+        record = dict(
+            method="p_binary head refitted on frozen trunk features: class-balanced logistic "
+                   "regression (L-BFGS, L2) against double_lined, the pairs near its thresholds "
+                   "left out; logit offset balanced on the validation rows kept",
+            margin=margin, l2=l2, store=fingerprint, n_train=int(len(y_tr)),
+            n_train_used=int((w_tr > 0).sum()), n_validation=int(len(y_va)),
+            n_validation_used=int(kept.sum()), previous_weights_sha256=man.weights_sha256,
+            previous_logit_offset=st["logit_offset"], logit_offset=offset,
+            validation_mixture=mixture, created=created, versions=package_versions("torch"))
+        cal = dict(man.training.get("calibration") or {}, p_binary_logit_offset=offset)
+        training = dict(man.training, calibration=cal, detector_head=record)
+        path = save_model(out_dir, model, replace(man, training=training))
+        records.append(dict(record, weights_sha256=load_model(path)[1].weights_sha256))
+    cal_path = out_dir / ENSEMBLE_CALIBRATION_FILE
+    if cal_path.exists():
+        rec = json.loads(cal_path.read_text())
+        new = [dict(name=st["manifest"].name, weights_sha256=r["weights_sha256"])
+               for st, r in zip(ms.students, records)]
+        if [m["name"] for m in rec["members"]] != [m["name"] for m in new]:
+            raise ValueError(f"{cal_path}: fitted for {[m['name'] for m in rec['members']]}, "
+                             f"the directory's students are {[m['name'] for m in new]}")
+        rec["carried_over"] = dict(
+            reason="the students' p_binary heads were refitted (sb2dask.train.head); the label "
+                   "heads, whose widths these factors scale, are unchanged",
+            previous_members=rec["members"], created=records[0]["created"])
+        rec["members"] = new
+        atomic_write_json(cal_path, rec)
+    return dict(mixture, seconds=time.perf_counter() - t0, students=records)

@@ -1,0 +1,116 @@
+"""Refitting the students' p_binary head (sb2dask.train.head) and the margin around the
+double_lined thresholds (sb2dask.labels.near_double_lined_threshold)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sb2dask.infer.predict import ModelSet
+from sb2dask.labels import double_lined, min_separation, near_double_lined_threshold
+from sb2dask.train.head import fit_logistic_head, refit_student_heads
+from test_student import _ensemble_dir
+
+
+def test_the_margin_is_a_band_around_both_thresholds():
+    s0 = min_separation(11500.0)
+    is_binary = np.array([1, 1, 1, 1, 1, 1, 0], bool)
+    faint = np.array([0.30, 0.03, 0.09, 0.11, 0.30, 0.30, np.nan])
+    sep = np.array([50.0, 50.0, 50.0, 50.0, 0.6 * s0, 1.9 * s0, np.nan])
+    lf = np.stack([faint, 1 - faint], axis=1)
+    band = near_double_lined_threshold(is_binary, lf, sep, 2.0, resolving_power=11500.0)
+    # light fractions in [0.025, 0.1), separations in [s0/2, 2 s0); single stars never
+    assert band.tolist() == [False, True, True, False, True, True, False]
+    # the band straddles the threshold: inside it are positives and negatives of double_lined
+    dl = double_lined(is_binary, lf, sep, resolving_power=11500.0)
+    assert dl[band].any() and not dl[band].all()
+    assert not near_double_lined_threshold(is_binary, lf, sep, 1.5, 11500.0)[[2, 5]].any()
+    with pytest.raises(ValueError, match="> 1"):
+        near_double_lined_threshold(is_binary, lf, sep, 1.0)
+
+
+def test_fit_logistic_head_ignores_rows_of_zero_weight():
+    """A row of weight 0 changes nothing (the fit equals the one without it, even when its
+    label is wrong), and the fit separates what is separable along the true direction."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 5))
+    y = x @ np.array([2.0, -1.0, 0.0, 0.0, 0.5]) + 0.3 * rng.normal(size=600) > 0.4
+    w = np.ones(600)
+    w[:100] = 0.0
+    flipped = y.copy()
+    flipped[:100] = ~flipped[:100]
+    a = fit_logistic_head(x, flipped, w, np.zeros(5), 0.0)
+    b = fit_logistic_head(x[100:], y[100:], w[100:], np.zeros(5), 0.0)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+    assert a[1] == pytest.approx(b[1], rel=1e-5, abs=1e-6)
+    assert a[0][0] > 1.0 and a[0][1] < -0.5 and abs(a[0][2]) < 0.3
+    with pytest.raises(ValueError, match="positives and negatives"):
+        fit_logistic_head(x, np.zeros(600, bool), w, np.zeros(5), 0.0)
+
+
+def _double_lined_dir(tmp_path):
+    """Two random students that say they detect double_lined, with an ensemble calibration."""
+    d = _ensemble_dir(tmp_path, n=2)
+    for i in range(2):
+        path = d / f"student-{i}.json"
+        man = json.loads(path.read_text())
+        man["training"]["detector_target"] = "double_lined"
+        path.write_text(json.dumps(man))
+    names = [json.loads((d / f"student-{i}.json").read_text()) for i in range(2)]
+    (d / "students.json").write_text(json.dumps(dict(
+        kind="student_ensemble_calibration", snr_edges=[60.0, 120.0],
+        scales=np.full((3, 9), 0.9).tolist(),
+        members=[dict(name=m["name"], weights_sha256=m["weights_sha256"]) for m in names])))
+    return d
+
+
+def test_refit_student_heads_changes_p_binary_only(tmp_path):
+    """On a generated half-binary store: every label output and width stays bit for bit, the
+    probabilities change, the manifests record the refit and the ensemble calibration follows the
+    new weights (ModelSet loads it instead of refusing)."""
+    from distributed import Client, LocalCluster
+
+    from sb2dask.dataset.factory import SplitSpec, generate
+    from sb2dask.simulate.config import SimulationConfig
+
+    store = tmp_path / "det.zarr"
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
+                      dashboard_address=":0") as lc, Client(lc) as c:
+        generate(store, SimulationConfig.paper(seed=7, binary_fraction=0.5, snr_range=(70, 110)),
+                 300, 150, client=c, split=SplitSpec(0.6, 0.4, 0.0), progress=False)
+    d = _double_lined_dir(tmp_path)
+    out = tmp_path / "refit"
+    summary = refit_student_heads(d, store, out, margin=2.0)
+    assert set(summary["after"]) == set(summary["before"]) and summary["after"]["auc_kept"] > 0.5
+    old, new = ModelSet(d, "cpu"), ModelSet(out, "cpu")
+    assert new.ensemble_calibration is not None
+    rng = np.random.default_rng(3)
+    flux = (1.0 - 0.3 * rng.random((4, 903)) ** 8).astype(np.float32)
+    snr = np.array([50.0, 80.0, 150.0, 90.0])
+    a, b = old.predict(flux, snr=snr), new.predict(flux, snr=snr)
+    for k in a:
+        if k.startswith("p_binary"):
+            assert not np.allclose(a[k], b[k]), k
+        else:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    for i, st in enumerate(new.students):
+        rec = st["manifest"].training["detector_head"]
+        assert rec["margin"] == 2.0 and rec["store"]["sha256"]
+        assert rec["previous_weights_sha256"] == old.students[i]["manifest"].weights_sha256
+        assert 0 < rec["n_train_used"] < rec["n_train"] == 180
+        assert st["logit_offset"] == rec["logit_offset"]
+    cal = json.loads((out / "students.json").read_text())
+    assert cal["carried_over"]["previous_members"][0]["weights_sha256"] \
+        == old.students[0]["manifest"].weights_sha256
+    with pytest.raises(FileExistsError):
+        refit_student_heads(d, store, out)
+    (d / "students.json").unlink()
+    for i in range(2):  # students of the paper's target: no double_lined threshold to keep off
+        path = d / f"student-{i}.json"
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), training={
+            k: v for k, v in json.loads(path.read_text())["training"].items()
+            if k != "detector_target"})))
+    with pytest.raises(ValueError, match="double_lined"):
+        refit_student_heads(d, store, tmp_path / "other")
