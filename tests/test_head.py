@@ -114,3 +114,20 @@ def test_refit_student_heads_changes_p_binary_only(tmp_path):
             if k != "detector_target"})))
     with pytest.raises(ValueError, match="double_lined"):
         refit_student_heads(d, store, tmp_path / "other")
+
+
+def test_shipped_students_carry_their_refitted_heads():
+    """The default students' heads were refitted (margin DEFAULT_MARGIN) from the weights their
+    ensemble calibration was first fitted for, and that calibration followed them."""
+    from sb2dask.train.head import DEFAULT_MARGIN
+
+    ens = ModelSet("students", "cpu")
+    cal = json.loads((ens.directory / "students.json").read_text())
+    for st, prev in zip(ens.students, cal["carried_over"]["previous_members"], strict=True):
+        rec = st["manifest"].training["detector_head"]
+        assert rec["margin"] == DEFAULT_MARGIN and rec["store"]["sha256"]
+        assert rec["previous_weights_sha256"] == prev["weights_sha256"]
+        assert st["logit_offset"] == rec["logit_offset"] != rec["previous_logit_offset"]
+        after = rec["validation_mixture"]["after"]
+        assert after["singles_above_0_2"] < rec["validation_mixture"]["before"]["singles_above_0_2"]
+    assert ens.ensemble_calibration is not None
