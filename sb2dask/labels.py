@@ -61,6 +61,14 @@ def min_separation(resolving_power: float) -> float:
     return 0.5 * C_KMS / resolving_power
 
 
+def _faint_and_separation(light_fraction, rv_separation):
+    """The fainter star's light fraction and |RV1 − RV2| (n,), 0 where NaN (single stars)."""
+    import numpy as np
+
+    faint = np.nan_to_num(np.min(np.asarray(light_fraction, np.float64), axis=1), nan=0.0)
+    return faint, np.nan_to_num(np.abs(np.asarray(rv_separation, np.float64)), nan=0.0)
+
+
 def double_lined(is_binary, light_fraction, rv_separation, resolving_power: float | None = None,
                  min_light_fraction: float = MIN_LIGHT_FRACTION):
     """Whether each simulated spectrum shows two stars: a binary (``is_binary`` (n,)) whose
@@ -74,9 +82,7 @@ def double_lined(is_binary, light_fraction, rv_separation, resolving_power: floa
     if resolving_power is None:
         from .gaia import RVS_RESOLVING_POWER as resolving_power
 
-    lf = np.asarray(light_fraction, np.float64)
-    faint = np.nan_to_num(np.min(lf, axis=1), nan=0.0)
-    sep = np.nan_to_num(np.asarray(rv_separation, np.float64), nan=0.0)
+    faint, sep = _faint_and_separation(light_fraction, rv_separation)
     return (np.asarray(is_binary, bool) & (faint >= min_light_fraction)
             & (sep >= min_separation(resolving_power)))
 
@@ -98,8 +104,7 @@ def near_double_lined_threshold(is_binary, light_fraction, rv_separation, factor
     if resolving_power is None:
         from .gaia import RVS_RESOLVING_POWER as resolving_power
 
-    faint = np.nan_to_num(np.min(np.asarray(light_fraction, np.float64), axis=1), nan=0.0)
-    sep = np.nan_to_num(np.abs(np.asarray(rv_separation, np.float64)), nan=0.0)
+    faint, sep = _faint_and_separation(light_fraction, rv_separation)
     s0 = min_separation(resolving_power)
     return np.asarray(is_binary, bool) & (
         ((faint >= min_light_fraction / factor) & (faint < min_light_fraction * factor))

@@ -10,6 +10,7 @@ import pytest
 
 from sb2dask.infer.predict import ModelSet
 from sb2dask.labels import double_lined, min_separation, near_double_lined_threshold
+from sb2dask.models.student import balanced_logit_offset
 from sb2dask.train.head import fit_logistic_head, refit_student_heads
 from test_student import _ensemble_dir
 
@@ -36,16 +37,21 @@ def test_fit_logistic_head_ignores_rows_of_zero_weight():
     label is wrong), and the fit separates what is separable along the true direction."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(600, 5))
-    y = x @ np.array([2.0, -1.0, 0.0, 0.0, 0.5]) + 0.3 * rng.normal(size=600) > 0.4
+    y = x @ np.array([2.0, -1.0, 0.0, 0.0, 0.5]) + 0.3 * rng.normal(size=600) > 1.2
     w = np.ones(600)
     w[:100] = 0.0
     flipped = y.copy()
     flipped[:100] = ~flipped[:100]
     a = fit_logistic_head(x, flipped, w, np.zeros(5), 0.0)
     b = fit_logistic_head(x[100:], y[100:], w[100:], np.zeros(5), 0.0)
+    # class-balanced: the prior-0.5 offset of the fitted logits on the rows it saw is zero (the
+    # bias is not penalised; without the n_neg / n_pos weights it would be ~log(n_pos / n_neg))
+    assert y[100:].mean() < 0.35
+    assert abs(balanced_logit_offset(x[100:] @ b[0] + b[1], y[100:])) < 1e-3
     np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
     assert a[1] == pytest.approx(b[1], rel=1e-5, abs=1e-6)
-    assert a[0][0] > 1.0 and a[0][1] < -0.5 and abs(a[0][2]) < 0.3
+    truth = np.array([2.0, -1.0, 0.0, 0.0, 0.5])
+    assert a[0] @ truth / np.linalg.norm(a[0]) / np.linalg.norm(truth) > 0.97
     with pytest.raises(ValueError, match="positives and negatives"):
         fit_logistic_head(x, np.zeros(600, bool), w, np.zeros(5), 0.0)
 
@@ -82,6 +88,19 @@ def test_refit_student_heads_changes_p_binary_only(tmp_path):
                  300, 150, client=c, split=SplitSpec(0.6, 0.4, 0.0), progress=False)
     d = _double_lined_dir(tmp_path)
     out = tmp_path / "refit"
+    # a calibration fitted for other weights is refused before any work, naming the file
+    good = (d / "students.json").read_text()
+    stale = json.loads(good)
+    stale["members"][0]["weights_sha256"] = "0" * 64
+    (d / "students.json").write_text(json.dumps(stale))
+    with pytest.raises(ValueError, match="students.json was fitted for other students"):
+        refit_student_heads(d, store, out)
+    assert not out.exists()
+    (d / "students.json").write_text(good)
+    # a margin that leaves no positive to fit names the store
+    with pytest.raises(ValueError, match="det.zarr .*positives and negatives"):
+        refit_student_heads(d, store, out, margin=1e6)
+    assert not out.exists()
     summary = refit_student_heads(d, store, out, margin=2.0)
     assert set(summary["after"]) == set(summary["before"]) and summary["after"]["auc_kept"] > 0.5
     old, new = ModelSet(d, "cpu"), ModelSet(out, "cpu")
@@ -101,6 +120,9 @@ def test_refit_student_heads_changes_p_binary_only(tmp_path):
         assert rec["previous_weights_sha256"] == old.students[i]["manifest"].weights_sha256
         assert 0 < rec["n_train_used"] < rec["n_train"] == 180
         assert st["logit_offset"] == rec["logit_offset"]
+        cal = st["manifest"].training["calibration"]
+        assert cal["n_p_binary"] == rec["n_validation_used"] and "refit" in cal[
+            "p_binary_offset_method"]
     cal = json.loads((out / "students.json").read_text())
     assert cal["carried_over"]["previous_members"][0]["weights_sha256"] \
         == old.students[0]["manifest"].weights_sha256
@@ -114,6 +136,25 @@ def test_refit_student_heads_changes_p_binary_only(tmp_path):
             if k != "detector_target"})))
     with pytest.raises(ValueError, match="double_lined"):
         refit_student_heads(d, store, tmp_path / "other")
+
+
+def test_refit_accepts_a_preset_name(tmp_path):
+    """'students' is resolved to the shipped directory (copied, not looked up in the working
+    directory), and the shipped students' refit on a small store loads with its calibration."""
+    from distributed import Client, LocalCluster
+
+    from sb2dask.dataset.factory import SplitSpec, generate
+    from sb2dask.simulate.config import SimulationConfig
+
+    store = tmp_path / "det.zarr"
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
+                      dashboard_address=":0") as lc, Client(lc) as c:
+        generate(store, SimulationConfig.paper(seed=8, binary_fraction=0.5), 200, 100, client=c,
+                 split=SplitSpec(0.6, 0.4, 0.0), progress=False)
+    out = tmp_path / "refit"
+    refit_student_heads("students", store, out, margin=2.0)
+    new = ModelSet(out, "cpu")
+    assert len(new.students) == 3 and new.ensemble_calibration is not None
 
 
 def test_shipped_students_carry_their_refitted_heads():

@@ -27,7 +27,6 @@ from ..models.io import (
     load_model,
     mahalanobis,
 )
-from ..models.layers import run_with_float32_stem
 from ..models.predict import sort_pairs
 from ..observe.flags import QualityFlag
 from ..observe.rv_bulk import LINE_DETECTION_PEAK, preprocess_in_frame
@@ -420,7 +419,7 @@ class ModelSet:
         runs = []
         for st in self.students:
             model = st["model"]
-            feats = model.trunk(run_with_float32_stem(model.features, model.ops.prepare(x)))
+            feats = model.embed(x)
             logit, mean, log_width = (t.float().cpu().numpy() for t in model.heads(feats))
             res = decode(logit, mean, log_width, snr, st["width_scales"], st["snr_edges"],
                          st["logit_offset"])

@@ -103,8 +103,12 @@ class StudentNet(nn.Module):
         self.log_width = nn.Linear(hidden, n_out)
 
     def forward(self, spectra: torch.Tensor):
-        return self.heads(self.trunk(run_with_float32_stem(self.features,
-                                                           self.ops.prepare(spectra))))
+        return self.heads(self.embed(spectra))
+
+    def embed(self, spectra: torch.Tensor) -> torch.Tensor:
+        """Trunk features ``(N, hidden)`` of spectra ``(N, n_pix)``: what the heads read and the
+        out-of-distribution distance is measured on."""
+        return self.trunk(run_with_float32_stem(self.features, self.ops.prepare(spectra)))
 
     def heads(self, h: torch.Tensor):
         """The three heads on trunk features ``h`` ``(N, hidden)`` (what the out-of-distribution

@@ -600,8 +600,8 @@ def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
     path = save_model(out_dir, model, manifest)
     with torch.inference_mode():
         flux = torch.from_numpy(val.flux[: min(len(val.flux), 20000)])
-        feats = np.concatenate([model.trunk(model.features(model.ops.prepare(
-            flux[s:s + 512]))).numpy() for s in range(0, len(flux), 512)])
+        feats = np.concatenate([model.embed(flux[s:s + 512]).numpy()
+                                for s in range(0, len(flux), 512)])
     # the reference set is validation rows (spectra the student was not fitted to)
     save_feature_statistics(path, feature_statistics(feats))
     return path

@@ -79,16 +79,35 @@ def fit_logistic_head(features: np.ndarray, truth: np.ndarray, weight: np.ndarra
 def trunk_features(model, flux: np.ndarray, batch: int = 1024) -> np.ndarray:
     """A student's trunk features ``(n, hidden)`` float32 on ``flux`` ``(n, n_pix)``: what its
     heads read, as inference computes them."""
-    from ..models.layers import run_with_float32_stem
-
     model.eval()
     out = []
     with torch.inference_mode():
         for s in range(0, len(flux), batch):
             x = torch.from_numpy(np.ascontiguousarray(flux[s:s + batch], dtype=np.float32))
-            out.append(model.trunk(run_with_float32_stem(model.features, model.ops.prepare(x)))
-                       .float().numpy())
+            out.append(model.embed(x).float().numpy())
     return np.concatenate(out) if out else np.empty((0, model.p_binary.in_features), np.float32)
+
+
+def _ensemble_calibration(model_dir: Path, ms) -> dict | None:
+    """The directory's ensemble width calibration, when it has one, after checking it was
+    fitted for exactly these students (names and weights), as ModelSet checks it."""
+    from ..models.student import ENSEMBLE_CALIBRATION_FILE
+
+    path = model_dir / ENSEMBLE_CALIBRATION_FILE
+    if not path.exists():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+        fitted = [(m["name"], m["weights_sha256"]) for m in rec["members"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a student-ensemble calibration "
+                         f"({type(err).__name__}: {err})") from None
+    loaded = [(st["manifest"].name, st["manifest"].weights_sha256) for st in ms.students]
+    if fitted != loaded:
+        raise ValueError(f"{path} was fitted for other students than the directory's; fit it "
+                         "again (sb2dask.train.distill.calibrate_student_ensemble) or remove it "
+                         "before refitting the heads")
+    return rec
 
 
 def _rows(store, split: str, n: int | None, ms, target_fields):
@@ -123,15 +142,17 @@ def refit_student_heads(model_dir: str | Path, store: str | Path, out_dir: str |
     from ..provenance import package_versions
     from ..stats import roc_auc
 
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists; refit into a new directory")
     ms = ModelSet(model_dir, device="cpu", ensemble_calibration=False)
+    model_dir = ms.directory  # a preset name ('students') resolved to its directory
     if not ms.students:
         raise ValueError(f"{model_dir}: no students (student-*.json) to refit")
     if ms.detector_target != "double_lined":
         raise ValueError(f"{model_dir}: its students detect {ms.detector_target!r}; the margin "
                          "is defined around the double_lined thresholds")
+    ensemble_cal = _ensemble_calibration(model_dir, ms)  # checked before any work
     t0 = time.perf_counter()
     fields = ["is_binary", "light_fraction", "rv_separation", "snr"]
     tr = _rows(store, "train", max_train, ms, fields)
@@ -157,12 +178,16 @@ def refit_student_heads(model_dir: str | Path, store: str | Path, out_dir: str |
         f_va = trunk_features(model, va.flux).astype(np.float64)
         w0 = head.weight.detach().numpy()[0].astype(np.float64)
         b0 = float(head.bias.detach()[0])
-        w, b = fit_logistic_head(f_tr, y_tr, w_tr, w0, b0, l2=l2)
-        z_va = f_va @ w + b
-        offset = balanced_logit_offset(z_va[kept], y_va[kept])
+        try:
+            w, b = fit_logistic_head(f_tr, y_tr, w_tr, w0, b0, l2=l2)
+            z_va = f_va @ w + b
+            offset = balanced_logit_offset(z_va[kept], y_va[kept])
+        except ValueError as err:  # a margin that leaves one class empty
+            raise ValueError(f"{store} (train / validation rows, margin {margin}): {err}") \
+                from None
         p_old.append(1 / (1 + np.exp(-(f_va @ w0 + b0 + st["logit_offset"]))))
         p_new.append(1 / (1 + np.exp(-(z_va + offset))))
-        fits.append((w, b, offset))
+        fits.append((w, b, offset, z_va))
     # the students' mixture (the mean probability, as ModelSet forms it) on the validation rows
     snr = va.labels["snr"]
     single = ~va.labels["is_binary"].astype(bool)
@@ -181,7 +206,7 @@ def refit_student_heads(model_dir: str | Path, store: str | Path, out_dir: str |
     fingerprint = store_fingerprint(store)
     shutil.copytree(model_dir, out_dir)
     records = []
-    for st, (w, b, offset) in zip(ms.students, fits):
+    for st, (w, b, offset, z_va) in zip(ms.students, fits):
         model, man = st["model"], st["manifest"]
         head = model.p_binary
         with torch.no_grad():
@@ -196,22 +221,24 @@ def refit_student_heads(model_dir: str | Path, store: str | Path, out_dir: str |
             n_validation_used=int(kept.sum()), previous_weights_sha256=man.weights_sha256,
             previous_logit_offset=st["logit_offset"], logit_offset=offset,
             validation_mixture=mixture, created=created, versions=package_versions("torch"))
-        cal = dict(man.training.get("calibration") or {}, p_binary_logit_offset=offset)
+        cal = dict(man.training.get("calibration") or {}, p_binary_logit_offset=offset,
+                   p_binary_offset_method="balanced_logit_offset on the validation rows of "
+                   "the head refit's store, the pairs near the double_lined thresholds left out "
+                   "(training.detector_head)", n_p_binary=int(kept.sum()))
         training = dict(man.training, calibration=cal, detector_head=record)
-        path = save_model(out_dir, model, replace(man, training=training))
+        metrics = dict(man.metrics or {})
+        if "auc" in metrics:  # the old head's; the new one's on the refit store's validation
+            metrics["auc_before_head_refit"] = metrics["auc"]
+        metrics["auc"] = roc_auc(y_va, z_va)
+        path = save_model(out_dir, model, replace(man, training=training, metrics=metrics))
         records.append(dict(record, weights_sha256=load_model(path)[1].weights_sha256))
-    cal_path = out_dir / ENSEMBLE_CALIBRATION_FILE
-    if cal_path.exists():
-        rec = json.loads(cal_path.read_text())
-        new = [dict(name=st["manifest"].name, weights_sha256=r["weights_sha256"])
-               for st, r in zip(ms.students, records)]
-        if [m["name"] for m in rec["members"]] != [m["name"] for m in new]:
-            raise ValueError(f"{cal_path}: fitted for {[m['name'] for m in rec['members']]}, "
-                             f"the directory's students are {[m['name'] for m in new]}")
+    if ensemble_cal is not None:
+        rec = dict(ensemble_cal)
         rec["carried_over"] = dict(
             reason="the students' p_binary heads were refitted (sb2dask.train.head); the label "
                    "heads, whose widths these factors scale, are unchanged",
-            previous_members=rec["members"], created=records[0]["created"])
-        rec["members"] = new
-        atomic_write_json(cal_path, rec)
+            previous_members=rec["members"], created=created)
+        rec["members"] = [dict(name=st["manifest"].name, weights_sha256=r["weights_sha256"])
+                          for st, r in zip(ms.students, records)]
+        atomic_write_json(out_dir / ENSEMBLE_CALIBRATION_FILE, rec)
     return dict(mixture, seconds=time.perf_counter() - t0, students=records)
