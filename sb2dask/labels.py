@@ -5,7 +5,8 @@ from __future__ import annotations
 
 __all__ = ["PARAMETERS", "UNITS", "DESCRIPTIONS", "TABLE1_RANGES", "TARGETS", "TRUE_PREFIX",
            "DETECTOR_TARGETS", "MIN_LIGHT_FRACTION", "DOUBLE_LINED_EPOCH_FRACTION",
-           "min_separation", "double_lined", "near_double_lined_threshold", "detector_fields",
+           "min_separation", "double_lined", "near_double_lined_threshold", "companion_in_noise",
+           "detector_fields",
            "detector_truth"]
 
 #: The per-component labels of the temperature and parameter networks, in the paper's order.
@@ -109,6 +110,21 @@ def near_double_lined_threshold(is_binary, light_fraction, rv_separation, factor
     return np.asarray(is_binary, bool) & (
         ((faint >= min_light_fraction / factor) & (faint < min_light_fraction * factor))
         | ((sep >= s0 / factor) & (sep < s0 * factor)))
+
+
+def companion_in_noise(is_binary, light_fraction, snr, min_signal: float):
+    """Binaries whose fainter star's light fraction × the continuum S/N per pixel (``snr``
+    (n,)) is below ``min_signal``: a companion whose continuum-relative light is within a few
+    noise units per pixel, which no single spectrum shows whatever its other labels (at S/N 20 a
+    star giving 10 % of the light is a signal of 2). A detector fitted to call such pairs
+    double-lined hedges on every noisy spectrum; a fit may leave them out
+    (:func:`sb2dask.train.head.refit_student_heads`). Returns a boolean (n,) array."""
+    import numpy as np
+
+    if not min_signal > 0:
+        raise ValueError(f"min_signal must be positive, got {min_signal}")
+    faint = np.nan_to_num(np.min(np.asarray(light_fraction, np.float64), axis=1), nan=0.0)
+    return np.asarray(is_binary, bool) & (faint * np.asarray(snr, np.float64) < min_signal)
 
 
 def detector_fields(target: str) -> tuple[str, ...]:

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from sb2dask.infer.predict import ModelSet
-from sb2dask.labels import double_lined, min_separation, near_double_lined_threshold
+from sb2dask.labels import (
+    companion_in_noise,
+    double_lined,
+    min_separation,
+    near_double_lined_threshold,
+)
 from sb2dask.models.student import balanced_logit_offset
 from sb2dask.train.head import fit_logistic_head, refit_student_heads
 from test_student import _ensemble_dir
@@ -30,6 +35,20 @@ def test_the_margin_is_a_band_around_both_thresholds():
     assert not near_double_lined_threshold(is_binary, lf, sep, 1.5, 11500.0)[[2, 5]].any()
     with pytest.raises(ValueError, match="> 1"):
         near_double_lined_threshold(is_binary, lf, sep, 1.0)
+
+
+def test_companion_in_noise_is_light_fraction_times_snr():
+    is_binary = np.array([1, 1, 1, 1, 0], bool)
+    faint = np.array([0.10, 0.10, 0.30, 0.04, np.nan])
+    lf = np.stack([faint, 1 - faint], axis=1)
+    snr = np.array([20.0, 200.0, 20.0, 400.0, 10.0])
+    # signals 2, 20, 6, 16; a single star is never a binary in noise
+    assert companion_in_noise(is_binary, lf, snr, 8.0).tolist() == [True, False, True, False,
+                                                                    False]
+    assert companion_in_noise(is_binary, lf[:, ::-1], snr, 8.0).tolist() == [
+        True, False, True, False, False]  # the fainter star, whichever column
+    with pytest.raises(ValueError, match="positive"):
+        companion_in_noise(is_binary, lf, snr, 0.0)
 
 
 def test_fit_logistic_head_ignores_rows_of_zero_weight():
@@ -155,6 +174,39 @@ def test_refit_accepts_a_preset_name(tmp_path):
     refit_student_heads("students", store, out, margin=2.0)
     new = ModelSet(out, "cpu")
     assert len(new.students) == 3 and new.ensemble_calibration is not None
+
+
+def test_refit_pools_stores_and_leaves_companions_in_noise_out(tmp_path):
+    """Two stores' rows are pooled (both fingerprints recorded), and with min_companion_signal the
+    double-lined pairs whose fainter star's light fraction × S/N is below it are left out on
+    top of the margin: exactly the rows the labels say."""
+    from distributed import Client, LocalCluster
+
+    from sb2dask.dataset.factory import SplitSpec, generate
+    from sb2dask.dataset.store import load_split, split_indices
+    from sb2dask.simulate.config import SimulationConfig
+
+    stores = [tmp_path / "high.zarr", tmp_path / "low.zarr"]
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
+                      dashboard_address=":0") as lc, Client(lc) as c:
+        for store, seed, snr in zip(stores, (11, 12), ((100, 300), (12, 30))):
+            generate(store, SimulationConfig.paper(seed=seed, binary_fraction=0.7,
+                                                   snr_range=snr),
+                     200, 100, client=c, split=SplitSpec(0.6, 0.4, 0.0), progress=False)
+    d = _double_lined_dir(tmp_path)
+    fields = ["is_binary", "light_fraction", "rv_separation", "snr"]
+    lab = [load_split(s, split_indices(s, "train"), fields).labels for s in stores]
+    lab = {k: np.concatenate([x[k] for x in lab]) for k in fields}
+    dl = double_lined(lab["is_binary"], lab["light_fraction"], lab["rv_separation"])
+    band = near_double_lined_threshold(lab["is_binary"], lab["light_fraction"],
+                                       lab["rv_separation"], 2.0)
+    noise = dl & companion_in_noise(lab["is_binary"], lab["light_fraction"], lab["snr"], 12.0)
+    assert (noise & ~band).any()  # the rule leaves out rows the margin keeps
+    refit_student_heads(d, stores, tmp_path / "pooled", margin=2.0, min_companion_signal=12.0)
+    rec = ModelSet(tmp_path / "pooled", "cpu").students[0]["manifest"].training["detector_head"]
+    assert [s["sha256"] for s in rec["store"]] and len(rec["store"]) == 2
+    assert rec["n_train"] == 240 and rec["min_companion_signal"] == 12.0
+    assert rec["n_train_used"] == int((~(band | noise)).sum())
 
 
 def test_shipped_students_carry_their_refitted_heads():

@@ -119,24 +119,28 @@ def _rows(store, split: str, n: int | None, ms, target_fields):
     return load_split(store, index, target_fields, frame=ms.frame, wave=ms.wave)
 
 
-def refit_student_heads(model_dir: str | Path, store: str | Path, out_dir: str | Path,
+def refit_student_heads(model_dir: str | Path, store, out_dir: str | Path,
                         margin: float | None = DEFAULT_MARGIN, l2: float = DEFAULT_L2,
                         max_train: int | None = None,
-                        max_validation: int | None = None) -> dict:
+                        max_validation: int | None = None,
+                        min_companion_signal: float | None = None) -> dict:
     """Copy the student directory ``model_dir`` to ``out_dir`` with every student's p_binary
-    head refitted on ``store`` (a detector store: single stars and binaries, the students' frame
-    and a grid covering theirs), the pairs within ``margin`` of the ``double_lined`` thresholds
-    left out (None: none left out).
+    head refitted on ``store`` (a detector store, or a list of them whose rows are pooled:
+    single stars and binaries, the students' frame and a grid covering theirs), the pairs
+    within ``margin`` of the ``double_lined`` thresholds left out (None: none left out), and,
+    with ``min_companion_signal``, the double-lined pairs whose fainter star's light fraction ×
+    S/N is below it (:func:`~sb2dask.labels.companion_in_noise`; None: none).
 
     Each student's manifest gets the new logit offset and a ``detector_head`` record (store
     fingerprint, margin, rows, the previous weights' hash, validation numbers before and after);
     the ensemble width calibration file, when present, is carried over to the new weights'
     hashes with a ``carried_over`` record (the label heads are unchanged). Returns a summary
-    dict (also the records). ``out_dir`` must not exist."""
+    dict (also the records). ``out_dir`` must not exist. ``max_train`` and ``max_validation``
+    limit the rows taken from each store."""
     from ..dataset.store import store_fingerprint
     from ..fileio import atomic_write_json
     from ..infer.predict import ModelSet
-    from ..labels import double_lined, near_double_lined_threshold
+    from ..labels import companion_in_noise, double_lined, near_double_lined_threshold
     from ..models.io import load_model, save_model
     from ..models.student import ENSEMBLE_CALIBRATION_FILE, balanced_logit_offset
     from ..provenance import package_versions
@@ -153,29 +157,35 @@ def refit_student_heads(model_dir: str | Path, store: str | Path, out_dir: str |
         raise ValueError(f"{model_dir}: its students detect {ms.detector_target!r}; the margin "
                          "is defined around the double_lined thresholds")
     ensemble_cal = _ensemble_calibration(model_dir, ms)  # checked before any work
+    stores = [store] if isinstance(store, (str, Path)) else list(store)
+    if not stores:
+        raise ValueError("no store to refit the heads on")
     t0 = time.perf_counter()
     fields = ["is_binary", "light_fraction", "rv_separation", "snr"]
-    tr = _rows(store, "train", max_train, ms, fields)
-    va = _rows(store, "validation", max_validation, ms, fields)
+    tr = [_rows(s, "train", max_train, ms, fields) for s in stores]
+    va = [_rows(s, "validation", max_validation, ms, fields) for s in stores]
 
-    def target(d):
-        lab = d.labels
+    def target(parts):
+        lab = {k: np.concatenate([d.labels[k] for d in parts]) for k in fields}
         truth = double_lined(lab["is_binary"], lab["light_fraction"], lab["rv_separation"])
         weight = np.ones(len(truth))
         if margin is not None:
             weight[near_double_lined_threshold(lab["is_binary"], lab["light_fraction"],
                                                lab["rv_separation"], margin)] = 0.0
-        return truth, weight
+        if min_companion_signal is not None:
+            weight[truth & companion_in_noise(lab["is_binary"], lab["light_fraction"],
+                                              lab["snr"], min_companion_signal)] = 0.0
+        return truth, weight, lab
 
-    y_tr, w_tr = target(tr)
-    y_va, w_va = target(va)
+    y_tr, w_tr, _ = target(tr)
+    y_va, w_va, lab_va = target(va)
     kept = w_va > 0
     fits, p_old, p_new = [], [], []
     for st in ms.students:
         model = st["model"]
         head = model.p_binary
-        f_tr = trunk_features(model, tr.flux).astype(np.float64)
-        f_va = trunk_features(model, va.flux).astype(np.float64)
+        f_tr = np.concatenate([trunk_features(model, d.flux) for d in tr]).astype(np.float64)
+        f_va = np.concatenate([trunk_features(model, d.flux) for d in va]).astype(np.float64)
         w0 = head.weight.detach().numpy()[0].astype(np.float64)
         b0 = float(head.bias.detach()[0])
         try:
@@ -183,14 +193,15 @@ def refit_student_heads(model_dir: str | Path, store: str | Path, out_dir: str |
             z_va = f_va @ w + b
             offset = balanced_logit_offset(z_va[kept], y_va[kept])
         except ValueError as err:  # a margin that leaves one class empty
-            raise ValueError(f"{store} (train / validation rows, margin {margin}): {err}") \
-                from None
+            raise ValueError(f"{', '.join(map(str, stores))} (train / validation rows, margin "
+                             f"{margin}, min_companion_signal {min_companion_signal}): {err}"
+                             ) from None
         p_old.append(1 / (1 + np.exp(-(f_va @ w0 + b0 + st["logit_offset"]))))
         p_new.append(1 / (1 + np.exp(-(z_va + offset))))
         fits.append((w, b, offset, z_va))
     # the students' mixture (the mean probability, as ModelSet forms it) on the validation rows
-    snr = va.labels["snr"]
-    single = ~va.labels["is_binary"].astype(bool)
+    snr = lab_va["snr"]
+    single = ~lab_va["is_binary"].astype(bool)
 
     def scores(p):
         p = np.mean(p, axis=0)
@@ -203,7 +214,8 @@ def refit_student_heads(model_dir: str | Path, store: str | Path, out_dir: str |
 
     mixture = dict(before=scores(p_old), after=scores(p_new))
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    fingerprint = store_fingerprint(store)
+    fingerprint = [store_fingerprint(s) for s in stores]
+    fingerprint = fingerprint[0] if len(fingerprint) == 1 else fingerprint
     shutil.copytree(model_dir, out_dir)
     records = []
     for st, (w, b, offset, z_va) in zip(ms.students, fits):
@@ -216,7 +228,8 @@ def refit_student_heads(model_dir: str | Path, store: str | Path, out_dir: str |
             method="p_binary head refitted on frozen trunk features: class-balanced logistic "
                    "regression (L-BFGS, L2) against double_lined, the pairs near its thresholds "
                    "left out; logit offset balanced on the validation rows kept",
-            margin=margin, l2=l2, store=fingerprint, n_train=int(len(y_tr)),
+            margin=margin, min_companion_signal=min_companion_signal, l2=l2,
+            store=fingerprint, n_train=int(len(y_tr)),
             n_train_used=int((w_tr > 0).sum()), n_validation=int(len(y_va)),
             n_validation_used=int(kept.sum()), previous_weights_sha256=man.weights_sha256,
             previous_logit_offset=st["logit_offset"], logit_offset=offset,
