@@ -75,6 +75,38 @@ def test_fit_logistic_head_ignores_rows_of_zero_weight():
         fit_logistic_head(x, np.zeros(600, bool), w, np.zeros(5), 0.0)
 
 
+def test_balance_within_strata():
+    """With strata the classes are balanced inside each: a stratum of rare positives does not
+    lift the others' weight on positives. The fitted bias is then the optimum of the stratified
+    balanced loss (its stratified offset is zero), and a stratum without
+    one class is refused, naming it."""
+    rng = np.random.default_rng(1)
+    n = 2000
+    strata = np.repeat([0, 1], n // 2)
+    x = rng.normal(size=(n, 3))
+    # stratum 0: half positives; stratum 1: 5 % positives
+    y = np.where(strata == 0, rng.random(n) < 0.5, rng.random(n) < 0.05)
+    x[y, 0] += 1.5
+    x[:, 1] += 3.0 * strata  # the head can tell the strata apart
+    w = np.ones(n)
+    wt, bt = fit_logistic_head(x, y, w, np.zeros(3), 0.0, strata=strata)
+    wp, bp = fit_logistic_head(x, y, w, np.zeros(3), 0.0)
+    z = x @ wt + bt
+    assert abs(balanced_logit_offset(z, y, strata=strata)) < 1e-3
+    # pooled, the positives weigh n_neg / n_pos ≈ 2.6 everywhere, so the balanced stratum's
+    # negatives score higher than when each stratum is balanced on its own (ratio 1 there)
+    neg0 = (strata == 0) & ~y
+    p_strat = 1 / (1 + np.exp(-z[neg0]))
+    p_pool = 1 / (1 + np.exp(-(x[neg0] @ wp + bp)))
+    assert p_strat.mean() < p_pool.mean() - 0.05
+    with pytest.raises(ValueError, match="stratum 1"):
+        fit_logistic_head(x, y & (strata == 0), w, np.zeros(3), 0.0, strata=strata)
+    with pytest.raises(ValueError, match="stratum 1"):
+        balanced_logit_offset(z, y & (strata == 0), strata=strata)
+    with pytest.raises(ValueError, match="shape"):
+        fit_logistic_head(x, y, w, np.zeros(3), 0.0, strata=strata[:10])
+
+
 def _double_lined_dir(tmp_path):
     """Two random students that say they detect double_lined, with an ensemble calibration."""
     d = _ensemble_dir(tmp_path, n=2)
@@ -189,7 +221,7 @@ def test_refit_pools_stores_and_leaves_companions_in_noise_out(tmp_path):
     stores = [tmp_path / "high.zarr", tmp_path / "low.zarr"]
     with LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
                       dashboard_address=":0") as lc, Client(lc) as c:
-        for store, seed, snr in zip(stores, (11, 12), ((100, 300), (12, 30))):
+        for store, seed, snr in zip(stores, (11, 12), ((100, 300), (25, 60))):
             generate(store, SimulationConfig.paper(seed=seed, binary_fraction=0.7,
                                                    snr_range=snr),
                      200, 100, client=c, split=SplitSpec(0.6, 0.4, 0.0), progress=False)
@@ -207,6 +239,15 @@ def test_refit_pools_stores_and_leaves_companions_in_noise_out(tmp_path):
     assert [s["sha256"] for s in rec["store"]] and len(rec["store"]) == 2
     assert rec["n_train"] == 240 and rec["min_companion_signal"] == 12.0
     assert rec["n_train_used"] == int((~(band | noise)).sum())
+    assert rec["balance"] == "pooled"
+    refit_student_heads(d, stores, tmp_path / "per_store", margin=2.0,
+                        min_companion_signal=12.0, balance="per_store")
+    per_store = ModelSet(tmp_path / "per_store", "cpu").students[0]
+    assert per_store["manifest"].training["detector_head"]["balance"] == "per_store"
+    assert per_store["manifest"].weights_sha256 != ModelSet(
+        tmp_path / "pooled", "cpu").students[0]["manifest"].weights_sha256
+    with pytest.raises(ValueError, match="balance"):
+        refit_student_heads(d, stores, tmp_path / "x", balance="per_snr")
 
 
 def test_shipped_students_carry_their_refitted_heads():

@@ -213,7 +213,8 @@ def scale_decoded_widths(pred: dict, scales: np.ndarray, snr, edges) -> dict:
     return out
 
 
-def balanced_logit_offset(logit: np.ndarray, truth: np.ndarray) -> float:
+def balanced_logit_offset(logit: np.ndarray, truth: np.ndarray,
+                          strata: np.ndarray | None = None) -> float:
     """The constant ``b`` that makes ``sigmoid(logit + b)`` the posterior for a prior of 0.5:
     the minimum of the class-balanced cross-entropy (positives weighted by n_neg / n_pos, as the
     detectors' own loss weights them, :func:`sb2dask.train.fit.training_loss`) over ``b``.
@@ -222,15 +223,22 @@ def balanced_logit_offset(logit: np.ndarray, truth: np.ndarray) -> float:
     ``double_lined`` on a half-binary store) against a blend with teachers whose output has
     prior 0.5, so its raw logit carries a prior in between; the per-source evidence
     (:mod:`sb2dask.infer.sources`) and every threshold assume the 0.5 of the detectors.
-    ``logit`` (n,), ``truth`` bool (n,) with both classes present."""
+    ``logit`` (n,), ``truth`` bool (n,) with both classes present. ``strata`` (n,): balance
+    the classes within each stratum (each needs both) instead of over all rows, as
+    :func:`sb2dask.train.head.fit_logistic_head` does with the same argument."""
     from scipy.optimize import brentq
     from scipy.special import expit
 
     z = np.asarray(logit, np.float64)
     y = np.asarray(truth, bool)
-    if y.all() or not y.any():
-        raise ValueError("balanced_logit_offset needs positives and negatives")
-    w = np.where(y, (~y).sum() / y.sum(), 1.0)
+    groups = np.zeros(len(y), int) if strata is None else np.asarray(strata)
+    w = np.ones(len(y))
+    for g in np.unique(groups):
+        m = groups == g
+        if y[m].all() or not y[m].any():
+            raise ValueError("balanced_logit_offset needs positives and negatives"
+                             + ("" if strata is None else f" in stratum {g}"))
+        w[m & y] = (~y[m]).sum() / y[m].sum()
 
     def grad(b):  # of the convex loss: increasing in b, one root
         return float(np.sum(w * (expit(z + b) - y)))

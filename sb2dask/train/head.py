@@ -42,22 +42,36 @@ DEFAULT_L2 = 1e-4
 
 def fit_logistic_head(features: np.ndarray, truth: np.ndarray, weight: np.ndarray,
                       weight0: np.ndarray, bias0: float, l2: float = DEFAULT_L2,
-                      max_iter: int = 500) -> tuple[np.ndarray, float]:
+                      max_iter: int = 500,
+                      strata: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Weights ``(d,)`` and bias of a logistic head on ``features`` ``(n, d)``: the minimum of
     the class-balanced cross-entropy against ``truth`` (bool (n,); positives weighted by
     n_neg / n_pos among rows of non-zero ``weight``, as the detectors' loss weights them),
     times ``weight`` (n,) per row, plus ``l2`` × |w|². Started from ``weight0``, ``bias0`` (the
-    head being refitted); L-BFGS in float64 (the problem is convex)."""
+    head being refitted); L-BFGS in float64 (the problem is convex).
+
+    ``strata`` (n,) labels (e.g. the store or S/N range of each row): the classes are balanced
+    within each stratum instead of over all rows, so a stratum with few positives (noisy
+    spectra whose companions are left out) does not raise the positives' weight in the others.
+    Every stratum needs both classes."""
     y = np.asarray(truth, bool)
     w = np.asarray(weight, np.float64)
     keep = w > 0
-    n_pos, n_neg = int((y & keep).sum()), int((~y & keep).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"the head needs positives and negatives with weight > 0 "
-                         f"({n_pos} and {n_neg})")
+    groups = np.zeros(len(y), int) if strata is None else np.asarray(strata)
+    if groups.shape != y.shape:
+        raise ValueError(f"strata has shape {groups.shape}, the rows {y.shape}")
+    ratio = np.ones(len(y))
+    for g in np.unique(groups):
+        m = keep & (groups == g)
+        n_pos, n_neg = int((y & m).sum()), int((~y & m).sum())
+        if n_pos == 0 or n_neg == 0:
+            where = "" if strata is None else f" in stratum {g}"
+            raise ValueError(f"the head needs positives and negatives with weight > 0{where} "
+                             f"({n_pos} and {n_neg})")
+        ratio[(groups == g) & y] = n_neg / n_pos
     x = torch.from_numpy(np.asarray(features, np.float64))
     yt = torch.from_numpy(y.astype(np.float64))
-    wt = torch.from_numpy(w * np.where(y, n_neg / n_pos, 1.0))
+    wt = torch.from_numpy(w * ratio)
     wt = wt / wt.sum()
     wv = torch.tensor(np.asarray(weight0, np.float64), requires_grad=True)
     bv = torch.tensor([float(bias0)], dtype=torch.float64, requires_grad=True)
@@ -123,13 +137,17 @@ def refit_student_heads(model_dir: str | Path, store, out_dir: str | Path,
                         margin: float | None = DEFAULT_MARGIN, l2: float = DEFAULT_L2,
                         max_train: int | None = None,
                         max_validation: int | None = None,
-                        min_companion_signal: float | None = None) -> dict:
+                        min_companion_signal: float | None = None,
+                        balance: str = "pooled") -> dict:
     """Copy the student directory ``model_dir`` to ``out_dir`` with every student's p_binary
     head refitted on ``store`` (a detector store, or a list of them whose rows are pooled:
     single stars and binaries, the students' frame and a grid covering theirs), the pairs
     within ``margin`` of the ``double_lined`` thresholds left out (None: none left out), and,
     with ``min_companion_signal``, the double-lined pairs whose fainter star's light fraction ×
-    S/N is below it (:func:`~sb2dask.labels.companion_in_noise`; None: none).
+    S/N is below it (:func:`~sb2dask.labels.companion_in_noise`; None: none). ``balance``:
+    ``"pooled"`` balances the classes over all rows, ``"per_store"`` within each store's rows
+    (head and offset), so that a store of noisy spectra with few positives left does not
+    raise the positives' weight in the others.
 
     Each student's manifest gets the new logit offset and a ``detector_head`` record (store
     fingerprint, margin, rows, the previous weights' hash, validation numbers before and after);
@@ -160,6 +178,8 @@ def refit_student_heads(model_dir: str | Path, store, out_dir: str | Path,
     stores = [store] if isinstance(store, (str, Path)) else list(store)
     if not stores:
         raise ValueError("no store to refit the heads on")
+    if balance not in ("pooled", "per_store"):
+        raise ValueError(f"balance must be 'pooled' or 'per_store', got {balance!r}")
     t0 = time.perf_counter()
     fields = ["is_binary", "light_fraction", "rv_separation", "snr"]
     tr = [_rows(s, "train", max_train, ms, fields) for s in stores]
@@ -180,6 +200,10 @@ def refit_student_heads(model_dir: str | Path, store, out_dir: str | Path,
     y_tr, w_tr, _ = target(tr)
     y_va, w_va, lab_va = target(va)
     kept = w_va > 0
+    strata_tr = strata_va = None
+    if balance == "per_store":
+        strata_tr = np.concatenate([np.full(len(d.flux), i) for i, d in enumerate(tr)])
+        strata_va = np.concatenate([np.full(len(d.flux), i) for i, d in enumerate(va)])[kept]
     fits, p_old, p_new = [], [], []
     for st in ms.students:
         model = st["model"]
@@ -189,12 +213,13 @@ def refit_student_heads(model_dir: str | Path, store, out_dir: str | Path,
         w0 = head.weight.detach().numpy()[0].astype(np.float64)
         b0 = float(head.bias.detach()[0])
         try:
-            w, b = fit_logistic_head(f_tr, y_tr, w_tr, w0, b0, l2=l2)
+            w, b = fit_logistic_head(f_tr, y_tr, w_tr, w0, b0, l2=l2, strata=strata_tr)
             z_va = f_va @ w + b
-            offset = balanced_logit_offset(z_va[kept], y_va[kept])
+            offset = balanced_logit_offset(z_va[kept], y_va[kept], strata=strata_va)
         except ValueError as err:  # a margin that leaves one class empty
             raise ValueError(f"{', '.join(map(str, stores))} (train / validation rows, margin "
-                             f"{margin}, min_companion_signal {min_companion_signal}): {err}"
+                             f"{margin}, min_companion_signal {min_companion_signal}, "
+                             f"balance {balance}): {err}"
                              ) from None
         p_old.append(1 / (1 + np.exp(-(f_va @ w0 + b0 + st["logit_offset"]))))
         p_new.append(1 / (1 + np.exp(-(z_va + offset))))
@@ -228,7 +253,7 @@ def refit_student_heads(model_dir: str | Path, store, out_dir: str | Path,
             method="p_binary head refitted on frozen trunk features: class-balanced logistic "
                    "regression (L-BFGS, L2) against double_lined, the pairs near its thresholds "
                    "left out; logit offset balanced on the validation rows kept",
-            margin=margin, min_companion_signal=min_companion_signal, l2=l2,
+            margin=margin, min_companion_signal=min_companion_signal, balance=balance, l2=l2,
             store=fingerprint, n_train=int(len(y_tr)),
             n_train_used=int((w_tr > 0).sum()), n_validation=int(len(y_va)),
             n_validation_used=int(kept.sum()), previous_weights_sha256=man.weights_sha256,
