@@ -116,7 +116,10 @@ def main(argv=None) -> int:
     ms = ModelSet(args.models, device="cpu")
     f_tr, lab_tr, src_tr = pooled([features(ms, s, "train") for s in args.fit_stores])
     f_va, lab_va, src_va = pooled([features(ms, s, "validation") for s in args.fit_stores])
-    tests = {Path(s).stem: features(ms, s, "test") for s in args.test_stores}
+    names = [Path(s).stem for s in args.test_stores]
+    if len(set(names)) != len(names):
+        ap.error(f"test stores need distinct names, got {names}")
+    tests = {n: features(ms, s, "test") for n, s in zip(names, args.test_stores)}
     shipped = [(st["model"].p_binary.weight.detach().numpy()[0].astype(np.float64),
                 float(st["model"].p_binary.bias.detach()[0]), st["logit_offset"])
                for st in ms.students]

@@ -236,9 +236,17 @@ def test_refit_pools_stores_and_leaves_companions_in_noise_out(tmp_path):
     assert (noise & ~band).any()  # the rule leaves out rows the margin keeps
     refit_student_heads(d, stores, tmp_path / "pooled", margin=2.0, min_companion_signal=12.0)
     rec = ModelSet(tmp_path / "pooled", "cpu").students[0]["manifest"].training["detector_head"]
-    assert [s["sha256"] for s in rec["store"]] and len(rec["store"]) == 2
+    assert [s["path"] for s in rec["store"]] == [str(p.resolve()) for p in stores]
+    assert rec["store"][0]["sha256"] != rec["store"][1]["sha256"]
     assert rec["n_train"] == 240 and rec["min_companion_signal"] == 12.0
     assert rec["n_train_used"] == int((~(band | noise)).sum())
+    vl = [load_split(s, split_indices(s, "validation"), fields).labels for s in stores]
+    vl = {k: np.concatenate([x[k] for x in vl]) for k in fields}
+    vdl = double_lined(vl["is_binary"], vl["light_fraction"], vl["rv_separation"])
+    vout = near_double_lined_threshold(vl["is_binary"], vl["light_fraction"],
+                                       vl["rv_separation"], 2.0) | (vdl & companion_in_noise(
+                                           vl["is_binary"], vl["light_fraction"], vl["snr"], 12.0))
+    assert rec["n_validation"] == 160 and rec["n_validation_used"] == int((~vout).sum())
     assert rec["balance"] == "pooled"
     refit_student_heads(d, stores, tmp_path / "per_store", margin=2.0,
                         min_companion_signal=12.0, balance="per_store")
@@ -248,6 +256,14 @@ def test_refit_pools_stores_and_leaves_companions_in_noise_out(tmp_path):
         tmp_path / "pooled", "cpu").students[0]["manifest"].weights_sha256
     with pytest.raises(ValueError, match="balance"):
         refit_student_heads(d, stores, tmp_path / "x", balance="per_snr")
+    # one store: a path, a list of one, and per-store balance are the same fit, bit for bit
+    hashes = []
+    for name, arg, balance in [("a", stores[0], "pooled"), ("b", [stores[0]], "pooled"),
+                               ("c", [stores[0]], "per_store")]:
+        refit_student_heads(d, arg, tmp_path / name, margin=2.0, balance=balance)
+        hashes.append([st["manifest"].weights_sha256
+                       for st in ModelSet(tmp_path / name, "cpu").students])
+    assert hashes[0] == hashes[1] == hashes[2]
 
 
 def test_shipped_students_carry_their_refitted_heads():

@@ -225,7 +225,8 @@ def balanced_logit_offset(logit: np.ndarray, truth: np.ndarray,
     (:mod:`sb2dask.infer.sources`) and every threshold assume the 0.5 of the detectors.
     ``logit`` (n,), ``truth`` bool (n,) with both classes present. ``strata`` (n,): balance
     the classes within each stratum (each needs both) instead of over all rows, as
-    :func:`sb2dask.train.head.fit_logistic_head` does with the same argument."""
+    :func:`sb2dask.train.head.fit_logistic_head` does with the same argument; only the
+    strata present in ``strata`` count (one with no rows here is not checked)."""
     from scipy.optimize import brentq
     from scipy.special import expit
 

@@ -21,6 +21,7 @@ the new weights' hashes and a record saying so.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import replace
@@ -175,7 +176,7 @@ def refit_student_heads(model_dir: str | Path, store, out_dir: str | Path,
         raise ValueError(f"{model_dir}: its students detect {ms.detector_target!r}; the margin "
                          "is defined around the double_lined thresholds")
     ensemble_cal = _ensemble_calibration(model_dir, ms)  # checked before any work
-    stores = [store] if isinstance(store, (str, Path)) else list(store)
+    stores = [store] if isinstance(store, (str, os.PathLike)) else list(store)
     if not stores:
         raise ValueError("no store to refit the heads on")
     if balance not in ("pooled", "per_store"):
@@ -204,6 +205,11 @@ def refit_student_heads(model_dir: str | Path, store, out_dir: str | Path,
     if balance == "per_store":
         strata_tr = np.concatenate([np.full(len(d.flux), i) for i, d in enumerate(tr)])
         strata_va = np.concatenate([np.full(len(d.flux), i) for i, d in enumerate(va)])[kept]
+        for i, s in enumerate(stores):  # a store with no row kept would drop out silently
+            if not (strata_va == i).any():
+                raise ValueError(f"{s}: no validation row left to balance the offset on "
+                                 f"(margin {margin}, min_companion_signal "
+                                 f"{min_companion_signal})")
     fits, p_old, p_new = [], [], []
     for st in ms.students:
         model = st["model"]
@@ -219,7 +225,7 @@ def refit_student_heads(model_dir: str | Path, store, out_dir: str | Path,
         except ValueError as err:  # a margin that leaves one class empty
             raise ValueError(f"{', '.join(map(str, stores))} (train / validation rows, margin "
                              f"{margin}, min_companion_signal {min_companion_signal}, "
-                             f"balance {balance}): {err}"
+                             f"balance {balance}; stratum i is the i-th store): {err}"
                              ) from None
         p_old.append(1 / (1 + np.exp(-(f_va @ w0 + b0 + st["logit_offset"]))))
         p_new.append(1 / (1 + np.exp(-(z_va + offset))))
@@ -235,7 +241,9 @@ def refit_student_heads(model_dir: str | Path, store, out_dir: str | Path,
                     recall_double_lined=float((p[y_va] > 0.5).mean()),
                     singles_above_0_2=float((p[single] > 0.2).mean()),
                     singles_above_0_5=float((p[single] > 0.5).mean()),
-                    singles_above_0_2_snr_below_100=float((p[single & (snr < 100)] > 0.2).mean()))
+                    singles_above_0_2_snr_below_100=(  # None when no single star is that noisy
+                        float((p[single & (snr < 100)] > 0.2).mean())
+                        if (single & (snr < 100)).any() else None))
 
     mixture = dict(before=scores(p_old), after=scores(p_new))
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -261,11 +269,14 @@ def refit_student_heads(model_dir: str | Path, store, out_dir: str | Path,
             validation_mixture=mixture, created=created, versions=package_versions("torch"))
         cal = dict(man.training.get("calibration") or {}, p_binary_logit_offset=offset,
                    p_binary_offset_method="balanced_logit_offset on the validation rows of "
-                   "the head refit's store, the pairs near the double_lined thresholds left out "
+                   "the head refit's store(s), the pairs near the double_lined thresholds (and "
+                   "the companions in noise, with min_companion_signal) left out, the classes "
+                   f"balanced {'within each store' if balance == 'per_store' else 'over all rows'} "
                    "(training.detector_head)", n_p_binary=int(kept.sum()))
         training = dict(man.training, calibration=cal, detector_head=record)
         metrics = dict(man.metrics or {})
-        if "auc" in metrics:  # the old head's; the new one's on the refit store's validation
+        # the old head's AUC; the new one's on the refit stores' validation rows, pooled
+        if "auc" in metrics:
             metrics["auc_before_head_refit"] = metrics["auc"]
         metrics["auc"] = roc_auc(y_va, z_va)
         path = save_model(out_dir, model, replace(man, training=training, metrics=metrics))
