@@ -51,9 +51,15 @@ def main(argv=None) -> int:
 
     from sb2dask.dataset.store import load_split, split_indices
     from sb2dask.infer.predict import ModelSet
-    from sb2dask.labels import companion_in_noise, double_lined, near_double_lined_threshold
-    from sb2dask.models.student import OUTPUTS, _scaling, balanced_logit_offset, scaled_targets
+    from sb2dask.models.student import (
+        OUTPUTS,
+        _scaling,
+        balanced_logit_offset,
+        class_balance,
+        scaled_targets,
+    )
     from sb2dask.stats import roc_auc
+    from sb2dask.train.head import head_target
 
     torch.set_num_threads(args.threads)
     ms = ModelSet(args.models, device="cpu", ensemble_calibration=False)
@@ -65,23 +71,11 @@ def main(argv=None) -> int:
         src = np.concatenate([np.full(len(d.flux), i) for i, d in enumerate(parts)])
         return np.concatenate([d.flux for d in parts]).astype(np.float32), lab, src
 
-    def truth_weight(lab):
-        dl = double_lined(lab["is_binary"], lab["light_fraction"], lab["rv_separation"])
-        w = np.ones(len(dl))
-        w[near_double_lined_threshold(lab["is_binary"], lab["light_fraction"],
-                                      lab["rv_separation"], 2.0)] = 0.0
-        if args.k:
-            w[dl & companion_in_noise(lab["is_binary"], lab["light_fraction"], lab["snr"],
-                                      args.k)] = 0.0
-        return dl, w
-
     x_tr, lab_tr, src_tr = pooled("train")
     x_va, lab_va, src_va = pooled("validation")
-    y, w = truth_weight(lab_tr)
-    for i in np.unique(src_tr):  # classes balanced within each store
-        m = (src_tr == i) & (w > 0)
-        w[m & y] *= (~y & m).sum() / (y & m).sum()
-    yv, wv = truth_weight(lab_va)
+    y, w = head_target(lab_tr, 2.0, args.k or None)
+    w = w * class_balance(y, keep=w > 0, strata=src_tr)  # within each store
+    yv, wv = head_target(lab_va, 2.0, args.k or None)
     kept = wv > 0
 
     def outputs(model, x):

@@ -58,18 +58,6 @@ def pooled(parts):
     return feats, lab, source
 
 
-def truth_weight(lab: dict, margin: float, k: float | None):
-    from sb2dask.labels import companion_in_noise, double_lined, near_double_lined_threshold
-
-    dl = double_lined(lab["is_binary"], lab["light_fraction"], lab["rv_separation"])
-    w = np.ones(len(dl))
-    w[near_double_lined_threshold(lab["is_binary"], lab["light_fraction"],
-                                  lab["rv_separation"], margin)] = 0.0
-    if k:
-        w[dl & companion_in_noise(lab["is_binary"], lab["light_fraction"], lab["snr"], k)] = 0.0
-    return dl, w
-
-
 def scores(p: np.ndarray, lab: dict) -> dict:
     from sb2dask.labels import double_lined
     from sb2dask.stats import roc_auc
@@ -110,7 +98,7 @@ def main(argv=None) -> int:
 
     from sb2dask.infer.predict import ModelSet
     from sb2dask.models.student import balanced_logit_offset
-    from sb2dask.train.head import fit_logistic_head
+    from sb2dask.train.head import fit_logistic_head, head_target
 
     torch.set_num_threads(args.threads)
     ms = ModelSet(args.models, device="cpu")
@@ -128,8 +116,8 @@ def main(argv=None) -> int:
     # after it (suffix s: balanced within each store, head and offset; not part of the rule)
     for k, per_store in [(k, False) for k in [None] + list(args.k)] + [
             (k, True) for k in args.k]:
-        y, w = truth_weight(lab_tr, args.margin, k)
-        yv, wv = truth_weight(lab_va, args.margin, k)
+        y, w = head_target(lab_tr, args.margin, k or None)
+        yv, wv = head_target(lab_va, args.margin, k or None)
         kept = wv > 0
         heads = []
         for i, (w0, b0, _) in enumerate(shipped):

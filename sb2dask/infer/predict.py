@@ -38,6 +38,7 @@ from .readers.base import TRANSIT_COLUMNS
 from .schema import empty_frame
 
 __all__ = ["PARAMETERS", "PRECISIONS", "DEFAULT_MODEL_DIR", "DEFAULT_PRESET", "MODEL_PRESETS",
+           "read_ensemble_calibration",
            "PAPER_MODEL_DIR", "BATCH_SIZE",
            "PAD_STEPS", "ModelSet", "get_model_set", "predict_partition", "resolve_model_dir"]
 
@@ -103,6 +104,25 @@ def _spread(members: np.ndarray) -> np.ndarray:
     if len(members) < 2:
         return np.full(members.shape[1:], np.nan)
     return members.std(axis=0, ddof=1)
+
+
+def read_ensemble_calibration(path: Path) -> tuple[dict, list, np.ndarray, tuple]:
+    """A student-ensemble width calibration file (``students.json``): the record as stored, its
+    members' ``(name, weights_sha256)``, the scales ``(n_bins, 9)`` and the S/N edges. A file
+    that is not one (unreadable, fields missing, scales of the wrong shape) is a
+    :class:`ModelFileError` naming it."""
+    try:
+        rec = json.loads(Path(path).read_text())
+        fitted = [(m["name"], m["weights_sha256"]) for m in rec["members"]]
+        scales = np.asarray(rec["scales"], np.float64)
+        edges = tuple(float(e) for e in rec["snr_edges"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ModelFileError(f"{path}: not a student-ensemble calibration "
+                             f"({type(err).__name__}: {err})") from None
+    if scales.shape != (len(edges) + 1, 9):
+        raise ModelFileError(f"{path}: scales of shape {scales.shape}, expected "
+                             f"({len(edges) + 1}, 9)")
+    return rec, fitted, scales, edges
 
 
 class ModelSet:
@@ -238,17 +258,7 @@ class ModelSet:
         path = self.directory / ENSEMBLE_CALIBRATION_FILE
         if len(self.students) < 2 or not path.exists():
             return None
-        try:
-            rec = json.loads(path.read_text())
-            fitted = [(m["name"], m["weights_sha256"]) for m in rec["members"]]
-            scales = np.asarray(rec["scales"], np.float64)
-            edges = tuple(float(e) for e in rec["snr_edges"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ModelFileError(f"{path}: not a student-ensemble calibration "
-                                 f"({type(err).__name__}: {err})") from None
-        if scales.shape != (len(edges) + 1, 9):
-            raise ModelFileError(f"{path}: scales of shape {scales.shape}, expected "
-                                 f"({len(edges) + 1}, 9)")
+        rec, fitted, scales, edges = read_ensemble_calibration(path)
         loaded = [(s["manifest"].name, s["manifest"].weights_sha256) for s in self.students]
         if loaded == fitted:
             return dict(rec, scales=scales, snr_edges=edges)

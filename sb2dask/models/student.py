@@ -213,6 +213,29 @@ def scale_decoded_widths(pred: dict, scales: np.ndarray, snr, edges) -> dict:
     return out
 
 
+def class_balance(truth: np.ndarray, keep: np.ndarray | None = None,
+                  strata: np.ndarray | None = None, who: str = "the fit") -> np.ndarray:
+    """Per-row factors (n,) that balance the classes as the detectors' loss does: n_neg / n_pos
+    on the positives, 1 on the negatives, counted among the rows ``keep`` (bool (n,); default
+    all) of each stratum (``strata`` (n,) labels; default one). Every stratum needs both classes
+    among its kept rows (``who`` names the caller in the error)."""
+    y = np.asarray(truth, bool)
+    keep = np.ones(len(y), bool) if keep is None else np.asarray(keep, bool)
+    groups = np.zeros(len(y), int) if strata is None else np.asarray(strata)
+    if groups.shape != y.shape:
+        raise ValueError(f"strata has shape {groups.shape}, the rows {y.shape}")
+    ratio = np.ones(len(y))
+    for g in np.unique(groups):
+        m = keep & (groups == g)
+        n_pos, n_neg = int((y & m).sum()), int((~y & m).sum())
+        if n_pos == 0 or n_neg == 0:
+            where = "" if strata is None else f" in stratum {g}"
+            raise ValueError(f"{who} needs positives and negatives{where} "
+                             f"({n_pos} and {n_neg})")
+        ratio[(groups == g) & y] = n_neg / n_pos
+    return ratio
+
+
 def balanced_logit_offset(logit: np.ndarray, truth: np.ndarray,
                           strata: np.ndarray | None = None) -> float:
     """The constant ``b`` that makes ``sigmoid(logit + b)`` the posterior for a prior of 0.5:
@@ -232,14 +255,7 @@ def balanced_logit_offset(logit: np.ndarray, truth: np.ndarray,
 
     z = np.asarray(logit, np.float64)
     y = np.asarray(truth, bool)
-    groups = np.zeros(len(y), int) if strata is None else np.asarray(strata)
-    w = np.ones(len(y))
-    for g in np.unique(groups):
-        m = groups == g
-        if y[m].all() or not y[m].any():
-            raise ValueError("balanced_logit_offset needs positives and negatives"
-                             + ("" if strata is None else f" in stratum {g}"))
-        w[m & y] = (~y[m]).sum() / y[m].sum()
+    w = class_balance(y, strata=strata, who="balanced_logit_offset")
 
     def grad(b):  # of the convex loss: increasing in b, one root
         return float(np.sum(w * (expit(z + b) - y)))

@@ -20,7 +20,6 @@ the new weights' hashes and a record saying so.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_MARGIN", "DEFAULT_L2", "fit_logistic_head", "trunk_features",
+__all__ = ["DEFAULT_MARGIN", "DEFAULT_L2", "fit_logistic_head", "head_target", "trunk_features",
            "refit_student_heads"]
 
 #: The factor around each ``double_lined`` threshold within which pairs are left out: chosen on
@@ -55,21 +54,12 @@ def fit_logistic_head(features: np.ndarray, truth: np.ndarray, weight: np.ndarra
     within each stratum instead of over all rows, so a stratum with few positives (noisy
     spectra whose companions are left out) does not raise the positives' weight in the others.
     Every stratum needs both classes."""
+    from ..models.student import class_balance
+
     y = np.asarray(truth, bool)
     w = np.asarray(weight, np.float64)
-    keep = w > 0
-    groups = np.zeros(len(y), int) if strata is None else np.asarray(strata)
-    if groups.shape != y.shape:
-        raise ValueError(f"strata has shape {groups.shape}, the rows {y.shape}")
-    ratio = np.ones(len(y))
-    for g in np.unique(groups):
-        m = keep & (groups == g)
-        n_pos, n_neg = int((y & m).sum()), int((~y & m).sum())
-        if n_pos == 0 or n_neg == 0:
-            where = "" if strata is None else f" in stratum {g}"
-            raise ValueError(f"the head needs positives and negatives with weight > 0{where} "
-                             f"({n_pos} and {n_neg})")
-        ratio[(groups == g) & y] = n_neg / n_pos
+    ratio = class_balance(y, keep=w > 0, strata=strata,
+                          who="the head (rows of weight > 0)")
     x = torch.from_numpy(np.asarray(features, np.float64))
     yt = torch.from_numpy(y.astype(np.float64))
     wt = torch.from_numpy(w * ratio)
@@ -91,6 +81,27 @@ def fit_logistic_head(features: np.ndarray, truth: np.ndarray, weight: np.ndarra
     return wv.detach().numpy().copy(), float(bv.detach()[0])
 
 
+def head_target(labels: dict, margin: float | None = DEFAULT_MARGIN,
+                min_companion_signal: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """What a head refit is fitted to: ``double_lined`` (bool (n,)) from store ``labels``
+    (``is_binary``, ``light_fraction``, ``rv_separation`` and, with ``min_companion_signal``,
+    ``snr``) and row weights (n,): 0 for the pairs within ``margin`` of its thresholds
+    (:func:`~sb2dask.labels.near_double_lined_threshold`; None: none) and for the double-lined
+    pairs whose companion is lost in the noise (:func:`~sb2dask.labels.companion_in_noise`;
+    None: none), 1 otherwise."""
+    from ..labels import companion_in_noise, double_lined, near_double_lined_threshold
+
+    truth = double_lined(labels["is_binary"], labels["light_fraction"], labels["rv_separation"])
+    weight = np.ones(len(truth))
+    if margin is not None:
+        weight[near_double_lined_threshold(labels["is_binary"], labels["light_fraction"],
+                                           labels["rv_separation"], margin)] = 0.0
+    if min_companion_signal is not None:
+        weight[truth & companion_in_noise(labels["is_binary"], labels["light_fraction"],
+                                          labels["snr"], min_companion_signal)] = 0.0
+    return truth, weight
+
+
 def trunk_features(model, flux: np.ndarray, batch: int = 1024) -> np.ndarray:
     """A student's trunk features ``(n, hidden)`` float32 on ``flux`` ``(n, n_pix)``: what its
     heads read, as inference computes them."""
@@ -104,19 +115,15 @@ def trunk_features(model, flux: np.ndarray, batch: int = 1024) -> np.ndarray:
 
 
 def _ensemble_calibration(model_dir: Path, ms) -> dict | None:
-    """The directory's ensemble width calibration, when it has one, after checking it was
-    fitted for exactly these students (names and weights), as ModelSet checks it."""
+    """The directory's ensemble width calibration as stored, when it has one, after checking it
+    was fitted for exactly these students (names and weights), as ModelSet checks it."""
+    from ..infer.predict import read_ensemble_calibration
     from ..models.student import ENSEMBLE_CALIBRATION_FILE
 
     path = model_dir / ENSEMBLE_CALIBRATION_FILE
     if not path.exists():
         return None
-    try:
-        rec = json.loads(path.read_text())
-        fitted = [(m["name"], m["weights_sha256"]) for m in rec["members"]]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a student-ensemble calibration "
-                         f"({type(err).__name__}: {err})") from None
+    rec, fitted, _, _ = read_ensemble_calibration(path)
     loaded = [(st["manifest"].name, st["manifest"].weights_sha256) for st in ms.students]
     if fitted != loaded:
         raise ValueError(f"{path} was fitted for other students than the directory's; fit it "
@@ -159,7 +166,6 @@ def refit_student_heads(model_dir: str | Path, store, out_dir: str | Path,
     from ..dataset.store import store_fingerprint
     from ..fileio import atomic_write_json
     from ..infer.predict import ModelSet
-    from ..labels import companion_in_noise, double_lined, near_double_lined_threshold
     from ..models.io import load_model, save_model
     from ..models.student import ENSEMBLE_CALIBRATION_FILE, balanced_logit_offset
     from ..provenance import package_versions
@@ -188,15 +194,7 @@ def refit_student_heads(model_dir: str | Path, store, out_dir: str | Path,
 
     def target(parts):
         lab = {k: np.concatenate([d.labels[k] for d in parts]) for k in fields}
-        truth = double_lined(lab["is_binary"], lab["light_fraction"], lab["rv_separation"])
-        weight = np.ones(len(truth))
-        if margin is not None:
-            weight[near_double_lined_threshold(lab["is_binary"], lab["light_fraction"],
-                                               lab["rv_separation"], margin)] = 0.0
-        if min_companion_signal is not None:
-            weight[truth & companion_in_noise(lab["is_binary"], lab["light_fraction"],
-                                              lab["snr"], min_companion_signal)] = 0.0
-        return truth, weight, lab
+        return (*head_target(lab, margin, min_companion_signal), lab)
 
     y_tr, w_tr, _ = target(tr)
     y_va, w_va, lab_va = target(va)
