@@ -432,6 +432,24 @@ def _cmd_calibrate(args) -> int:
     return 0
 
 
+def _cmd_finetune(args) -> int:
+    import torch
+
+    from .train.finetune import finetune_students
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = finetune_students(
+        args.models, args.stores, args.out, margin=args.margin or None,
+        min_companion_signal=args.min_companion_signal or None, epochs=args.epochs, lr=args.lr,
+        distill_weight=args.distill_weight, truth_weight=args.truth_weight,
+        max_train=args.max_train, max_validation=args.max_validation, progress=True)
+    print(json.dumps(dict(written=str(args.out), seconds=round(res["seconds"], 1),
+                          validation_before=res["before"], validation_after=res["after"]),
+                     indent=1))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .cluster import get_client
     from .evaluate.demo import run_demo
@@ -532,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # in the order of `sb2dask --help`
     for add in (_add_library_parsers, _add_simulate_parser, _add_semi_empirical_parser,
-                _add_train_parser, _add_calibrate_parser, _add_infer_parser,
+                _add_train_parser, _add_calibrate_parser, _add_finetune_parser, _add_infer_parser,
                 _add_mock_parser, _add_evaluate_parser, _add_real_sky_parser,
                 _add_compare_dpac_parser, _add_demo_parser, _add_figures_parser):
         add(sub, command)
@@ -802,6 +820,38 @@ def _add_evaluate_parser(sub, command: _Command) -> None:
                    help="as for infer: auto follows the models' training frame; on removes each "
                         "spectrum's measured bulk velocity first (DR4 barycentric spectra)")
     p.set_defaults(func=_cmd_evaluate)
+
+
+def _add_finetune_parser(sub, command: _Command) -> None:
+    """``finetune``: a directory of students fine-tuned whole on other detector stores."""
+    p = command(sub, "finetune", help="fine-tune a directory of students on detector stores "
+                                      "(e.g. another S/N range) and recalibrate them; writes a "
+                                      "new directory (docs/models.md)")
+    p.add_argument("--models", default="students", help="student directory or preset (default "
+                   "students); left as it is")
+    p.add_argument("--stores", nargs="+", required=True, metavar="STORE",
+                   help="detector stores (single stars and binaries): their train rows fit, "
+                        "their validation rows calibrate; the classes are balanced per store")
+    p.add_argument("--out", required=True, help="new model directory (must not exist)")
+    p.add_argument("--epochs", type=_positive_int, default=2)
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--distill-weight", type=float, default=1.0,
+                   help="weight of the label means and widths kept near the untouched "
+                        "student's (default 1)")
+    p.add_argument("--truth-weight", type=float, default=1.0,
+                   help="weight of the beta-NLL of the binaries' label truths (default 1)")
+    p.add_argument("--margin", type=float, default=2.0,
+                   help="leave out the pairs within this factor of the double_lined thresholds "
+                        "(default 2; 0: none)")
+    p.add_argument("--min-companion-signal", type=float, default=12.0,
+                   help="leave out the double-lined pairs whose fainter star's light fraction "
+                        "x S/N is below this (default 12; 0: none)")
+    p.add_argument("--max-train", type=_positive_int, default=None,
+                   help="at most this many training rows per store")
+    p.add_argument("--max-validation", type=_positive_int, default=None,
+                   help="at most this many validation rows per store")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
+    p.set_defaults(func=_cmd_finetune)
 
 
 def _add_calibrate_parser(sub, command: _Command) -> None:

@@ -123,6 +123,24 @@ def _double_lined_dir(tmp_path):
     return d
 
 
+def _two_stores(tmp_path, seeds, snr_ranges, n, split):
+    """``high.zarr`` and ``low.zarr`` in ``tmp_path``: paper-recipe stores of ``n`` rows (70 %
+    binaries) at the two seeds and S/N ranges, split (train, validation)."""
+    from distributed import Client, LocalCluster
+
+    from sb2dask.dataset.factory import SplitSpec, generate
+    from sb2dask.simulate.config import SimulationConfig
+
+    stores = [tmp_path / "high.zarr", tmp_path / "low.zarr"]
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
+                      dashboard_address=":0") as lc, Client(lc) as c:
+        for store, seed, snr in zip(stores, seeds, snr_ranges):
+            generate(store, SimulationConfig.paper(seed=seed, binary_fraction=0.7,
+                                                   snr_range=snr),
+                     n, n // 2, client=c, split=SplitSpec(*split, 0.0), progress=False)
+    return stores
+
+
 def test_refit_student_heads_changes_p_binary_only(tmp_path):
     """On a generated half-binary store: every label output and width stays bit for bit, the
     probabilities change, the manifests record the refit and the ensemble calibration follows the
@@ -212,19 +230,9 @@ def test_refit_pools_stores_and_leaves_companions_in_noise_out(tmp_path):
     """Two stores' rows are pooled (both fingerprints recorded), and with min_companion_signal the
     double-lined pairs whose fainter star's light fraction × S/N is below it are left out on
     top of the margin: exactly the rows the labels say."""
-    from distributed import Client, LocalCluster
-
-    from sb2dask.dataset.factory import SplitSpec, generate
     from sb2dask.dataset.store import load_split, split_indices
-    from sb2dask.simulate.config import SimulationConfig
 
-    stores = [tmp_path / "high.zarr", tmp_path / "low.zarr"]
-    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1,
-                      dashboard_address=":0") as lc, Client(lc) as c:
-        for store, seed, snr in zip(stores, (11, 12), ((100, 300), (25, 60))):
-            generate(store, SimulationConfig.paper(seed=seed, binary_fraction=0.7,
-                                                   snr_range=snr),
-                     200, 100, client=c, split=SplitSpec(0.6, 0.4, 0.0), progress=False)
+    stores = _two_stores(tmp_path, (11, 12), ((100, 300), (25, 60)), 200, (0.6, 0.4))
     d = _double_lined_dir(tmp_path)
     fields = ["is_binary", "light_fraction", "rv_separation", "snr"]
     lab = [load_split(s, split_indices(s, "train"), fields).labels for s in stores]

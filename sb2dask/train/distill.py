@@ -263,17 +263,24 @@ def distill_loss(logit, mean, log_width, batch: dict, blend: dict) -> tuple[torc
         terms["bce"] = torch.nn.functional.binary_cross_entropy_with_logits(logit[det], soft)
     else:
         terms["bce"] = logit.sum() * 0.0
-    y = batch["y"]
-    ok = torch.isfinite(y)
-    var = torch.exp(2.0 * log_width)
-    nll = 0.5 * ((torch.nan_to_num(y) - mean) ** 2 / var + 2.0 * log_width)
-    nll = nll * var.detach() ** blend["beta"]
-    terms["nll"] = (nll * ok).sum() / ok.sum().clamp(min=1)
+    terms["nll"] = beta_nll(batch["y"], mean, log_width, blend["beta"])
     yt = batch["y_teacher"]
     okt = torch.isfinite(yt)
     terms["soft"] = (((torch.nan_to_num(yt) - mean) ** 2) * okt).sum() / okt.sum().clamp(min=1)
     total = terms["bce"] + blend["nll_hard"] * terms["nll"] + blend["mean_soft"] * terms["soft"]
     return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+def beta_nll(y: torch.Tensor, mean: torch.Tensor, log_width: torch.Tensor,
+             beta: float) -> torch.Tensor:
+    """The beta-NLL (Seitzer et al. 2022) of the finite truths ``y`` under Gaussians (``mean``,
+    ``exp(log_width)``), each term weighted by ``width^(2 beta)`` (detached), averaged over the
+    finite entries (0 when there are none); NaN in ``y`` marks a truth that does not exist."""
+    ok = torch.isfinite(y)
+    var = torch.exp(2.0 * log_width)
+    nll = 0.5 * ((torch.nan_to_num(y) - mean) ** 2 / var + 2.0 * log_width)
+    nll = nll * var.detach() ** beta
+    return (nll * ok).sum() / ok.sum().clamp(min=1)
 
 
 def _batch(data: DistillData, rows: np.ndarray) -> dict:
