@@ -104,3 +104,26 @@ def test_finetune_students_recalibrates_and_records(tmp_path):
         == old.students[0]["manifest"].weights_sha256
     with pytest.raises(FileExistsError):
         finetune_students(d, stores, out)
+
+
+def test_cli_finetune_passes_its_options(tmp_path, monkeypatch, capsys):
+    """`sb2dask finetune` hands every option to finetune_students (0 meaning none for the two
+    leave-out rules) and prints the summary."""
+    import sb2dask.train.finetune as ft
+    from sb2dask.cli import main
+
+    seen = {}
+
+    def fake(models, stores, out, **kw):
+        seen.update(models=models, stores=stores, out=out, **kw)
+        return dict(seconds=1.0, before={}, after={"singles_above_0_2": 0.1})
+
+    monkeypatch.setattr(ft, "finetune_students", fake)
+    assert main(["finetune", "--stores", "a.zarr", "b.zarr", "--out", str(tmp_path / "o"),
+                 "--margin", "0", "--min-companion-signal", "8", "--truth-weight", "0.5",
+                 "--epochs", "3", "--max-train", "100"]) == 0
+    assert seen["models"] == "students" and seen["stores"] == ["a.zarr", "b.zarr"]
+    assert seen["margin"] is None and seen["min_companion_signal"] == 8.0
+    assert seen["truth_weight"] == 0.5 and seen["epochs"] == 3 and seen["max_train"] == 100
+    assert seen["distill_weight"] == 1.0 and seen["max_validation"] is None
+    assert '"singles_above_0_2": 0.1' in capsys.readouterr().out
