@@ -13,7 +13,11 @@ detector criteria on the fresh test stores.
 (its validation numbers before and after, written by ``sb2dask finetune``); the test stores
 are then scored whole through ``ModelSet`` for the shipped students (C) and every candidate,
 one run: ROC AUC against ``double_lined``, its recall at 0.5, the single stars above 0.5 and
-0.2 (also per S/N bin). Criteria 3-6 (labels through ``sb2dask evaluate``, the paper recipe,
+0.2 (also per S/N bin, and at S/N >= 100 per bin of the Ca II core factor drawn: active stars
+below 0.85). The second rule (docs/criteria/2026-12-01_finetune_active.md) adds ``--candidates
+D=runs/students_D --test-stores ... runs/act_test.zarr --tag _active``.
+
+Criteria 3-6 (labels through ``sb2dask evaluate``, the paper recipe,
 the real-sky suite, DR4) are their own commands (docs/models.md). Writes
 ``benchmarks/results/bench_finetune_students.json``.
 """
@@ -25,7 +29,8 @@ import sys
 
 from _results import write_results  # benchmarks/ is on sys.path when run as a script
 
-FIELDS = ["is_binary", "light_fraction", "rv_separation", "snr"]
+FIELDS = ["is_binary", "light_fraction", "rv_separation", "snr", "ca_ii_scale"]
+CA_BINS = [(0.4, 0.55), (0.55, 0.7), (0.7, 0.85), (0.85, 1.03)]
 SNR_BINS = [(10, 20), (20, 30), (30, 50), (50, 100), (100, 350)]
 LABELS = ("teff", "logg", "feh", "vsini")
 
@@ -92,19 +97,27 @@ def main(argv=None) -> int:
             p = ms.predict(data.flux, snr=lab["snr"])["p_binary"]
             truth = double_lined(lab["is_binary"], lab["light_fraction"], lab["rv_separation"])
             single = ~lab["is_binary"].astype(bool)
-            r = dict(n=len(p), auc_double_lined=roc_auc(truth, p),
-                     recall_double_lined=float((p[truth] > 0.5).mean()),
+            some = truth.any()  # a store of single stars only has no AUC or recall
+            r = dict(n=len(p), auc_double_lined=roc_auc(truth, p) if some else None,
+                     recall_double_lined=float((p[truth] > 0.5).mean()) if some else None,
                      singles_above_0_5=float((p[single] > 0.5).mean()),
                      singles_above_0_2=float((p[single] > 0.2).mean()))
             for lo, hi in SNR_BINS:
                 m = single & (lab["snr"] >= lo) & (lab["snr"] < hi)
                 if m.sum() >= 20:
                     r[f"singles_above_0_2_snr_{lo}_{hi}"] = float((p[m] > 0.2).mean())
+            # by the Ca II core factor the simulator drew (< 0.85: an active star), S/N >= 100
+            for lo, hi in CA_BINS:
+                m = single & (lab["snr"] >= 100) & (lab["ca_ii_scale"] >= lo) & (
+                    lab["ca_ii_scale"] < hi)
+                if m.sum() >= 20:
+                    r[f"singles_above_0_2_snr_100_ca_{lo}_{hi}"] = float((p[m] > 0.2).mean())
             tests[store][name] = r
-            print(f"{store.rsplit('/', 1)[-1]:<18} {name:<3} AUC {r['auc_double_lined']:.3f} "
-                  f"recall {r['recall_double_lined']:.3f} singles>0.5 "
+            auc, rec = (f"{r[k]:.3f}" if r[k] is not None else "-"
+                        for k in ("auc_double_lined", "recall_double_lined"))
+            print(f"{store.rsplit('/', 1)[-1]:<18} {name:<3} AUC {auc} recall {rec} singles>0.5 "
                   f"{r['singles_above_0_5']:.3f} >0.2 {r['singles_above_0_2']:.3f} "
-                  + " ".join(f"{k.rsplit('snr_', 1)[1]}:{v:.3f}" for k, v in r.items()
+                  + " ".join(f"{k.split('above_0_2_', 1)[1]}:{v:.3f}" for k, v in r.items()
                              if "_snr_" in k), flush=True)
     write_results(f"bench_finetune_students{args.tag}", machine=dict(threads=args.threads),
                   models=args.models, candidates=cands, selection=selection, chosen=chosen,

@@ -56,6 +56,15 @@ def test_finetune_one_is_seeded_and_leaves_the_model_alone(tmp_path):
                          distill_weight=0.0, seed=0)
     assert gap(sharp) > gap(model) + 0.2
 
+    def drift(m):  # how far the label means moved from the untouched student's
+        with torch.inference_mode():
+            x = torch.from_numpy(flux)
+            return float(((m(x)[1] - model(x)[1]) ** 2).mean())
+
+    held = finetune_one(model, flux, truth, weight, y, epochs=8, lr=3e-3, batch_size=32,
+                        distill_weight=10.0, seed=0)
+    assert drift(held) < 0.5 * drift(sharp)
+
 
 def test_finetune_students_recalibrates_and_records(tmp_path):
     """Two generated stores: the copy loads with its own ensemble calibration; every student's
@@ -75,6 +84,7 @@ def test_finetune_students_recalibrates_and_records(tmp_path):
                                                                "singles_above_0_2"}
     assert set(summary["after"]["low"]["label_rmse"]) == {"teff", "logg", "feh", "vsini",
                                                           "light_fraction_faint"}
+    assert not list(tmp_path.glob(".tuned.tmp-*"))  # the temporary directory was renamed
     new = ModelSet(out, "cpu")
     assert new.ensemble_calibration is not None
     cal = json.loads((out / "students.json").read_text())
@@ -91,7 +101,12 @@ def test_finetune_students_recalibrates_and_records(tmp_path):
         assert rec["truth_weight"] == 1.0 and rec["min_companion_signal"] == 12.0
         assert st["logit_offset"] == rec["logit_offset"] == man.training["calibration"][
             "p_binary_logit_offset"]
-        assert np.asarray(man.training["calibration"]["scales"]).shape == (3, 9)
+        scales = np.asarray(man.training["calibration"]["scales"])
+        assert scales.shape == (3, 9) and not np.array_equal(
+            scales, np.asarray(st_old["manifest"].training["calibration"]["scales"]))
+        assert rec["metrics_before"] == st_old["manifest"].metrics
+        assert man.metrics["rmse_teff"] != st_old["manifest"].metrics.get("rmse_teff")
+        assert 0.0 <= man.metrics["auc"] <= 1.0 and "detector_head" not in man.training
         assert man.training["feature_statistics"]["n"] == 300
         assert man.training.get("snr_range") == st_old["manifest"].training.get("snr_range")
     rng = np.random.default_rng(3)
@@ -104,6 +119,11 @@ def test_finetune_students_recalibrates_and_records(tmp_path):
         == old.students[0]["manifest"].weights_sha256
     with pytest.raises(FileExistsError):
         finetune_students(d, stores, out)
+    # too few validation binaries for the ensemble calibration: refused before any training,
+    # nothing left behind
+    with pytest.raises(ValueError, match="fewer than the 150"):
+        finetune_students(d, stores, tmp_path / "few", max_validation=20)
+    assert not (tmp_path / "few").exists() and not list(tmp_path.glob(".few.tmp-*"))
 
 
 def test_cli_finetune_passes_its_options(tmp_path, monkeypatch, capsys):
@@ -127,3 +147,6 @@ def test_cli_finetune_passes_its_options(tmp_path, monkeypatch, capsys):
     assert seen["truth_weight"] == 0.5 and seen["epochs"] == 3 and seen["max_train"] == 100
     assert seen["distill_weight"] == 1.0 and seen["max_validation"] is None
     assert '"singles_above_0_2": 0.1' in capsys.readouterr().out
+    assert main(["finetune", "--stores", "a.zarr", "--out", str(tmp_path / "p"),
+                 "--min-companion-signal", "0"]) == 0
+    assert seen["min_companion_signal"] is None and seen["margin"] == 2.0

@@ -35,7 +35,7 @@ from ..fileio import atomic_path, atomic_write_json
 from ..labels import PARAMETERS, detector_fields, detector_truth
 
 __all__ = ["TEACHER_KEYS", "DEFAULT_BLEND", "label_with_teachers", "load_teacher_labels",
-           "teachers_digest", "calibrate_student_ensemble"]
+           "teachers_digest", "calibrate_student_ensemble", "beta_nll", "student_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -507,6 +507,32 @@ def calibrate_widths(model, val: DistillData) -> dict:
                 n_p_binary=int(det.sum()))
 
 
+def student_metrics(logit, mean, logw, y, snr, calibration: dict, p_truth: np.ndarray,
+                    rows: np.ndarray) -> dict:
+    """A student's validation metrics for its manifest, from its raw outputs (``logit``,
+    ``mean``, ``logw``) on rows of scaled truths ``y`` (NaN for single stars) and S/N ``snr``,
+    decoded with ``calibration`` (``scales``, ``p_binary_logit_offset``): the RMSE in
+    physical units per parameter (pooled over the components and per component) and of the
+    light fraction over the binaries (the reference of the LARGE_SPREAD flag), and the ROC AUC
+    of p_binary against ``p_truth`` on the rows ``rows`` (bool mask)."""
+    from ..models.student import decode
+    from ..stats import roc_auc
+
+    dec = decode(logit, mean, logw, snr, np.asarray(calibration["scales"]),
+                 logit_offset=calibration["p_binary_logit_offset"])
+    truth = decode(logit, y, logw)
+    metrics = {}
+    for k in PARAMETERS:
+        err = dec[k] - truth[k]
+        metrics[f"rmse_{k}"] = float(np.sqrt(np.nanmean(err ** 2)))
+        for c in (0, 1):
+            metrics[f"rmse_{k}_{c + 1}"] = float(np.sqrt(np.nanmean(err[:, c] ** 2)))
+    metrics["rmse_light_fraction_faint"] = float(np.sqrt(np.nanmean(
+        (dec["light_fraction_faint"] - np.clip(y[:, -1], 0, 0.5)) ** 2)))
+    metrics["auc"] = roc_auc(p_truth, dec["p_binary"][rows])
+    return metrics
+
+
 def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
                      teachers: str | Path | None, teacher_dir: str | Path | None,
                      out_dir: str | Path, max_calibration: dict[str, int],
@@ -526,8 +552,7 @@ def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
         save_model,
     )
     from ..models.layers import load_canonical_state_dict
-    from ..models.student import StudentNet, count_flops, decode
-    from ..stats import roc_auc
+    from ..models.student import StudentNet, count_flops
     from .fit import label_limits, logg_max_by_teff
 
     state_json = Path(state_json)
@@ -546,21 +571,8 @@ def finalize_student(state_json: str | Path, stores: dict[str, str | Path],
                             target)
     calibration = calibrate_widths(model, val)
     logit, mean, logw = student_outputs(model, val.flux)
-    dec = decode(logit, mean, logw, val.snr, np.asarray(calibration["scales"]),
-                 logit_offset=calibration["p_binary_logit_offset"])
-    # validation RMSE in physical units (binaries of both stores; per output and pooled over
-    # the components): the reference of the LARGE_SPREAD flag
-    truth = decode(logit, val.y, logw)
-    metrics = {}
-    for k in PARAMETERS:
-        err = dec[k] - truth[k]
-        metrics[f"rmse_{k}"] = float(np.sqrt(np.nanmean(err ** 2)))
-        for c in (0, 1):
-            metrics[f"rmse_{k}_{c + 1}"] = float(np.sqrt(np.nanmean(err[:, c] ** 2)))
-    metrics["rmse_light_fraction_faint"] = float(np.sqrt(np.nanmean(
-        (dec["light_fraction_faint"] - np.clip(val.y[:, -1], 0, 0.5)) ** 2)))
-    det = val.detector_row
-    metrics["auc"] = roc_auc(val.p_truth[det], dec["p_binary"][det])
+    metrics = student_metrics(logit, mean, logw, val.y, val.snr, calibration,
+                              val.p_truth[val.detector_row], val.detector_row)
     # label space of the training rows (binaries), as the ensembles' manifests record it
     labels = {k: [] for k in PARAMETERS}
     snr_ranges = []

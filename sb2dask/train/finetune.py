@@ -24,9 +24,15 @@ What :func:`finetune_students` does to each student (a copy; the originals stay)
   width calibration (:func:`~sb2dask.train.distill.calibrate_student_ensemble`) on the same rows.
 
 Every manifest gets a ``fine_tune`` record (stores' fingerprints, settings, rows, the previous
-weights' hash, the validation numbers before and after). The models' ``snr_range`` (the
-LOW_SNR flag's floor) is kept: their labels were not refitted below it unless ``truth_weight``
-and the stores say otherwise, and the flag is the user's warning either way.
+weights' hash and its detector-head record, the validation numbers before and after); the
+manifests' ``metrics`` (the LARGE_SPREAD flag's reference RMSE, the AUC) are recomputed on the
+stores' validation rows (the AUC on the rows kept for the offset), the previous ones kept in
+the record (``metrics_before``). The models'
+``snr_range`` (the LOW_SNR flag's floor) is kept even when the stores go below it: the flag
+stays the user's warning that the labels there are less certain.
+
+The output is written into a temporary sibling directory and renamed at the end, so a failure
+leaves no half-written model directory behind.
 """
 
 from __future__ import annotations
@@ -71,8 +77,7 @@ def finetune_one(model, flux: np.ndarray, truth: np.ndarray, weight: np.ndarray,
     yt = torch.from_numpy(np.asarray(truth, np.float32))
     wt = torch.from_numpy(np.asarray(weight, np.float32))
     lab = torch.from_numpy(np.asarray(y, np.float32))
-    gen = torch.Generator().manual_seed(int(seed))
-    torch.manual_seed(int(seed))  # dropout, if any
+    gen = torch.Generator().manual_seed(int(seed))  # the network has no dropout
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
         for s in range(0, len(x), batch_size):
@@ -130,6 +135,7 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
     from ..infer.predict import ModelSet
     from ..models.io import feature_statistics, load_model, save_feature_statistics, save_model
     from ..models.student import (
+        ENSEMBLE_CALIBRATION_FILE,
         SNR_EDGES,
         balanced_logit_offset,
         class_balance,
@@ -138,7 +144,7 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
     )
     from ..provenance import package_versions
     from ..stats import roc_auc
-    from .distill import calibrate_student_ensemble, student_outputs
+    from .distill import calibrate_student_ensemble, student_metrics, student_outputs
     from .head import head_target, trunk_features
 
     out_dir = Path(out_dir)
@@ -147,6 +153,10 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
     stores = [stores] if isinstance(stores, (str, os.PathLike)) else list(stores)
     if not stores:
         raise ValueError("no store to fine-tune on")
+    stems = [Path(s).stem for s in stores]
+    if len(set(stems)) != len(stems):
+        raise ValueError(f"stores of the same name ({', '.join(map(str, stores))}): the "
+                         "summary is keyed by name; rename one")
     ms = ModelSet(model_dir, device="cpu", ensemble_calibration=False)
     model_dir = ms.directory
     if not ms.students:
@@ -182,6 +192,17 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
     t_va, w_va = head_target(lab_va, margin, min_companion_signal)
     kept = w_va > 0
     single = ~lab_va["is_binary"].astype(bool)
+    # what the recalibration needs, checked before any student is trained
+    need = 50 * (len(SNR_EDGES) + 1)
+    problems = []
+    if not (t_va[kept].any() and (~t_va[kept]).any()):
+        problems.append("no positive or no negative of the p_binary target among the "
+                        "validation rows kept")
+    if len(ms.students) > 1 and np.isfinite(y_va[:, 0]).sum() < need:
+        problems.append(f"{int(np.isfinite(y_va[:, 0]).sum())} binaries among the validation "
+                        f"rows, fewer than the {need} the ensemble width calibration needs")
+    if problems:
+        raise ValueError(f"{', '.join(map(str, stores))}: {'; '.join(problems)}")
 
     tuned, before, after = [], [], []
     for i, st in enumerate(ms.students):
@@ -218,7 +239,12 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
     validation = dict(before=summary(before), after=summary(after))
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     fingerprints = [store_fingerprint(s) for s in stores]
-    shutil.copytree(model_dir, out_dir)
+    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    shutil.copytree(model_dir, tmp_dir)
+    # the OOD reference: at most 20 000 validation rows, spread over every store's
+    ref = np.unique(np.linspace(0, len(x_va) - 1, min(len(x_va), 20000)).astype(int))
     records = []
     for st, (model, offset, scales) in zip(ms.students, tuned):
         man = st["manifest"]
@@ -236,6 +262,7 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
             n_validation=int(len(x_va)), n_validation_p_binary=int(kept.sum()),
             previous_weights_sha256=man.weights_sha256,
             previous_logit_offset=st["logit_offset"], logit_offset=offset,
+            previous_detector_head=man.training.get("detector_head"),
             validation_mixture=validation, created=created,
             versions=package_versions("torch", "numpy"))
         cal = dict(man.training.get("calibration") or {},
@@ -246,15 +273,25 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
                    p_binary_offset_method="balanced_logit_offset on the fine-tune stores' "
                    "validation rows kept (pooled; training.fine_tune)",
                    n_p_binary=int(kept.sum()))
-        training = dict(man.training, calibration=cal, fine_tune=record)
-        path = save_model(out_dir, model, replace(man, training=training))
+        training = {k: v for k, v in man.training.items() if k != "detector_head"}
+        training.update(calibration=cal, fine_tune=record)
+        logit, mean, logw = student_outputs(model, x_va)
+        metrics = student_metrics(logit, mean, logw, y_va, lab_va["snr"], cal, t_va[kept], kept)
+        record["metrics_before"] = dict(man.metrics or {})
+        path = save_model(tmp_dir, model, replace(man, training=training, metrics=metrics))
         # the reference set: validation rows (spectra it was not fitted to), as finalize_student
-        save_feature_statistics(path, feature_statistics(trunk_features(model, x_va[:20000])))
+        save_feature_statistics(path, feature_statistics(trunk_features(model, x_va[ref])))
         records.append(dict(name=man.name, weights_sha256=load_model(path)[1].weights_sha256))
     ensemble = None
-    if len(ms.students) > 1:
-        keys = ["detector"] + [f"detector_{i}" for i in range(1, len(stores))]
-        ensemble = str(calibrate_student_ensemble(
-            out_dir, dict(zip(keys, stores)), {k: max_validation for k in keys}))
+    try:
+        if len(ms.students) > 1:
+            keys = ["detector"] + [f"detector_{i}" for i in range(1, len(stores))]
+            calibrate_student_ensemble(tmp_dir, dict(zip(keys, stores)),
+                                       {k: max_validation for k in keys})
+            ensemble = str(out_dir / ENSEMBLE_CALIBRATION_FILE)
+        tmp_dir.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
     return dict(validation, seconds=time.perf_counter() - t0, students=records,
                 ensemble_calibration=ensemble)
