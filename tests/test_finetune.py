@@ -66,7 +66,7 @@ def test_finetune_one_is_seeded_and_leaves_the_model_alone(tmp_path):
     assert drift(held) < 0.5 * drift(sharp)
 
 
-def test_finetune_students_recalibrates_and_records(tmp_path):
+def test_finetune_students_recalibrates_and_records(tmp_path, monkeypatch):
     """Two generated stores: the copy loads with its own ensemble calibration; every student's
     weights, offset, widths and OOD statistics are refitted and recorded with the stores'
     fingerprints and the previous weights; labels and p_binary change; the originals and the
@@ -124,6 +124,16 @@ def test_finetune_students_recalibrates_and_records(tmp_path):
     with pytest.raises(ValueError, match="fewer than the 150"):
         finetune_students(d, stores, tmp_path / "few", max_validation=20)
     assert not (tmp_path / "few").exists() and not list(tmp_path.glob(".few.tmp-*"))
+    # a failure after the copy (here the ensemble calibration) removes the temporary directory
+    import sb2dask.train.distill as distill
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("calibration failed")
+
+    monkeypatch.setattr(distill, "calibrate_student_ensemble", broken)
+    with pytest.raises(RuntimeError, match="calibration failed"):
+        finetune_students(d, stores, tmp_path / "broken", epochs=1, max_train=40)
+    assert not (tmp_path / "broken").exists() and not list(tmp_path.glob(".broken.tmp-*"))
 
 
 def test_cli_finetune_passes_its_options(tmp_path, monkeypatch, capsys):

@@ -51,6 +51,14 @@ from .head import DEFAULT_MARGIN
 
 __all__ = ["finetune_students", "finetune_one"]
 
+_METHOD = ("whole student fine-tuned (Adam): class-balanced cross-entropy of p_binary against "
+           "double_lined (classes balanced within each store; pairs near the thresholds and "
+           "companions in noise left out) + distill_weight x squared difference of label means "
+           "and log widths from the previous student + truth_weight x beta-NLL of the "
+           "binaries' truths; offset, widths and feature statistics refitted on the stores' "
+           "validation rows (sb2dask.train.finetune)")
+_CALIBRATION_METHOD = ("per output and S/N bin: 68.27th percentile of |truth - mean| / width on "
+                       "the fine-tune stores' validation rows (training.fine_tune)")
 _FIELDS = ["is_binary", "light_fraction", "rv_separation", "snr", "teff", "logg", "feh", "vsini"]
 
 
@@ -243,54 +251,48 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
     if tmp_dir.exists():
         shutil.rmtree(tmp_dir)
     shutil.copytree(model_dir, tmp_dir)
-    # the OOD reference: at most 20 000 validation rows, spread over every store's
-    ref = np.unique(np.linspace(0, len(x_va) - 1, min(len(x_va), 20000)).astype(int))
-    records = []
-    for st, (model, offset, scales) in zip(ms.students, tuned):
-        man = st["manifest"]
-        record = dict(
-            method="whole student fine-tuned (Adam): class-balanced cross-entropy of p_binary "
-                   "against double_lined (classes balanced within each store; pairs near the "
-                   "thresholds and companions in noise left out) + distill_weight x squared "
-                   "difference of label means and log widths from the previous student + "
-                   "truth_weight x beta-NLL of the binaries' truths; offset, widths and feature "
-                   "statistics refitted on the stores' validation rows (sb2dask.train.finetune)",
-            stores=fingerprints, margin=margin, min_companion_signal=min_companion_signal,
-            epochs=epochs, learning_rate=lr, batch_size=batch_size,
-            distill_weight=distill_weight, truth_weight=truth_weight, beta=beta,
-            n_train=int(len(x_tr)), n_train_p_binary=int((w_tr > 0).sum()),
-            n_validation=int(len(x_va)), n_validation_p_binary=int(kept.sum()),
-            previous_weights_sha256=man.weights_sha256,
-            previous_logit_offset=st["logit_offset"], logit_offset=offset,
-            previous_detector_head=man.training.get("detector_head"),
-            validation_mixture=validation, created=created,
-            versions=package_versions("torch", "numpy"))
-        cal = dict(man.training.get("calibration") or {},
-                   method="per output and S/N bin: 68.27th percentile of |truth - mean| / width "
-                          "on the fine-tune stores' validation rows (training.fine_tune)",
-                   snr_edges=list(SNR_EDGES), scales=np.asarray(scales).tolist(),
-                   n=int(np.isfinite(y_va[:, 0]).sum()), p_binary_logit_offset=offset,
-                   p_binary_offset_method="balanced_logit_offset on the fine-tune stores' "
-                   "validation rows kept (pooled; training.fine_tune)",
-                   n_p_binary=int(kept.sum()))
-        training = {k: v for k, v in man.training.items() if k != "detector_head"}
-        training.update(calibration=cal, fine_tune=record)
-        logit, mean, logw = student_outputs(model, x_va)
-        metrics = student_metrics(logit, mean, logw, y_va, lab_va["snr"], cal, t_va[kept], kept)
-        record["metrics_before"] = dict(man.metrics or {})
-        path = save_model(tmp_dir, model, replace(man, training=training, metrics=metrics))
-        # the reference set: validation rows (spectra it was not fitted to), as finalize_student
-        save_feature_statistics(path, feature_statistics(trunk_features(model, x_va[ref])))
-        records.append(dict(name=man.name, weights_sha256=load_model(path)[1].weights_sha256))
-    ensemble = None
     try:
+        # the OOD reference: at most 20 000 validation rows, spread over every store's
+        ref = np.unique(np.linspace(0, len(x_va) - 1, min(len(x_va), 20000)).astype(int))
+        records = []
+        for st, (model, offset, scales) in zip(ms.students, tuned):
+            man = st["manifest"]
+            record = dict(
+                method=_METHOD,
+                stores=fingerprints, margin=margin, min_companion_signal=min_companion_signal,
+                epochs=epochs, learning_rate=lr, batch_size=batch_size,
+                distill_weight=distill_weight, truth_weight=truth_weight, beta=beta,
+                n_train=int(len(x_tr)), n_train_p_binary=int((w_tr > 0).sum()),
+                n_validation=int(len(x_va)), n_validation_p_binary=int(kept.sum()),
+                previous_weights_sha256=man.weights_sha256,
+                previous_logit_offset=st["logit_offset"], logit_offset=offset,
+                previous_detector_head=man.training.get("detector_head"),
+                validation_mixture=validation, created=created,
+                versions=package_versions("torch", "numpy"))
+            cal = dict(man.training.get("calibration") or {},
+                       method=_CALIBRATION_METHOD,
+                       snr_edges=list(SNR_EDGES), scales=np.asarray(scales).tolist(),
+                       n=int(np.isfinite(y_va[:, 0]).sum()), p_binary_logit_offset=offset,
+                       p_binary_offset_method="balanced_logit_offset on the fine-tune stores' "
+                       "validation rows kept (pooled; training.fine_tune)",
+                       n_p_binary=int(kept.sum()))
+            training = {k: v for k, v in man.training.items() if k != "detector_head"}
+            training.update(calibration=cal, fine_tune=record)
+            logit, mean, logw = student_outputs(model, x_va)
+            metrics = student_metrics(logit, mean, logw, y_va, lab_va["snr"], cal, t_va[kept], kept)
+            record["metrics_before"] = dict(man.metrics or {})
+            path = save_model(tmp_dir, model, replace(man, training=training, metrics=metrics))
+            # the reference set: validation rows (spectra it was not fitted to), as finalize_student
+            save_feature_statistics(path, feature_statistics(trunk_features(model, x_va[ref])))
+            records.append(dict(name=man.name, weights_sha256=load_model(path)[1].weights_sha256))
+        ensemble = None
         if len(ms.students) > 1:
             keys = ["detector"] + [f"detector_{i}" for i in range(1, len(stores))]
             calibrate_student_ensemble(tmp_dir, dict(zip(keys, stores)),
                                        {k: max_validation for k in keys})
             ensemble = str(out_dir / ENSEMBLE_CALIBRATION_FILE)
         tmp_dir.rename(out_dir)
-    except BaseException:
+    except BaseException:  # no half-written model directory is left behind
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return dict(validation, seconds=time.perf_counter() - t0, students=records,
