@@ -22,7 +22,6 @@ written into the package; ``benchmarks/results/bench_finetune_low_snr{--tag}.jso
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 
@@ -59,6 +58,7 @@ def main(argv=None) -> int:
         scaled_targets,
     )
     from sb2dask.stats import roc_auc
+    from sb2dask.train.finetune import finetune_one
     from sb2dask.train.head import head_target
 
     torch.set_num_threads(args.threads)
@@ -90,30 +90,9 @@ def main(argv=None) -> int:
     p_old, p_new, mean_old, mean_new, drift = [], [], [], [], []
     for i, st in enumerate(ms.students):
         ref = st["model"].eval()
-        model = copy.deepcopy(ref).train()
-        for p in ref.parameters():
-            p.requires_grad_(False)
-        torch.manual_seed(i)
-        opt = torch.optim.Adam(model.parameters(), args.lr)
-        xt = torch.from_numpy(x_tr)
-        yt = torch.from_numpy(y.astype(np.float32))
-        wt = torch.from_numpy(w.astype(np.float32))
-        gen = torch.Generator().manual_seed(i)
-        for _ in range(args.epochs):
-            perm = torch.randperm(len(xt), generator=gen)
-            for s in range(0, len(xt), 256):
-                idx = perm[s:s + 256]
-                logit, mean, log_width = model(xt[idx])
-                with torch.no_grad():
-                    _, mean_ref, log_width_ref = ref(xt[idx])
-                ce = torch.nn.functional.binary_cross_entropy_with_logits(
-                    logit, yt[idx], reduction="none")
-                loss = (wt[idx] * ce).sum() / wt[idx].sum().clamp(min=1e-6) + args.lam * (
-                    ((mean - mean_ref) ** 2).mean() + ((log_width - log_width_ref) ** 2).mean())
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        model.eval()
+        model = finetune_one(ref, x_tr, y, w, np.full((len(x_tr), 9), np.nan, np.float32),
+                             epochs=args.epochs, lr=args.lr, distill_weight=args.lam,
+                             truth_weight=0.0, seed=i)
         z_new, m_new, lw_new = outputs(model, x_va)
         z_old, m_old, lw_old = outputs(ref, x_va)
         off = balanced_logit_offset(z_new[kept], yv[kept])

@@ -224,7 +224,7 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
         before.append((1 / (1 + np.exp(-(z_old.astype(np.float64) + st["logit_offset"]))),
                        m_old))
         after.append((1 / (1 + np.exp(-(z_new.astype(np.float64) + offset))), m_new))
-        tuned.append((model, offset, scales))
+        tuned.append((model, offset, scales, (z_new, m_new, lw_new)))
         if progress:
             print(f"student {i}: fine-tuned, offset {offset:+.3f}, "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
@@ -255,7 +255,7 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
         # the OOD reference: at most 20 000 validation rows, spread over every store's
         ref = np.unique(np.linspace(0, len(x_va) - 1, min(len(x_va), 20000)).astype(int))
         records = []
-        for st, (model, offset, scales) in zip(ms.students, tuned):
+        for st, (model, offset, scales, outs) in zip(ms.students, tuned):
             man = st["manifest"]
             record = dict(
                 method=_METHOD,
@@ -278,8 +278,8 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
                        n_p_binary=int(kept.sum()))
             training = {k: v for k, v in man.training.items() if k != "detector_head"}
             training.update(calibration=cal, fine_tune=record)
-            logit, mean, logw = student_outputs(model, x_va)
-            metrics = student_metrics(logit, mean, logw, y_va, lab_va["snr"], cal, t_va[kept], kept)
+            # the outputs on the validation rows computed once, above
+            metrics = student_metrics(*outs, y_va, lab_va["snr"], cal, t_va[kept], kept)
             record["metrics_before"] = dict(man.metrics or {})
             path = save_model(tmp_dir, model, replace(man, training=training, metrics=metrics))
             # the reference set: validation rows (spectra it was not fitted to), as finalize_student
