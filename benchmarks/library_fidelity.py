@@ -128,12 +128,14 @@ def _group(case) -> str:
     return "held_out" if case.truth.get("heldout") else "original"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--gaia-dir", default="../shared/data/gaia_rvs")
-    ap.add_argument("--phoenix-dir", default="../shared/data/phoenix")
-    ap.add_argument("--tag", default="")
-    args = ap.parse_args(argv)
+def best_single_fits(cases: list) -> dict:
+    """Step 1 for ``cases`` (:class:`~sb2dask.evaluate.real_sky.RealSkyCase`, one wavelength
+    grid): the best single embedded-grid star of each, weighted by the quoted errors alone.
+
+    Returns ``wave`` (the pixels inside the grid's range, ``sel`` the mask of them on the cases'
+    grid), ``flux``, ``err``, the weights ``w``, the bare model ``bare`` and the model with its
+    fitted continuum ``best`` (all (n_cases, n_pix)), the continuum ``basis``, the fit
+    ``config`` and the fit's outputs ``fit``."""
     import torch
 
     from sb2dask.evidence.fit import FitConfig, _legendre_basis, fit_spectra, noise_weights
@@ -141,11 +143,6 @@ def main(argv=None) -> int:
     from sb2dask.library import load_library
 
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    cases = _cases(Path(args.gaia_dir) if args.gaia_dir else None,
-                   Path(args.phoenix_dir) if args.phoenix_dir else None)
-    if not cases:
-        raise SystemExit("library_fidelity: no real or PHOENIX spectra found")
     wave = np.asarray(cases[0].wave, float)
     lib = load_library("embedded")
     sel = (wave >= lib.wave[0] + 5) & (wave <= lib.wave[-1] - 5)
@@ -165,6 +162,24 @@ def main(argv=None) -> int:
                             torch.tensor(fit["rv_single"], dtype=torch.float64)).numpy()
     basis = _legendre_basis(wave, config.continuum_degree, torch.float64).numpy()
     best = np.stack([_continuum_fit(bare[i], flux[i], w[i], basis) for i in range(len(cases))])
+    return dict(wave=wave, sel=sel, flux=flux, err=err, w=w, bare=bare, best=best, basis=basis,
+                config=config, fit=fit)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gaia-dir", default="../shared/data/gaia_rvs")
+    ap.add_argument("--phoenix-dir", default="../shared/data/phoenix")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    cases = _cases(Path(args.gaia_dir) if args.gaia_dir else None,
+                   Path(args.phoenix_dir) if args.phoenix_dir else None)
+    if not cases:
+        raise SystemExit("library_fidelity: no real or PHOENIX spectra found")
+    fits = best_single_fits(cases)
+    wave, flux, err, w, bare, best, basis, config, fit = (
+        fits[k] for k in ("wave", "flux", "err", "w", "bare", "best", "basis", "config", "fit"))
     n_par = 5 + basis.shape[1]
     rel = np.where(w > 0, flux / best - 1.0, np.nan)  # relative residuals, rest frame
     rng = np.random.default_rng(20261130)

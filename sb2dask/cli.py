@@ -443,7 +443,8 @@ def _cmd_finetune(args) -> int:
         args.models, args.stores, args.out, margin=args.margin or None,
         min_companion_signal=args.min_companion_signal or None, epochs=args.epochs, lr=args.lr,
         distill_weight=args.distill_weight, truth_weight=args.truth_weight,
-        max_train=args.max_train, max_validation=args.max_validation, progress=True)
+        max_train=args.max_train, max_validation=args.max_validation,
+        bridge_ca_ii=args.bridge_ca_ii, progress=True)
     print(json.dumps(dict(written=str(args.out), seconds=round(res["seconds"], 1),
                           validation_before=res["before"], validation_after=res["after"]),
                      indent=1))
@@ -850,6 +851,11 @@ def _add_finetune_parser(sub, command: _Command) -> None:
                    help="at most this many training rows per store")
     p.add_argument("--max-validation", type=_positive_int, default=None,
                    help="at most this many validation rows per store")
+    p.add_argument("--bridge-ca-ii", type=float, default=None, metavar="HALF_WIDTH",
+                   help="make the students blind to the Ca II triplet's cores: the pixels "
+                        "within this many Å of each line (in the students' frame) replaced by "
+                        "a straight line before the network, in training and at inference "
+                        "(recorded in the manifests; e.g. 1.0)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
     p.set_defaults(func=_cmd_finetune)
 

@@ -22,6 +22,13 @@ squeeze-and-flatten end, rather than global average pooling, keeps the wavelengt
 feature: the labels are read from which lines are where, and pooling would have to re-learn
 that from the channels.
 
+``bridged`` windows (pixel ranges ``[i0, i1)``, in the architecture's keyword arguments, so the
+manifest carries them) are replaced, before the stem, by the straight line between the pixels
+that bound them: the network cannot see what lies inside. :func:`ca_ii_core_windows` gives the
+Ca II triplet's cores, where the LTE library is known not to describe real stars
+(chromospheric infill; docs/library.md), for a student made blind to them
+(``sb2dask finetune --bridge-ca-ii``).
+
 The components are ordered as everywhere in the package (:mod:`sb2dask.labels`): component 1 is
 the cooler star. :func:`decode` sorts each output pair by Teff (as
 :func:`~sb2dask.models.predict.sort_pairs` does for the ensembles), unscales, and applies the
@@ -40,7 +47,7 @@ from .predict import sort_pairs
 
 __all__ = ["StudentNet", "OUTPUTS", "MAX_MFLOP", "count_flops", "decode", "scaled_targets",
            "width_scales", "balanced_logit_offset", "SNR_EDGES", "ENSEMBLE_CALIBRATION_FILE",
-           "snr_bins", "decoded_z", "scale_decoded_widths"]
+           "snr_bins", "decoded_z", "scale_decoded_widths", "ca_ii_core_windows"]
 
 #: The regression outputs in head order: each label for components 1 and 2 (cooler first),
 #: then the light fraction of the fainter star (of the 8600 Å continuum; unscaled, in [0, 0.5]).
@@ -83,10 +90,11 @@ class StudentNet(nn.Module):
     """
 
     def __init__(self, layout: str = "1d", n_pix: int = 903, channels=(16, 32, 48, 64),
-                 squeeze: int = 24, hidden: int = 256):
+                 squeeze: int = 24, hidden: int = 256, bridged=()):
         super().__init__()
         ops = Ops(layout)
         self.ops = ops
+        self.set_bridged(bridged, n_pix)
         c0, c1, c2, c3 = channels
         self.features = nn.Sequential(
             ops.conv(1, c0, 7, stride=2, padding=3), ops.bn(c0), nn.ReLU(),
@@ -102,13 +110,48 @@ class StudentNet(nn.Module):
         self.mean = nn.Linear(hidden, n_out)
         self.log_width = nn.Linear(hidden, n_out)
 
+    def set_bridged(self, windows, n_pix: int | None = None) -> None:
+        """Bridge the pixel ``windows`` (``[i0, i1)`` pairs, ``0 < i0 < i1 < n_pix``; empty:
+        none) from now on: each pixel inside becomes the linear interpolation between pixels
+        ``i0 - 1`` and ``i1``. Fixed, not learned; the weights are unchanged."""
+        n_pix = n_pix if n_pix is not None else self._n_pix
+        self._n_pix = int(n_pix)
+        self.bridged = [[int(a), int(b)] for a, b in windows]
+        idx, left, right, t = [], [], [], []
+        for a, b in self.bridged:
+            if not 0 < a < b < n_pix:
+                raise ValueError(f"bridged window [{a}, {b}) must lie inside (0, {n_pix - 1})")
+            for i in range(a, b):
+                idx.append(i)
+                left.append(a - 1)
+                right.append(b)
+                t.append((i - a + 1) / (b - a + 1))
+        if len(set(idx)) != len(idx):
+            raise ValueError(f"bridged windows {self.bridged} overlap")
+        for name, v, dtype in (("_bridge_idx", idx, torch.long), ("_bridge_left", left, torch.long),
+                               ("_bridge_right", right, torch.long),
+                               ("_bridge_t", t, torch.float32)):
+            self.register_buffer(name, torch.tensor(v, dtype=dtype), persistent=False)
+
+    def bridge(self, spectra: torch.Tensor) -> torch.Tensor:
+        """``spectra`` ``(N, n_pix)`` with the :attr:`bridged` windows replaced (a new tensor;
+        the input itself when there are none)."""
+        if not self.bridged:
+            return spectra
+        t = self._bridge_t.to(spectra.dtype)
+        out = spectra.clone()
+        out[:, self._bridge_idx] = ((1 - t) * spectra[:, self._bridge_left]
+                                    + t * spectra[:, self._bridge_right])
+        return out
+
     def forward(self, spectra: torch.Tensor):
         return self.heads(self.embed(spectra))
 
     def embed(self, spectra: torch.Tensor) -> torch.Tensor:
         """Trunk features ``(N, hidden)`` of spectra ``(N, n_pix)``: what the heads read and the
         out-of-distribution distance is measured on."""
-        return self.trunk(run_with_float32_stem(self.features, self.ops.prepare(spectra)))
+        x = self.bridge(spectra)
+        return self.trunk(run_with_float32_stem(self.features, self.ops.prepare(x)))
 
     def heads(self, h: torch.Tensor):
         """The three heads on trunk features ``h`` ``(N, hidden)`` (what the out-of-distribution
@@ -116,6 +159,22 @@ class StudentNet(nn.Module):
         # widths from 0.1 % to e^2 of the label range: bounded, so a NLL step cannot blow up
         return (self.p_binary(h).squeeze(1), self.mean(h),
                 torch.clamp(self.log_width(h), -7.0, 2.0))
+
+
+def ca_ii_core_windows(wave: np.ndarray, half_width: float) -> list[list[int]]:
+    """Pixel windows ``[i0, i1)`` of ``wave`` (air Å, the students' rest-frame grid) within
+    ``half_width`` Å of each Ca II triplet line, for :meth:`StudentNet.set_bridged`."""
+    from ..simulate.realism import CA_II_AIR
+
+    wave = np.asarray(wave, float)
+    if not half_width > 0:
+        raise ValueError(f"half_width must be > 0 Å, got {half_width}")
+    out = []
+    for line in CA_II_AIR:
+        inside = np.flatnonzero(np.abs(wave - line) <= half_width)
+        if len(inside):
+            out.append([int(inside[0]), int(inside[-1]) + 1])
+    return out
 
 
 def count_flops(model: nn.Module, n_pix: int = 903, batch: int = 8) -> float:

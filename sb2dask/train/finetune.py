@@ -31,6 +31,12 @@ the record (``metrics_before``). The models'
 ``snr_range`` (the LOW_SNR flag's floor) is kept even when the stores go below it: the flag
 stays the user's warning that the labels there are less certain.
 
+With ``bridge_ca_ii`` (a half width in Å) the fine-tuned students are made blind to the Ca II
+triplet's cores (:meth:`~sb2dask.models.student.StudentNet.set_bridged`): they see, in
+training and at inference alike, a straight line across each core, while the untouched
+student they are distilled from still sees the whole spectrum. The windows are recorded in the
+manifests' architecture (``bridged``) and in the ``fine_tune`` record.
+
 The output is written into a temporary sibling directory and renamed at the end, so a failure
 leaves no half-written model directory behind.
 """
@@ -65,7 +71,7 @@ _FIELDS = ["is_binary", "light_fraction", "rv_separation", "snr", "teff", "logg"
 def finetune_one(model, flux: np.ndarray, truth: np.ndarray, weight: np.ndarray,
                  y: np.ndarray, *, epochs: int, lr: float, batch_size: int = 256,
                  distill_weight: float = 1.0, truth_weight: float = 0.0, beta: float = 0.5,
-                 seed: int = 0):
+                 seed: int = 0, bridged=None):
     """A fine-tuned copy of student ``model`` (the pure core; ``model`` is left as it is).
 
     ``flux`` ``(n, n_pix)`` float32; ``truth`` bool (n,) p_binary's target; ``weight`` (n,)
@@ -73,11 +79,16 @@ def finetune_one(model, flux: np.ndarray, truth: np.ndarray, weight: np.ndarray,
     ``y`` ``(n, 9)`` the scaled label truths (NaN where undefined). Loss per batch: the
     weighted cross-entropy + ``distill_weight`` × the mean squared difference of the means and
     log widths from ``model``'s + ``truth_weight`` × beta-NLL of ``y``. Batches are drawn from a
-    generator seeded with ``seed``, so the result depends on the rows and seed only."""
+    generator seeded with ``seed``, so the result depends on the rows and seed only.
+    ``bridged`` (pixel windows, :meth:`~sb2dask.models.student.StudentNet.set_bridged`; None:
+    as ``model``) are bridged in the copy from the start; ``model``'s outputs, the
+    distillation targets, stay those of its own inputs."""
     from .distill import beta_nll
 
     ref = model.eval()
     tuned = copy.deepcopy(model).train()
+    if bridged is not None:
+        tuned.set_bridged(bridged)
     for p in tuned.parameters():
         p.requires_grad_(True)
     opt = torch.optim.Adam(tuned.parameters(), lr)
@@ -132,7 +143,7 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
                       lr: float = 1e-4, batch_size: int = 256, distill_weight: float = 1.0,
                       truth_weight: float = 1.0, beta: float = 0.5,
                       max_train: int | None = None, max_validation: int | None = None,
-                      progress: bool = False) -> dict:
+                      bridge_ca_ii: float | None = None, progress: bool = False) -> dict:
     """Copy the student directory ``model_dir`` to ``out_dir`` (which must not exist) with every
     student fine-tuned on the training rows of ``stores`` (detector stores: single stars and
     binaries in the students' frame, a grid covering theirs) and recalibrated on their
@@ -146,6 +157,7 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
         ENSEMBLE_CALIBRATION_FILE,
         SNR_EDGES,
         balanced_logit_offset,
+        ca_ii_core_windows,
         class_balance,
         scaled_targets,
         width_scales,
@@ -211,12 +223,13 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
                         f"rows, fewer than the {need} the ensemble width calibration needs")
     if problems:
         raise ValueError(f"{', '.join(map(str, stores))}: {'; '.join(problems)}")
+    bridged = None if bridge_ca_ii is None else ca_ii_core_windows(ms.wave, bridge_ca_ii)
 
     tuned, before, after = [], [], []
     for i, st in enumerate(ms.students):
         model = finetune_one(st["model"], x_tr, t_tr, w_tr, y_tr, epochs=epochs, lr=lr,
                              batch_size=batch_size, distill_weight=distill_weight,
-                             truth_weight=truth_weight, beta=beta, seed=i)
+                             truth_weight=truth_weight, beta=beta, seed=i, bridged=bridged)
         z_old, m_old, _ = student_outputs(st["model"], x_va)
         z_new, m_new, lw_new = student_outputs(model, x_va)
         offset = balanced_logit_offset(z_new[kept], t_va[kept])
@@ -262,6 +275,7 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
                 stores=fingerprints, margin=margin, min_companion_signal=min_companion_signal,
                 epochs=epochs, learning_rate=lr, batch_size=batch_size,
                 distill_weight=distill_weight, truth_weight=truth_weight, beta=beta,
+                bridge_ca_ii=bridge_ca_ii, bridged=model.bridged,
                 n_train=int(len(x_tr)), n_train_p_binary=int((w_tr > 0).sum()),
                 n_validation=int(len(x_va)), n_validation_p_binary=int(kept.sum()),
                 previous_weights_sha256=man.weights_sha256,
@@ -281,7 +295,10 @@ def finetune_students(model_dir: str | Path, stores, out_dir: str | Path, *,
             # the outputs on the validation rows computed once, above
             metrics = student_metrics(*outs, y_va, lab_va["snr"], cal, t_va[kept], kept)
             record["metrics_before"] = dict(man.metrics or {})
-            path = save_model(tmp_dir, model, replace(man, training=training, metrics=metrics))
+            arch = dict(man.architecture_kwargs, bridged=model.bridged) if model.bridged else \
+                {k: v for k, v in man.architecture_kwargs.items() if k != "bridged"}
+            path = save_model(tmp_dir, model, replace(man, training=training, metrics=metrics,
+                                                      architecture_kwargs=arch))
             # the reference set: validation rows (spectra it was not fitted to), as finalize_student
             save_feature_statistics(path, feature_statistics(trunk_features(model, x_va[ref])))
             records.append(dict(name=man.name, weights_sha256=load_model(path)[1].weights_sha256))
