@@ -136,6 +136,36 @@ def test_finetune_students_recalibrates_and_records(tmp_path, monkeypatch):
     assert not (tmp_path / "broken").exists() and not list(tmp_path.glob(".broken.tmp-*"))
 
 
+def test_finetune_bridge_ca_ii_makes_students_blind_to_the_cores(tmp_path):
+    """``bridge_ca_ii``: every fine-tuned student bridges the Ca II cores of its grid, records
+    them in its architecture and fine-tune record, and the model set's predictions no longer
+    depend on the flux inside them (the original's do)."""
+    from sb2dask.models.student import ca_ii_core_windows
+
+    stores = _two_stores(tmp_path, (31, 32), ((60, 200), (15, 50)), 300, (0.5, 0.5))
+    d = _double_lined_dir(tmp_path)
+    out = tmp_path / "blind"
+    finetune_students(d, stores, out, epochs=1, max_train=120, bridge_ca_ii=1.0)
+    new, old = ModelSet(out, "cpu"), ModelSet(d, "cpu")
+    windows = ca_ii_core_windows(new.wave, 1.0)
+    for st in new.students:
+        man = st["manifest"]
+        assert st["model"].bridged == windows == man.architecture_kwargs["bridged"]
+        assert man.training["fine_tune"]["bridge_ca_ii"] == 1.0
+        assert man.training["fine_tune"]["bridged"] == windows
+    rng = np.random.default_rng(4)
+    flux = (1.0 - 0.3 * rng.random((3, 903)) ** 8).astype(np.float32)
+    filled = flux.copy()
+    for a, b in windows:
+        filled[:, a:b] = 1.0  # cores filled in to the continuum
+    snr = np.full(3, 100.0)
+    for k in ("p_binary", "teff", "ood_distance"):
+        np.testing.assert_array_equal(new.predict(filled, snr=snr)[k],
+                                      new.predict(flux, snr=snr)[k])
+    assert not np.allclose(old.predict(filled, snr=snr)["teff"],
+                           old.predict(flux, snr=snr)["teff"])
+
+
 def test_cli_finetune_passes_its_options(tmp_path, monkeypatch, capsys):
     """`sb2dask finetune` hands every option to finetune_students (0 meaning none for the two
     leave-out rules) and prints the summary."""
@@ -156,7 +186,9 @@ def test_cli_finetune_passes_its_options(tmp_path, monkeypatch, capsys):
     assert seen["margin"] is None and seen["min_companion_signal"] == 8.0
     assert seen["truth_weight"] == 0.5 and seen["epochs"] == 3 and seen["max_train"] == 100
     assert seen["distill_weight"] == 1.0 and seen["max_validation"] is None
+    assert seen["bridge_ca_ii"] is None
     assert '"singles_above_0_2": 0.1' in capsys.readouterr().out
     assert main(["finetune", "--stores", "a.zarr", "--out", str(tmp_path / "p"),
-                 "--min-companion-signal", "0"]) == 0
+                 "--min-companion-signal", "0", "--bridge-ca-ii", "1.0"]) == 0
     assert seen["min_companion_signal"] is None and seen["margin"] == 2.0
+    assert seen["bridge_ca_ii"] == 1.0

@@ -18,6 +18,7 @@ from sb2dask.models.student import (
     MAX_MFLOP,
     OUTPUTS,
     StudentNet,
+    ca_ii_core_windows,
     count_flops,
     decode,
     scaled_targets,
@@ -273,6 +274,53 @@ def test_student_outputs_and_component_order():
     np.testing.assert_allclose(out["vsini_err"][0], [8.0, 7.0])
     assert out["p_binary"][0] == pytest.approx(0.5)
     assert out["light_fraction_faint"][0] == pytest.approx(0.2)
+
+
+def test_bridged_windows_hide_the_ca_ii_cores_and_travel_in_the_manifest(tmp_path):
+    """A student with bridged windows sees a straight line across each: whatever lies inside
+    changes nothing, a change just outside does; the windows are the Ca II cores of its grid,
+    are not weights (the state dict is the unbridged one's) and come back from the manifest;
+    bad windows are refused."""
+    wave = output_wave("gaia_dr3_903")
+    windows = ca_ii_core_windows(wave, 1.0)
+    assert len(windows) == 3
+    for (a, b), line in zip(windows, (8498.02, 8542.09, 8662.14)):
+        assert abs(wave[a] - line) <= 1.0 and abs(wave[b - 1] - line) <= 1.0
+        assert abs(wave[a - 1] - line) > 1.0 and abs(wave[b] - line) > 1.0
+    torch.manual_seed(0)
+    plain = StudentNet().eval()
+    model = StudentNet(bridged=windows).eval()
+    model.load_state_dict(plain.state_dict())  # same keys: the bridge holds no weights
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy((1.0 - 0.3 * rng.random((4, 903)) ** 8).astype(np.float32))
+    inside, outside = x.clone(), x.clone()
+    for a, b in windows:
+        inside[:, a:b] = 0.2  # a deep core, or an emission line: invisible
+        outside[:, b + 2] -= 0.3
+    a, b = windows[0]
+    bridged = model.bridge(x)
+    np.testing.assert_allclose(bridged[:, a:b].numpy(), np.linspace(
+        x[:, a - 1].numpy(), x[:, b].numpy(), b - a + 2, axis=1)[:, 1:-1], rtol=1e-6)
+    assert torch.equal(bridged[:, :a], x[:, :a]) and torch.equal(x, x.clone())
+    with torch.inference_mode():
+        ref = model.embed(x)
+        assert torch.equal(model.embed(inside), ref)
+        assert not torch.equal(model.embed(outside), ref)
+        assert not torch.equal(plain.embed(inside), plain.embed(x))
+    save_model(tmp_path, model, ModelManifest(
+        name="student-0", target="student", architecture="StudentNet",
+        wave=tuple(float(w) for w in wave),
+        architecture_kwargs=dict(n_pix=903, bridged=model.bridged)))
+    loaded, man = load_model(tmp_path / "student-0.json")
+    assert loaded.bridged == windows == man.architecture_kwargs["bridged"]
+    with torch.inference_mode():
+        assert torch.equal(loaded.embed(inside), ref)
+    with pytest.raises(ValueError, match="inside"):
+        StudentNet(bridged=[[0, 5]])
+    with pytest.raises(ValueError, match="overlap"):
+        StudentNet(bridged=[[10, 20], [15, 25]])
+    with pytest.raises(ValueError, match="half_width"):
+        ca_ii_core_windows(wave, 0.0)
 
 
 def test_calibration_scales_the_widths_by_snr_bin():
