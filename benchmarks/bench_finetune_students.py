@@ -35,16 +35,18 @@ SNR_BINS = [(10, 20), (20, 30), (30, 50), (50, 100), (100, 350)]
 LABELS = ("teff", "logg", "feh", "vsini")
 
 
-def eligible(before: dict, after: dict, high: str, low: str) -> tuple[bool, list[str]]:
+def eligible(before: dict, after: dict, high: str, low: str | None) -> tuple[bool, list[str]]:
     """The rule's selection conditions on the validation summaries (see the module docstring);
-    returns whether all hold and the failed ones."""
+    returns whether all hold and the failed ones. ``low`` None (the third rule,
+    docs/criteria/2026-12-01_finetune_bridge_ca.md): ``high``'s conditions only."""
     b, a = before[high], after[high]
     checks = {
         "high AUC >= C - 0.005": a["auc_double_lined"] >= b["auc_double_lined"] - 0.005,
         "high recall >= C - 0.04": a["recall_double_lined"] >= b["recall_double_lined"] - 0.04,
-        "low AUC >= C - 0.01": (after[low]["auc_double_lined"]
-                                >= before[low]["auc_double_lined"] - 0.01),
     }
+    if low is not None:
+        checks["low AUC >= C - 0.01"] = (after[low]["auc_double_lined"]
+                                         >= before[low]["auc_double_lined"] - 0.01)
     for k in LABELS:
         checks[f"high {k} RMSE <= 1.02 C"] = a["label_rmse"][k] <= 1.02 * b["label_rmse"][k]
     return all(checks.values()), [k for k, ok in checks.items() if not ok]
@@ -57,6 +59,10 @@ def main(argv=None) -> int:
     ap.add_argument("--test-stores", nargs="+", required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--select-on", choices=("both", "high"), default="both",
+                    help="both (the first two rules): eligibility on both stores' validation "
+                         "rows, the lowest share of single stars above 0.2 over both; high "
+                         "(the third rule): the first store's conditions and share only")
     args = ap.parse_args(argv)
 
     import torch
@@ -72,15 +78,19 @@ def main(argv=None) -> int:
     for name, d in cands.items():
         rec = ModelSet(d, "cpu").students[0]["manifest"].training["fine_tune"]
         val = rec["validation_mixture"]
-        high, low = [k for k in val["before"] if k != "singles_above_0_2"]
+        high, *rest = [k for k in val["before"] if k != "singles_above_0_2"]
+        low = rest[0] if rest and args.select_on == "both" else None
         ok, failed = eligible(val["before"], val["after"], high, low)
+        def pick(v, high=high):  # the share the selection compares
+            return v["singles_above_0_2"] if args.select_on == "both" else \
+                v[high]["singles_above_0_2"]
+
         selection[name] = dict(eligible=ok, failed=failed,
-                               singles_above_0_2=val["after"]["singles_above_0_2"],
-                               singles_above_0_2_control=val["before"]["singles_above_0_2"],
+                               singles_above_0_2=pick(val["after"]),
+                               singles_above_0_2_control=pick(val["before"]),
                                validation=val["after"], control=val["before"])
         print(f"{name}: eligible {ok} {failed}; validation singles > 0.2 "
-              f"{val['before']['singles_above_0_2']:.3f} -> "
-              f"{val['after']['singles_above_0_2']:.3f}")
+              f"{pick(val['before']):.3f} -> {pick(val['after']):.3f}")
     pool = [n for n, s in selection.items() if s["eligible"]]
     chosen = min(pool, key=lambda n: selection[n]["singles_above_0_2"]) if pool else None
     print(f"chosen on validation: {chosen}")
@@ -120,7 +130,8 @@ def main(argv=None) -> int:
                   + " ".join(f"{k.split('above_0_2_', 1)[1]}:{v:.3f}" for k, v in r.items()
                              if "_snr_" in k), flush=True)
     write_results(f"bench_finetune_students{args.tag}", machine=dict(threads=args.threads),
-                  models=args.models, candidates=cands, selection=selection, chosen=chosen,
+                  models=args.models, candidates=cands, select_on=args.select_on,
+                  selection=selection, chosen=chosen,
                   test=tests, note="criteria 1-2 of the rule; one run")
     return 0
 
