@@ -49,6 +49,9 @@ CORE_HALF_WIDTH = 1.0
 WING_HALF_WIDTH = 15.0
 #: Model depth above which a pixel outside the Ca II windows counts as a line pixel.
 LINE_DEPTH = 0.02
+#: Width [Å] of the two end windows whose mean relative residual is reported (the RVS filter's
+#: edges, where the real spectra's normalisation departs from the fit's degree-2 continuum).
+EDGE_WIDTH = 20.0
 #: Draws of the noise-only correction (step 3's null).
 NULL_DRAWS = 5
 
@@ -216,6 +219,8 @@ def main(argv=None) -> int:
             rms_residual=float(np.sqrt(np.mean((flux[i] - best[i])[used] ** 2))),
             median_error=float(np.median(err[i][used])),
             ca_ew_data_over_model=_ca_ew_ratio(wave, np.where(used, flux[i], best[i]), best[i]),
+            mean_residual_blue_edge=float(np.nanmean(rel[i][used & (wave < wave[0] + EDGE_WIDTH)])),
+            mean_residual_red_edge=float(np.nanmean(rel[i][used & (wave > wave[-1] - EDGE_WIDTH)])),
             chi2_red_corrected=float(chi_fixed[used].sum() / dof),
             chi2_red_noise_penalty=float(penalty / dof),
             excess_removed_net=float((chi[used].sum() - chi_fixed[used].sum() + penalty)
@@ -240,19 +245,21 @@ def main(argv=None) -> int:
           f"{seconds:.0f} s)\n")
     print("| spectrum | group | χ²_red | RMS | σ median | χ²/pixel: Ca core / wing / lines / "
           "continuum | share of χ²: core / wing / lines / cont. | Ca EW data/model | χ²_red "
-          "corrected | noise-only penalty | excess removed, net |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "corrected | noise-only penalty | excess removed, net | mean residual, blue / red "
+          "edge |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['group']} | {r['chi2_red']:.2f} | {r['rms_residual']:.4f} | "
               f"{r['median_error']:.4f} | "
               + " / ".join(f"{r[f'chi2_per_pixel_{n}']:.1f}" for n in names) + " | "
               + " / ".join(f"{r[f'chi2_share_{n}']:.2f}" for n in names)
               + f" | {r['ca_ew_data_over_model']:.3f} | {r['chi2_red_corrected']:.2f} | "
-              f"+{r['chi2_red_noise_penalty']:.2f} | {r['excess_removed_net']:.0%} |")
+              f"+{r['chi2_red_noise_penalty']:.2f} | {r['excess_removed_net']:.0%} | "
+              f"{r['mean_residual_blue_edge']:+.2%} / {r['mean_residual_red_edge']:+.2%} |")
     write_results(f"library_fidelity{'_' + args.tag if args.tag else ''}", seconds=seconds,
                   fit_config=config.to_dict(), regions=dict(
                       ca_core_half_width=CORE_HALF_WIDTH, ca_wing_half_width=WING_HALF_WIDTH,
-                      line_depth=LINE_DEPTH), spectra=rows,
+                      line_depth=LINE_DEPTH, edge_width=EDGE_WIDTH), spectra=rows,
                   phoenix_resolution=dict(r_scan=list(R_SCAN), files=scan))
     return 0
 
