@@ -11,7 +11,9 @@ spectrum would be if the library described it exactly. Then, for each window W o
 - ``only W``: the twin with W taken from the real spectrum (how much W alone makes).
 
 p_binary is the mean over ``--draws`` noise draws (seeded per spectrum). The few Å at each end
-that the grid does not cover keep the real flux in every variant.
+that the grid does not cover keep the real flux in every variant. One more variant,
+``gap ca_core``, blanks the Ca II cores (NaN: inference fills them as missing pixels) to show
+what masking them at inference alone does to models never trained so.
 
     python benchmarks/bench_occlusion_real.py [--models students ...] [--names ...]
 
@@ -76,7 +78,8 @@ def main(argv=None) -> int:
     fits = best_single_fits(cases)
     sel, best, err = fits["sel"], fits["best"], fits["err"]
     wins = windows(fits["wave"])
-    variants = ["data", "twin"] + [f"replace {k}" for k in wins] + [f"only {k}" for k in wins]
+    variants = (["data", "twin", "gap ca_core"] + [f"replace {k}" for k in wins]
+                + [f"only {k}" for k in wins])
     inputs, keys = [], []
     for i, c in enumerate(cases):
         rng = np.random.default_rng([SEED, i])
@@ -87,6 +90,8 @@ def main(argv=None) -> int:
                 flux = data.copy()
                 if v == "twin":
                     flux[sel] = twin
+                elif v == "gap ca_core":
+                    flux[np.flatnonzero(sel)[wins["ca_core"]]] = np.nan
                 elif v.startswith("replace "):
                     m = wins[v.removeprefix("replace ")]
                     flux[np.flatnonzero(sel)[m]] = twin[m]
@@ -95,8 +100,8 @@ def main(argv=None) -> int:
                     part = twin.copy()
                     part[m] = data[sel][m]
                     flux[sel] = part
-                if v == "data" and d > 0:
-                    continue  # the data have no draw
+                if v in ("data", "gap ca_core") and d > 0:
+                    continue  # no noise drawn
                 inputs.append(RealSkyCase(case=f"{c.case} | {v} | {d}", kind=c.kind, wave=c.wave,
                                           flux=flux, flux_error=c.flux_error, truth={}))
                 keys.append((c.case, v))
@@ -114,12 +119,12 @@ def main(argv=None) -> int:
     short = {"data": "data", "twin": "twin"}
     for name, rows in table.items():
         print(f"\n{name}: p_binary (mean of {args.draws} noise draws); replace W / only W\n")
-        print("| spectrum | data | twin | " + " | ".join(wins) + " |")
-        print("|---|---|---|" + "---|" * len(wins))
+        print("| spectrum | data | twin | gap core | " + " | ".join(wins) + " |")
+        print("|---|---|---|---|" + "---|" * len(wins))
         for case, vs in rows.items():
             cells = [f"{vs[f'replace {k}']:.2f} / {vs[f'only {k}']:.2f}" for k in wins]
-            print(f"| {case} | {vs['data']:.2f} | {vs['twin']:.2f} | " + " | ".join(cells)
-                  + " |")
+            print(f"| {case} | {vs['data']:.2f} | {vs['twin']:.2f} | {vs['gap ca_core']:.2f} | "
+                  + " | ".join(cells) + " |")
     write_results(f"bench_occlusion_real{'_' + args.tag if args.tag else ''}", seconds=seconds,
                   models=dict(zip(names, args.models)), draws=args.draws, seed=SEED,
                   windows={k: [float(fits["wave"][m].min()), float(fits["wave"][m].max()),
