@@ -12,7 +12,7 @@ import pytest
 from model_fixtures import random_model_set
 from sb2dask.infer.config import InferenceConfig
 from sb2dask.infer.predict import PAD_STEPS, get_model_set
-from sb2dask.runtime import peak_rss, release_free_memory, reset_peak_rss, tune_process
+from sb2dask.runtime import peak_rss, release_free_memory, reset_peak_rss
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
 MB = 1 << 20
@@ -44,20 +44,42 @@ def _batch_sizes_seen(models, call) -> list[int]:
     return seen
 
 
+#: The scenario of the test below, run in a fresh interpreter: in the test process the small
+#: "pins" could be served from free chunks that earlier tests left anywhere in the heap, the
+#: blocks would then sit together at its top and ``free`` alone would give them back (seen once
+#: in CI: 134 of the 200 MB), so the heap's layout, not the function, decided the outcome.
+_FRAGMENTED_HEAP = """
+import json
+import numpy as np, psutil
+from sb2dask.runtime import release_free_memory, tune_process
+MB = 1 << 20
+rss = lambda: psutil.Process().memory_info().rss
+tune_process()  # 64 MiB mmap threshold: the 1 MiB blocks below come from the heap
+blocks, pins = [], []
+for _ in range(200):
+    blocks.append(np.ones(MB // 8))  # touched, so resident
+    pins.append(np.ones(64))  # small survivors between them: the heap cannot shrink
+before = rss()
+del blocks
+held = rss()
+released = release_free_memory()
+print(json.dumps(dict(before=before, held=held, after=rss(), released=released)))
+"""
+
+
 @linux
 def test_release_free_memory_gives_freed_heap_pages_back():
-    tune_process()  # 64 MiB mmap threshold: the 1 MiB blocks below come from the heap
-    blocks, pins = [], []
-    for _ in range(200):
-        blocks.append(np.ones(MB // 8))  # touched, so resident
-        pins.append(np.ones(64))  # small survivors between them: the heap cannot shrink
-    before = _rss()
-    del blocks
-    held = _rss()
-    assert release_free_memory()
-    after = _rss()
-    assert held - after > 150 * MB, (before, held, after)
-    del pins
+    """200 freed 1 MiB blocks pinned between small live arrays stay resident after ``free``;
+    :func:`release_free_memory` gives them back."""
+    import json
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-c", _FRAGMENTED_HEAP], capture_output=True,
+                         text=True, timeout=300, check=True)
+    r = json.loads(run.stdout.strip().splitlines()[-1])
+    assert r["released"]
+    assert r["before"] - r["held"] < 50 * MB, r  # free() kept the pages (the heap is pinned)
+    assert r["held"] - r["after"] > 150 * MB, r
 
 
 @linux
