@@ -79,7 +79,9 @@ def main(argv=None) -> int:
         rec = ModelSet(d, "cpu").students[0]["manifest"].training["fine_tune"]
         val = rec["validation_mixture"]
         high, *rest = [k for k in val["before"] if k != "singles_above_0_2"]
-        low = rest[0] if rest and args.select_on == "both" else None
+        if args.select_on == "both" and not rest:
+            raise SystemExit(f"{name}: fine-tuned on one store; --select-on both needs two")
+        low = rest[0] if args.select_on == "both" else None
         ok, failed = eligible(val["before"], val["after"], high, low)
         def pick(v, high=high):  # the share the selection compares
             return v["singles_above_0_2"] if args.select_on == "both" else \

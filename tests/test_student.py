@@ -298,10 +298,11 @@ def test_bridged_windows_hide_the_ca_ii_cores_and_travel_in_the_manifest(tmp_pat
         inside[:, a:b] = 0.2  # a deep core, or an emission line: invisible
         outside[:, b + 2] -= 0.3
     a, b = windows[0]
+    x0 = x.clone()
     bridged = model.bridge(x)
     np.testing.assert_allclose(bridged[:, a:b].numpy(), np.linspace(
         x[:, a - 1].numpy(), x[:, b].numpy(), b - a + 2, axis=1)[:, 1:-1], rtol=1e-6)
-    assert torch.equal(bridged[:, :a], x[:, :a]) and torch.equal(x, x.clone())
+    assert torch.equal(bridged[:, :a], x[:, :a]) and torch.equal(x, x0)  # input untouched
     with torch.inference_mode():
         ref = model.embed(x)
         assert torch.equal(model.embed(inside), ref)
@@ -319,6 +320,8 @@ def test_bridged_windows_hide_the_ca_ii_cores_and_travel_in_the_manifest(tmp_pat
         StudentNet(bridged=[[0, 5]])
     with pytest.raises(ValueError, match="overlap"):
         StudentNet(bridged=[[10, 20], [15, 25]])
+    with pytest.raises(ValueError, match="touch"):  # pixel 20 would anchor the first window
+        StudentNet(bridged=[[20, 30], [10, 20]])
     with pytest.raises(ValueError, match="half_width"):
         ca_ii_core_windows(wave, 0.0)
 

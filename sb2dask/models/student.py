@@ -111,9 +111,10 @@ class StudentNet(nn.Module):
         self.log_width = nn.Linear(hidden, n_out)
 
     def set_bridged(self, windows, n_pix: int | None = None) -> None:
-        """Bridge the pixel ``windows`` (``[i0, i1)`` pairs, ``0 < i0 < i1 < n_pix``; empty:
-        none) from now on: each pixel inside becomes the linear interpolation between pixels
-        ``i0 - 1`` and ``i1``. Fixed, not learned; the weights are unchanged."""
+        """Bridge the pixel ``windows`` (``[i0, i1)`` pairs, ``0 < i0 < i1 < n_pix``, neither
+        overlapping nor touching; empty: none) from now on: each pixel inside becomes the
+        linear interpolation between pixels ``i0 - 1`` and ``i1``. Fixed, not learned; the
+        weights are unchanged."""
         n_pix = n_pix if n_pix is not None else self._n_pix
         self._n_pix = int(n_pix)
         self.bridged = [[int(a), int(b)] for a, b in windows]
@@ -126,12 +127,17 @@ class StudentNet(nn.Module):
                 left.append(a - 1)
                 right.append(b)
                 t.append((i - a + 1) / (b - a + 1))
-        if len(set(idx)) != len(idx):
-            raise ValueError(f"bridged windows {self.bridged} overlap")
+        spans = sorted(self.bridged)
+        if any(b0 >= a1 for (_, b0), (a1, _) in zip(spans, spans[1:])):
+            # touching windows would take an anchor from inside the next one
+            raise ValueError(f"bridged windows {self.bridged} overlap or touch")
+        # on the device of the weights, when there are any yet
+        device = next((p.device for p in self.parameters()), torch.device("cpu"))
         for name, v, dtype in (("_bridge_idx", idx, torch.long), ("_bridge_left", left, torch.long),
                                ("_bridge_right", right, torch.long),
                                ("_bridge_t", t, torch.float32)):
-            self.register_buffer(name, torch.tensor(v, dtype=dtype), persistent=False)
+            self.register_buffer(name, torch.tensor(v, dtype=dtype, device=device),
+                                 persistent=False)
 
     def bridge(self, spectra: torch.Tensor) -> torch.Tensor:
         """``spectra`` ``(N, n_pix)`` with the :attr:`bridged` windows replaced (a new tensor;
