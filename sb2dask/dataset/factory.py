@@ -86,7 +86,8 @@ def measure_rv_bulk(wave: np.ndarray, flux: np.ndarray) -> np.ndarray:
     pre = preprocess([wave] * len(flux), list(flux), None, wave)
     rv = np.full(len(flux), np.nan, dtype=np.float32)
     if pre.usable.any():
-        rv[pre.usable] = estimate_rv(wave, pre.flux[pre.usable]).rv_if_detected
+        rv[pre.usable] = estimate_rv(wave, pre.flux[pre.usable],
+                                     missing=pre.filled[pre.usable]).rv_if_detected
     return rv
 
 

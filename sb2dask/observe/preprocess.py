@@ -41,6 +41,10 @@ class Preprocessed:
     #: for unusable rows and where the input had no errors. The evidence fits weight by it (a
     #: filled pixel is no data).
     flux_error: np.ndarray | None = None
+    #: bool (n, n_model): pixels filled rather than measured (interpolated from a missing input
+    #: pixel, or off the observed grid after a shift); all True for unusable rows. The bulk
+    #: velocity's cross-correlation leaves them out (:func:`~sb2dask.observe.rv_bulk.estimate_rv`).
+    filled: np.ndarray | None = None
 
     @property
     def usable(self) -> np.ndarray:
@@ -121,6 +125,7 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
     nan_frac = np.ones(n, dtype=np.float32)
     snr = np.full(n, np.nan, dtype=np.float32)
     err_out = np.full((n, len(model_wave)), np.nan, dtype=np.float32)
+    filled = np.ones((n, len(model_wave)), dtype=bool)
     if np.any(np.diff(wave) <= 0):
         order = np.argsort(wave, kind="stable")
         wave, flux = wave[order], flux[:, order]
@@ -128,7 +133,7 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
         flags |= int(QualityFlag.WAVE_UNSORTED)
     if wave[0] > model_wave[0] + 1e-6 or wave[-1] < model_wave[-1] - 1e-6:
         flags |= int(QualityFlag.WAVE_COVERAGE)
-        return out, flags, nan_frac, snr, err_out
+        return out, flags, nan_frac, snr, err_out, filled
     # only pixels that matter for the model window (plus one neighbour each side); the missing-
     # pixel statistics refer to the model window itself
     d_lo, d_hi = (1.0, 1.0) if factor is None else (min(1.0, factor.min()), max(1.0, factor.max()))
@@ -175,6 +180,7 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
         i0 = np.clip(np.floor(pos).astype(np.int64), 0, len(w) - 2)
         t = pos - i0
         out[:] = (1.0 - t) * f[:, i0] + t * f[:, i0 + 1]
+        filled[:] = (bad[:, i0] & (1.0 - t > 0)) | (bad[:, i0 + 1] & (t > 0))
         if e_in is not None:
             err_out[:] = carry(e_in[:, i0], e_in[:, i0 + 1], t[None, :])
     else:
@@ -188,6 +194,7 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
         shifted = (1.0 - t) * f[rows, i0] + t * f[rows, i0 + 1]
         outside = (x < w[0]) | (x > w[-1])
         out[:] = np.where(outside, q3[:, None], shifted)
+        filled[:] = outside | (bad[rows, i0] & (1.0 - t > 0)) | (bad[rows, i0 + 1] & (t > 0))
         if e_in is not None:
             err_out[:] = np.where(outside, np.nan, carry(e_in[rows, i0], e_in[rows, i0 + 1], t))
         edge = outside.any(axis=1)
@@ -205,7 +212,8 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
     unusable = (flags & int(UNUSABLE)) != 0
     out[unusable] = 1.0
     err_out[unusable] = np.nan
-    return out, flags, nan_frac, snr, err_out
+    filled[unusable] = True
+    return out, flags, nan_frac, snr, err_out, filled
 
 
 def preprocess(waves: list[np.ndarray], fluxes: list[np.ndarray], errors: list | None,
@@ -233,6 +241,7 @@ def preprocess(waves: list[np.ndarray], fluxes: list[np.ndarray], errors: list |
     nan_frac = np.ones(n, dtype=np.float32)
     snr = np.full(n, np.nan, dtype=np.float32)
     err_out = np.full((n, len(model_wave)), np.nan, dtype=np.float32) if carry_errors else None
+    filled = np.ones((n, len(model_wave)), dtype=bool)
     groups: dict = {}
     for i in range(n):
         w = waves[i]
@@ -254,9 +263,10 @@ def preprocess(waves: list[np.ndarray], fluxes: list[np.ndarray], errors: list |
             from .rv_bulk import velocity_to_factor
 
             factor = velocity_to_factor(np.nan_to_num(np.asarray(rv_kms, float)[rows]))
-        o, fl, nf, s, er = _one_grid(np.asarray(w, dtype=np.float64), f, e, model_wave,
-                                     max_nan_fraction, factor, carry_errors)
-        flux_out[rows], flags[rows], nan_frac[rows], snr[rows] = o, fl, nf, s
+        o, fl, nf, s, er, fi = _one_grid(np.asarray(w, dtype=np.float64), f, e, model_wave,
+                                         max_nan_fraction, factor, carry_errors)
+        flux_out[rows], flags[rows], nan_frac[rows], snr[rows], filled[rows] = o, fl, nf, s, fi
         if carry_errors:
             err_out[rows] = er
-    return Preprocessed(flux_out, flags, nan_frac, snr, err_out if carry_errors else None)
+    return Preprocessed(flux_out, flags, nan_frac, snr, err_out if carry_errors else None,
+                        filled)
