@@ -11,7 +11,8 @@ template with the highest normalised peak wins and the peak is refined by a para
 three highest samples. For an SB2 whose components are resolved the peak is that of the component
 that dominates the correlation (usually the brighter star); for a blend it lies between them. The
 same estimator is meant to be applied to the training spectra, so the networks learn exactly the
-residual frame that inference produces.
+residual frame that inference produces (stores written before 2026-12-01 measured spectra with
+missing pixels without :func:`estimate_rv`'s ``missing``: for those rows the frame differs).
 """
 
 from __future__ import annotations
@@ -193,18 +194,18 @@ def estimate_rv(wave: np.ndarray, flux: np.ndarray, bank: TemplateBank | None = 
         o_ft = sfft.rfft(d, n=n_fft)
         # ccf[k] = Σ_x obs(x) tpl(x - k): positive k = the observed lines sit redward
         ccf = sfft.irfft(o_ft[:, None, :] * t_ft[None], n=n_fft)  # (b, n_t, n_fft)
+        ccf = ccf[..., lags]  # lags -max..max rearranged below
         if holes.any():
             if power is None:
                 t2_ft = np.conj(sfft.rfft(bank.depth ** 2, n=n_fft))
                 power = (t2_ft, sfft.irfft(sfft.rfft(np.ones(n_x), n=n_fft)[None] * t2_ft,
-                                           n=n_fft))
+                                           n=n_fft)[..., lags])
             t2_ft, total = power
             kept = sfft.irfft(sfft.rfft((~gone[holes]).astype(np.float64), n=n_fft)[:, None, :]
-                              * t2_ft[None], n=n_fft)  # (h, n_t, n_fft)
+                              * t2_ft[None], n=n_fft)[..., lags]  # (h, n_t, n_lags)
             with np.errstate(divide="ignore", invalid="ignore"):
                 share = np.where(total[None] > 1e-12, kept / total[None], 1.0)
             ccf[holes] = ccf[holes] / np.sqrt(np.clip(share, MIN_MEASURED_SHARE, 1.0))
-        ccf = ccf[..., lags]  # lags -max..max rearranged below
         order = np.argsort(lags)
         ccf, lag_sorted = ccf[..., order], lags[order]
         flat = ccf.reshape(len(f), -1)
