@@ -27,12 +27,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from _results import write_results  # benchmarks/ is on sys.path when run as a script
-from library_fidelity import CORE_HALF_WIDTH, WING_HALF_WIDTH, _cases, best_single_fits
+from library_fidelity import (
+    CORE_HALF_WIDTH,
+    WING_HALF_WIDTH,
+    add_spectra_args,
+    cases_and_fits,
+    model_names,
+)
 
 #: Runs of equal width the pixels outside the Ca II windows are cut into.
 N_SEGMENTS = 8
@@ -56,26 +61,16 @@ def windows(wave: np.ndarray) -> dict[str, np.ndarray]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=["students"])
-    ap.add_argument("--names", nargs="+", default=None)
-    ap.add_argument("--gaia-dir", default="../shared/data/gaia_rvs")
-    ap.add_argument("--phoenix-dir", default="../shared/data/phoenix")
+    add_spectra_args(ap, models=True)
     ap.add_argument("--draws", type=int, default=4)
-    ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
-    names = args.names or args.models
-    if len(names) != len(args.models):
-        raise SystemExit("--names needs one name per --models")
+    names = model_names(args)
 
     from sb2dask.evaluate.real_sky import RealSkyCase, run_suite
     from sb2dask.infer.config import InferenceConfig
 
     t0 = time.perf_counter()
-    cases = _cases(Path(args.gaia_dir) if args.gaia_dir else None,
-                   Path(args.phoenix_dir) if args.phoenix_dir else None)
-    if not cases:
-        raise SystemExit("bench_occlusion_real: no real or PHOENIX spectra found")
-    fits = best_single_fits(cases)
+    cases, fits = cases_and_fits(args, "bench_occlusion_real")
     sel, best, err = fits["sel"], fits["best"], fits["err"]
     wins = windows(fits["wave"])
     variants = (["data", "twin", "gap ca_core"] + [f"replace {k}" for k in wins]

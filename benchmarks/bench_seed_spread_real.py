@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from _results import write_results  # benchmarks/ is on sys.path when run as a script
+from library_fidelity import add_spectra_args, model_names
 
 
 def per_student(ms, flux: np.ndarray, snr: np.ndarray) -> np.ndarray:
@@ -42,15 +43,9 @@ def per_student(ms, flux: np.ndarray, snr: np.ndarray) -> np.ndarray:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=["students"])
-    ap.add_argument("--names", nargs="+", default=None)
-    ap.add_argument("--gaia-dir", default="../shared/data/gaia_rvs")
-    ap.add_argument("--phoenix-dir", default="../shared/data/phoenix")
-    ap.add_argument("--tag", default="")
+    add_spectra_args(ap, models=True)
     args = ap.parse_args(argv)
-    names = args.names or args.models
-    if len(names) != len(args.models):
-        raise SystemExit("--names needs one name per --models")
+    names = model_names(args)
 
     from sb2dask.evaluate.real_sky import _as_reader_frame, build_cases
     from sb2dask.infer.predict import ModelSet

@@ -116,6 +116,35 @@ def phoenix_resolution(phoenix_dir: Path) -> list[dict]:
     return out
 
 
+def add_spectra_args(ap, models: bool = False) -> None:
+    """The shared spectra's folders and ``--tag`` (and, with ``models``, ``--models`` and
+    ``--names``) on ``ap``: the arguments of this and the other real-sky diagnoses."""
+    if models:
+        ap.add_argument("--models", nargs="+", default=["students"])
+        ap.add_argument("--names", nargs="+", default=None)
+    ap.add_argument("--gaia-dir", default="../shared/data/gaia_rvs")
+    ap.add_argument("--phoenix-dir", default="../shared/data/phoenix")
+    ap.add_argument("--tag", default="")
+
+
+def model_names(args) -> list[str]:
+    """One name per ``--models`` (default: the models themselves)."""
+    names = args.names or args.models
+    if len(names) != len(args.models):
+        raise SystemExit("--names needs one name per --models")
+    return names
+
+
+def cases_and_fits(args, who: str) -> tuple[list, dict]:
+    """The cases of ``args``' folders (:func:`_cases`) and their :func:`best_single_fits`;
+    exits naming ``who`` when there are none."""
+    cases = _cases(Path(args.gaia_dir) if args.gaia_dir else None,
+                   Path(args.phoenix_dir) if args.phoenix_dir else None)
+    if not cases:
+        raise SystemExit(f"{who}: no real or PHOENIX spectra found")
+    return cases, best_single_fits(cases)
+
+
 def _cases(gaia_dir: Path | None, phoenix_dir: Path | None) -> list:
     from sb2dask.evaluate.real_sky import build_cases
 
@@ -171,16 +200,10 @@ def best_single_fits(cases: list) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--gaia-dir", default="../shared/data/gaia_rvs")
-    ap.add_argument("--phoenix-dir", default="../shared/data/phoenix")
-    ap.add_argument("--tag", default="")
+    add_spectra_args(ap)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    cases = _cases(Path(args.gaia_dir) if args.gaia_dir else None,
-                   Path(args.phoenix_dir) if args.phoenix_dir else None)
-    if not cases:
-        raise SystemExit("library_fidelity: no real or PHOENIX spectra found")
-    fits = best_single_fits(cases)
+    cases, fits = cases_and_fits(args, "library_fidelity")
     wave, flux, err, w, bare, best, basis, config, fit = (
         fits[k] for k in ("wave", "flux", "err", "w", "bare", "best", "basis", "config", "fit"))
     n_par = 5 + basis.shape[1]
