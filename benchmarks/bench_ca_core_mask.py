@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     from sb2dask.evaluate.real_sky import RealSkyCase, run_suite
     from sb2dask.infer.config import InferenceConfig
     from sb2dask.labels import double_lined
-    from sb2dask.simulate.realism import CA_II_AIR
+    from sb2dask.simulate.realism import ca_ii_distance
     from sb2dask.stats import roc_auc
 
     root = zarr.open_group(args.store, mode="r")
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     flux = root["flux"].oindex[test].astype(np.float64)
     lab = {k: root["labels"][k].oindex[test] for k in FIELDS}
     rest = wave[None, :] / (1.0 + lab["gamma"][:, None] / C_KMS)
-    core = np.min(np.abs(rest[..., None] - np.asarray(CA_II_AIR)), axis=-1) <= HALF_WIDTH
+    core = ca_ii_distance(rest) <= HALF_WIDTH
     truth = double_lined(lab["is_binary"], lab["light_fraction"], lab["rv_separation"])
     single = ~lab["is_binary"].astype(bool)
     out = {}

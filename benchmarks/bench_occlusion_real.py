@@ -32,9 +32,8 @@ import numpy as np
 
 from _results import write_results  # benchmarks/ is on sys.path when run as a script
 from library_fidelity import (
-    CORE_HALF_WIDTH,
-    WING_HALF_WIDTH,
     add_spectra_args,
+    ca_ii_regions,
     cases_and_fits,
     model_names,
 )
@@ -47,12 +46,9 @@ SEED = 20261210
 def windows(wave: np.ndarray) -> dict[str, np.ndarray]:
     """Masks over ``wave`` (air Å): ``ca_core``, ``ca_wing`` and :data:`N_SEGMENTS` runs of the
     rest, named by their wavelength range."""
-    from sb2dask.simulate.realism import CA_II_AIR
-
-    dist = np.min(np.abs(wave[:, None] - np.asarray(CA_II_AIR)[None]), axis=1)
-    out = dict(ca_core=dist <= CORE_HALF_WIDTH,
-               ca_wing=(dist > CORE_HALF_WIDTH) & (dist <= WING_HALF_WIDTH))
-    rest = dist > WING_HALF_WIDTH
+    core, wing = ca_ii_regions(wave)
+    out = dict(ca_core=core, ca_wing=wing)
+    rest = ~core & ~wing
     edges = np.linspace(wave[0], wave[-1] + 1e-6, N_SEGMENTS + 1)
     for lo, hi in zip(edges[:-1], edges[1:]):
         out[f"{lo:.0f}-{hi:.0f}"] = rest & (wave >= lo) & (wave < hi)

@@ -64,12 +64,17 @@ def _continuum_fit(model: np.ndarray, flux: np.ndarray, w: np.ndarray, basis: np
     return model * (basis @ coef)
 
 
-def _regions(wave: np.ndarray, depth: np.ndarray) -> dict[str, np.ndarray]:
-    from sb2dask.simulate.realism import CA_II_AIR
+def ca_ii_regions(wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the Ca II cores (within :data:`CORE_HALF_WIDTH`) and wings (to
+    :data:`WING_HALF_WIDTH`) over ``wave``."""
+    from sb2dask.simulate.realism import ca_ii_distance
 
-    dist = np.min(np.abs(wave[:, None] - np.asarray(CA_II_AIR)[None]), axis=1)
-    core = dist <= CORE_HALF_WIDTH
-    wing = (dist > CORE_HALF_WIDTH) & (dist <= WING_HALF_WIDTH)
+    dist = ca_ii_distance(wave)
+    return dist <= CORE_HALF_WIDTH, (dist > CORE_HALF_WIDTH) & (dist <= WING_HALF_WIDTH)
+
+
+def _regions(wave: np.ndarray, depth: np.ndarray) -> dict[str, np.ndarray]:
+    core, wing = ca_ii_regions(wave)
     line = ~core & ~wing & (depth > LINE_DEPTH)
     return dict(ca_core=core, ca_wing=wing, lines=line, continuum=~core & ~wing & ~line)
 

@@ -50,7 +50,7 @@ from ..config import ConfigMixin
 from ..gaia import RVS_RESOLVING_POWER
 from ..labels import MIN_LIGHT_FRACTION
 from ..labels import min_separation as _min_separation
-from ..simulate.realism import CA_II_AIR
+from ..simulate.realism import ca_ii_distance
 from .model import VSINI_MAX, ForwardModel
 from .scan import scan_binary, scan_single, velocity_grid
 
@@ -250,10 +250,7 @@ def noise_weights(wave: np.ndarray, flux: np.ndarray, flux_error: np.ndarray | N
     w = np.where(np.isfinite(flux) & (var > 0) & ~missing,
                  1.0 / np.where(var > 0, var, 1.0), 0.0)
     if config.mask_ca_ii:
-        core = np.zeros(len(wave), dtype=bool)
-        for line in CA_II_AIR:
-            core |= np.abs(np.asarray(wave) - line) <= config.ca_ii_half_width
-        w[:, core] = 0.0
+        w[:, ca_ii_distance(wave) <= config.ca_ii_half_width] = 0.0
     return w
 
 

@@ -170,17 +170,13 @@ class StudentNet(nn.Module):
 def ca_ii_core_windows(wave: np.ndarray, half_width: float) -> list[list[int]]:
     """Pixel windows ``[i0, i1)`` of ``wave`` (air Å, the students' rest-frame grid) within
     ``half_width`` Å of each Ca II triplet line, for :meth:`StudentNet.set_bridged`."""
-    from ..simulate.realism import CA_II_AIR
+    from ..simulate.realism import ca_ii_distance
 
-    wave = np.asarray(wave, float)
     if not half_width > 0:
         raise ValueError(f"half_width must be > 0 Å, got {half_width}")
-    out = []
-    for line in CA_II_AIR:
-        inside = np.flatnonzero(np.abs(wave - line) <= half_width)
-        if len(inside):
-            out.append([int(inside[0]), int(inside[-1]) + 1])
-    return out
+    inside = np.r_[False, ca_ii_distance(wave) <= half_width, False].astype(np.int8)
+    edges = np.flatnonzero(np.diff(inside))  # starts and ends of the runs, alternating
+    return [[int(a), int(b)] for a, b in zip(edges[::2], edges[1::2])]
 
 
 def count_flops(model: nn.Module, n_pix: int = 903, batch: int = 8) -> float:

@@ -25,7 +25,7 @@ from ..gaia import RVS_RESOLVING_POWER
 
 __all__ = ["Realism", "NUISANCE_FIELDS", "draw_realism", "continuum_factor", "line_depth_field",
            "scale_line_depths",
-           "correlated_unit_noise", "noise_sigma", "gap_mask", "CA_II_AIR"]
+           "correlated_unit_noise", "noise_sigma", "gap_mask", "CA_II_AIR", "ca_ii_distance"]
 
 #: Ca II infrared triplet, air wavelengths [Å].
 CA_II_AIR = (8498.02, 8542.09, 8662.14)
@@ -286,6 +286,13 @@ def continuum_factor(wave: np.ndarray, offset, c1, c2, span: tuple | None = None
     p2 = 0.5 * (3.0 * x ** 2 - 1.0)
     col = lambda v: np.atleast_1d(np.asarray(v, np.float64))[:, None]  # noqa: E731
     return 1.0 + col(offset) + col(c1) * x + col(c2) * p2
+
+
+def ca_ii_distance(wave) -> np.ndarray:
+    """Distance [Å] of each wavelength (air Å, any shape) from the nearest Ca II triplet line
+    (:data:`CA_II_AIR`), in the frame ``wave`` is in."""
+    return np.min(np.abs(np.asarray(wave, np.float64)[..., None] - np.asarray(CA_II_AIR)),
+                  axis=-1)
 
 
 def _ca_ii_weight(wave: np.ndarray, half_width: float = 1.2) -> np.ndarray:
