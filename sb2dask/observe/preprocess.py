@@ -180,7 +180,8 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
         i0 = np.clip(np.floor(pos).astype(np.int64), 0, len(w) - 2)
         t = pos - i0
         out[:] = (1.0 - t) * f[:, i0] + t * f[:, i0 + 1]
-        filled[:] = (bad[:, i0] & (1.0 - t > 0)) | (bad[:, i0 + 1] & (t > 0))
+        filled[:] = ((bad[:, i0] & (1.0 - t > 0)) | (bad[:, i0 + 1] & (t > 0))
+                     if bad.any() else False)
         if e_in is not None:
             err_out[:] = carry(e_in[:, i0], e_in[:, i0 + 1], t[None, :])
     else:
@@ -194,7 +195,9 @@ def _one_grid(wave: np.ndarray, flux: np.ndarray, err: np.ndarray | None,
         shifted = (1.0 - t) * f[rows, i0] + t * f[rows, i0 + 1]
         outside = (x < w[0]) | (x > w[-1])
         out[:] = np.where(outside, q3[:, None], shifted)
-        filled[:] = outside | (bad[rows, i0] & (1.0 - t > 0)) | (bad[rows, i0 + 1] & (t > 0))
+        filled[:] = outside
+        if bad.any():  # the gathers only where some input pixel is missing
+            filled |= (bad[rows, i0] & (1.0 - t > 0)) | (bad[rows, i0 + 1] & (t > 0))
         if e_in is not None:
             err_out[:] = np.where(outside, np.nan, carry(e_in[rows, i0], e_in[rows, i0 + 1], t))
         edge = outside.any(axis=1)
