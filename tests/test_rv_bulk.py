@@ -126,16 +126,13 @@ def test_filled_line_cores_do_not_move_the_bulk_velocity(rv):
     """The Ca II cores missing (NaN, filled with the continuum by ``preprocess``): left out of
     the correlation, the velocity stays within 1 km/s of the full spectrum's. ``preprocess``
     marks the filled pixels, also those a shift moves off the observed grid."""
-    from sb2dask.simulate.realism import CA_II_AIR
+    from sb2dask.simulate.realism import ca_ii_distance
 
     wave, flux = _template_star(rv)
-    dist = np.min(np.abs(wave[:, None] / velocity_to_factor(rv) - np.asarray(CA_II_AIR)[None]),
-                  axis=1)
-    gappy = np.where(dist <= 1.0, np.nan, flux)
+    gappy = np.where(ca_ii_distance(wave / velocity_to_factor(rv)) <= 1.0, np.nan, flux)
     full, pre = (preprocess([wave], [f], None, MODEL_WAVE) for f in (flux, gappy))
     assert not full.filled.any()
-    hit = np.min(np.abs(MODEL_WAVE[:, None] / velocity_to_factor(rv)
-                        - np.asarray(CA_II_AIR)[None]), axis=1)
+    hit = ca_ii_distance(MODEL_WAVE / velocity_to_factor(rv))
     assert pre.filled[0][hit <= 0.9].all() and not pre.filled[0][hit > 1.2].any()
     v_full = estimate_rv(MODEL_WAVE, full.flux).rv[0]
     est = estimate_rv(MODEL_WAVE, pre.flux, missing=pre.filled)
@@ -166,9 +163,9 @@ def test_filled_pixels_do_not_make_noise_look_like_lines():
         width = int(rng.uniform(3.0, 40.0) / step)
         start = int(rng.integers(0, MODEL_WAVE.size - width))
         flux[i, start:start + width] = np.nan
-    from sb2dask.simulate.realism import CA_II_AIR
+    from sb2dask.simulate.realism import ca_ii_distance
 
-    cores = np.min(np.abs(MODEL_WAVE[:, None] - np.asarray(CA_II_AIR)[None]), axis=1) <= 3.0
+    cores = ca_ii_distance(MODEL_WAVE) <= 3.0
     for f in (flux, np.where(cores, np.nan, flux)):
         pre = preprocess([MODEL_WAVE] * n, list(f), None, MODEL_WAVE)
         ok = pre.usable  # (a wide gap with the cores is above the missing-pixel limit)
@@ -185,14 +182,13 @@ def test_a_real_star_with_filled_cores_keeps_its_velocity(shift):
     ``preprocess_in_frame`` does so by itself."""
     from sb2dask.evaluate.real_sky import HELDOUT_DIR, _real_cases
     from sb2dask.observe.rv_bulk import preprocess_in_frame
-    from sb2dask.simulate.realism import CA_II_AIR
+    from sb2dask.simulate.realism import ca_ii_distance
 
     case = next(c for c in _real_cases(Path(HELDOUT_DIR), heldout=True)
                 if c.truth["star"] == "Kepler-409" and c.truth["shift_kms"] == shift)
     wave = np.asarray(case.wave, float)
-    dist = np.min(np.abs(wave[:, None] / velocity_to_factor(shift)
-                         - np.asarray(CA_II_AIR)[None]), axis=1)
-    gappy = np.where(dist <= 1.0, np.nan, np.asarray(case.flux, float))
+    gappy = np.where(ca_ii_distance(wave / velocity_to_factor(shift)) <= 1.0, np.nan,
+                     np.asarray(case.flux, float))
     full, pre = (preprocess([wave], [f], None, MODEL_WAVE) for f in (case.flux, gappy))
     v_full = estimate_rv(MODEL_WAVE, full.flux).rv[0]
     assert v_full == pytest.approx(shift, abs=1.5)
